@@ -1,0 +1,270 @@
+"""One frozen, validated configuration object, loaded once from YAML plus `--set` overrides.
+
+Stages take the object, not a path, so tests build it inline. Every error names the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+MOVIELENS_NAMES = (
+    "ml-100k",
+    "ml-1m",
+    "ml-10m",
+    "ml-20m",
+    "ml-25m",
+    "ml-32m",
+    "ml-latest-small",
+    "ml-latest",
+)
+MODEL_NAMES = ("als", "sgd", "global_mean", "bias")
+CANONICAL_SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
+
+
+class ConfigError(ValueError):
+    """A configuration problem a user can fix by editing one key or file."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConf(_Section):
+    source: str = Field("ml-100k", description="MovieLens name (downloaded once) or a local folder")
+    cache_dir: str = Field("~/.cache/recospark", description="where downloads are kept")
+    layout: Literal["auto", "ml-100k", "ml-1m", "ml-10m", "csv"] = "auto"
+    download: bool = Field(True, description="false: never touch the network")
+    max_extract_bytes: int = Field(8 << 30, gt=0, description="refuse archives larger than this")
+
+
+class OutputConf(_Section):
+    root: str = "out/local"
+    keep_versions: int = Field(2, ge=1, description="published versions kept per output")
+
+
+class SplitConf(_Section):
+    strategy: Literal["random", "stratified", "chronological", "leave_last_k", "canonical"] = "random"
+    name: str | None = Field(None, description="folder under splits/; defaults to the strategy")
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    seed: int = 42
+    min_user_ratings: int = Field(5, ge=2, description="stratified/leave_last_k: users below stay in train")
+    time_quantile: float = Field(0.8, gt=0, lt=1, description="chronological: cut at this quantile of time")
+    cutoff: datetime | None = Field(None, description="chronological: explicit UTC cut; overrides quantile")
+    last_k: int = Field(1, ge=1)
+    canonical: Literal["u1", "u2", "u3", "u4", "u5", "ua", "ub"] = "u1"
+    validation_fraction: float = Field(
+        0.1, ge=0, lt=1, description="share of train kept aside for early stopping and tuning"
+    )
+
+    @property
+    def effective_name(self) -> str:
+        if self.name:
+            return self.name
+        return self.canonical if self.strategy == "canonical" else self.strategy
+
+
+class ALSConf(_Section):
+    rank: int = Field(10, ge=1)
+    max_iter: int = Field(20, ge=1)
+    reg_param: float = Field(0.1, ge=0)
+    implicit_prefs: bool = False
+    alpha: float = Field(1.0, ge=0)
+    nonnegative: bool = False
+    cold_start_strategy: Literal["drop", "nan"] = "drop"
+    seed: int = 42
+    num_blocks: int = Field(4, ge=1)
+    checkpoint_interval: int = Field(5, ge=1)
+
+
+class SGDConf(_Section):
+    rank: int = Field(64, ge=1)
+    max_iter: int = Field(40, ge=1)
+    reg_param: float = Field(0.05, ge=0)
+    bias_reg_param: float = Field(0.01, ge=0)
+    step_size: float = Field(0.01, gt=0)
+    step_decay: float = Field(0.95, gt=0, le=1)
+    schedule: Literal["decay", "bold_driver"] = "decay"
+    num_blocks: int = Field(4, ge=1)
+    init_std: float = Field(0.1, gt=0)
+    seed: int = 42
+    early_stopping_rounds: int = Field(3, ge=0, description="0 disables early stopping")
+    checkpoint_interval: int = Field(5, ge=1, description="epochs between lineage cuts")
+
+
+class TrainConf(_Section):
+    models: tuple[Literal["als", "sgd", "global_mean", "bias"], ...] = ("als", "sgd")
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return ("als", "sgd") if v == "all" else tuple(s.strip() for s in v.split(","))
+        return v
+
+
+class EvaluateConf(_Section):
+    k: int = Field(10, ge=1)
+    relevance_threshold: float = 4.0
+    cold_start: Literal["drop", "fallback"] = Field(
+        "drop",
+        description="drop: unseen users/items are left out of the metric and counted; "
+        "fallback: they are predicted from the global mean plus the known bias",
+    )
+
+
+class RecommendConf(_Section):
+    n: int = Field(10, ge=1)
+    user_block_size: int = Field(2048, ge=1, description="users scored per vectorized block")
+
+
+class TuneConf(_Section):
+    method: Literal["train_validation_split", "cross_validator"] = "train_validation_split"
+    num_folds: int = Field(3, ge=2)
+    train_ratio: float = Field(0.8, gt=0, lt=1)
+    grids: dict[str, dict[str, list[Any]]] = Field(
+        default_factory=lambda: {
+            "als": {"rank": [10, 20], "reg_param": [0.05, 0.1]},
+            "sgd": {"rank": [32, 64], "reg_param": [0.03, 0.05]},
+        }
+    )
+
+
+class RuntimeConf(_Section):
+    checkpoint_dir: str | None = Field(None, description="defaults to <output.root>/_checkpoints")
+    log_level: Literal["ERROR", "WARN", "INFO", "DEBUG"] = "WARN"
+
+
+class FaultsConf(_Section):
+    """Off by default: makes one chosen task fail on its first attempt, to prove retries are safe."""
+
+    sgd_partition: int | None = Field(None, description="SGD block whose first attempt fails")
+    dataframe_partition: int | None = Field(None, description="ingest partition whose first attempt fails")
+
+
+class Config(_Section):
+    data: DataConf = DataConf()
+    output: OutputConf = OutputConf()
+    split: SplitConf = SplitConf()
+    als: ALSConf = ALSConf()
+    sgd: SGDConf = SGDConf()
+    train: TrainConf = TrainConf()
+    evaluate: EvaluateConf = EvaluateConf()
+    recommend: RecommendConf = RecommendConf()
+    tune: TuneConf = TuneConf()
+    runtime: RuntimeConf = RuntimeConf()
+    faults: FaultsConf = FaultsConf()
+    spark: dict[str, str] = Field(default_factory=dict, description="passed to SparkSession.builder.config")
+
+    @field_validator("spark", mode="before")
+    @classmethod
+    def _stringify(cls, v: Any) -> Any:
+        if isinstance(v, Mapping):
+            return {str(k): _spark_value(val) for k, val in v.items()}
+        return v
+
+    @property
+    def checkpoint_dir(self) -> str:
+        return self.runtime.checkpoint_dir or join_path(self.output.root, "_checkpoints")
+
+    def digest(self) -> str:
+        """Stable hash of every setting, recorded in manifests to tell runs apart."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "Config":
+        raw = self.model_dump(mode="json")
+        for key, value in overrides.items():
+            _assign(raw, key, value)
+        return _validate(raw, source="overrides")
+
+
+def _spark_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def join_path(root: str, *parts: str) -> str:
+    """Join path parts for local paths and URIs (hdfs://, s3a://) alike."""
+    return "/".join([root.rstrip("/")] + [p.strip("/") for p in parts if p])
+
+
+def _assign(raw: dict, dotted: str, value: Any) -> None:
+    head, _, rest = dotted.partition(".")
+    if not head or not rest and head != dotted:
+        raise ConfigError(f"bad key {dotted!r}: expected section.key=value")
+    if head == "spark":
+        if not rest:
+            raise ConfigError("bad key 'spark': use spark.<spark setting>=value, e.g. spark.spark.sql.shuffle.partitions=8")
+        raw.setdefault("spark", {})[rest] = value
+        return
+    if head not in Config.model_fields:
+        raise ConfigError(f"unknown config section {head!r} in {dotted!r}; known: {', '.join(Config.model_fields)}")
+    node = raw
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        if not isinstance(node.get(k), dict):
+            node[k] = {}
+        node = node[k]
+    node[keys[-1]] = value
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{key}: unknown key (check the spelling; see conf/local.yaml for every key)")
+        else:
+            lines.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
+    return f"invalid configuration in {source}:\n  " + "\n  ".join(lines)
+
+
+def _validate(raw: Mapping[str, Any], source: str) -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """`a.b=c` strings to a mapping; values are YAML scalars so `0.1`, `true`, `[als,sgd]` keep their type."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"bad --set {pair!r}: expected key=value, e.g. --set als.rank=20")
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Read YAML (safe loader), apply `--set` overrides, validate once."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p} (pass --conf conf/local.yaml or another file in conf/)")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {p} is not valid YAML: {err}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of sections, not {type(loaded).__name__}")
+        raw = loaded or {}
+        source = str(p)
+    for key, value in parse_overrides(overrides).items():
+        _assign(raw, key, value)
+    return _validate(raw, source + (" with --set overrides" if overrides else ""))
