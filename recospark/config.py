@@ -99,14 +99,22 @@ class SGDConf(_Section):
     checkpoint_interval: int = Field(5, ge=1, description="epochs between lineage cuts")
 
 
+class BiasConf(_Section):
+    """Regularized user+item bias baseline (Koren 2008): b_i, then b_u on the residual."""
+
+    reg_item: float = Field(10.0, ge=0)
+    reg_user: float = Field(10.0, ge=0)
+
+
 class TrainConf(_Section):
-    models: tuple[Literal["als", "sgd", "global_mean", "bias"], ...] = ("als", "sgd")
+    models: tuple[Literal["als", "sgd", "global_mean", "bias"], ...] = ("als", "sgd", "global_mean", "bias")
+    use_tuned: bool = Field(False, description="start from metrics/tuning.json's best params when present")
 
     @field_validator("models", mode="before")
     @classmethod
     def _one_or_many(cls, v: Any) -> Any:
         if isinstance(v, str):
-            return ("als", "sgd") if v == "all" else tuple(s.strip() for s in v.split(","))
+            return MODEL_NAMES if v == "all" else tuple(s.strip() for s in v.split(","))
         return v
 
 
@@ -137,6 +145,23 @@ class TuneConf(_Section):
     )
 
 
+class ReportConf(_Section):
+    sample_users: int = Field(3, ge=1, description="users shown with their top-10 next to their favourites")
+    factor_sample: int = Field(30, ge=2, description="users and items in the factor heat map")
+    als_curve_iters: tuple[int, ...] = Field((1, 2, 5, 10, 15, 20), description="ALS maxIter values for its RMSE curve")
+
+
+class PipelineConf(_Section):
+    stages: tuple[Literal["ingest", "split", "tune", "train", "evaluate", "recommend", "report"], ...] = (
+        "ingest",
+        "split",
+        "train",
+        "evaluate",
+        "recommend",
+        "report",
+    )
+
+
 class RuntimeConf(_Section):
     checkpoint_dir: str | None = Field(None, description="defaults to <output.root>/_checkpoints")
     log_level: Literal["ERROR", "WARN", "INFO", "DEBUG"] = "WARN"
@@ -155,10 +180,13 @@ class Config(_Section):
     split: SplitConf = SplitConf()
     als: ALSConf = ALSConf()
     sgd: SGDConf = SGDConf()
+    bias: BiasConf = BiasConf()
     train: TrainConf = TrainConf()
     evaluate: EvaluateConf = EvaluateConf()
     recommend: RecommendConf = RecommendConf()
     tune: TuneConf = TuneConf()
+    report: ReportConf = ReportConf()
+    pipeline: PipelineConf = PipelineConf()
     runtime: RuntimeConf = RuntimeConf()
     faults: FaultsConf = FaultsConf()
     spark: dict[str, str] = Field(default_factory=dict, description="passed to SparkSession.builder.config")

@@ -1,0 +1,8 @@
+"""spark-submit entry point: `spark-submit jobs/generate.py --conf conf/local.yaml [--set key=value ...]`."""
+
+import sys
+
+from recospark.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["generate", *sys.argv[1:]]))
