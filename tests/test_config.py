@@ -1,0 +1,68 @@
+from pathlib import Path
+
+import pytest
+
+from recospark.config import Config, ConfigError, load_config, parse_overrides
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+@pytest.mark.parametrize("path", sorted(CONF.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_conf_file_is_valid(path):
+    assert isinstance(load_config(path), Config)
+
+
+def test_local_yaml_lists_every_key_with_its_default():
+    assert load_config(CONF / "local.yaml").model_dump(exclude={"spark"}) == Config().model_dump(exclude={"spark"})
+
+
+def test_overrides_keep_yaml_types():
+    cfg = load_config(None, ["als.rank=20", "als.reg_param=0.05", "train.models=[als,sgd]", "spark.spark.sql.shuffle.partitions=3"])
+    assert (cfg.als.rank, cfg.als.reg_param, cfg.train.models) == (20, 0.05, ("als", "sgd"))
+    assert cfg.spark == {"spark.sql.shuffle.partitions": "3"}
+
+
+def test_model_shorthands():
+    assert load_config(None, ["train.models=sgd"]).train.models == ("sgd",)
+    assert set(load_config(None, ["train.models=all"]).train.models) == {"als", "sgd", "global_mean", "bias"}
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("als.rnk=3", "als.rnk: unknown key"),
+        ("als.rank=abc", "als.rank: Input should be a valid integer"),
+        ("nope.x=1", "unknown config section 'nope'"),
+        ("split.test_fraction=1.5", "split.test_fraction"),
+        ("split.strategy=weekly", "split.strategy"),
+    ],
+)
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load_config(None, [override])
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("als: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(listy)
+
+
+def test_config_is_frozen_and_hash_tracks_settings():
+    cfg = load_config(None)
+    with pytest.raises(Exception):
+        cfg.als.rank = 3
+    assert cfg.digest() == load_config(None).digest()
+    assert cfg.digest() != load_config(None, ["als.rank=11"]).digest()
+
+
+def test_parse_overrides_rejects_missing_equals():
+    with pytest.raises(ConfigError, match="expected key=value"):
+        parse_overrides(["als.rank"])
