@@ -161,6 +161,11 @@ class PipelineConf(_Section):
         "report",
     )
 
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _comma_list(cls, v: Any) -> Any:
+        return tuple(s.strip() for s in v.split(",")) if isinstance(v, str) else v
+
 
 class RuntimeConf(_Section):
     checkpoint_dir: str | None = Field(None, description="defaults to <output.root>/_checkpoints")

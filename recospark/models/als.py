@@ -28,4 +28,5 @@ def build_als(conf: ALSConf, overrides: Mapping[str, Any] | None = None) -> ALS:
     values = {**conf.model_dump(), **dict(overrides or {})}
     params = {PARAM_NAMES[k]: v for k, v in values.items() if k in PARAM_NAMES}
     params["numItemBlocks"] = params["numUserBlocks"]
-    return ALS(userCol=USER_ID, itemCol=MOVIE_ID, ratingCol=RATING, predictionCol=PREDICTION, **params)
+    # ALS's constructor has no predictionCol keyword; the setter does the same.
+    return ALS(userCol=USER_ID, itemCol=MOVIE_ID, ratingCol=RATING, **params).setPredictionCol(PREDICTION)

@@ -1,0 +1,336 @@
+"""Every published MovieLens layout: detection, ratings parsing (in Spark) and movies parsing.
+
+Ratings files reach 32 M lines, so they are parsed by Spark SQL expressions with each line's
+number kept for `rejected/`. Movies files are at most a few MB and come in Latin-1 or UTF-8 with
+quoted CSV titles, so they are read as bytes (any file system) and parsed on the driver, where
+`csv` and per-line decoding get them exactly right.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from recospark.config import join_path
+from recospark.schema import (
+    GENRES,
+    LINE_NUMBER,
+    MOVIE_ID,
+    RATED_AT,
+    RATING,
+    RATINGS,
+    RAW,
+    REASON,
+    SOURCE_FILE,
+    TITLE,
+    USER_ID,
+    YEAR,
+)
+
+# Genre flag order of ml-100k's u.item (u.genre lists the same names with their index).
+ML100K_GENRES = (
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
+    "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
+)
+NO_GENRES = "(no genres listed)"
+CANONICAL_SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
+
+STATUS = "_status"
+_FIELDS = "_fields"
+_ROW = "_row"
+
+
+class LayoutError(ValueError):
+    """The source folder is not a MovieLens layout recospark knows, or a required file is missing or empty."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    name: str
+    ratings_file: str
+    movies_file: str
+    separator: str
+    header: bool
+    rating_min: float
+    rating_max: float
+    rating_step: float
+
+    @property
+    def scale(self) -> str:
+        return f"{self.rating_min:g}..{self.rating_max:g} in steps of {self.rating_step:g}"
+
+
+LAYOUTS = {
+    "ml-100k": Layout("ml-100k", "u.data", "u.item", "\t", False, 1.0, 5.0, 1.0),
+    "ml-1m": Layout("ml-1m", "ratings.dat", "movies.dat", "::", False, 1.0, 5.0, 1.0),
+    "ml-10m": Layout("ml-10m", "ratings.dat", "movies.dat", "::", False, 0.5, 5.0, 0.5),
+    "csv": Layout("csv", "ratings.csv", "movies.csv", ",", True, 0.5, 5.0, 0.5),
+}
+_SEPARATOR_NAMES = {"\t": "tabs", "::": "'::'", ",": "commas", "|": "'|'"}
+
+
+def detect_layout(files: Iterable[str], requested: str = "auto") -> Layout:
+    """The layout from the file names present; ml-1m and ml-10m differ by ml-1m's users.dat."""
+    present = set(files)
+    if requested != "auto":
+        layout = LAYOUTS[requested]
+        if layout.ratings_file not in present:
+            raise LayoutError(f"data.layout={requested} expects {layout.ratings_file}, not found among {sorted(present)}")
+        return layout
+    if "u.data" in present:
+        return LAYOUTS["ml-100k"]
+    if "ratings.dat" in present:
+        return LAYOUTS["ml-1m"] if "users.dat" in present else LAYOUTS["ml-10m"]
+    if "ratings.csv" in present:
+        return LAYOUTS["csv"]
+    raise LayoutError(
+        f"unknown MovieLens layout: none of u.data, ratings.dat, ratings.csv among {sorted(present) or 'no files'}; "
+        "set data.source to a MovieLens folder (or data.layout explicitly)"
+    )
+
+
+def list_files(spark: SparkSession, folder: str) -> list[str]:
+    """File names in a folder on any Hadoop file system."""
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(folder)
+    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    if not fs.exists(path):
+        raise LayoutError(f"data.source folder {folder} does not exist")
+    return [s.getPath().getName() for s in fs.listStatus(path) if s.isFile()]
+
+
+def file_size(spark: SparkSession, path: str) -> int:
+    jvm = spark.sparkContext._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    return int(fs.getFileStatus(hpath).getLen()) if fs.exists(hpath) else -1
+
+
+def read_lines(spark: SparkSession, path: str) -> DataFrame:
+    """`source_file, line_number, raw` for every line of a text file, numbered from 1.
+
+    Line numbers come from each split's byte offset (`_metadata.file_block_start`) and the row's
+    position inside its split, so the count stays in the JVM and needs no Python pass.
+    """
+    text = spark.read.text(path).select(
+        F.col("value").alias(RAW),
+        F.col("_metadata.file_name").alias(SOURCE_FILE),
+        F.col("_metadata.file_block_start").alias("_block"),
+        F.monotonically_increasing_id().alias("_id"),
+    )
+    blocks = text.groupBy(SOURCE_FILE, "_block").agg(F.count(F.lit(1)).alias("_n"), F.min("_id").alias("_first"))
+    earlier = Window.partitionBy(SOURCE_FILE).orderBy("_block").rowsBetween(Window.unboundedPreceding, -1)
+    offsets = blocks.withColumn("_offset", F.coalesce(F.sum("_n").over(earlier), F.lit(0)))
+    return text.join(F.broadcast(offsets), [SOURCE_FILE, "_block"]).select(
+        SOURCE_FILE,
+        (F.col("_offset") + F.col("_id") - F.col("_first") + F.lit(1)).cast("long").alias(LINE_NUMBER),
+        RAW,
+    )
+
+
+def _clean(raw: Column, separator: str) -> Column:
+    """Drop a BOM and carriage returns, surrounding blanks and trailing separators."""
+    text = F.regexp_replace(raw, "[\\r\\x{FEFF}]", "")
+    text = F.regexp_replace(text, "^\\s+|\\s+$", "")
+    return F.regexp_replace(text, f"({re.escape(separator)})+$", "") if separator.strip() else text
+
+
+def _is_positive_int(c: Column) -> Column:
+    return c.rlike("^[0-9]{1,10}$") & (c.try_cast("long") > 0) & (c.try_cast("long") <= 2147483647)
+
+
+def with_parsed_ratings(layout: Layout) -> Callable[[DataFrame], DataFrame]:
+    """Lines -> typed rating columns plus `_status` (ok, blank, header, rejected) and `reason`."""
+    sep_name = _SEPARATOR_NAMES.get(layout.separator, repr(layout.separator))
+
+    def transform(lines: DataFrame) -> DataFrame:
+        clean = _clean(F.col(RAW), layout.separator)
+        df = lines.withColumn("_clean", clean).withColumn(_FIELDS, F.split(F.col("_clean"), re.escape(layout.separator), -1))
+        f = [F.col(_FIELDS).getItem(i) for i in range(4)]
+        rating = f[2].try_cast("double")
+        steps = rating / F.lit(layout.rating_step)
+        is_header = F.lit(layout.header) & (F.col(LINE_NUMBER) == 1) & F.lower(F.col("_clean")).startswith("userid")
+        reason = (
+            F.when(F.size(F.col(_FIELDS)) != 4, F.format_string(f"expected 4 fields separated by {sep_name}, got %d", F.size(F.col(_FIELDS))))
+            .when(~_is_positive_int(f[0]), F.format_string("user_id %s is not a positive integer", f[0]))
+            .when(~_is_positive_int(f[1]), F.format_string("movie_id %s is not a positive integer", f[1]))
+            .when(~f[2].rlike("^[0-9]+(\\.[0-9]+)?$") | rating.isNull(), F.format_string("rating %s is not a number", f[2]))
+            .when((rating < layout.rating_min) | (rating > layout.rating_max), F.format_string(f"rating %s outside {layout.scale}", f[2]))
+            .when(F.abs(steps - F.round(steps)) > F.lit(1e-9), F.format_string(f"rating %s not on the scale {layout.scale}", f[2]))
+            .when(~f[3].rlike("^[0-9]{1,12}$"), F.format_string("timestamp %s is not a non-negative integer (epoch seconds)", f[3]))
+        )
+        status = F.when(F.col("_clean") == "", "blank").when(is_header, "header").when(reason.isNotNull(), "rejected").otherwise("ok")
+        ok = F.col(STATUS) == "ok"
+        return (
+            df.withColumn(STATUS, status)
+            .withColumn(REASON, F.when(F.col(STATUS) == "rejected", reason))
+            .withColumn(USER_ID, F.when(ok, f[0].try_cast("int")))
+            .withColumn(MOVIE_ID, F.when(ok, f[1].try_cast("int")))
+            .withColumn(RATING, F.when(ok, rating))
+            .withColumn(RATED_AT, F.when(ok, F.timestamp_seconds(f[3].try_cast("long"))))
+            .drop("_clean", _FIELDS)
+        )
+
+    return transform
+
+
+def filter_latest_per_pair(ratings: DataFrame) -> DataFrame:
+    """One row per (user, movie): the latest timestamp wins, then the later line in the file."""
+    order = Window.partitionBy(USER_ID, MOVIE_ID).orderBy(F.col(RATED_AT).desc(), F.col(LINE_NUMBER).desc())
+    return ratings.withColumn(_ROW, F.row_number().over(order)).filter(F.col(_ROW) == 1).drop(_ROW)
+
+
+def filter_accepted(parsed: DataFrame) -> DataFrame:
+    return parsed.filter(F.col(STATUS) == "ok")
+
+
+def as_ratings(df: DataFrame) -> DataFrame:
+    return df.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in RATINGS.fields])
+
+
+# --- movies -----------------------------------------------------------------------------
+
+_YEAR = re.compile(r"\((\d{4})(?:\s*[-\u2013]\s*(?:\d{4})?)?\)\s*$")
+_DATE_YEAR = re.compile(r"(\d{4})\s*$")
+
+
+@dataclass(frozen=True)
+class MoviesParse:
+    rows: list[tuple]
+    rejected: list[tuple]
+    read: int
+    duplicates: int
+    blank: int
+
+
+def decode_line(raw: bytes) -> str:
+    """UTF-8 when the bytes are valid UTF-8, else Latin-1 (ml-100k and ml-1m are Latin-1)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def split_lines(data: bytes) -> list[bytes]:
+    """Lines without terminators; \\r\\n, \\n and lone \\r all end a line."""
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+
+
+def year_of(title: str, release_date: str = "") -> int | None:
+    m = _YEAR.search(title) or _DATE_YEAR.search(release_date)
+    return int(m.group(1)) if m else None
+
+
+def _movie_100k(fields: list[str], genres: Sequence[str]) -> tuple:
+    while len(fields) > 5 + len(genres) and fields[-1] == "":
+        fields = fields[:-1]
+    if len(fields) != 5 + len(genres):
+        raise ValueError(f"expected {5 + len(genres)} fields separated by '|', got {len(fields)}")
+    flags = fields[5:]
+    if any(flag not in ("0", "1") for flag in flags):
+        raise ValueError("genre flags must be 0 or 1")
+    title = fields[1].strip()
+    return title, year_of(title, fields[2]), [g for g, flag in zip(genres, flags) if flag == "1"]
+
+
+def _movie_dat(fields: list[str]) -> tuple:
+    if len(fields) == 4 and fields[3] == "":
+        fields = fields[:3]
+    if len(fields) != 3:
+        raise ValueError(f"expected 3 fields separated by '::', got {len(fields)}")
+    title = fields[1].strip()
+    return title, year_of(title), _genre_list(fields[2])
+
+
+def _genre_list(text: str) -> list[str]:
+    text = text.strip()
+    return [] if text in ("", NO_GENRES) else [g.strip() for g in text.split("|") if g.strip()]
+
+
+def parse_movies(data: bytes, layout: Layout, source_file: str, genres: Sequence[str] = ML100K_GENRES) -> MoviesParse:
+    """Movies file bytes -> (movie_id, title, year, genres) rows and rejected rows."""
+    rows: dict[int, tuple] = {}
+    rejected: list[tuple] = []
+    read = duplicates = blank = 0
+    for number, raw in enumerate(split_lines(data), 1):
+        line = decode_line(raw).lstrip("\ufeff")
+        if not line.strip():
+            blank += 1
+            continue
+        if layout.header and number == 1 and line.lower().startswith("movieid"):
+            continue
+        read += 1
+        try:
+            if layout.name == "ml-100k":
+                fields = line.split("|")
+            elif layout.name == "csv":
+                fields = next(csv.reader([line]))
+            else:
+                fields = line.split("::")
+            if not fields[0].strip().isdigit() or int(fields[0]) <= 0:
+                raise ValueError(f"movie_id {fields[0]!r} is not a positive integer")
+            movie_id = int(fields[0])
+            if layout.name == "ml-100k":
+                title, year, genre_list = _movie_100k(fields, genres)
+            elif layout.name == "csv":
+                if len(fields) != 3:
+                    raise ValueError(f"expected 3 CSV fields (movieId,title,genres), got {len(fields)}")
+                title, year, genre_list = fields[1].strip(), year_of(fields[1].strip()), _genre_list(fields[2])
+            else:
+                title, year, genre_list = _movie_dat(fields)
+            if not title:
+                raise ValueError("empty title")
+        except (ValueError, csv.Error, StopIteration) as err:
+            rejected.append((source_file, number, line, str(err)))
+            continue
+        if movie_id in rows:
+            duplicates += 1
+            rejected.append((source_file, number, line, f"duplicate movie_id {movie_id}: the first definition is kept"))
+            continue
+        rows[movie_id] = (movie_id, title, year, genre_list)
+    return MoviesParse(sorted(rows.values()), rejected, read, duplicates, blank)
+
+
+def read_bytes(spark: SparkSession, path: str) -> bytes:
+    """A small file's bytes from any Hadoop file system."""
+    pairs = spark.sparkContext.binaryFiles(path).collect()
+    if not pairs:
+        raise LayoutError(f"{path} not found")
+    return bytes(pairs[0][1])
+
+
+def ml100k_genres(spark: SparkSession, folder: str, files: Iterable[str]) -> Sequence[str]:
+    """Genre names from u.genre (name|index) when present, else the published order."""
+    if "u.genre" not in set(files):
+        return ML100K_GENRES
+    pairs = []
+    for raw in split_lines(read_bytes(spark, join_path(folder, "u.genre"))):
+        parts = decode_line(raw).strip().split("|")
+        if len(parts) == 2 and parts[1].isdigit():
+            pairs.append((int(parts[1]), parts[0]))
+    return tuple(name for _, name in sorted(pairs)) or ML100K_GENRES
+
+
+# --- ml-100k's canonical split files ------------------------------------------------------
+
+
+def read_canonical_split(spark: SparkSession, folder: str, name: str) -> tuple[DataFrame, DataFrame]:
+    """(train, test) from ml-100k's `<name>.base` / `<name>.test`, parsed like u.data."""
+    if name not in CANONICAL_SPLITS:
+        raise LayoutError(f"unknown canonical split {name!r}; known: {', '.join(CANONICAL_SPLITS)}")
+    files = set(list_files(spark, folder))
+    missing = [f"{name}.{side}" for side in ("base", "test") if f"{name}.{side}" not in files]
+    if missing:
+        raise LayoutError(f"split.strategy=canonical needs {', '.join(missing)} in {folder} (ml-100k ships u1..u5, ua, ub)")
+    layout = LAYOUTS["ml-100k"]
+    sides = []
+    for side in ("base", "test"):
+        parsed = read_lines(spark, join_path(folder, f"{name}.{side}")).transform(with_parsed_ratings(layout))
+        sides.append(parsed.transform(filter_accepted).transform(filter_latest_per_pair).transform(as_ratings))
+    return sides[0], sides[1]
+
