@@ -66,14 +66,17 @@ def resolve_source(data: DataConf, base_url: str = BASE_URL) -> str:
 
 
 def _data_folder(root: Path, source: str) -> Path:
-    """The folder with a ratings file: `root` itself or its single MovieLens subfolder."""
+    """The folder with a ratings file: `root` itself or its single MovieLens subfolder.
+
+    With none, `root` is returned and layout detection names the files it found instead.
+    """
     if any((root / name).is_file() for name in RATINGS_FILES):
         return root.resolve()
     found = sorted({p.parent for name in RATINGS_FILES for p in root.glob(f"*/{name}")})
     if len(found) == 1:
         return found[0].resolve()
     if not found:
-        raise SourceError(f"data.source {source!r} holds no ratings file (looked for {', '.join(RATINGS_FILES)})")
+        return root.resolve()
     raise SourceError(f"data.source {source!r} holds several MovieLens folders ({', '.join(p.name for p in found)}): point it at one")
 
 

@@ -217,8 +217,9 @@ def decode_line(raw: bytes) -> str:
 
 
 def split_lines(data: bytes) -> list[bytes]:
-    """Lines without terminators; \\r\\n, \\n and lone \\r all end a line."""
-    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+    """Lines without terminators; \\r\\n, \\n and lone \\r all end a line (as in Spark's text reader)."""
+    lines = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+    return lines[:-1] if lines and lines[-1] == b"" else lines
 
 
 def year_of(title: str, release_date: str = "") -> int | None:
