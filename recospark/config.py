@@ -172,6 +172,20 @@ class RuntimeConf(_Section):
     log_level: Literal["ERROR", "WARN", "INFO", "DEBUG"] = "WARN"
 
 
+class GenerateConf(_Section):
+    """Synthetic MovieLens-shaped data: long-tailed activity and popularity, low-rank truth plus noise."""
+
+    users: int = Field(943, ge=1)
+    items: int = Field(1682, ge=1)
+    ratings: int = Field(100_000, ge=1, description="target count; the exact count is in the result")
+    rank: int = Field(8, ge=1, description="rank of the latent truth")
+    noise: float = Field(0.8, ge=0, description="std of the Gaussian noise before rounding to the scale")
+    layout: Literal["ml-100k", "ml-1m", "ml-10m", "csv"] = "csv"
+    seed: int = 7
+    partitions: int = Field(0, ge=0, description="0: one per ~250k ratings")
+    folder: str = Field("generated", description="written under output.root; point data.source at it")
+
+
 class FaultsConf(_Section):
     """Off by default: makes one chosen task fail on its first attempt, to prove retries are safe."""
 
@@ -193,6 +207,7 @@ class Config(_Section):
     report: ReportConf = ReportConf()
     pipeline: PipelineConf = PipelineConf()
     runtime: RuntimeConf = RuntimeConf()
+    generate: GenerateConf = GenerateConf()
     faults: FaultsConf = FaultsConf()
     spark: dict[str, str] = Field(default_factory=dict, description="passed to SparkSession.builder.config")
 

@@ -166,6 +166,10 @@ def read_output(spark: SparkSession, cfg: Config, relpath: str, schema: StructTy
     if is_local(path) and not _local(path).exists():
         hint = f" (run the stage that writes it first{'; needed by ' + needed_by if needed_by else ''})"
         raise OutputError(f"no published output at {path}{hint}")
+    if is_local(path):
+        # Pin the version: a DataFrame read through the symlink would break when the output is
+        # republished under it; the resolved version folder survives `keep_versions - 1` republishes.
+        path = str(_local(path).resolve())
     df = spark.read.parquet(path)
     if schema is not None:
         missing = [f.name for f in schema.fields if f.name not in df.columns]

@@ -94,21 +94,27 @@ def detect_layout(files: Iterable[str], requested: str = "auto") -> Layout:
     )
 
 
-def list_files(spark: SparkSession, folder: str) -> list[str]:
-    """File names in a folder on any Hadoop file system."""
+def _fs(spark: SparkSession, path: str):
     jvm = spark.sparkContext._jvm
-    path = jvm.org.apache.hadoop.fs.Path(folder)
-    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    return hpath, hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+
+
+def list_files(spark: SparkSession, folder: str) -> list[str]:
+    """Entry names in a folder on any Hadoop file system.
+
+    A folder of part files (as Spark writes, e.g. the generator's `ratings.csv/`) counts as
+    the file of that name.
+    """
+    path, fs = _fs(spark, folder)
     if not fs.exists(path):
         raise LayoutError(f"data.source folder {folder} does not exist")
-    return [s.getPath().getName() for s in fs.listStatus(path) if s.isFile()]
+    return [s.getPath().getName() for s in fs.listStatus(path) if not s.getPath().getName().startswith(("_", "."))]
 
 
 def file_size(spark: SparkSession, path: str) -> int:
-    jvm = spark.sparkContext._jvm
-    hpath = jvm.org.apache.hadoop.fs.Path(path)
-    fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-    return int(fs.getFileStatus(hpath).getLen()) if fs.exists(hpath) else -1
+    hpath, fs = _fs(spark, path)
+    return int(fs.getContentSummary(hpath).getLength()) if fs.exists(hpath) else -1
 
 
 def read_lines(spark: SparkSession, path: str) -> DataFrame:
@@ -300,9 +306,10 @@ def parse_movies(data: bytes, layout: Layout, source_file: str, genres: Sequence
 def read_bytes(spark: SparkSession, path: str) -> bytes:
     """A small file's bytes from any Hadoop file system."""
     pairs = spark.sparkContext.binaryFiles(path).collect()
-    if not pairs:
+    parts = sorted((name, data) for name, data in pairs if not name.rsplit("/", 1)[-1].startswith(("_", ".")))
+    if not parts:
         raise LayoutError(f"{path} not found")
-    return bytes(pairs[0][1])
+    return b"".join(bytes(data) for _, data in parts)
 
 
 def ml100k_genres(spark: SparkSession, folder: str, files: Iterable[str]) -> Sequence[str]:
