@@ -4,7 +4,13 @@ Cold start policy (`evaluate.cold_start`): test rows whose user or item never ap
 get no prediction from a factor model. With `drop` (default) they are left out of RMSE/MAE/R2
 and counted (`n_unseen_users`, `n_unseen_items`, `n_cold_rows`, `coverage = n_scored/n_test`);
 with `fallback` they are predicted by the regularized bias baseline fitted on the same train
-side (global mean plus whatever bias is known), so every test row is scored.
+side (global mean plus whatever bias is known), so every test row is scored. The baselines
+can always predict, so under `drop` every model (baselines included) is scored on the same
+warm rows: RMSE differences are never differences in which rows were scored.
+
+Ranking metrics come from each model's top-k over items not rated in train (see
+recospark.ranking for who counts). The `global_mean` model's ranking side is the popularity
+recommender (most-rated train items first): a constant prediction cannot rank.
 """
 
 from __future__ import annotations
@@ -76,8 +82,11 @@ def predict(model, test: DataFrame, fallback=None) -> DataFrame:
     return predicted.join(backup, [USER_ID, MOVIE_ID], "left").withColumn(PREDICTION, filled.cast("float")).drop("_fallback")
 
 
-def evaluate_model(name: str, model, train: DataFrame, test: DataFrame, cfg: Config, fallback=None) -> dict[str, Any]:
-    predictions = predict(model, test, fallback).cache()
+def evaluate_model(
+    name: str, model, train: DataFrame, test: DataFrame, cfg: Config, fallback=None, rating_rows: DataFrame | None = None
+) -> dict[str, Any]:
+    """Rating metrics on `rating_rows` (default: all of `test`), ranking metrics against all of `test`."""
+    predictions = predict(model, test if rating_rows is None else rating_rows, fallback).cache()
     try:
         metrics = rating_metrics(predictions)
         n_scored = predictions.filter(F.col(PREDICTION).isNotNull() & ~F.isnan(F.col(PREDICTION))).count()
@@ -126,6 +135,9 @@ def run(spark: SparkSession, cfg: Config) -> dict:
     flagged = test.transform(with_seen_flags(train)).cache()
     counts = cold_start_counts(flagged)
     test = flagged.drop(_SEEN_USER, _SEEN_ITEM)
+    warm = None
+    if cfg.evaluate.cold_start == "drop":
+        warm = flagged.filter(F.col(_SEEN_USER) & F.col(_SEEN_ITEM)).drop(_SEEN_USER, _SEEN_ITEM)
     fallback = None
     if cfg.evaluate.cold_start == "fallback":
         fallback = registry.build_estimator("bias", cfg).fit(train)
@@ -135,7 +147,7 @@ def run(spark: SparkSession, cfg: Config) -> dict:
             model_path = io.output_path(cfg, "models", name)
             model = registry.load_model(name, model_path)
             t0 = time.monotonic()
-            metrics = evaluate_model(name, model, train, test, cfg, fallback)
+            metrics = evaluate_model(name, model, train, test, cfg, fallback, rating_rows=warm)
             manifest = io.read_manifest(cfg, f"models/{name}") or {}
             metrics.update(counts)
             metrics.update(

@@ -1,0 +1,367 @@
+"""Baselines every factor model must beat, as real pyspark.ml Estimator/Model pairs.
+
+`GlobalMean` predicts the train mean for every pair; on the ranking side it is the popularity
+recommender (items ordered by their number of train ratings), the usual non-personalized
+top-N baseline. `BiasBaseline` is Koren's regularized user+item bias model (Koren 2008, eq. 2):
+
+    mu  = mean train rating
+    b_i = sum_{u in R(i)} (r_ui - mu) / (regItem + n_i)
+    b_u = sum_{i in R(u)} (r_ui - mu - b_i) / (regUser + n_u)
+    r^_ui = mu + b_u + b_i
+
+Both are fitted with Spark aggregations (only the scalar mean reaches the driver) and both
+predict for *every* row: an unseen user or item contributes a zero bias, so a cold row gets
+mu plus whatever bias is known. That is why `evaluate.cold_start=fallback` can use the bias
+model to fill the rows ALS/SGD cannot score. `coldStartStrategy` exists for API parity with
+ALSModel (the registry and tuning set it on every model) and removes nothing here.
+
+Models save as Spark ML metadata (JSON) plus Parquet bias tables, never pickle, so
+`write().overwrite().save(path)` and `Model.load(path)` behave like MLlib's.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pyspark import keyword_only
+from pyspark.ml import Estimator, Model
+from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.param.shared import HasPredictionCol
+from pyspark.ml.util import (
+    DefaultParamsReadable,
+    DefaultParamsReader,
+    DefaultParamsWritable,
+    DefaultParamsWriter,
+    MLReadable,
+    MLReader,
+    MLWritable,
+    MLWriter,
+)
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from recospark.schema import BIAS, FACTOR_ID, FEATURES, MOVIE_ID, PREDICTION, RATING, USER_ID
+
+_USER_BIAS = "_b_user"
+_ITEM_BIAS = "_b_item"
+_COUNT = "_n"
+_USER_BIASES = "userBiases"
+_ITEM_BIASES = "itemBiases"
+_ITEM_COUNTS = "itemCounts"
+_USER_IDS = "userIds"
+
+
+class _BaselineParams(HasPredictionCol):
+    userCol: Param[str] = Param(Params._dummy(), "userCol", "column of user ids", TypeConverters.toString)
+    itemCol: Param[str] = Param(Params._dummy(), "itemCol", "column of item ids", TypeConverters.toString)
+    ratingCol: Param[str] = Param(Params._dummy(), "ratingCol", "column of ratings", TypeConverters.toString)
+    coldStartStrategy: Param[str] = Param(
+        Params._dummy(),
+        "coldStartStrategy",
+        "'nan' or 'drop', for parity with ALS; baselines predict every row, so nothing is dropped",
+        TypeConverters.toString,
+    )
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._setDefault(
+            userCol=USER_ID, itemCol=MOVIE_ID, ratingCol=RATING, predictionCol=PREDICTION, coldStartStrategy="nan"
+        )
+
+    def getUserCol(self) -> str:
+        return self.getOrDefault(self.userCol)
+
+    def getItemCol(self) -> str:
+        return self.getOrDefault(self.itemCol)
+
+    def getRatingCol(self) -> str:
+        return self.getOrDefault(self.ratingCol)
+
+    def getColdStartStrategy(self) -> str:
+        return self.getOrDefault(self.coldStartStrategy)
+
+    def _check_strategy(self) -> None:
+        if self.getColdStartStrategy() not in ("nan", "drop"):
+            raise ValueError(f"coldStartStrategy must be 'nan' or 'drop', got {self.getColdStartStrategy()!r}")
+
+
+class _BiasParams(_BaselineParams):
+    regUser: Param[float] = Param(Params._dummy(), "regUser", "shrinkage of user biases (>= 0)", TypeConverters.toFloat)
+    regItem: Param[float] = Param(Params._dummy(), "regItem", "shrinkage of item biases (>= 0)", TypeConverters.toFloat)
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._setDefault(regUser=10.0, regItem=10.0)
+
+    def getRegUser(self) -> float:
+        return self.getOrDefault(self.regUser)
+
+    def getRegItem(self) -> float:
+        return self.getOrDefault(self.regItem)
+
+
+def _rated(dataset: DataFrame, params: _BaselineParams) -> DataFrame:
+    """Rows usable for fitting: ids and rating present (a null can come from hand-made data)."""
+    user, item, rating = params.getUserCol(), params.getItemCol(), params.getRatingCol()
+    return dataset.select(
+        F.col(user).cast("int").alias(USER_ID), F.col(item).cast("int").alias(MOVIE_ID), F.col(rating).cast("double").alias(RATING)
+    ).dropna()
+
+
+def _global_mean(rated: DataFrame) -> float:
+    mean = rated.agg(F.avg(RATING)).first()[0]
+    if mean is None:
+        raise ValueError("cannot fit a baseline on an empty dataset")
+    return float(mean)
+
+
+def _materialized(df: DataFrame) -> DataFrame:
+    """Cache and count once so a model does not recompute its training aggregation on every use."""
+    df = df.cache()
+    df.count()
+    return df
+
+
+def _unit_users(ids: DataFrame) -> DataFrame:
+    return ids.select(F.col(FACTOR_ID), F.array(F.lit(1.0).cast("float")).alias(FEATURES))
+
+
+class _BaselineWriter(MLWriter):
+    """Spark ML metadata (params + `extra`) as JSON, each table as Parquet beside it."""
+
+    def __init__(self, instance: "_BaselineModel") -> None:
+        super().__init__()
+        self.instance = instance
+
+    def saveImpl(self, path: str) -> None:
+        DefaultParamsWriter.saveMetadata(self.instance, path, self.sparkSession, extraMetadata=self.instance._extra_metadata())
+        for name, table in self.instance._tables().items():
+            table.write.mode("overwrite").parquet(os.path.join(path, name))
+
+
+class _BaselineReader(MLReader):
+    def __init__(self, cls: type) -> None:
+        super().__init__()
+        self.cls = cls
+
+    def load(self, path: str) -> "_BaselineModel":
+        metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession)
+        expected = f"{self.cls.__module__}.{self.cls.__name__}"
+        if metadata["class"] != expected:
+            raise ValueError(f"{path} holds a {metadata['class']}, not a {expected}")
+        tables = {name: self.sparkSession.read.parquet(os.path.join(path, name)) for name in self.cls._TABLES}
+        model = self.cls._from_saved(metadata, tables)
+        model._resetUid(metadata["uid"])
+        DefaultParamsReader.getAndSetParams(model, metadata)
+        return model
+
+
+class _BaselineModel(Model, _BaselineParams, MLWritable, MLReadable):
+    _TABLES: tuple[str, ...] = ()
+
+    def write(self) -> MLWriter:
+        return _BaselineWriter(self)
+
+    @classmethod
+    def read(cls) -> MLReader:
+        return _BaselineReader(cls)
+
+    def _extra_metadata(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _tables(self) -> dict[str, DataFrame]:
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- global mean
+
+
+class GlobalMean(Estimator, _BaselineParams, DefaultParamsReadable, DefaultParamsWritable):
+    """Predicts the train mean; ranks by train popularity (see module docstring)."""
+
+    @keyword_only
+    def __init__(
+        self,
+        *,
+        userCol: str = USER_ID,
+        itemCol: str = MOVIE_ID,
+        ratingCol: str = RATING,
+        predictionCol: str = PREDICTION,
+        coldStartStrategy: str = "nan",
+    ) -> None:
+        super().__init__()
+        self._set(**self._input_kwargs)
+
+    @keyword_only
+    def setParams(
+        self,
+        *,
+        userCol: str = USER_ID,
+        itemCol: str = MOVIE_ID,
+        ratingCol: str = RATING,
+        predictionCol: str = PREDICTION,
+        coldStartStrategy: str = "nan",
+    ) -> "GlobalMean":
+        return self._set(**self._input_kwargs)
+
+    def _fit(self, dataset: DataFrame) -> "GlobalMeanModel":
+        self._check_strategy()
+        rated = _rated(dataset, self)
+        mean = _global_mean(rated)
+        counts = _materialized(rated.groupBy(F.col(MOVIE_ID).alias(FACTOR_ID)).agg(F.count(F.lit(1)).cast("int").alias(_COUNT)))
+        users = _materialized(rated.select(F.col(USER_ID).alias(FACTOR_ID)).distinct())
+        return self._copyValues(GlobalMeanModel(mean, counts, users))
+
+
+class GlobalMeanModel(_BaselineModel):
+    """`mean` for every row; `itemCounts` (id, n train ratings) drive the popularity ranking of `userIds`."""
+
+    _TABLES = (_ITEM_COUNTS, _USER_IDS)
+
+    def __init__(self, mean: float = 0.0, itemCounts: DataFrame | None = None, userIds: DataFrame | None = None) -> None:
+        super().__init__()
+        self.mean = float(mean)
+        self.itemCounts = itemCounts
+        self.userIds = userIds
+
+    def _transform(self, dataset: DataFrame) -> DataFrame:
+        self._check_strategy()
+        return dataset.withColumn(self.getPredictionCol(), F.lit(self.mean).cast("float"))
+
+    def scoringFactors(self) -> tuple[DataFrame, DataFrame]:
+        """Popularity top-N: user [1.0] . item [train rating count] = the item's count, same for every user.
+
+        Every user seen in train gets a list, like the factor models' userFactors.
+        """
+        assert self.itemCounts is not None and self.userIds is not None
+        items = self.itemCounts.select(
+            F.col(FACTOR_ID), F.array(F.col(_COUNT).cast("float")).alias(FEATURES)
+        )
+        return _unit_users(self.userIds), items
+
+    def _extra_metadata(self) -> dict[str, Any]:
+        return {"globalMean": self.mean}
+
+    def _tables(self) -> dict[str, DataFrame]:
+        return {_ITEM_COUNTS: self.itemCounts, _USER_IDS: self.userIds}
+
+    @classmethod
+    def _from_saved(cls, metadata: dict[str, Any], tables: dict[str, DataFrame]) -> "GlobalMeanModel":
+        return cls(metadata["globalMean"], tables[_ITEM_COUNTS], tables[_USER_IDS])
+
+
+# --------------------------------------------------------------------------- user + item biases
+
+
+class BiasBaseline(Estimator, _BiasParams, DefaultParamsReadable, DefaultParamsWritable):
+    """Regularized user + item biases; the floor a latent-factor model has to beat."""
+
+    @keyword_only
+    def __init__(
+        self,
+        *,
+        userCol: str = USER_ID,
+        itemCol: str = MOVIE_ID,
+        ratingCol: str = RATING,
+        predictionCol: str = PREDICTION,
+        coldStartStrategy: str = "nan",
+        regUser: float = 10.0,
+        regItem: float = 10.0,
+    ) -> None:
+        super().__init__()
+        self._set(**self._input_kwargs)
+
+    @keyword_only
+    def setParams(
+        self,
+        *,
+        userCol: str = USER_ID,
+        itemCol: str = MOVIE_ID,
+        ratingCol: str = RATING,
+        predictionCol: str = PREDICTION,
+        coldStartStrategy: str = "nan",
+        regUser: float = 10.0,
+        regItem: float = 10.0,
+    ) -> "BiasBaseline":
+        return self._set(**self._input_kwargs)
+
+    def setRegUser(self, value: float) -> "BiasBaseline":
+        return self._set(regUser=value)
+
+    def setRegItem(self, value: float) -> "BiasBaseline":
+        return self._set(regItem=value)
+
+    def _fit(self, dataset: DataFrame) -> "BiasBaselineModel":
+        self._check_strategy()
+        reg_user, reg_item = self.getRegUser(), self.getRegItem()
+        if reg_user < 0 or reg_item < 0:
+            raise ValueError(f"regUser and regItem must be >= 0, got {reg_user}, {reg_item}")
+        rated = _rated(dataset, self).cache()
+        try:
+            mu = _global_mean(rated)
+            item_biases = _materialized(
+                rated.groupBy(F.col(MOVIE_ID).alias(FACTOR_ID)).agg(
+                    (F.sum(F.col(RATING) - F.lit(mu)) / (F.lit(reg_item) + F.count(F.lit(1)))).cast("float").alias(BIAS)
+                )
+            )
+            residual = rated.join(
+                item_biases.select(F.col(FACTOR_ID).alias(MOVIE_ID), F.col(BIAS).alias(_ITEM_BIAS)), MOVIE_ID, "left"
+            ).select(USER_ID, (F.col(RATING) - F.lit(mu) - F.col(_ITEM_BIAS)).alias(RATING))
+            user_biases = _materialized(
+                residual.groupBy(F.col(USER_ID).alias(FACTOR_ID)).agg(
+                    (F.sum(RATING) / (F.lit(reg_user) + F.count(F.lit(1)))).cast("float").alias(BIAS)
+                )
+            )
+        finally:
+            rated.unpersist()
+        return self._copyValues(BiasBaselineModel(mu, user_biases, item_biases))
+
+
+class BiasBaselineModel(_BaselineModel, _BiasParams):
+    """mu + b_u + b_i, with a zero bias for any user or item not seen in training."""
+
+    _TABLES = (_USER_BIASES, _ITEM_BIASES)
+
+    def __init__(self, mean: float = 0.0, userBiases: DataFrame | None = None, itemBiases: DataFrame | None = None) -> None:
+        super().__init__()
+        self.mean = float(mean)
+        self.userBiases = userBiases
+        self.itemBiases = itemBiases
+
+    def _transform(self, dataset: DataFrame) -> DataFrame:
+        self._check_strategy()
+        assert self.userBiases is not None and self.itemBiases is not None
+        users = self.userBiases.select(F.col(FACTOR_ID).alias(_USER_BIAS + "_id"), F.col(BIAS).alias(_USER_BIAS))
+        items = self.itemBiases.select(F.col(FACTOR_ID).alias(_ITEM_BIAS + "_id"), F.col(BIAS).alias(_ITEM_BIAS))
+        prediction = F.lit(self.mean) + F.coalesce(F.col(_USER_BIAS), F.lit(0.0)) + F.coalesce(F.col(_ITEM_BIAS), F.lit(0.0))
+        return (
+            dataset.join(users, F.col(self.getUserCol()) == F.col(_USER_BIAS + "_id"), "left")
+            .join(items, F.col(self.getItemCol()) == F.col(_ITEM_BIAS + "_id"), "left")
+            .withColumn(self.getPredictionCol(), prediction.cast("float"))
+            .drop(_USER_BIAS + "_id", _USER_BIAS, _ITEM_BIAS + "_id", _ITEM_BIAS)
+        )
+
+    def scoringFactors(self) -> tuple[DataFrame, DataFrame]:
+        """user [mu + b_u, 1] . item [1, b_i] = mu + b_u + b_i: the recommendation score is the prediction.
+
+        Within one user the order is by b_i alone, i.e. the bias model's own top-N.
+        """
+        assert self.userBiases is not None and self.itemBiases is not None
+        users = self.userBiases.select(
+            F.col(FACTOR_ID), F.array((F.lit(self.mean) + F.col(BIAS)).cast("float"), F.lit(1.0).cast("float")).alias(FEATURES)
+        )
+        items = self.itemBiases.select(
+            F.col(FACTOR_ID), F.array(F.lit(1.0).cast("float"), F.col(BIAS)).alias(FEATURES)
+        )
+        return users, items
+
+    def _extra_metadata(self) -> dict[str, Any]:
+        return {"globalMean": self.mean}
+
+    def _tables(self) -> dict[str, DataFrame]:
+        return {_USER_BIASES: self.userBiases, _ITEM_BIASES: self.itemBiases}
+
+    @classmethod
+    def _from_saved(cls, metadata: dict[str, Any], tables: dict[str, DataFrame]) -> "BiasBaselineModel":
+        return cls(metadata["globalMean"], tables[_USER_BIASES], tables[_ITEM_BIASES])

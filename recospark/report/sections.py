@@ -1,0 +1,421 @@
+"""Each report section from the published outputs: Spark reduces, the driver only sees small aggregates.
+
+A section whose inputs are not published says so in the page instead of failing the stage
+(`Missing`); other errors propagate, so a real bug is not hidden behind a note.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from functools import cached_property
+from typing import Any, Callable
+
+import numpy as np
+from pyspark.ml.evaluation import RegressionEvaluator
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql.types import StructType
+from pyspark.errors import AnalysisException
+
+from recospark import io
+from recospark.config import Config
+from recospark.report import html as H
+from recospark.report import plots
+from recospark.schema import (
+    FACTOR_ID,
+    FEATURES,
+    MOVIE_ID,
+    MOVIES,
+    PREDICTION,
+    RANK,
+    RATED_AT,
+    RATING,
+    RATINGS,
+    RECOMMENDATIONS,
+    TITLE,
+    USER_ID,
+)
+
+log = logging.getLogger(__name__)
+
+FACTOR_MODELS = ("als", "sgd")
+_SIDE = "_side"
+_PERIOD = "_period"
+_N = "_n"
+_POS = "_pos"
+# Columns of the comparison table: (key in summary.json, header, best is "min" | "max" | None)
+_RATING_COLS = (("rmse", "RMSE", "min"), ("mae", "MAE", "min"), ("r2", "R²", "max"))
+
+
+class Missing(Exception):
+    """An input of one section is not published (yet); the section says so instead."""
+
+
+class Inputs:
+    """Published outputs, each read once and only when a section asks for it."""
+
+    def __init__(self, spark: SparkSession, cfg: Config) -> None:
+        self.spark, self.cfg = spark, cfg
+        self.split = cfg.split.effective_name
+        self._cached: list[DataFrame] = []
+
+    def read(self, relpath: str, schema: StructType | None, cache: bool = False) -> DataFrame:
+        try:
+            df = io.read_output(self.spark, self.cfg, relpath, schema, needed_by="report")
+        except (io.OutputError, AnalysisException) as err:
+            raise Missing(f"{relpath} is not published ({str(err).splitlines()[0]})") from None
+        if cache:
+            df = df.cache()
+            self._cached.append(df)
+        return df
+
+    def json(self, *parts: str) -> dict[str, Any]:
+        path = io.output_path(self.cfg, *parts)
+        local = io._local(path)
+        if not io.is_local(path) or not local.is_file():
+            raise Missing(f"{'/'.join(parts)} is not published")
+        return json.loads(local.read_text(encoding="utf-8"))
+
+    @cached_property
+    def ratings(self) -> DataFrame:
+        return self.read("ratings", RATINGS, cache=True)
+
+    @cached_property
+    def movies(self) -> DataFrame:
+        return self.read("movies", MOVIES)
+
+    @cached_property
+    def train(self) -> DataFrame:
+        return self.read(f"splits/{self.split}/train", RATINGS, cache=True)
+
+    @cached_property
+    def test(self) -> DataFrame:
+        return self.read(f"splits/{self.split}/test", RATINGS, cache=True)
+
+    def titles(self) -> DataFrame:
+        """movie_id, title; an empty table when movies/ is missing (ids are shown instead)."""
+        try:
+            return self.movies.select(MOVIE_ID, TITLE)
+        except Missing:
+            return self.spark.createDataFrame([], MOVIES).select(MOVIE_ID, TITLE)
+
+    def close(self) -> None:
+        for df in self._cached:
+            df.unpersist()
+
+
+def section(id: str, title: str, build: Callable[[Inputs], str], inputs: Inputs) -> tuple[H.Section, str]:
+    """(section, status): status is "ok" or the reason it shows a note instead."""
+    try:
+        return H.Section(id, title, build(inputs)), "ok"
+    except Missing as err:
+        log.warning("report: section %r: %s", id, err)
+        return H.Section(id, title, H.note(f"Not available: {err}")), f"missing: {err}"
+
+
+# --------------------------------------------------------------------------- data
+
+
+def data_section(inp: Inputs) -> str:
+    ratings = inp.ratings
+    dist = {float(r[RATING]): int(r[_N]) for r in ratings.groupBy(RATING).agg(F.count(F.lit(1)).alias(_N)).collect()}
+    per_user = ratings.groupBy(USER_ID).agg(F.count(F.lit(1)).alias(_N)).select(_N).toPandas()[_N].to_numpy()
+    per_item = ratings.groupBy(MOVIE_ID).agg(F.count(F.lit(1)).alias(_N)).select(_N).toPandas()[_N].to_numpy()
+    n, n_users, n_items = int(sum(dist.values())), len(per_user), len(per_item)
+    density = n / (n_users * n_items) if n_users and n_items else 0.0
+    mean = sum(k * v for k, v in dist.items()) / n if n else 0.0
+    top_share = _head_share(per_item, 0.1)
+    facts = H.table(
+        ["ratings", "users", "items", "density", "mean rating", "share of ratings on the top 10% items"],
+        [[n, n_users, n_items, density, mean, top_share]],
+        left=0,
+    )
+    return (
+        facts
+        + H.img(plots.rating_distribution(dist), "rating distribution")
+        + H.para("The long tail: a few users and items carry most ratings; the rest have only a handful each.")
+        + H.img(plots.long_tail(per_user, per_item), "ratings per user and per item")
+    )
+
+
+def _head_share(counts: np.ndarray, head: float) -> float:
+    if len(counts) == 0:
+        return 0.0
+    ordered = np.sort(counts)[::-1]
+    k = max(1, int(round(len(ordered) * head)))
+    return float(ordered[:k].sum() / ordered.sum())
+
+
+def with_month(df: DataFrame) -> DataFrame:
+    return df.withColumn(_PERIOD, F.date_format(F.date_trunc("month", F.col(RATED_AT)), "yyyy-MM"))
+
+
+def split_section(inp: Inputs) -> str:
+    from recospark.split import chronological_split
+
+    conf = inp.cfg.split
+    if conf.strategy == "chronological":
+        train, test = inp.train, inp.test
+        origin = f"the published chronological split splits/{inp.split}/"
+    else:
+        train, test = chronological_split(inp.ratings, conf.time_quantile, conf.cutoff)
+        cut = conf.cutoff.isoformat() if conf.cutoff else f"the {conf.time_quantile:g} quantile of rating time"
+        origin = (
+            f"a chronological split computed here from ratings/ (cut at {cut}) for comparison; "
+            f"the models in this report use the {conf.strategy} split {inp.split!r}"
+        )
+    sides = with_month(train.withColumn(_SIDE, F.lit("train"))).unionByName(with_month(test.withColumn(_SIDE, F.lit("test"))))
+    rows = sides.groupBy(_PERIOD, _SIDE).agg(F.count(F.lit(1)).alias(_N)).collect()
+    first_test = test.agg(F.min(RATED_AT)).first()[0]
+    periods = sorted({r[_PERIOD] for r in rows})
+    counts = {(r[_PERIOD], r[_SIDE]): int(r[_N]) for r in rows}
+    n_train = [counts.get((p, "train"), 0) for p in periods]
+    n_test = [counts.get((p, "test"), 0) for p in periods]
+    cutoff = first_test.strftime("%Y-%m-%d %H:%M") if first_test else "–"
+    summary = H.table(["side", "ratings", "months"], [["train", sum(n_train), sum(1 for v in n_train if v)], ["test", sum(n_test), sum(1 for v in n_test if v)]])
+    return H.para(f"Train and test sizes per month for {origin}.") + summary + H.img(
+        plots.split_over_time(periods, n_train, n_test, cutoff), "train and test ratings per month"
+    )
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+def comparison_columns(k: int) -> list[tuple[str, str, str | None]]:
+    return [
+        *_RATING_COLS,
+        (f"precision@{k}", f"P@{k}", "max"),
+        (f"recall@{k}", f"R@{k}", "max"),
+        (f"ndcg@{k}", f"NDCG@{k}", "max"),
+        (f"map@{k}", f"MAP@{k}", "max"),
+        ("catalog_coverage", "catalog coverage", "max"),
+        ("mean_popularity", "mean popularity", None),
+        ("coverage", "test rows scored", None),
+        ("train_seconds", "train s", None),
+    ]
+
+
+def model_label(name: str) -> str:
+    return "global_mean (ranking: popularity)" if name == "global_mean" else name
+
+
+def comparison_section(inp: Inputs) -> str:
+    summary = inp.json("metrics", "summary.json")
+    k = int(summary.get("k", inp.cfg.evaluate.k))
+    cols = comparison_columns(k)
+    models: dict[str, dict[str, Any]] = summary.get("models", {})
+    if not models:
+        raise Missing("metrics/summary.json lists no models")
+    names = [n for n in inp.cfg.train.models if n in models] + sorted(n for n in models if n not in inp.cfg.train.models)
+    rows = [[model_label(n)] + [models[n].get(key) for key, _, _ in cols] for n in names]
+    best = [[False] * (len(cols) + 1) for _ in names]
+    for c, (key, _, better) in enumerate(cols, start=1):
+        values = [(i, models[n].get(key)) for i, n in enumerate(names) if isinstance(models[n].get(key), (int, float))]
+        if better and len(values) > 1:
+            target = (min if better == "min" else max)(v for _, v in values)
+            for i, v in values:
+                best[i][c] = v == target
+    text = (
+        f"Split {summary.get('split')!r}; ranking on top-{k} lists that exclude each user's training items, "
+        f"relevant = test rating ≥ {summary.get('relevance_threshold')}, averaged over test users with a relevant item. "
+        f"Cold-start policy: {summary.get('cold_start')}. The global-mean model predicts one number for every pair, "
+        "so its ranking columns are those of the popularity recommender (most-rated train items first). Best value per column in bold."
+    )
+    out = H.para(text) + H.table(["model"] + [h for _, h, _ in cols], rows, id="comparison", best=best)
+    try:
+        tuning = inp.json("metrics", "tuning.json")
+    except Missing:
+        return out + H.para("No tuning results (metrics/tuning.json): models use the configured params.")
+    trows = [
+        [name, json.dumps(entry.get("best_params", {}), sort_keys=True), entry.get("best_rmse"), len(entry.get("grid", [])), entry.get("seconds")]
+        for name, entry in tuning.get("models", {}).items()
+    ]
+    return out + H.para(
+        f"Tuning ({tuning.get('method')}) on validation data carved from the train split, never from test:"
+    ) + H.table(["model", "best params", "validation RMSE", "grid points", "seconds"], trows, id="tuning")
+
+
+# --------------------------------------------------------------------------- learning curves
+
+
+def sgd_history(inp: Inputs) -> list[Any]:
+    try:
+        history = inp.json("metrics", "sgd.json").get("history") or []
+    except Missing:
+        history = []
+    if not history:
+        history = (io.read_manifest(inp.cfg, "models/sgd") or {}).get("history") or []
+    if not history:
+        raise Missing("no SGD training history (models/sgd or metrics/sgd.json): train the sgd model to see its learning curve")
+    return list(history)
+
+
+def history_series(history: list[Any]) -> tuple[list[int], dict[str, list[float | None]]]:
+    """Epoch numbers and every *rmse* series of a history (list of per-epoch dicts)."""
+    epochs, series = [], {}
+    keys = sorted({k for h in history if isinstance(h, dict) for k in h if "rmse" in k})
+    for i, h in enumerate(history):
+        h = h if isinstance(h, dict) else {"train_rmse": h}
+        epochs.append(int(h.get("epoch", i + 1)))
+        for key in keys or ["train_rmse"]:
+            series.setdefault(key, []).append(h.get(key))
+    return epochs, series
+
+
+def als_curve(inp: Inputs) -> tuple[list[int], dict[str, list[float]], dict[str, Any]]:
+    """Refit ALS at each maxIter of `report.als_curve_iters` on train; RMSE on train and test (cold rows dropped)."""
+    from recospark.models import registry
+    from recospark.train import tuned_params
+
+    cfg = inp.cfg
+    overrides = tuned_params(cfg).get("als", {})
+    train, test = inp.train, inp.test
+    evaluator = RegressionEvaluator(metricName="rmse", labelCol=RATING, predictionCol=PREDICTION)
+    iters = sorted(set(cfg.report.als_curve_iters))
+    series: dict[str, list[float]] = {"train_rmse": [], "test_rmse": []}
+    for n in iters:
+        model = registry.build_estimator("als", cfg, {**overrides, "max_iter": n}, cold_start_strategy="drop").fit(train)
+        series["train_rmse"].append(float(evaluator.evaluate(model.transform(train))))
+        series["test_rmse"].append(float(evaluator.evaluate(model.transform(test))))
+    return iters, series, overrides
+
+
+def curves_section(inp: Inputs) -> str:
+    parts, missing = [], []
+    try:
+        epochs, series = history_series(sgd_history(inp))
+        parts.append(H.para("SGD: RMSE per epoch on its train rows and on the validation rows carved from train (early stopping watches the latter)."))
+        parts.append(H.img(plots.learning_curve(epochs, series, "SGD learning curve"), "SGD learning curve"))
+    except Missing as err:
+        missing.append(f"SGD learning curve: {err}")
+        parts.append(H.note(f"SGD learning curve not available: {err}"))
+    if "als" not in inp.cfg.train.models:
+        missing.append("ALS is not in train.models")
+        parts.append(H.note("ALS is not in train.models: no ALS curve."))
+    else:
+        try:
+            iters, series, overrides = als_curve(inp)
+            params = f" with tuned params {json.dumps(overrides, sort_keys=True)}" if overrides else " with the configured params"
+            parts.append(
+                H.para(
+                    f"ALS{params}, refitted for maxIter in {iters} on the train split; RMSE on train and on test "
+                    "(rows of unseen users/items dropped). A diagnostic only: nothing is chosen from the test curve."
+                )
+            )
+            parts.append(H.img(plots.learning_curve(iters, series, "ALS RMSE by iteration", xlabel="maxIter"), "ALS RMSE by iteration"))
+        except Missing as err:
+            missing.append(f"ALS curve: {err}")
+            parts.append(H.note(f"ALS curve not available: {err}"))
+    if len(missing) == 2:
+        raise Missing("; ".join(missing))
+    return "".join(parts)
+
+
+# --------------------------------------------------------------------------- factors
+
+
+def sample_rows(df: DataFrame, n: int, seed: int) -> DataFrame:
+    """A deterministic sample of n factor rows (hash order), shown sorted by id."""
+    return df.orderBy(F.xxhash64(F.lit(seed), F.col(FACTOR_ID)), F.col(FACTOR_ID)).limit(n).orderBy(FACTOR_ID)
+
+
+def _factor_matrix(df: DataFrame, n: int, seed: int) -> tuple[np.ndarray, list[int]]:
+    pdf = sample_rows(df.select(F.col(FACTOR_ID).cast("int").alias(FACTOR_ID), FEATURES), n, seed).toPandas()
+    if pdf.empty:
+        return np.zeros((0, 1)), []
+    return np.stack(pdf[FEATURES].to_numpy()).astype(float), [int(i) for i in pdf[FACTOR_ID]]
+
+
+def factors_section(inp: Inputs) -> str:
+    from recospark.models import registry
+
+    parts, missing, n, seed = [], [], inp.cfg.report.factor_sample, inp.cfg.split.seed
+    for name in FACTOR_MODELS:
+        if name not in inp.cfg.train.models:
+            continue
+        if io.read_manifest(inp.cfg, f"models/{name}") is None:
+            missing.append(f"models/{name} is not published")
+            parts.append(H.note(f"models/{name} is not published: no heat map for {name}."))
+            continue
+        try:
+            model = registry.load_model(name, io.output_path(inp.cfg, "models", name))
+        except ImportError as err:
+            missing.append(f"cannot load {name}: {err}")
+            parts.append(H.note(f"cannot load the {name} model: {err}"))
+            continue
+        users, user_ids = _factor_matrix(model.userFactors, n, seed)
+        items, item_ids = _factor_matrix(model.itemFactors, n, seed)
+        parts.append(H.img(plots.factor_heatmap(name, users, user_ids, items, item_ids), f"{name} factor heat map"))
+    if len(missing) == len(parts):
+        raise Missing("; ".join(missing) or "no factor model (als, sgd) in train.models")
+    return H.para(f"Up to {n} users and {n} items sampled by hash; one row per user or item, one column per latent dimension.") + "".join(parts)
+
+
+# --------------------------------------------------------------------------- sample users
+
+
+def sample_users(train: DataFrame, n: int, seed: int) -> list[int]:
+    users = train.select(USER_ID).distinct()
+    rows = users.orderBy(F.xxhash64(F.lit(seed), F.col(USER_ID)), F.col(USER_ID)).limit(n).collect()
+    return sorted(int(r[USER_ID]) for r in rows)
+
+
+def favourites(train: DataFrame, titles: DataFrame, users: list[int], n: int) -> dict[int, list[str]]:
+    """Each user's n highest-rated train movies (latest first among equal ratings)."""
+    order = Window.partitionBy(USER_ID).orderBy(F.col(RATING).desc(), F.col(RATED_AT).desc(), F.col(MOVIE_ID))
+    rows = (
+        train.filter(F.col(USER_ID).isin(users))
+        .withColumn(_POS, F.row_number().over(order))
+        .filter(F.col(_POS) <= n)
+        .join(F.broadcast(titles), MOVIE_ID, "left")
+        .collect()
+    )
+    out: dict[int, list[tuple[int, str]]] = {u: [] for u in users}
+    for r in rows:
+        out[r[USER_ID]].append((r[_POS], f"{_title(r[TITLE], r[MOVIE_ID])} ★{r[RATING]:g}"))
+    return {u: [t for _, t in sorted(v)] for u, v in out.items()}
+
+
+def _title(title: str | None, movie_id: int) -> str:
+    return title if title else f"movie {movie_id}"
+
+
+def samples_section(inp: Inputs) -> str:
+    cfg = inp.cfg
+    n_list = 10
+    users = sample_users(inp.train, cfg.report.sample_users, cfg.split.seed)
+    if not users:
+        raise Missing("the train split has no users")
+    columns = {"highest rated in train": favourites(inp.train, inp.titles(), users, n_list)}
+    notes = []
+    for name in cfg.train.models:
+        try:
+            recs = inp.read(f"recommendations/{name}", RECOMMENDATIONS)
+        except Missing:
+            notes.append(name)
+            continue
+        lists: dict[int, list[tuple[int, str]]] = {u: [] for u in users}
+        for r in recs.filter(F.col(USER_ID).isin(users) & (F.col(RANK) <= n_list)).collect():
+            lists[r[USER_ID]].append((r[RANK], _title(r[TITLE], r[MOVIE_ID])))
+        columns[f"{model_label(name)} top-{n_list}"] = {u: [t for _, t in sorted(v)] for u, v in lists.items()}
+    if len(columns) == 1:
+        raise Missing("no recommendations/<model>/ published: run the recommend stage")
+    parts = [H.para(f"{len(users)} users picked by hash; recommendations exclude what they rated in train.")]
+    if notes:
+        parts.append(H.note(f"no recommendations published for: {', '.join(notes)}"))
+    headers = ["#", *columns]
+    for u in users:
+        rows = [[i + 1] + [col[u][i] if i < len(col[u]) else "" for col in columns.values()] for i in range(n_list)]
+        parts.append(f'<div class="user"><h3>user {u}</h3>{H.table(headers, rows, left=len(headers))}</div>')
+    return "".join(parts)
+
+
+SECTIONS: tuple[tuple[str, str, Callable[[Inputs], str]], ...] = (
+    ("data", "Ratings: distribution and long tail", data_section),
+    ("split", "Train/test sizes over time (chronological split)", split_section),
+    ("comparison", "Model comparison", comparison_section),
+    ("curves", "Learning curves", curves_section),
+    ("factors", "Learned factors", factors_section),
+    ("samples", "Sample recommendations", samples_section),
+)

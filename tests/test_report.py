@@ -1,0 +1,250 @@
+import base64
+import re
+import shutil
+import struct
+import subprocess
+from datetime import datetime, timedelta
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from recospark import io, report
+from recospark.config import load_config
+from recospark.models import registry
+from recospark.recommend import scoring_factors, top_n, with_titles
+from recospark.schema import MOVIE_ID, MOVIES, RATINGS, USER_ID
+from recospark.split import random_split
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SECTION_IDS = ["data", "split", "comparison", "curves", "factors", "samples"]
+
+
+class Page(HTMLParser):
+    """Sections, tables (with their rows) and images of a report page."""
+
+    def __init__(self):
+        super().__init__()
+        self.sections, self.images, self.tables, self.notes, self.urls = [], [], {}, [], []
+        self._table, self._note, self._section = None, False, None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        for key in ("src", "href"):
+            if key in a:
+                self.urls.append(a[key])
+        if tag == "section":
+            self._section = a["id"]
+            self.sections.append(a["id"])
+        elif tag == "img":
+            self.images.append((self._section, a["src"]))
+        elif tag == "table":
+            self._table = a.get("id", f"t{len(self.tables)}")
+            self.tables[self._table] = []
+        elif tag == "tr" and self._table:
+            self.tables[self._table].append([])
+        elif tag == "p" and a.get("class") == "note":
+            self._note = True
+            self.notes.append((self._section, ""))
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self._table = None
+        elif tag == "p":
+            self._note = False
+
+    def handle_data(self, data):
+        if self._table and self.tables[self._table]:
+            self.tables[self._table][-1].append(data)
+        if self._note:
+            sec, text = self.notes[-1]
+            self.notes[-1] = (sec, text + data)
+
+
+def parse(path) -> Page:
+    page = Page()
+    page.feed(Path(path).read_text(encoding="utf-8"))
+    return page
+
+
+def png_size(src: str) -> tuple[int, int]:
+    """Width and height of a data-URI PNG, after checking it decodes as base64 and is a PNG."""
+    assert src.startswith("data:image/png;base64,")
+    data = base64.b64decode(src.split(",", 1)[1], validate=True)
+    assert data[:8] == PNG_MAGIC and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def _publish_inputs(spark, cfg):
+    start = datetime(1997, 9, 20)
+    rows = [
+        (u, i, float(1 + (u * 7 + i * 3) % 5), start + timedelta(days=9 * u + 5 * i))
+        for u in range(1, 11)
+        for i in range(1, 9)
+        if (u + i) % 4 != 0
+    ]
+    ratings = spark.createDataFrame(rows, RATINGS)
+    # movie 8 has no row in movies/: its title falls back to its id; a title needing escaping
+    movies = spark.createDataFrame(
+        [(i, f"Movie <{i}> & sons ({1990 + i})", 1990 + i, ["Drama"]) for i in range(1, 8)], MOVIES
+    )
+    io.publish_dataframe(ratings, cfg, "ratings")
+    io.publish_dataframe(movies, cfg, "movies")
+    train, test = random_split(ratings, 0.25, cfg.split.seed)
+    io.publish_dataframe(train, cfg, "splits/random/train")
+    io.publish_dataframe(test, cfg, "splits/random/test")
+    models = {}
+    for name in ("als", "bias"):
+        model = registry.build_estimator(name, cfg).fit(train)
+        io.publish(spark, cfg, f"models/{name}", lambda p, m=model: m.write().save(p), count_rows=False)
+        users, items = scoring_factors(model)
+        recs = top_n(users, items, train.select(USER_ID, MOVIE_ID), 10).transform(with_titles(movies))
+        io.publish_dataframe(recs, cfg, f"recommendations/{name}")
+        models[name] = model
+    summary = {
+        "split": "random",
+        "k": 10,
+        "relevance_threshold": 4.0,
+        "cold_start": "drop",
+        "models": {
+            "als": {"rmse": 1.1, "mae": 0.9, "r2": 0.1, "ndcg@10": 0.2, "precision@10": 0.1, "train_seconds": 1.5},
+            "global_mean": {"rmse": 1.4, "mae": 1.2, "r2": 0.0, "ndcg@10": 0.3, "precision@10": 0.15},
+            "bias": {"rmse": 1.2, "mae": 1.0, "r2": 0.05, "ndcg@10": None},
+        },
+    }
+    io.write_json_atomic(io.output_path(cfg, "metrics", "summary.json"), summary)
+    history = [{"epoch": e, "train_rmse": 1.5 / e, "val_rmse": 1.2 + 0.3 / e} for e in range(1, 6)]
+    io.write_json_atomic(io.output_path(cfg, "metrics", "sgd.json"), {"model": "sgd", "history": history})
+
+
+@pytest.fixture(scope="module")
+def published_report(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("report") / "out"
+    cfg = load_config(
+        None,
+        [
+            f"output.root={root}",
+            "train.models=[als,sgd,global_mean,bias]",  # sgd: only its history exists, no model
+            "als.rank=2",
+            "als.max_iter=2",
+            "als.num_blocks=1",
+            "report.als_curve_iters=[1,2]",
+            "report.factor_sample=4",
+            "report.sample_users=2",
+        ],
+    )
+    _publish_inputs(spark, cfg)
+    result = report.run(spark, cfg)
+    return cfg, result
+
+
+def test_report_structure(published_report):
+    cfg, result = published_report
+    path = Path(result["path"])
+    assert path == Path(io.output_path(cfg, "report", "index.html")) and path.is_file()
+    assert io.read_manifest(cfg, "report")["sections"] == result["sections"]
+    page = parse(path)
+    assert page.sections == SECTION_IDS
+    assert all(state == "ok" for state in result["sections"].values()), result["sections"]
+    # data: distribution + long tail; split: 1; curves: SGD + ALS; factors: ALS only (no sgd model)
+    by_section = {s: sum(1 for sec, _ in page.images if sec == s) for s in SECTION_IDS}
+    assert by_section == {"data": 2, "split": 1, "comparison": 0, "curves": 2, "factors": 1, "samples": 0}
+    for _, src in page.images:
+        width, height = png_size(src)
+        assert width > 100 and height > 100
+    # every URL in the page is inline data or an in-page anchor: nothing to fetch
+    assert all(u.startswith(("data:", "#")) for u in page.urls), page.urls
+    table = page.tables["comparison"]
+    assert [row[0] for row in table[1:]] == ["als", "global_mean (ranking: popularity)", "bias"]
+    assert table[1][1:4] == ["1.1000", "0.9000", "0.1000"]
+    assert any("sgd" in text for sec, text in page.notes if sec == "factors")
+
+
+def test_report_sample_lists_show_titles_escaped(published_report):
+    _, result = published_report
+    text = Path(result["path"]).read_text(encoding="utf-8")
+    assert "Movie &lt;" in text and "Movie <" not in text  # titles are escaped
+    page = parse(result["path"])
+    user_tables = [rows for tid, rows in page.tables.items() if tid not in ("comparison", "tuning") and rows and rows[0][:2] == ["#", "highest rated in train"]]
+    assert len(user_tables) == 2  # report.sample_users
+    assert user_tables[0][0] == ["#", "highest rated in train", "als top-10", "bias top-10"]
+    assert any("★" in cell for row in user_tables[0][1:] for cell in row)
+
+
+def test_report_with_nothing_published_says_so_per_section(spark, cfg_factory):
+    cfg = cfg_factory()
+    result = report.run(spark, cfg)
+    page = parse(result["path"])
+    assert page.sections == SECTION_IDS
+    assert page.images == []
+    assert {sec for sec, _ in page.notes} == set(SECTION_IDS)
+    assert all(state.startswith("missing") for state in result["sections"].values())
+    # re-running publishes a new version over the previous one
+    again = report.run(spark, cfg)
+    assert Path(again["path"]).is_file()
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def _chromium_cmd(binary, profile, *args):
+    return [
+        binary,
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        "--no-first-run",
+        "--no-default-browser-check",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-extensions",
+        "--host-resolver-rules=MAP * ~NOTFOUND",  # nothing but the file:// page can load
+        "--virtual-time-budget=10000",
+        *args,
+    ]
+
+
+@pytest.mark.browser
+def test_report_renders_in_headless_chromium(published_report, tmp_path):
+    binary = _chromium()
+    if binary is None:
+        pytest.skip("no chromium on PATH (apt-get install -y chromium)")
+    _, result = published_report
+    url = Path(result["path"]).resolve().as_uri()
+    n_images = len(parse(result["path"]).images)
+    dom = subprocess.run(
+        _chromium_cmd(binary, tmp_path / "profile", "--dump-dom", url), capture_output=True, text=True, timeout=120
+    )
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    body = re.search(r"<body([^>]*)>", dom.stdout)
+    assert body, dom.stdout[:500]
+    attrs = dict(re.findall(r'([\w-]+)="([^"]*)"', body.group(1)))
+    assert attrs.get("data-images-total") == str(n_images)
+    assert attrs.get("data-images-ok") == str(n_images)  # every image decoded in the browser
+    assert 'id="comparison"' in dom.stdout and int(attrs["data-tables"]) >= 3
+
+    shot = tmp_path / "report.png"
+    run = subprocess.run(
+        _chromium_cmd(binary, tmp_path / "profile2", f"--screenshot={shot}", "--window-size=1280,2400", "--hide-scrollbars", url),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0 and shot.is_file(), run.stderr[-2000:]
+    from PIL import Image
+
+    with Image.open(shot) as im:
+        assert im.size == (1280, 2400)
+        gray = im.convert("L")
+        lo, hi = gray.getextrema()
+        assert hi - lo > 100  # not a blank page
+        dark = gray.point(lambda v: 255 if v < 128 else 0).histogram()[255]
+        assert dark > 5000  # text, tables and plots drew something
