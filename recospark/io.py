@@ -93,14 +93,59 @@ def _manifest(
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
-    """Small JSON files (metrics) are replaced whole with os.replace: readers see old or new."""
+    """Small JSON files (metrics) are replaced whole: readers see the old file or the new one.
+
+    Local: os.replace. Other file systems: write beside, then delete + rename (two metadata
+    operations; a reader in between sees no file rather than half of one).
+    """
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
     if not is_local(path):
-        raise OutputError(f"JSON outputs need a local or mounted path, got {path}")
+        _replace_hadoop(path, text)
+        return
     target = _local(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, target)
+
+
+def read_json(path: str) -> dict[str, Any] | None:
+    """A small JSON output on any file system, or None when it does not exist."""
+    if is_local(path):
+        p = _local(path)
+        return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
+    jvm, fs, hpath = _hadoop(path)
+    if not fs.exists(hpath):
+        return None
+    stream = fs.open(hpath)
+    try:
+        data = jvm.org.apache.commons.io.IOUtils.toByteArray(stream)
+    finally:
+        stream.close()
+    return json.loads(bytes(data).decode("utf-8"))
+
+
+def _hadoop(path: str):
+    spark = SparkSession.getActiveSession()
+    if spark is None:
+        raise OutputError(f"{path}: a non-local path needs an active SparkSession")
+    jvm = spark.sparkContext._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    return jvm, hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), hpath
+
+
+def _replace_hadoop(path: str, text: str) -> None:
+    jvm, fs, target = _hadoop(path)
+    tmp = jvm.org.apache.hadoop.fs.Path(f"{path}.{uuid.uuid4().hex[:8]}.tmp")
+    out = fs.create(tmp, True)
+    try:
+        out.write(bytearray(text.encode("utf-8")))
+    finally:
+        out.close()
+    if fs.exists(target):
+        fs.delete(target, False)
+    if not fs.rename(tmp, target):
+        raise OutputError(f"could not publish {path}")
 
 
 def publish(
@@ -154,10 +199,7 @@ def publish_dataframe(
 
 
 def read_manifest(cfg: Config, relpath: str) -> dict[str, Any] | None:
-    path = join_path(cfg.output.root, relpath, MANIFEST)
-    if is_local(path) and _local(path).is_file():
-        return json.loads(_local(path).read_text(encoding="utf-8"))
-    return None
+    return read_json(join_path(cfg.output.root, relpath, MANIFEST))
 
 
 def read_output(spark: SparkSession, cfg: Config, relpath: str, schema: StructType | None = None, *, needed_by: str = "") -> DataFrame:

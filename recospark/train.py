@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
@@ -23,10 +22,10 @@ def tuned_params(cfg: Config) -> dict[str, dict[str, Any]]:
     if not cfg.train.use_tuned:
         return {}
     path = io.output_path(cfg, "metrics", "tuning.json")
-    if not io.is_local(path) or not io._local(path).is_file():
+    tuning = io.read_json(path)
+    if tuning is None:
         log.warning("train.use_tuned is set but %s does not exist: run the tune stage first; using conf values", path)
         return {}
-    tuning = json.loads(io._local(path).read_text(encoding="utf-8"))
     return {name: dict(entry.get("best_params", {})) for name, entry in tuning.get("models", {}).items()}
 
 

@@ -71,11 +71,10 @@ class Inputs:
         return df
 
     def json(self, *parts: str) -> dict[str, Any]:
-        path = io.output_path(self.cfg, *parts)
-        local = io._local(path)
-        if not io.is_local(path) or not local.is_file():
+        data = io.read_json(io.output_path(self.cfg, *parts))
+        if data is None:
             raise Missing(f"{'/'.join(parts)} is not published")
-        return json.loads(local.read_text(encoding="utf-8"))
+        return data
 
     @cached_property
     def ratings(self) -> DataFrame:
