@@ -85,15 +85,15 @@ class ALSConf(_Section):
 
 
 class SGDConf(_Section):
-    rank: int = Field(64, ge=1)
+    rank: int = Field(128, ge=1)
     max_iter: int = Field(40, ge=1)
-    reg_param: float = Field(0.05, ge=0)
+    reg_param: float = Field(0.08, ge=0)
     bias_reg_param: float = Field(0.01, ge=0)
-    step_size: float = Field(0.01, gt=0)
-    step_decay: float = Field(0.95, gt=0, le=1)
+    step_size: float = Field(0.03, gt=0)
+    step_decay: float = Field(0.93, gt=0, le=1)
     schedule: Literal["decay", "bold_driver"] = "decay"
-    num_blocks: int = Field(4, ge=1)
-    init_std: float = Field(0.1, gt=0)
+    num_blocks: int = Field(2, ge=1, description="d: d x d rating blocks; at least the cores in use")
+    init_std: float = Field(0.02, gt=0)
     seed: int = 42
     early_stopping_rounds: int = Field(3, ge=0, description="0 disables early stopping")
     checkpoint_interval: int = Field(5, ge=1, description="epochs between lineage cuts")
@@ -140,7 +140,7 @@ class TuneConf(_Section):
     grids: dict[str, dict[str, list[Any]]] = Field(
         default_factory=lambda: {
             "als": {"rank": [10, 20], "reg_param": [0.05, 0.1]},
-            "sgd": {"rank": [32, 64], "reg_param": [0.03, 0.05]},
+            "sgd": {"rank": [64, 128], "reg_param": [0.05, 0.08]},
         }
     )
 

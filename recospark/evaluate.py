@@ -116,13 +116,14 @@ def ranking_for(model, train: DataFrame, test: DataFrame, cfg: Config) -> dict[s
 
 def summary_table(models: dict[str, dict[str, Any]], k: int) -> str:
     cols = ["rmse", "mae", "r2", f"precision@{k}", f"recall@{k}", f"ndcg@{k}", f"map@{k}", "catalog_coverage", "coverage", "train_seconds"]
-    header = f"{'model':<12}" + "".join(f"{c:>14}" for c in cols)
+    widths = [max(10, len(c)) + 2 for c in cols]
+    header = f"{'model':<12}" + "".join(f"{c:>{w}}" for c, w in zip(cols, widths))
     lines = [header, "-" * len(header)]
     for name, m in models.items():
         cells = []
-        for c in cols:
+        for c, w in zip(cols, widths):
             v = m.get(c)
-            cells.append(f"{v:>14.4f}" if isinstance(v, float) else f"{str(v if v is not None else '-'):>14}")
+            cells.append(f"{v:>{w}.4f}" if isinstance(v, float) else f"{str(v if v is not None else '-'):>{w}}")
         lines.append(f"{name:<12}" + "".join(cells))
     return "\n".join(lines)
 
