@@ -6,8 +6,8 @@ Stages are the pipeline's own code on a local[2] session: generate (not counted)
 ALS fit, SGD fit, evaluate (rating + ranking metrics of the SGD model), and top-N for all users
 with rated items excluded: ours (blocked, broadcast items) vs MLlib's `recommendForAllUsers`
 (asked for N + the most any user rated, then rated items removed and re-ranked), both on the
-same ALS model. SGD's time to reach ALS's test RMSE is read from a second SGD fit that tracks
-test RMSE per epoch (test rows passed as validation rows, early stopping off, never trained on).
+same ALS model. SGD's time to reach ALS's test RMSE comes from its per-epoch history: the test
+rows ride along as validation rows (early stopping off, never trained on), scored every epoch.
 """
 
 from __future__ import annotations
@@ -143,18 +143,21 @@ def main(argv=None) -> int:
 
     als = timed(r, "als_fit_s", lambda: registry.build_estimator("als", cfg, cold_start_strategy="drop").fit(train))
     r["als_rmse"] = rmse.evaluate(als.transform(test))
-    sgd = timed(r, "sgd_fit_s", lambda: registry.build_estimator("sgd", cfg, {"early_stopping_rounds": 0}, cold_start_strategy="drop").fit(train))
+    # One SGD fit that also scores the test rows after every epoch (passed as validation rows,
+    # early stopping off, never trained on): its fit time includes that scoring, so SGD's times
+    # here are upper bounds.
+    tracked_data = train.withColumn(IS_VALIDATION, F.lit(False)).unionByName(test.withColumn(IS_VALIDATION, F.lit(True)))
+    sgd = timed(r, "sgd_fit_s", lambda: registry.build_estimator(
+        "sgd", cfg, {"early_stopping_rounds": 0}, cold_start_strategy="drop", validation=True).fit(tracked_data))
     r["sgd_rmse"] = rmse.evaluate(sgd.transform(test))
     r["sgd_epochs"] = len(sgd.history)
     r["sgd_updates_per_s"] = round(r["train_rows"] * len(sgd.history) / max(r["sgd_fit_s"], 1e-9))
-
-    tracked_data = train.withColumn(IS_VALIDATION, F.lit(False)).unionByName(test.withColumn(IS_VALIDATION, F.lit(True)))
-    tracked = registry.build_estimator("sgd", cfg, {"early_stopping_rounds": 0}, cold_start_strategy="drop", validation=True).fit(tracked_data)
-    elapsed, reached = 0.0, None
-    for h in tracked.history:
+    # Setup (blocking the ratings, initial factors) and the final export count against SGD too.
+    elapsed, reached = r["sgd_fit_s"] - sum(h["seconds"] for h in sgd.history), None
+    for h in sgd.history:
         elapsed += h["seconds"]
         if h["val_rmse"] is not None and h["val_rmse"] <= r["als_rmse"]:
-            reached = (h["epoch"], elapsed)
+            reached = (h["epoch"], round(elapsed, 2))
             break
     r["sgd_reach_als_epoch"], r["sgd_reach_als_s"] = reached if reached else (None, None)
 
