@@ -12,7 +12,6 @@ Target: >= 3 M updates/s per core at rank 32.
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
 import sys
 import time

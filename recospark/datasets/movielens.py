@@ -18,7 +18,6 @@ from pyspark.sql import functions as F
 
 from recospark.config import join_path
 from recospark.schema import (
-    GENRES,
     LINE_NUMBER,
     MOVIE_ID,
     RATED_AT,
@@ -27,9 +26,7 @@ from recospark.schema import (
     RAW,
     REASON,
     SOURCE_FILE,
-    TITLE,
     USER_ID,
-    YEAR,
 )
 
 # Genre flag order of ml-100k's u.item (u.genre lists the same names with their index).

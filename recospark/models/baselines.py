@@ -27,7 +27,6 @@ from typing import Any
 from pyspark import keyword_only
 from pyspark.ml import Estimator, Model
 from pyspark.ml.param import Param, Params, TypeConverters
-from pyspark.ml.param.shared import HasPredictionCol
 from pyspark.ml.util import (
     DefaultParamsReadable,
     DefaultParamsReader,
@@ -41,6 +40,7 @@ from pyspark.ml.util import (
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from recospark.models.params import HasRatingColumns
 from recospark.schema import BIAS, FACTOR_ID, FEATURES, MOVIE_ID, PREDICTION, RATING, USER_ID
 
 _USER_BIAS = "_b_user"
@@ -52,34 +52,15 @@ _ITEM_COUNTS = "itemCounts"
 _USER_IDS = "userIds"
 
 
-class _BaselineParams(HasPredictionCol):
-    userCol: Param[str] = Param(Params._dummy(), "userCol", "column of user ids", TypeConverters.toString)
-    itemCol: Param[str] = Param(Params._dummy(), "itemCol", "column of item ids", TypeConverters.toString)
-    ratingCol: Param[str] = Param(Params._dummy(), "ratingCol", "column of ratings", TypeConverters.toString)
-    coldStartStrategy: Param[str] = Param(
-        Params._dummy(),
-        "coldStartStrategy",
-        "'nan' or 'drop', for parity with ALS; baselines predict every row, so nothing is dropped",
-        TypeConverters.toString,
-    )
+class _BaselineParams(HasRatingColumns):
+    """Baselines predict every row (an unseen user or item adds no bias), so coldStartStrategy
+    is kept for parity with ALS and drops nothing."""
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self._setDefault(
             userCol=USER_ID, itemCol=MOVIE_ID, ratingCol=RATING, predictionCol=PREDICTION, coldStartStrategy="nan"
         )
-
-    def getUserCol(self) -> str:
-        return self.getOrDefault(self.userCol)
-
-    def getItemCol(self) -> str:
-        return self.getOrDefault(self.itemCol)
-
-    def getRatingCol(self) -> str:
-        return self.getOrDefault(self.ratingCol)
-
-    def getColdStartStrategy(self) -> str:
-        return self.getOrDefault(self.coldStartStrategy)
 
     def _check_strategy(self) -> None:
         if self.getColdStartStrategy() not in ("nan", "drop"):

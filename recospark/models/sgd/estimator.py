@@ -21,7 +21,6 @@ from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import (
     HasCheckpointInterval,
     HasMaxIter,
-    HasPredictionCol,
     HasRegParam,
     HasSeed,
     HasStepSize,
@@ -31,6 +30,7 @@ from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReadable
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from recospark.models.params import HasRatingColumns
 from recospark.models.sgd.dsgd import DSGDParams, fit_dsgd
 from recospark.schema import BIAS, BIASED_FACTORS, FACTOR_ID, FEATURES
 
@@ -40,7 +40,7 @@ _ITEMS_DIR = "itemFactors"
 
 
 class _SGDParams(
-    HasMaxIter, HasRegParam, HasStepSize, HasSeed, HasCheckpointInterval, HasPredictionCol, HasValidationIndicatorCol
+    HasMaxIter, HasRegParam, HasStepSize, HasSeed, HasCheckpointInterval, HasRatingColumns, HasValidationIndicatorCol
 ):
     rank: "Param[int]" = Param(Params._dummy(), "rank", "number of latent factors (>= 1)", TypeConverters.toInt)
     biasRegParam: "Param[float]" = Param(
@@ -68,15 +68,6 @@ class _SGDParams(
         "with validationIndicatorCol: stop after this many epochs without validation improvement "
         "and keep the best epoch's factors; 0 disables",
         TypeConverters.toInt,
-    )
-    userCol: "Param[str]" = Param(Params._dummy(), "userCol", "column name for user ids (int)", TypeConverters.toString)
-    itemCol: "Param[str]" = Param(Params._dummy(), "itemCol", "column name for item ids (int)", TypeConverters.toString)
-    ratingCol: "Param[str]" = Param(Params._dummy(), "ratingCol", "column name for ratings", TypeConverters.toString)
-    coldStartStrategy: "Param[str]" = Param(
-        Params._dummy(),
-        "coldStartStrategy",
-        "unknown users/items at prediction time: 'nan' (NaN prediction) or 'drop' (drop the row)",
-        TypeConverters.toString,
     )
     failPartition: "Param[int]" = Param(
         Params._dummy(),
@@ -128,18 +119,6 @@ class _SGDParams(
 
     def getEarlyStoppingRounds(self) -> int:
         return self.getOrDefault(self.earlyStoppingRounds)
-
-    def getUserCol(self) -> str:
-        return self.getOrDefault(self.userCol)
-
-    def getItemCol(self) -> str:
-        return self.getOrDefault(self.itemCol)
-
-    def getRatingCol(self) -> str:
-        return self.getOrDefault(self.ratingCol)
-
-    def getColdStartStrategy(self) -> str:
-        return self.getOrDefault(self.coldStartStrategy)
 
     def getFailPartition(self) -> int:
         return self.getOrDefault(self.failPartition)
