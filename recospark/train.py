@@ -8,7 +8,7 @@ from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 
-from recospark import io
+from recospark import faults, io
 from recospark.config import Config
 from recospark.models import registry
 from recospark.schema import RATINGS
@@ -38,7 +38,8 @@ def fit_model(name: str, cfg: Config, train: DataFrame, overrides: dict[str, Any
     data = with_validation_flag(train, cfg.split.validation_fraction, cfg.split.seed) if validation else train
     estimator = registry.build_estimator(name, cfg, overrides, validation=validation)
     started = time.monotonic()
-    model = estimator.fit(data)
+    with faults.armed(cfg.faults):
+        model = estimator.fit(data)
     return model, time.monotonic() - started
 
 

@@ -13,11 +13,19 @@ from pyspark.ml.recommendation import ALS
 from pyspark.ml.tuning import ParamGridBuilder, TrainValidationSplit
 from pyspark.sql import functions as F
 
+from recospark import faults
+from recospark.config import FaultsConf
 from recospark.models.sgd import SGDMatrixFactorization, SGDMatrixFactorizationModel
 from recospark.models.sgd.dsgd import DSGD, DSGDParams
 from recospark.schema import FACTORS, MOVIE_ID, PREDICTION, RATING, USER_ID
 
 COLS = dict(userCol=USER_ID, itemCol=MOVIE_ID, ratingCol=RATING)
+
+
+def failed_tasks(spark, group: str) -> int:
+    tracker = spark.sparkContext.statusTracker()
+    stages = [s for j in tracker.getJobIdsForGroup(group) for s in (tracker.getJobInfo(j).stageIds if tracker.getJobInfo(j) else [])]
+    return sum(info.numFailedTasks for info in map(tracker.getStageInfo, stages) if info)
 
 
 def _synthetic(n_users, n_items, rank, n, noise, seed):
@@ -237,6 +245,13 @@ def test_fault_injection_retry_gives_identical_factors(spark, tiny):
     if max_failures in ("local", "local[*]") or not max_failures.rstrip("]").split(",")[1:]:
         pytest.skip(f"master {max_failures!r} does not retry tasks; use local[N,maxFailures]")
     clean = _fit(tiny, maxIter=1)
-    faulty = _fit(tiny, maxIter=1, failPartition=1)
+    sc = spark.sparkContext
+    sc.setJobGroup("sgd-fault", "injected DSGD fault")
+    try:
+        with faults.armed(FaultsConf(sgd_partition=1)):
+            faulty = _fit(tiny, maxIter=1)
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+    assert failed_tasks(spark, "sgd-fault") >= 1, "the injected fault never fired: no task attempt failed"
     _same(_factors(clean), _factors(faulty))
     assert [h["train_rmse"] for h in clean.history] == [h["train_rmse"] for h in faulty.history]

@@ -60,8 +60,6 @@ def build_estimator(
         params = {SGD_PARAM_NAMES[k]: v for k, v in values.items() if k in SGD_PARAM_NAMES}
         if validation:
             params["validationIndicatorCol"] = IS_VALIDATION
-        if cfg.faults.sgd_partition is not None:
-            params["failPartition"] = cfg.faults.sgd_partition
         return SGDMatrixFactorization(coldStartStrategy=cold_start_strategy, **_COLUMNS, **params)
     if name == "bias":
         from recospark.models.baselines import BiasBaseline

@@ -35,15 +35,21 @@ from typing import Any, Iterable, Iterator, NamedTuple
 
 import numpy as np
 import pandas as pd
-from pyspark import StorageLevel, TaskContext
+from pyspark import StorageLevel
 from pyspark.rdd import RDD
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from recospark import faults
 from recospark.models.sgd.kernel import sgd_block, sse_block
 from recospark.schema import BIASED_FACTORS
 
 log = logging.getLogger(__name__)
+
+# The engine's input columns: `fit_dsgd` takes (USER int, ITEM int, RATING float) frames.
+USER = "user"
+ITEM = "item"
+RATING = "r"
 
 _USER_SALT = "user"
 _ITEM_SALT = "item"
@@ -84,7 +90,6 @@ class DSGDParams:
     seed: int = 42
     early_stopping_rounds: int = 3
     checkpoint_interval: int = 5
-    fail_partition: int = -1
 
 
 @dataclass
@@ -350,11 +355,8 @@ def _never(_record) -> bool:
     return False
 
 
-def _stratum_task(index: int, records: Iterable, *, fail_partition: int, **kwargs) -> Iterator:
-    if index == fail_partition:
-        ctx = TaskContext.get()
-        if ctx is not None and ctx.attemptNumber() == 0:
-            raise RuntimeError(f"injected fault: DSGD partition {index}, first attempt (faults.sgd_partition)")
+def _stratum_task(index: int, records: Iterable, *, fail_partition: int | None, **kwargs) -> Iterator:
+    faults.fail_first_attempt(fail_partition, "DSGD stratum")
     return train_stratum_partition(records, **kwargs)
 
 
@@ -388,19 +390,19 @@ class DSGD:
         """`train`/`validation`: columns user (int), item (int), r (float)."""
         p, d = self.p, self.d
         train = train.cache()
-        stats = train.agg(F.count(F.lit(1)).alias("n"), F.avg("r").alias("mu")).first()
+        stats = train.agg(F.count(F.lit(1)).alias("n"), F.avg(RATING).alias("mu")).first()
         self.n_train = int(stats["n"])
         if self.n_train == 0:
             raise ValueError("SGDMatrixFactorization: no training ratings")
         self.mu = float(stats["mu"])
-        uidx = _index(train.select(F.col("user").alias("id")), p.seed, d, _USER_SALT).cache()
-        iidx = _index(train.select(F.col("item").alias("id")), p.seed, d, _ITEM_SALT).cache()
+        uidx = _index(train.select(F.col(USER).alias("id")), p.seed, d, _USER_SALT).cache()
+        iidx = _index(train.select(F.col(ITEM).alias("id")), p.seed, d, _ITEM_SALT).cache()
         self._frames = [train, uidx, iidx]
 
         def indexed(df: DataFrame, how: str) -> DataFrame:
-            u = uidx.select(F.col("id").alias("user"), F.col("block").alias("ub"), F.col("local").alias("ul"))
-            i = iidx.select(F.col("id").alias("item"), F.col("block").alias("ib"), F.col("local").alias("il"))
-            return df.join(u, "user", how).join(i, "item", how).select("ub", "ib", "ul", "il", "r")
+            u = uidx.select(F.col("id").alias(USER), F.col("block").alias("ub"), F.col("local").alias("ul"))
+            i = iidx.select(F.col("id").alias(ITEM), F.col("block").alias("ib"), F.col("local").alias("il"))
+            return df.join(u, USER, how).join(i, ITEM, how).select("ub", "ib", "ul", "il", F.col(RATING).alias("r"))
 
         self.ratings = _ratings_rdd(indexed(train, "inner"), d).persist(_LEVEL)
         self.ratings.setName("dsgd-ratings")
@@ -440,11 +442,12 @@ class DSGD:
     def run_epoch(self, epoch: int, state: RDD, lr: float) -> tuple[RDD, list[RDD]]:
         """Chain the d strata of one epoch lazily; returns the final state and every stratum's output."""
         p = self.p
+        fail = faults.partition_for("sgd")
         outs = []
         for position, shift in enumerate(strata_order(p.seed, epoch, self.d, first=self.offset)):
             task = partial(
                 _stratum_task,
-                fail_partition=p.fail_partition if (epoch == 0 and position == 0) else -1,
+                fail_partition=fail if (epoch == 0 and position == 0) else None,
                 lr=lr,
                 reg=p.reg,
                 bias_reg=p.bias_reg,
@@ -572,7 +575,7 @@ class DSGD:
 
 
 def fit_dsgd(spark: SparkSession, train: DataFrame, validation: DataFrame | None, params: DSGDParams) -> DSGDResult:
-    """`train`/`validation` with columns user, item (int) and r (float); validation may be None."""
+    """`train`/`validation` with columns USER, ITEM (int) and RATING (float); validation may be None."""
     driver = DSGD(spark, params)
     driver.prepare(train, validation)
     return driver.fit()
@@ -582,6 +585,9 @@ __all__ = [
     "DSGD",
     "DSGDParams",
     "DSGDResult",
+    "ITEM",
+    "RATING",
+    "USER",
     "FactorBlock",
     "RatingsBlock",
     "block_order",

@@ -31,6 +31,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from recospark.models.params import HasRatingColumns
+from recospark.models.sgd import dsgd
 from recospark.models.sgd.dsgd import DSGDParams, fit_dsgd
 from recospark.schema import BIAS, BIASED_FACTORS, FACTOR_ID, FEATURES
 
@@ -69,12 +70,6 @@ class _SGDParams(
         "and keep the best epoch's factors; 0 disables",
         TypeConverters.toInt,
     )
-    failPartition: "Param[int]" = Param(
-        Params._dummy(),
-        "failPartition",
-        "fault injection for tests: this DSGD partition fails its first attempt in the first stratum; -1 off",
-        TypeConverters.toInt,
-    )
 
     def __init__(self, *args: Any):
         super().__init__(*args)
@@ -96,7 +91,6 @@ class _SGDParams(
             ratingCol="rating",
             predictionCol="prediction",
             coldStartStrategy="nan",
-            failPartition=-1,
         )
 
     def getRank(self) -> int:
@@ -119,9 +113,6 @@ class _SGDParams(
 
     def getEarlyStoppingRounds(self) -> int:
         return self.getOrDefault(self.earlyStoppingRounds)
-
-    def getFailPartition(self) -> int:
-        return self.getOrDefault(self.failPartition)
 
 
 def _check(params: _SGDParams) -> None:
@@ -173,7 +164,6 @@ class SGDMatrixFactorization(Estimator, _SGDParams, MLWritable, MLReadable):
         itemCol: str = "item",
         ratingCol: str = "rating",
         predictionCol: str = "prediction",
-        failPartition: int = -1,
     ):
         super().__init__()
         kwargs = self._input_kwargs
@@ -201,7 +191,6 @@ class SGDMatrixFactorization(Estimator, _SGDParams, MLWritable, MLReadable):
         itemCol: str = "item",
         ratingCol: str = "rating",
         predictionCol: str = "prediction",
-        failPartition: int = -1,
     ) -> "SGDMatrixFactorization":
         kwargs = {k: v for k, v in self._input_kwargs.items() if v is not None}
         return self._set(**kwargs)
@@ -261,9 +250,6 @@ class SGDMatrixFactorization(Estimator, _SGDParams, MLWritable, MLReadable):
     def setPredictionCol(self, value: str) -> "SGDMatrixFactorization":
         return self._set(predictionCol=value)
 
-    def setFailPartition(self, value: int) -> "SGDMatrixFactorization":
-        return self._set(failPartition=value)
-
     def dsgd_params(self) -> DSGDParams:
         return DSGDParams(
             rank=self.getRank(),
@@ -278,24 +264,26 @@ class SGDMatrixFactorization(Estimator, _SGDParams, MLWritable, MLReadable):
             seed=self.getSeed(),
             early_stopping_rounds=self.getEarlyStoppingRounds(),
             checkpoint_interval=self.getCheckpointInterval(),
-            fail_partition=self.getFailPartition(),
         )
 
     def _fit(self, dataset: DataFrame) -> "SGDMatrixFactorizationModel":
         _check(self)
         user, item, rating = self.getUserCol(), self.getItemCol(), self.getRatingCol()
+        is_val = "__sgd_validation"
         rows = dataset.select(
-            F.col(user).cast("int").alias("user"),
-            F.col(item).cast("int").alias("item"),
-            F.col(rating).cast("float").alias("r"),
+            F.col(user).cast("int").alias(dsgd.USER),
+            F.col(item).cast("int").alias(dsgd.ITEM),
+            F.col(rating).cast("float").alias(dsgd.RATING),
             *(
-                [F.coalesce(F.col(self.getValidationIndicatorCol()).cast("boolean"), F.lit(False)).alias("_val")]
+                [F.coalesce(F.col(self.getValidationIndicatorCol()).cast("boolean"), F.lit(False)).alias(is_val)]
                 if self._validation_col()
-                else [F.lit(False).alias("_val")]
+                else [F.lit(False).alias(is_val)]
             ),
-        ).where(F.col("user").isNotNull() & F.col("item").isNotNull() & F.col("r").isNotNull() & ~F.isnan("r"))
-        train = rows.where(~F.col("_val")).drop("_val")
-        validation = rows.where(F.col("_val")).drop("_val") if self._validation_col() else None
+        ).where(
+            F.col(dsgd.USER).isNotNull() & F.col(dsgd.ITEM).isNotNull() & F.col(dsgd.RATING).isNotNull() & ~F.isnan(dsgd.RATING)
+        )
+        train = rows.where(~F.col(is_val)).drop(is_val)
+        validation = rows.where(F.col(is_val)).drop(is_val) if self._validation_col() else None
         result = fit_dsgd(dataset.sparkSession, train, validation, self.dsgd_params())
         model = SGDMatrixFactorizationModel(
             result.user_factors, result.item_factors, result.global_mean, result.history, result.best_epoch
