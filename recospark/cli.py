@@ -1,7 +1,10 @@
 """`recospark <stage>`: the console command and the body of every jobs/<stage>.py.
 
-It parses arguments, validates config, builds the session (never choosing a master) and calls
-`recospark.<stage>.run(spark, cfg)`. Errors a user can fix print one line and exit 2.
+It parses arguments, validates config, runs every check that needs no Spark (config, paths,
+the data source and its layout, output root writability, stage prerequisites), and only then
+builds the session (never choosing a master) and calls the stage's `run(spark, cfg)`. Errors
+a user can fix (`recospark.config.UserError`) print one line and exit 2, before Spark starts
+wherever possible.
 """
 
 from __future__ import annotations
@@ -10,33 +13,29 @@ import argparse
 import json
 import logging
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
-from recospark.config import Config, ConfigError, load_config
-from recospark.pipeline import STAGE_MODULES
+from recospark import __version__
+from recospark.config import Config, UserError, load_config
+from recospark.pipeline import STAGES, preflight, run, run_stage
+from recospark.session import build_session
 
 EXIT_USER_ERROR = 2
+
+__all__ = ["EXIT_USER_ERROR", "main", "parse_args"]
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recospark", description="PySpark batch recommender pipeline on MovieLens.")
+    parser.add_argument("--version", action="version", version=f"recospark {__version__}")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
-    helps = {
-        "ingest": "MovieLens files -> ratings/, movies/, rejected/",
-        "split": "ratings/ -> splits/<name>/{train,test}",
-        "tune": "grid search on a validation split carved from train -> metrics/tuning.json",
-        "train": "fit models -> models/<model>/",
-        "evaluate": "score models on the test split -> metrics/<model>.json, metrics/summary.json",
-        "recommend": "top-N per user, rated items excluded -> recommendations/<model>/",
-        "report": "static HTML report -> report/index.html",
-        "generate": "synthetic MovieLens-shaped data in a MovieLens layout",
-        "pipeline": "every stage of pipeline.stages in one Spark application",
-    }
-    for stage in [*STAGE_MODULES, "pipeline"]:
-        p = sub.add_parser(stage, help=helps.get(stage, ""))
+    helps = {name: stage.help for name, stage in STAGES.items()}
+    helps["pipeline"] = "every stage of pipeline.stages in one Spark application"
+    for stage in [*STAGES, "pipeline"]:
+        p = sub.add_parser(stage, help=helps[stage])
         p.add_argument("--conf", metavar="FILE", help="YAML config, e.g. conf/local.yaml (defaults apply without one)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override one key, repeatable: --set als.rank=20")
-        p.add_argument("--model", help="models to train/evaluate/recommend: als, sgd, bias, global_mean, a comma list, or all")
+        p.add_argument("--model", help="models to train/recommend/evaluate: a name, a comma list, or all")
         p.add_argument("--json", action="store_true", help="print the stage's result as JSON")
     return parser
 
@@ -49,62 +48,49 @@ def parse_args(argv: Sequence[str]) -> tuple[str, Config, bool]:
     return args.stage, load_config(args.conf, overrides), args.json
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from recospark.io import OutputError
-
-    errors: list[type[BaseException]] = [ConfigError, OutputError]
-    try:
-        from recospark.datasets.download import SourceError
-
-        errors.append(SourceError)
-    except ImportError:
-        pass
-    try:
-        from recospark.datasets.movielens import LayoutError
-
-        errors.append(LayoutError)
-    except ImportError:
-        pass
-    return tuple(errors)
+def _fmt(key: str, value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.1f}" if key.endswith("seconds") else f"{value:.4f}"
+    return "-" if value is None else f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def _print_summary(stage: str, result: dict) -> None:
-    print(f"\nrecospark {stage}: done in {result.get('seconds', 0):.1f} s")
+def summary(stage: str, result: dict[str, Any]) -> str:
+    """What a stage (or the pipeline) wrote and measured, aligned for a terminal or a log."""
+    lines = [f"recospark {stage}: done in {result.get('seconds', 0):.1f} s"]
     stages = result.get("stages", {stage: result})
+    rows: list[tuple[str, str, str, str]] = []
+    tables = []
     for name, res in stages.items():
-        for key in ("ratings", "movies", "rejected", "train", "test"):
+        for key in ("ratings", "movies", "rejected", "canonical", "train", "test"):
             if isinstance(res.get(key), dict) and "rows" in res[key]:
-                print(f"  {name:<10} {key:<10} {res[key]['rows']:>10} rows  {res[key].get('path', '')}")
+                rows.append((name, key, f"{res[key]['rows']:,} rows", res[key].get("path", "")))
         for model, info in (res.get("models") or {}).items():
-            bits = [f"{k}={v}" for k, v in info.items() if k not in ("path",)]
-            print(f"  {name:<10} {model:<10} {' '.join(bits)}  {info.get('path', '')}")
-        if res.get("path") and "models" not in res:
-            print(f"  {name:<10} {'output':<10} {res['path']}")
+            bits = " ".join(f"{k}={_fmt(k, v)}" for k, v in info.items() if k != "path" and v is not None)
+            rows.append((name, model, bits, info.get("path", "")))
+        if res.get("path") and not res.get("models"):
+            rows.append((name, "output", "", res["path"]))
         if res.get("table"):
-            print("\n" + res["table"] + "\n")
+            tables.append(res["table"])
+    if rows:
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        lines += [f"  {a:<{widths[0]}}  {b:<{widths[1]}}  {c:<{widths[2]}}  {d}".rstrip() for a, b, c, d in rows]
+    for table in tables:
+        lines += ["", table]
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     argv = sys.argv[1:] if argv is None else argv
-    user_errors = _user_errors()
     try:
         stage, cfg, as_json = parse_args(argv)
-        from recospark.io import check_writable
-
-        check_writable(cfg)
-        from recospark.pipeline import run, run_stage
-        from recospark.session import build_session
-
+        preflight(cfg, list(cfg.pipeline.stages) if stage == "pipeline" else [stage])
         spark = build_session(cfg, f"recospark-{stage}")
         result = run(spark, cfg) if stage == "pipeline" else run_stage(stage, spark, cfg)
-    except user_errors as err:
-        print(f"recospark: error: {err}", file=sys.stderr)
+    except UserError as err:
+        print(f"recospark: error: {' '.join(str(err).split())}", file=sys.stderr)
         return EXIT_USER_ERROR
-    if as_json:
-        print(json.dumps(result, indent=2, default=str))
-    else:
-        _print_summary(stage, result)
+    print(json.dumps(result, indent=2, default=str) if as_json else summary(stage, result))
     return 0
 
 

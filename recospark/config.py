@@ -13,7 +13,11 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from recospark.models.baselines import BIAS_DEFAULTS
+from recospark.models.sgd.params import SGD_DEFAULTS
+from recospark.paths import join_path
 
 MOVIELENS_NAMES = (
     "ml-100k",
@@ -25,11 +29,14 @@ MOVIELENS_NAMES = (
     "ml-latest-small",
     "ml-latest",
 )
-MODEL_NAMES = ("als", "sgd", "global_mean", "bias")
 CANONICAL_SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """An error the user can fix (a key, a path, a stage to run first): one line, exit code 2."""
+
+
+class ConfigError(UserError, ValueError):
     """A configuration problem a user can fix by editing one key or file."""
 
 
@@ -43,6 +50,9 @@ class DataConf(_Section):
     layout: Literal["auto", "ml-100k", "ml-1m", "ml-10m", "csv"] = "auto"
     download: bool = Field(True, description="false: never touch the network")
     max_extract_bytes: int = Field(8 << 30, gt=0, description="refuse archives larger than this")
+    max_rejected_fraction: float = Field(
+        0.1, ge=0, le=1, description="ingest fails (and publishes nothing) when more rating lines than this are rejected"
+    )
 
 
 class OutputConf(_Section):
@@ -71,56 +81,129 @@ class SplitConf(_Section):
         return self.canonical if self.strategy == "canonical" else self.strategy
 
 
-class ALSConf(_Section):
+class ModelSection(_Section):
+    """Base of every model's section: the section's name is the model's name in `train.models`.
+
+    Keys are the pipeline's names for the model's Params (recospark.models.table maps them).
+    """
+
+
+class ALSConf(ModelSection):
+    """Spark MLlib ALS on explicit ratings (predicts ratings)."""
+
     rank: int = Field(10, ge=1)
     max_iter: int = Field(20, ge=1)
     reg_param: float = Field(0.1, ge=0)
-    implicit_prefs: bool = False
-    alpha: float = Field(1.0, ge=0)
     nonnegative: bool = False
-    cold_start_strategy: Literal["drop", "nan"] = "drop"
+    seed: int = 42
+    num_blocks: int = Field(4, ge=1)
+    checkpoint_interval: int = Field(5, ge=1)
+    curve_iters: tuple[int, ...] = Field(
+        (1, 5, 10),
+        description="train records ALS's RMSE curve by refitting at these maxIter values on train minus "
+        "the validation carve (the last point is the model itself); [] skips it",
+    )
+
+
+class ALSImplicitConf(ModelSection):
+    """Spark MLlib ALS with implicitPrefs: ratings as confidence 1 + alpha * r (ranks items)."""
+
+    rank: int = Field(10, ge=1)
+    max_iter: int = Field(15, ge=1)
+    reg_param: float = Field(0.1, ge=0)
+    alpha: float = Field(0.3, ge=0)
+    nonnegative: bool = False
     seed: int = 42
     num_blocks: int = Field(4, ge=1)
     checkpoint_interval: int = Field(5, ge=1)
 
 
-class SGDConf(_Section):
-    rank: int = Field(128, ge=1)
-    max_iter: int = Field(40, ge=1)
-    reg_param: float = Field(0.08, ge=0)
-    bias_reg_param: float = Field(0.01, ge=0)
-    step_size: float = Field(0.03, gt=0)
-    step_decay: float = Field(0.93, gt=0, le=1)
+def _sgd(param: str) -> Any:
+    return SGD_DEFAULTS[param]
+
+
+class SGDConf(ModelSection):
+    """recospark's DSGD matrix factorization on explicit ratings (squared loss); defaults are the estimator's."""
+
+    rank: int = Field(_sgd("rank"), ge=1)
+    max_iter: int = Field(_sgd("maxIter"), ge=1, description="epochs")
+    reg_param: float = Field(_sgd("regParam"), ge=0, description="L2 on factors")
+    bias_reg_param: float = Field(_sgd("biasRegParam"), ge=0, description="L2 on biases")
+    step_size: float = Field(_sgd("stepSize"), gt=0)
+    step_decay: float = Field(_sgd("stepDecay"), gt=0, le=1)
+    schedule: Literal["decay", "bold_driver"] = _sgd("schedule")
+    num_blocks: int = Field(_sgd("numBlocks"), ge=1, description="d: d x d rating blocks; at least the cores in use")
+    init_std: float = Field(_sgd("initStd"), gt=0)
+    seed: int = _sgd("seed")
+    early_stopping_rounds: int = Field(_sgd("earlyStoppingRounds"), ge=0, description="0 disables early stopping")
+    checkpoint_interval: int = Field(_sgd("checkpointInterval"), ge=1, description="epochs between lineage cuts")
+
+
+class SGDRankConf(ModelSection):
+    """The same DSGD engine with a top-N ranking loss (positives vs sampled negatives)."""
+
+    loss: Literal["bpr", "logistic", "warp"] = "bpr"
+    rank: int = Field(64, ge=1)
+    max_iter: int = Field(40, ge=1, description="epochs")
+    reg_param: float = Field(0.01, ge=0, description="L2 on factors")
+    bias_reg_param: float = Field(0.01, ge=0, description="L2 on item biases")
+    step_size: float = Field(0.05, gt=0)
+    step_decay: float = Field(0.95, gt=0, le=1)
     schedule: Literal["decay", "bold_driver"] = "decay"
-    num_blocks: int = Field(2, ge=1, description="d: d x d rating blocks; at least the cores in use")
-    init_std: float = Field(0.02, gt=0)
+    num_blocks: int = Field(2, ge=1)
+    init_std: float = Field(0.1, gt=0)
     seed: int = 42
-    early_stopping_rounds: int = Field(3, ge=0, description="0 disables early stopping")
-    checkpoint_interval: int = Field(5, ge=1, description="epochs between lineage cuts")
+    num_negatives: int = Field(1, ge=1, description="negatives per positive (warp: most tries)")
+    positive_threshold: float = Field(0.0, ge=0, description="ratings >= this are positives; 0: every rated item")
+    early_stopping_rounds: int = Field(0, ge=0, description="0: train max_iter epochs (tune picks max_iter on NDCG)")
+    checkpoint_interval: int = Field(5, ge=1)
 
 
-class BiasConf(_Section):
+class PureSVDConf(ModelSection):
+    """PureSVD (Cremonesi et al. 2010): truncated SVD of the user x item matrix, a top-N baseline."""
+
+    rank: int = Field(20, ge=1)
+    binary: bool = Field(False, description="true: 1 for every rated item instead of the rating")
+
+
+class BiasConf(ModelSection):
     """Regularized user+item bias baseline (Koren 2008): b_i, then b_u on the residual."""
 
-    reg_item: float = Field(10.0, ge=0)
-    reg_user: float = Field(10.0, ge=0)
+    reg_item: float = Field(BIAS_DEFAULTS["regItem"], ge=0)
+    reg_user: float = Field(BIAS_DEFAULTS["regUser"], ge=0)
+
+
+class GlobalMeanConf(ModelSection):
+    """The global mean rating; its top-N is the popularity list (most-rated train items first)."""
 
 
 class TrainConf(_Section):
-    models: tuple[Literal["als", "sgd", "global_mean", "bias"], ...] = ("als", "sgd", "global_mean", "bias")
-    use_tuned: bool = Field(False, description="start from metrics/tuning.json's best params when present")
+    models: tuple[str, ...] = ("als", "sgd", "global_mean", "bias")
+    use_tuned: bool = Field(False, description="start from tuning/tuning.json's best params when present")
 
     @field_validator("models", mode="before")
     @classmethod
     def _one_or_many(cls, v: Any) -> Any:
         if isinstance(v, str):
-            return MODEL_NAMES if v == "all" else tuple(s.strip() for s in v.split(","))
+            return model_names() if v == "all" else tuple(s.strip() for s in v.split(","))
+        return v
+
+    @field_validator("models")
+    @classmethod
+    def _known(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [m for m in v if m not in model_names()]
+        if unknown:
+            raise ValueError(f"unknown model(s) {unknown}; known: {', '.join(model_names())}")
+        if not v:
+            raise ValueError("no models: name at least one")
         return v
 
 
 class EvaluateConf(_Section):
     k: int = Field(10, ge=1)
-    relevance_threshold: float = 4.0
+    relevance_threshold: float | None = Field(
+        4.0, description="a test rating at or above this is relevant; null: every test item is relevant"
+    )
     cold_start: Literal["drop", "fallback"] = Field(
         "drop",
         description="drop: unseen users/items are left out of the metric and counted; "
@@ -148,16 +231,15 @@ class TuneConf(_Section):
 class ReportConf(_Section):
     sample_users: int = Field(3, ge=1, description="users shown with their top-10 next to their favourites")
     factor_sample: int = Field(30, ge=2, description="users and items in the factor heat map")
-    als_curve_iters: tuple[int, ...] = Field((1, 2, 5, 10, 15, 20), description="ALS maxIter values for its RMSE curve")
 
 
 class PipelineConf(_Section):
-    stages: tuple[Literal["ingest", "split", "tune", "train", "evaluate", "recommend", "report"], ...] = (
+    stages: tuple[Literal["ingest", "split", "tune", "train", "recommend", "evaluate", "report"], ...] = (
         "ingest",
         "split",
         "train",
-        "evaluate",
         "recommend",
+        "evaluate",
         "report",
     )
 
@@ -198,8 +280,12 @@ class Config(_Section):
     output: OutputConf = OutputConf()
     split: SplitConf = SplitConf()
     als: ALSConf = ALSConf()
+    als_implicit: ALSImplicitConf = ALSImplicitConf()
     sgd: SGDConf = SGDConf()
+    sgd_rank: SGDRankConf = SGDRankConf()
+    puresvd: PureSVDConf = PureSVDConf()
     bias: BiasConf = BiasConf()
+    global_mean: GlobalMeanConf = GlobalMeanConf()
     train: TrainConf = TrainConf()
     evaluate: EvaluateConf = EvaluateConf()
     recommend: RecommendConf = RecommendConf()
@@ -218,6 +304,27 @@ class Config(_Section):
             return {str(k): _spark_value(val) for k, val in v.items()}
         return v
 
+    @model_validator(mode="after")
+    def _grids_name_model_keys(self) -> "Config":
+        for name, grid in self.tune.grids.items():
+            if name not in model_names():
+                raise ValueError(f"tune.grids.{name}: unknown model; known: {', '.join(model_names())}")
+            section = type(getattr(self, name))
+            unknown = sorted(k for k in grid if k not in section.model_fields)
+            if unknown:
+                raise ValueError(f"tune.grids.{name}: unknown key(s) {unknown}; known: {sorted(section.model_fields)}")
+            empty = sorted(k for k, values in grid.items() if not values)
+            if empty:
+                raise ValueError(f"tune.grids.{name}: no values for {empty}")
+        return self
+
+    def model_conf(self, name: str) -> ModelSection:
+        """The config section of model `name` (a key of `train.models`)."""
+        section = getattr(self, name, None)
+        if not isinstance(section, ModelSection):
+            raise ConfigError(f"unknown model {name!r}; known: {', '.join(model_names())}")
+        return section
+
     @property
     def checkpoint_dir(self) -> str:
         return self.runtime.checkpoint_dir or join_path(self.output.root, "_checkpoints")
@@ -234,15 +341,19 @@ class Config(_Section):
         return _validate(raw, source="overrides")
 
 
+def model_names() -> tuple[str, ...]:
+    """Every model the pipeline knows: the Config sections that are model sections, in order."""
+    names = []
+    for name, info in Config.model_fields.items():
+        if isinstance(info.annotation, type) and issubclass(info.annotation, ModelSection):
+            names.append(name)
+    return tuple(names)
+
+
 def _spark_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     return str(v)
-
-
-def join_path(root: str, *parts: str) -> str:
-    """Join path parts for local paths and URIs (hdfs://, s3a://) alike."""
-    return "/".join([root.rstrip("/")] + [p.strip("/") for p in parts if p])
 
 
 def _assign(raw: dict, dotted: str, value: Any) -> None:
@@ -273,7 +384,7 @@ def _format_errors(err: ValidationError, source: str) -> str:
             lines.append(f"{key}: unknown key (check the spelling; see conf/local.yaml for every key)")
         else:
             lines.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
-    return f"invalid configuration in {source}:\n  " + "\n  ".join(lines)
+    return f"invalid configuration in {source}: " + "; ".join(lines)
 
 
 def _validate(raw: Mapping[str, Any], source: str) -> Config:

@@ -1,39 +1,45 @@
-"""The `evaluate` stage: one code path that scores every model on the same test split.
+"""The `evaluate` stage: every model judged on the same test split and the lists users receive.
+
+Ranking metrics score exactly the lists that `recommend` published (recommendations/<model>/),
+so there is one ranking code path. Rating metrics (RMSE, MAE, R2) are computed for rating
+models only (`objective` in the model table): a ranking model's score is not a rating, and an
+RMSE row for it would mean nothing.
 
 Cold start policy (`evaluate.cold_start`): test rows whose user or item never appears in train
 get no prediction from a factor model. With `drop` (default) they are left out of RMSE/MAE/R2
 and counted (`n_unseen_users`, `n_unseen_items`, `n_cold_rows`, `coverage = n_scored/n_test`);
-with `fallback` they are predicted by the regularized bias baseline fitted on the same train
-side (global mean plus whatever bias is known), so every test row is scored. The baselines
-can always predict, so under `drop` every model (baselines included) is scored on the same
-warm rows: RMSE differences are never differences in which rows were scored.
-
-Ranking metrics come from each model's top-k over items not rated in train (see
-recospark.ranking for who counts). The `global_mean` model's ranking side is the popularity
-recommender (most-rated train items first): a constant prediction cannot rank.
+with `fallback` they are predicted by the published bias model (models/bias, so `bias` must be
+trained), so every test row is scored. Under `drop` every rating model (baselines included) is
+scored on the same warm rows: RMSE differences are never differences in which rows were scored.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from typing import Any
+from typing import Any, Callable
 
+from pyspark.ml import Model
 from pyspark.ml.evaluation import RegressionEvaluator
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recospark import io
+from recospark import io, ranking
 from recospark.config import Config
-from recospark.models import registry
-from recospark.recommend import scoring_factors, top_n
-from recospark.schema import MOVIE_ID, PREDICTION, RATING, RATINGS, USER_ID
+from recospark.models.table import MODELS
+from recospark.runtime import stage_run
+from recospark.schema import MOVIE_ID, PREDICTION, RATING, RATINGS, RECOMMENDATIONS, USER_ID
+
+__all__ = ["RATING_METRICS", "cold_start_counts", "predict", "rating_metrics", "run", "summary_table", "with_seen_flags"]
 
 log = logging.getLogger(__name__)
 
 RATING_METRICS = ("rmse", "mae", "r2")
 _SEEN_USER = "_seen_user"
 _SEEN_ITEM = "_seen_item"
+
+
+class EvaluateError(io.PrerequisiteError):
+    """The published inputs cannot be evaluated as configured (the message names the key)."""
 
 
 def rating_metrics(predictions: DataFrame) -> dict[str, float]:
@@ -46,7 +52,7 @@ def rating_metrics(predictions: DataFrame) -> dict[str, float]:
         scored.unpersist()
 
 
-def with_seen_flags(train: DataFrame):
+def with_seen_flags(train: DataFrame) -> Callable[[DataFrame], DataFrame]:
     """Flag each test row by whether its user and its item appear in train."""
 
     def transform(test: DataFrame) -> DataFrame:
@@ -72,7 +78,7 @@ def cold_start_counts(flagged: DataFrame) -> dict[str, int]:
     return {k: int(row[k] or 0) for k in ("n_test", "n_unseen_users", "n_unseen_items", "n_cold_rows")}
 
 
-def predict(model, test: DataFrame, fallback=None) -> DataFrame:
+def predict(model: Model, test: DataFrame, fallback: Model | None = None) -> DataFrame:
     """Model predictions for the test rows; NaN where the model cannot score, unless a fallback fills them."""
     predicted = model.transform(test)
     if fallback is None:
@@ -82,31 +88,21 @@ def predict(model, test: DataFrame, fallback=None) -> DataFrame:
     return predicted.join(backup, [USER_ID, MOVIE_ID], "left").withColumn(PREDICTION, filled.cast("float")).drop("_fallback")
 
 
-def evaluate_model(
-    name: str, model, train: DataFrame, test: DataFrame, cfg: Config, fallback=None, rating_rows: DataFrame | None = None
-) -> dict[str, Any]:
-    """Rating metrics on `rating_rows` (default: all of `test`), ranking metrics against all of `test`."""
-    predictions = predict(model, test if rating_rows is None else rating_rows, fallback).cache()
+def rating_side(model: Model, rows: DataFrame, fallback: Model | None) -> dict[str, Any]:
+    predictions = predict(model, rows, fallback).cache()
     try:
-        metrics = rating_metrics(predictions)
-        n_scored = predictions.filter(F.col(PREDICTION).isNotNull() & ~F.isnan(F.col(PREDICTION))).count()
+        metrics: dict[str, Any] = dict(rating_metrics(predictions))
+        metrics["n_scored"] = predictions.filter(F.col(PREDICTION).isNotNull() & ~F.isnan(F.col(PREDICTION))).count()
     finally:
         predictions.unpersist()
-    out: dict[str, Any] = {"model": name, **metrics, "n_scored": n_scored}
-    out.update(ranking_for(model, train, test, cfg))
-    return out
+    return metrics
 
 
-def ranking_for(model, train: DataFrame, test: DataFrame, cfg: Config) -> dict[str, Any]:
-    """Ranking metrics on top-k lists that exclude the user's training items only."""
-    from recospark import ranking
-
-    k = cfg.evaluate.k
-    users, items = scoring_factors(model)
-    recs = top_n(users, items, train.select(USER_ID, MOVIE_ID), k, cfg.recommend.user_block_size).cache()
+def ranking_side(recs: DataFrame, train: DataFrame, test: DataFrame, cfg: Config, n_items: int) -> dict[str, Any]:
+    """Ranking metrics of the published lists, plus how much of the catalogue and how popular they are."""
+    recs = recs.cache()
     try:
-        n_items = train.select(MOVIE_ID).distinct().count()
-        result = ranking.ranking_metrics(recs, test, k, cfg.evaluate.relevance_threshold)
+        result = ranking.ranking_metrics(recs, test, cfg.evaluate.k, cfg.evaluate.relevance_threshold)
         result["catalog_coverage"] = ranking.catalog_coverage(recs, n_items)
         result["mean_popularity"] = ranking.mean_popularity(recs, train)
         return result
@@ -114,65 +110,114 @@ def ranking_for(model, train: DataFrame, test: DataFrame, cfg: Config) -> dict[s
         recs.unpersist()
 
 
+_TABLE_COLUMNS = ("rmse", "mae", "r2", "precision@{k}", "recall@{k}", "ndcg@{k}", "map@{k}", "map_recommenders@{k}", "catalog_coverage", "train_seconds")
+
+
 def summary_table(models: dict[str, dict[str, Any]], k: int) -> str:
-    cols = ["rmse", "mae", "r2", f"precision@{k}", f"recall@{k}", f"ndcg@{k}", f"map@{k}", "catalog_coverage", "coverage", "train_seconds"]
-    widths = [max(10, len(c)) + 2 for c in cols]
-    header = f"{'model':<12}" + "".join(f"{c:>{w}}" for c, w in zip(cols, widths))
+    """A fixed-width table: 4 decimals, '-' where a metric does not apply (e.g. RMSE of a ranking model)."""
+    cols = [c.format(k=k) for c in _TABLE_COLUMNS]
+    name_width = max([len("model"), *(len(n) for n in models)]) + 2
+    widths = [max(8, len(c)) + 2 for c in cols]
+    header = f"{'model':<{name_width}}" + "".join(f"{c:>{w}}" for c, w in zip(cols, widths))
     lines = [header, "-" * len(header)]
     for name, m in models.items():
         cells = []
         for c, w in zip(cols, widths):
             v = m.get(c)
-            cells.append(f"{v:>{w}.4f}" if isinstance(v, float) else f"{str(v if v is not None else '-'):>{w}}")
-        lines.append(f"{name:<12}" + "".join(cells))
+            text = "-" if v is None else f"{v:.1f}" if c == "train_seconds" else f"{v:.4f}" if isinstance(v, float) else str(v)
+            cells.append(f"{text:>{w}}")
+        lines.append(f"{name:<{name_width}}" + "".join(cells))
     return "\n".join(lines)
 
 
-def run(spark: SparkSession, cfg: Config) -> dict:
-    started = time.monotonic()
+@stage_run("evaluate")
+def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
+    """Score every model of `train.models` on the test split; publish metrics/ (<model>.json, summary.json).
+
+    Examples
+    --------
+    >>> from recospark import evaluate, ingest, recommend, split, train
+    >>> from recospark.config import load_config
+    >>> cfg = load_config(None, [f"data.source={tiny_movielens}", f"output.root={tmp_out}", "train.models=bias"])
+    >>> for stage in (ingest, split, train, recommend):
+    ...     _ = stage.run(spark, cfg)
+    >>> result = evaluate.run(spark, cfg)
+    >>> sorted(result["models"]["bias"])
+    ['ndcg@10', 'path', 'rmse']
+    """
     split = cfg.split.effective_name
-    train = io.read_output(spark, cfg, f"splits/{split}/train", RATINGS, needed_by="evaluate").cache()
-    test = io.read_output(spark, cfg, f"splits/{split}/test", RATINGS, needed_by="evaluate")
-    flagged = test.transform(with_seen_flags(train)).cache()
-    counts = cold_start_counts(flagged)
-    test = flagged.drop(_SEEN_USER, _SEEN_ITEM)
-    warm = None
-    if cfg.evaluate.cold_start == "drop":
-        warm = flagged.filter(F.col(_SEEN_USER) & F.col(_SEEN_ITEM)).drop(_SEEN_USER, _SEEN_ITEM)
+    k = cfg.evaluate.k
+    train_src = io.source(cfg, f"splits/{split}/train", needed_by="evaluate")
+    test_src = io.source(cfg, f"splits/{split}/test", needed_by="evaluate")
+    rec_srcs = {name: io.source(cfg, f"recommendations/{name}", needed_by="evaluate") for name in cfg.train.models}
+    for name, src in rec_srcs.items():
+        n = int(src.manifest.get("n") or 0)
+        if n < k:
+            raise EvaluateError(f"recommendations/{name} holds {n} items per user, fewer than evaluate.k={k}: set recommend.n >= {k} and run recommend again")
+    rating_models = [n for n in cfg.train.models if MODELS[n].objective == "rating"]
+    model_srcs = {name: io.source(cfg, f"models/{name}", needed_by="evaluate") for name in cfg.train.models}
     fallback = None
-    if cfg.evaluate.cold_start == "fallback":
-        fallback = registry.build_estimator("bias", cfg).fit(train)
+    fallback_src = None
+    if cfg.evaluate.cold_start == "fallback" and rating_models:
+        fallback_src = io.source(cfg, "models/bias", needed_by="evaluate (evaluate.cold_start=fallback uses the bias model; add bias to train.models)")
+        fallback = MODELS["bias"].load(fallback_src.uri)
+
+    train = train_src.read(spark, RATINGS).cache()
+    flagged = test_src.read(spark, RATINGS).transform(with_seen_flags(train)).cache()
     results: dict[str, dict[str, Any]] = {}
     try:
+        counts = cold_start_counts(flagged)
+        test = flagged.drop(_SEEN_USER, _SEEN_ITEM)
+        warm = flagged.filter(F.col(_SEEN_USER) & F.col(_SEEN_ITEM)).drop(_SEEN_USER, _SEEN_ITEM)
+        n_items = train.select(MOVIE_ID).distinct().count()
         for name in cfg.train.models:
-            model_path = io.output_path(cfg, "models", name)
-            model = registry.load_model(name, model_path)
-            t0 = time.monotonic()
-            metrics = evaluate_model(name, model, train, test, cfg, fallback, rating_rows=warm)
-            manifest = io.read_manifest(cfg, f"models/{name}") or {}
+            spec = MODELS[name]
+            manifest = dict(model_srcs[name].manifest)
+            metrics: dict[str, Any] = {"model": name, "objective": spec.objective, **{m: None for m in RATING_METRICS}, "n_scored": None}
+            if spec.objective == "rating":
+                model = spec.load(model_srcs[name].uri)
+                rows = test if cfg.evaluate.cold_start == "fallback" else warm
+                metrics.update(rating_side(model, rows, fallback))
+            recs = rec_srcs[name].read(spark, RECOMMENDATIONS)
+            metrics.update(ranking_side(recs, train, test, cfg, n_items))
             metrics.update(counts)
             metrics.update(
                 split=split,
+                k=k,
+                relevance_threshold=cfg.evaluate.relevance_threshold,
                 cold_start=cfg.evaluate.cold_start,
-                coverage=metrics["n_scored"] / counts["n_test"] if counts["n_test"] else 0.0,
+                coverage=(metrics["n_scored"] / counts["n_test"]) if metrics["n_scored"] is not None and counts["n_test"] else None,
                 train_seconds=manifest.get("train_seconds"),
-                evaluate_seconds=round(time.monotonic() - t0, 2),
                 params=manifest.get("params", {}),
                 history=manifest.get("history", []),
+                score=spec.score,
             )
-            io.write_json_atomic(io.output_path(cfg, "metrics", f"{name}.json"), metrics)
             results[name] = metrics
-            log.info("evaluate %s: rmse=%.4f mae=%.4f scored %d/%d", name, metrics["rmse"], metrics["mae"], metrics["n_scored"], counts["n_test"])
+            log.info("evaluate %s: rmse=%s ndcg@%d=%s", name, _fmt(metrics["rmse"]), k, _fmt(metrics.get(f"ndcg@{k}")))
     finally:
         flagged.unpersist()
         train.unpersist()
     summary = {
         "split": split,
-        "k": cfg.evaluate.k,
+        "k": k,
         "relevance_threshold": cfg.evaluate.relevance_threshold,
         "cold_start": cfg.evaluate.cold_start,
-        "models": {n: {k: v for k, v in m.items() if k not in ("history", "params")} for n, m in results.items()},
+        "models": {n: {key: v for key, v in m.items() if key not in ("history", "params")} for n, m in results.items()},
     }
-    io.write_json_atomic(io.output_path(cfg, "metrics", "summary.json"), summary)
-    table = summary_table(summary["models"], cfg.evaluate.k)
-    return {"stage": "evaluate", "models": {n: {"rmse": m["rmse"], "path": io.output_path(cfg, "metrics", f"{n}.json")} for n, m in results.items()}, "table": table, "seconds": round(time.monotonic() - started, 2)}
+    files = {f"{name}.json": io.to_json(m) for name, m in results.items()}
+    files["summary.json"] = io.to_json(summary)
+    inputs: list[io.Source] = [train_src, test_src, *rec_srcs.values(), *model_srcs.values(), *([fallback_src] if fallback_src else [])]
+    published = io.publish_files(spark, cfg, "metrics", files, inputs=inputs)
+    table = summary_table(summary["models"], k)
+    return {
+        "path": published.path,
+        "models": {
+            n: {"rmse": m["rmse"], f"ndcg@{k}": m.get(f"ndcg@{k}"), "path": io.output_path(cfg, "metrics", f"{n}.json")}
+            for n, m in results.items()
+        },
+        "table": table,
+    }
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"

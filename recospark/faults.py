@@ -11,13 +11,14 @@ which call `fail_first_attempt`. No estimator carries a test-only Param.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import pandas as pd
 from pyspark import TaskContext
 from pyspark.sql import DataFrame
 
-from recospark.config import FaultsConf
+if TYPE_CHECKING:  # config imports the models' Params, which import nothing from here
+    from recospark.config import FaultsConf
 
 # where -> partition whose first attempt fails; set on the driver by `armed`
 _ARMED: dict[str, int] = {}
@@ -28,7 +29,7 @@ class InjectedFault(RuntimeError):
 
 
 @contextmanager
-def armed(conf: FaultsConf) -> Iterator[None]:
+def armed(conf: "FaultsConf") -> Iterator[None]:
     """Arm the configured faults for the duration of a stage (driver side)."""
     previous = dict(_ARMED)
     _ARMED.clear()

@@ -1,34 +1,53 @@
-"""The `ingest` stage: raw MovieLens files -> typed `ratings/`, `movies/` and `rejected/`.
+"""The `ingest` stage: raw MovieLens files -> typed `ratings/`, `movies/`, `rejected/` (and `canonical/`).
 
 Nothing is dropped silently. For each file: `read = accepted + rejected + duplicates_resolved`
 (blank lines and a CSV header are counted apart and are not rows). Rows that do not parse or
 are off the layout's rating scale go to `rejected/` with file, line, raw text and reason.
 Duplicate (user, movie) pairs keep the latest timestamp (then the later line); ratings whose
 movie is missing from the movies file are kept and counted (`ratings_unknown_movie`).
+
+ml-100k's canonical split files (u1.base ... ub.test) are ingested the same way, with their
+labels, into `canonical/`, so `split.strategy=canonical` reads ingest's output like every
+other strategy and their bad rows are counted like any other.
+
+A run that accepts no rating, or rejects more than `data.max_rejected_fraction` of the rating
+lines, fails with a one-line error and publishes nothing.
 """
 
 from __future__ import annotations
 
 import logging
-import time
+from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recospark import io
-from recospark.config import Config, join_path
+from recospark.config import Config, UserError
 from recospark.datasets import movielens as ml
 from recospark.datasets.download import resolve_source
-from recospark.faults import with_fault_on_first_attempt
-from recospark.schema import LINE_NUMBER, MOVIE_ID, MOVIES, RAW, REASON, REJECTED, SOURCE_FILE, USER_ID
+from recospark.faults import partition_for, with_fault_on_first_attempt
+from recospark.paths import is_local, join_path
+from recospark.runtime import stage_run
+from recospark.schema import CANONICAL, LINE_NUMBER, MOVIE_ID, MOVIES, RATINGS, REJECTED, SOURCE_FILE, USER_ID
+
+__all__ = ["DataQualityError", "preflight", "run"]
 
 log = logging.getLogger(__name__)
 
 
-def rating_counts(parsed: DataFrame) -> dict[str, int]:
-    """Lines per status in one pass: ok, rejected, blank, header."""
-    counts = {row[ml.STATUS]: int(row["n"]) for row in parsed.groupBy(ml.STATUS).agg(F.count(F.lit(1)).alias("n")).collect()}
-    return {status: counts.get(status, 0) for status in ("ok", "rejected", "blank", "header")}
+class DataQualityError(UserError):
+    """The input parsed, but too little of it is usable to publish (the message says how much)."""
+
+
+def rating_counts(parsed: DataFrame, by_file: bool = False) -> dict[Any, dict[str, int]]:
+    """Lines per status (ok, rejected, blank, header), per source file when `by_file`, in one pass."""
+    keys = [SOURCE_FILE, ml.STATUS] if by_file else [ml.STATUS]
+    out: dict[Any, dict[str, int]] = {}
+    for row in parsed.groupBy(*keys).agg(F.count(F.lit(1)).alias("n")).collect():
+        key = row[SOURCE_FILE] if by_file else None
+        out.setdefault(key, {s: 0 for s in ("ok", "rejected", "blank", "header")})[row[ml.STATUS]] = int(row["n"])
+    return out
 
 
 def movies_frame(spark: SparkSession, rows: list[tuple]) -> DataFrame:
@@ -40,7 +59,33 @@ def rejected_frame(spark: SparkSession, parsed: DataFrame, movie_rejects: list[t
     return from_ratings.unionByName(spark.createDataFrame(movie_rejects, REJECTED))
 
 
-def _check_inputs(spark: SparkSession, folder: str, cfg: Config) -> tuple[ml.Layout, list[str]]:
+def check_quality(counts: dict[str, int], ratings_path: str, max_rejected: float) -> None:
+    """Fail before publishing when no rating was accepted or too many lines were rejected."""
+    read = counts["ok"] + counts["rejected"]
+    if read == 0:
+        raise DataQualityError(f"ingest: {ratings_path} has no rating rows (only blank or header lines); nothing published")
+    if counts["ok"] == 0:
+        raise DataQualityError(
+            f"ingest: all {read} rating lines of {ratings_path} were rejected (wrong layout or columns? "
+            f"see data.layout); nothing published"
+        )
+    fraction = counts["rejected"] / read
+    if fraction > max_rejected:
+        raise DataQualityError(
+            f"ingest: {counts['rejected']} of {read} rating lines ({fraction:.1%}) of {ratings_path} were rejected, "
+            f"more than data.max_rejected_fraction={max_rejected:g}; nothing published"
+        )
+
+
+def preflight(cfg: Config) -> None:
+    """Checks that need no Spark: the source resolves (downloading a named release if allowed),
+    its layout is known and its ratings file is not empty. Non-local sources are checked in `run`."""
+    folder = resolve_source(cfg.data)
+    if is_local(folder):
+        _inputs(None, folder, cfg)
+
+
+def _inputs(spark: SparkSession | None, folder: str, cfg: Config) -> tuple[ml.Layout, list[str]]:
     files = ml.list_files(spark, folder)
     layout = ml.detect_layout(files, cfg.data.layout)
     ratings_path = join_path(folder, layout.ratings_file)
@@ -49,25 +94,48 @@ def _check_inputs(spark: SparkSession, folder: str, cfg: Config) -> tuple[ml.Lay
     return layout, files
 
 
-def run(spark: SparkSession, cfg: Config) -> dict:
-    started = time.monotonic()
+def _file_report(c: dict[str, int], accepted: int) -> dict[str, int]:
+    return {
+        "read": c["ok"] + c["rejected"],
+        "accepted": accepted,
+        "rejected": c["rejected"],
+        "duplicates_resolved": c["ok"] - accepted,
+        "blank_lines": c["blank"],
+        "header_lines": c["header"],
+    }
+
+
+@stage_run("ingest")
+def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
+    """Parse the MovieLens files of `data.source` and publish ratings/, movies/, rejected/ (and canonical/).
+
+    Returns what it wrote (paths, rows) and the per-file accounting.
+
+    Examples
+    --------
+    >>> from recospark import ingest
+    >>> from recospark.config import load_config
+    >>> cfg = load_config(None, [f"data.source={tiny_movielens}", f"output.root={tmp_out}"])
+    >>> result = ingest.run(spark, cfg)
+    >>> result["ratings"]["rows"], result["rejected"]["rows"]
+    (8, 1)
+    """
     folder = resolve_source(cfg.data)
-    layout, files = _check_inputs(spark, folder, cfg)
+    layout, files = _inputs(spark, folder, cfg)
     ratings_path = join_path(folder, layout.ratings_file)
     movies_path = join_path(folder, layout.movies_file)
     log.info("ingest %s (layout %s, ratings %s)", folder, layout.name, layout.scale)
 
     parsed = (
         ml.read_lines(spark, ratings_path)
-        .transform(with_fault_on_first_attempt(cfg.faults.dataframe_partition, "ingest"))
+        .transform(with_fault_on_first_attempt(partition_for("dataframe"), "ingest"))
         .transform(ml.with_parsed_ratings(layout))
         .cache()
     )
+    canonical = None
     try:
-        counts = rating_counts(parsed)
-        read = counts["ok"] + counts["rejected"]
-        if read == 0:
-            raise ml.LayoutError(f"ratings file {ratings_path} has no rating rows")
+        counts = rating_counts(parsed)[None]
+        check_quality(counts, ratings_path, cfg.data.max_rejected_fraction)
         ratings = parsed.transform(ml.filter_accepted).transform(ml.filter_latest_per_pair).transform(ml.as_ratings).cache()
         accepted = ratings.count()
 
@@ -78,17 +146,11 @@ def run(spark: SparkSession, cfg: Config) -> dict:
             log.warning("no %s in %s: movies/ will be empty and titles missing", layout.movies_file, folder)
             movies_parse = ml.MoviesParse([], [], 0, 0, 0)
         movies = movies_frame(spark, movies_parse.rows)
-        unknown = ratings.join(movies.select(MOVIE_ID), MOVIE_ID, "left_anti").count() if movies_parse.rows else 0
+        catalogue = spark.createDataFrame([(r[0],) for r in movies_parse.rows], f"{MOVIE_ID} int")
+        unknown = ratings.join(F.broadcast(catalogue), MOVIE_ID, "left_anti").count() if movies_parse.rows else 0
 
         files_report = {
-            layout.ratings_file: {
-                "read": read,
-                "accepted": accepted,
-                "rejected": counts["rejected"],
-                "duplicates_resolved": counts["ok"] - accepted,
-                "blank_lines": counts["blank"],
-                "header_lines": counts["header"],
-            },
+            layout.ratings_file: _file_report(counts, accepted),
             layout.movies_file: {
                 "read": movies_parse.read,
                 "accepted": len(movies_parse.rows),
@@ -97,34 +159,76 @@ def run(spark: SparkSession, cfg: Config) -> dict:
                 "blank_lines": movies_parse.blank,
             },
         }
+        rejected_rows = counts["rejected"] + len(movies_parse.rejected)
+
+        split_files = ml.canonical_files(files) if layout.name == "ml-100k" else []
+        if split_files:
+            canonical = (
+                ml.read_lines(spark, [join_path(folder, f) for f in split_files])
+                .transform(ml.with_parsed_ratings(layout))
+                .cache()
+            )
+            per_file = rating_counts(canonical, by_file=True)
+            labelled = (
+                canonical.transform(ml.filter_accepted)
+                .transform(lambda df: ml.filter_latest_per_pair(df, within=[SOURCE_FILE]))
+                .transform(ml.with_canonical_labels)
+                .select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in CANONICAL.fields])
+                .cache()
+            )
+            accepted_per_file = {
+                f"{r['split']}.{'base' if r['side'] == 'train' else 'test'}": int(r["count"])
+                for r in labelled.groupBy("split", "side").count().collect()
+            }
+            for name in split_files:
+                files_report[name] = _file_report(per_file.get(name, {"ok": 0, "rejected": 0, "blank": 0, "header": 0}), accepted_per_file.get(name, 0))
+                rejected_rows += files_report[name]["rejected"]
+
         quality = {"layout": layout.name, "files": files_report, "ratings_unknown_movie": unknown, "rating_scale": layout.scale}
         inputs = [ratings_path, movies_path]
-        published_ratings = io.publish_dataframe(ratings.orderBy(USER_ID, MOVIE_ID), cfg, "ratings", inputs=inputs, extra=quality)
-        published_movies = io.publish_dataframe(movies.orderBy(MOVIE_ID), cfg, "movies", inputs=[movies_path], extra=quality)
+        published_ratings = io.publish_dataframe(
+            ratings.orderBy(USER_ID, MOVIE_ID), cfg, "ratings", inputs=inputs, extra=quality, rows=accepted
+        )
+        published_movies = io.publish_dataframe(
+            movies.orderBy(MOVIE_ID), cfg, "movies", inputs=[movies_path], extra=quality, rows=len(movies_parse.rows)
+        )
         rejected = rejected_frame(spark, parsed, movies_parse.rejected)
+        if canonical is not None:
+            rejected = rejected.unionByName(canonical.filter(F.col(ml.STATUS) == "rejected").select(*[f.name for f in REJECTED.fields]))
         published_rejected = io.publish_dataframe(
-            rejected.orderBy(SOURCE_FILE, LINE_NUMBER).select(SOURCE_FILE, LINE_NUMBER, RAW, REASON),
+            rejected.orderBy(SOURCE_FILE, LINE_NUMBER).select(*[f.name for f in REJECTED.fields]),
             cfg,
             "rejected",
-            inputs=inputs,
+            inputs=inputs + [join_path(folder, f) for f in split_files],
             extra=quality,
+            rows=rejected_rows,
         )
+        result: dict[str, Any] = {
+            "source": folder,
+            "layout": layout.name,
+            "ratings": {"path": published_ratings.path, "rows": published_ratings.rows},
+            "movies": {"path": published_movies.path, "rows": published_movies.rows},
+            "rejected": {"path": published_rejected.path, "rows": published_rejected.rows},
+        }
+        if split_files:
+            published_canonical = io.publish_dataframe(
+                labelled.orderBy("split", "side", USER_ID, MOVIE_ID),
+                cfg,
+                "canonical",
+                inputs=[join_path(folder, f) for f in split_files],
+                extra=quality,
+                rows=sum(accepted_per_file.values()),
+            )
+            result["canonical"] = {"path": published_canonical.path, "rows": published_canonical.rows}
+            labelled.unpersist()
         ratings.unpersist()
     finally:
         parsed.unpersist()
+        if canonical is not None:
+            canonical.unpersist()
 
     for name, c in files_report.items():
         log.info("ingest %s: read %d = accepted %d + rejected %d + duplicates %d", name, c["read"], c["accepted"], c["rejected"], c["duplicates_resolved"])
     if unknown:
         log.warning("ingest: %d ratings refer to movies missing from %s (kept)", unknown, layout.movies_file)
-    return {
-        "stage": "ingest",
-        "source": folder,
-        "layout": layout.name,
-        "ratings": {"path": published_ratings.path, "rows": published_ratings.rows},
-        "movies": {"path": published_movies.path, "rows": published_movies.rows},
-        "rejected": {"path": published_rejected.path, "rows": published_rejected.rows},
-        "files": files_report,
-        "ratings_unknown_movie": unknown,
-        "seconds": round(time.monotonic() - started, 2),
-    }
+    return {**result, "files": files_report, "ratings_unknown_movie": unknown}

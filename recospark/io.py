@@ -2,10 +2,14 @@
 
 Local output roots: every write goes to a fresh version folder under `<root>/_versions/`, the
 manifest is written last inside it, and the reader-facing path (`<root>/ratings`, ...) is a
-symlink swapped in one `rename(2)`. A crash at any point leaves the previous version published.
+symlink swapped in one `rename(2)`. A crash at any point leaves the previous output readable.
 Other file systems (hdfs://, s3a://): the version is written beside the target and moved in
 with Hadoop FileSystem renames (old aside, new in); the window between them is two metadata
 operations, and the previous version stays on disk until the new one is in place.
+
+Readers go through `source()`, which pins the exact version folder (a later republish cannot
+pull the files from under a running stage) and gives the absolute URI that the reading stage
+records in its own manifest's `inputs`: lineage names versions, never the `current` symlink.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -24,14 +29,54 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructType
 
 from recospark import __version__
-from recospark.config import Config, join_path
+from recospark.config import Config
+from recospark.paths import absolute_uri, is_local, join_path, local_path
 
 MANIFEST = "_manifest.json"
 VERSIONS = "_versions"
 
+# Which stage publishes each top-level output, for "run X first" messages.
+PRODUCERS = {
+    "ratings": "ingest",
+    "movies": "ingest",
+    "rejected": "ingest",
+    "canonical": "ingest",
+    "splits": "split",
+    "tuning": "tune",
+    "models": "train",
+    "recommendations": "recommend",
+    "metrics": "evaluate",
+    "report": "report",
+}
+
+__all__ = [
+    "MANIFEST",
+    "OutputError",
+    "PrerequisiteError",
+    "Published",
+    "Source",
+    "check_writable",
+    "hadoop_fs",
+    "output_path",
+    "prerequisite_error",
+    "published",
+    "publish",
+    "publish_dataframe",
+    "publish_files",
+    "read_json",
+    "read_manifest",
+    "read_output",
+    "remove_tree",
+    "source",
+]
+
 
 class OutputError(RuntimeError):
     """An output cannot be read or published; the message names the path."""
+
+
+class PrerequisiteError(OutputError):
+    """A stage needs an output that no earlier stage has published; the message names that stage."""
 
 
 @dataclass(frozen=True)
@@ -46,44 +91,201 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def is_local(uri: str) -> bool:
-    return "://" not in uri or uri.startswith("file:")
-
-
-def _local(uri: str) -> Path:
-    for prefix in ("file://", "file:"):
-        if uri.startswith(prefix):
-            return Path(uri[len(prefix):])
-    return Path(uri)
-
-
 def output_path(cfg: Config, *parts: str) -> str:
     return join_path(cfg.output.root, *parts)
 
 
+def hadoop_fs(spark: SparkSession, path: str) -> tuple[Any, Any, Any]:
+    """(jvm, FileSystem, Path) for a URI on any Hadoop file system: the one place that asks the JVM."""
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    return jvm, hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), hpath
+
+
+def _active_fs(path: str) -> tuple[Any, Any, Any]:
+    spark = SparkSession.getActiveSession()
+    if spark is None:
+        raise OutputError(f"{path}: a non-local path needs an active SparkSession")
+    return hadoop_fs(spark, path)
+
+
 def check_writable(cfg: Config) -> None:
-    """Fail before any long work when the output root cannot be written."""
+    """Fail before any long work when the output root cannot be written.
+
+    Probes by creating (and removing) a file in the nearest existing folder: as root,
+    `os.access` says yes even for /proc.
+    """
     root = cfg.output.root
     if not is_local(root):
         return
-    path = _local(root).expanduser()
+    path = local_path(root)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"output.root {root!r} exists and is not a folder")
     probe_dir = path
     while not probe_dir.exists():
         probe_dir = probe_dir.parent
-    if not os.access(probe_dir, os.W_OK | os.X_OK):
-        raise OutputError(f"output.root {root!r} is not writable (checked {probe_dir}); set output.root to a folder you can write")
-    if path.exists() and not path.is_dir():
-        raise OutputError(f"output.root {root!r} exists and is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".recospark-probe-", dir=probe_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise OutputError(
+            f"output.root {root!r} is not writable ({probe_dir}: {err.strerror or err}); set output.root to a folder you can write"
+        ) from None
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class Source:
+    """One published output, pinned to the version that was current when it was looked up."""
+
+    relpath: str
+    uri: str  # absolute URI of the version folder (local) or of the output (other file systems)
+    manifest: Mapping[str, Any]
+
+    @property
+    def version(self) -> str | None:
+        return self.manifest.get("version")
+
+    def read(self, spark: SparkSession, schema: StructType | None = None) -> DataFrame:
+        """The Parquet rows, restricted to `schema`'s columns in its order when given."""
+        df = spark.read.parquet(self.uri)
+        if schema is not None:
+            missing = [f.name for f in schema.fields if f.name not in df.columns]
+            if missing:
+                raise OutputError(f"{self.uri} lacks columns {missing}; it was not written by this version of recospark")
+            df = df.select(*[f.name for f in schema.fields])
+        return df
+
+    def file(self, name: str) -> str:
+        return join_path(self.uri, name)
+
+
+def prerequisite_error(cfg: Config, relpath: str, needed_by: str = "") -> PrerequisiteError:
+    """The error for a missing output: it names the stage that publishes it."""
+    producer = PRODUCERS.get(relpath.split("/", 1)[0], "the stage that writes it")
+    who = f"{needed_by} needs" if needed_by else "needs"
+    return PrerequisiteError(
+        f"{who} {relpath}, which is not published under {cfg.output.root}: run `recospark {producer}` first "
+        f"(same --conf and --set)"
+    )
+
+
+def published(cfg: Config, relpath: str) -> bool:
+    """Whether a complete version of `relpath` is published (local roots only; True elsewhere)."""
+    path = output_path(cfg, relpath)
+    return not is_local(path) or (local_path(path) / MANIFEST).is_file()
+
+
+def source(cfg: Config, relpath: str, *, needed_by: str = "") -> Source:
+    """Look up a published output; a missing one names the stage that publishes it.
+
+    Local roots need no Spark, so stages call this before the SparkContext starts.
+    """
+    path = output_path(cfg, relpath)
+    if is_local(path):
+        target = local_path(path)
+        if not (target / MANIFEST).is_file():
+            raise prerequisite_error(cfg, relpath, needed_by)
+        resolved = target.resolve()
+        manifest = json.loads((resolved / MANIFEST).read_text(encoding="utf-8"))
+        return Source(relpath, resolved.as_uri(), manifest)
+    manifest = read_json(join_path(path, MANIFEST))
+    if manifest is None:
+        raise prerequisite_error(cfg, relpath, needed_by)
+    return Source(relpath, path, manifest)
+
+
+def read_output(spark: SparkSession, cfg: Config, relpath: str, schema: StructType | None = None, *, needed_by: str = "") -> DataFrame:
+    """The rows of a published output, pinned to its current version (see `source`)."""
+    return source(cfg, relpath, needed_by=needed_by).read(spark, schema)
+
+
+def read_json(path: str) -> dict[str, Any] | None:
+    """A small JSON file on any file system, or None when it does not exist."""
+    if is_local(path):
+        p = local_path(path)
+        return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
+    spark = SparkSession.getActiveSession()
+    if spark is None:
+        raise OutputError(f"{path}: a non-local path needs an active SparkSession")
+    data = _read_hadoop(spark, path)
+    return None if data is None else json.loads(data.decode("utf-8"))
+
+
+def _read_hadoop(spark: SparkSession, path: str) -> bytes | None:
+    jvm, fs, hpath = hadoop_fs(spark, path)
+    if not fs.exists(hpath):
+        return None
+    stream = fs.open(hpath)
+    try:
+        return bytes(jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
+    finally:
+        stream.close()
+
+
+def read_manifest(cfg: Config, relpath: str) -> dict[str, Any] | None:
+    return read_json(join_path(cfg.output.root, relpath, MANIFEST))
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def to_json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+
+
+def _write_text(spark: SparkSession | None, path: str, text: str) -> None:
+    if is_local(path):
+        p = local_path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text, encoding="utf-8")
+        return
+    _write_hadoop(spark, path, text)
+
+
+def _write_hadoop(spark: SparkSession | None, path: str, text: str) -> None:
+    _, fs, hpath = hadoop_fs(spark, path) if spark is not None else _active_fs(path)
+    out = fs.create(hpath, True)
+    try:
+        out.write(bytearray(text.encode("utf-8")))
+    finally:
+        out.close()
+
+
+def remove_tree(spark: SparkSession | None, uri: str) -> None:
+    """Delete a folder on any file system; a missing one is fine."""
+    if is_local(uri):
+        shutil.rmtree(local_path(uri), ignore_errors=True)
+        return
+    _, fs, hpath = hadoop_fs(spark, uri) if spark is not None else _active_fs(uri)
+    if fs.exists(hpath):
+        fs.delete(hpath, True)
+
+
+def _input_uris(inputs: Iterable[Source | str]) -> list[str]:
+    return [i.uri if isinstance(i, Source) else absolute_uri(i) for i in inputs]
 
 
 def _manifest(
-    cfg: Config, relpath: str, rows: int | None, schema: StructType | None, inputs: Iterable[str], started: str, extra: Mapping[str, Any]
+    cfg: Config,
+    relpath: str,
+    version: str,
+    rows: int | None,
+    schema: StructType | None,
+    inputs: Iterable[Source | str],
+    started: str,
+    extra: Mapping[str, Any],
 ) -> dict[str, Any]:
     return {
         "output": relpath,
+        "version": version,
         "rows": rows,
         "schema": json.loads(schema.json()) if schema is not None else None,
-        "inputs": list(inputs),
+        "inputs": _input_uris(inputs),
         "config_hash": cfg.digest(),
         "package_version": __version__,
         "started_at": started,
@@ -92,88 +294,37 @@ def _manifest(
     }
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
-    """Small JSON files (metrics) are replaced whole: readers see the old file or the new one.
-
-    Local: os.replace. Other file systems: write beside, then delete + rename (two metadata
-    operations; a reader in between sees no file rather than half of one).
-    """
-    text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
-    if not is_local(path):
-        _replace_hadoop(path, text)
-        return
-    target = _local(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, target)
-
-
-def read_json(path: str) -> dict[str, Any] | None:
-    """A small JSON output on any file system, or None when it does not exist."""
-    if is_local(path):
-        p = _local(path)
-        return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
-    jvm, fs, hpath = _hadoop(path)
-    if not fs.exists(hpath):
-        return None
-    stream = fs.open(hpath)
-    try:
-        data = jvm.org.apache.commons.io.IOUtils.toByteArray(stream)
-    finally:
-        stream.close()
-    return json.loads(bytes(data).decode("utf-8"))
-
-
-def _hadoop(path: str):
-    spark = SparkSession.getActiveSession()
-    if spark is None:
-        raise OutputError(f"{path}: a non-local path needs an active SparkSession")
-    jvm = spark.sparkContext._jvm
-    hpath = jvm.org.apache.hadoop.fs.Path(path)
-    return jvm, hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), hpath
-
-
-def _replace_hadoop(path: str, text: str) -> None:
-    jvm, fs, target = _hadoop(path)
-    tmp = jvm.org.apache.hadoop.fs.Path(f"{path}.{uuid.uuid4().hex[:8]}.tmp")
-    out = fs.create(tmp, True)
-    try:
-        out.write(bytearray(text.encode("utf-8")))
-    finally:
-        out.close()
-    if fs.exists(target):
-        fs.delete(target, False)
-    if not fs.rename(tmp, target):
-        raise OutputError(f"could not publish {path}")
-
-
 def publish(
     spark: SparkSession,
     cfg: Config,
     relpath: str,
-    write: Callable[[str], None],
+    write: Callable[[str], int | None],
     *,
-    inputs: Iterable[str] = (),
-    count_rows: bool = True,
+    inputs: Iterable[Source | str] = (),
+    schema: StructType | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> Published:
-    """Run `write(path)` into a fresh version folder, add the manifest, then swap it in."""
+    """Run `write(path)` into a fresh version folder, add the manifest, then swap it in.
+
+    `write` returns the number of rows it wrote (or None); `schema` is the schema as written,
+    so the manifest's nullability is the files' own. The manifest names every input's exact
+    version. On any failure the half-written version is removed and the previous one stays.
+    """
     started = _now()
     version = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
     root = cfg.output.root
     staging = join_path(root, VERSIONS, relpath, version)
-    write(staging)
-    rows = schema = None
-    if count_rows:
-        written = spark.read.parquet(staging)
-        rows, schema = written.count(), written.schema
-    manifest = _manifest(cfg, relpath, rows, schema, inputs, started, extra or {})
-    _write_text(spark, join_path(staging, MANIFEST), json.dumps(manifest, indent=2, sort_keys=True))
+    try:
+        rows = write(staging)
+        manifest = _manifest(cfg, relpath, version, rows, schema, inputs, started, extra or {})
+        _write_text(spark, join_path(staging, MANIFEST), to_json(manifest))
+    except BaseException:
+        remove_tree(spark, staging)
+        raise
     target = join_path(root, relpath)
     if is_local(root):
-        _swap_symlink(_local(staging), _local(target))
-        _prune_local(_local(join_path(root, VERSIONS, relpath)), keep=cfg.output.keep_versions, current=version)
+        _swap_symlink(local_path(staging), local_path(target))
+        _prune_local(local_path(join_path(root, VERSIONS, relpath)), keep=cfg.output.keep_versions, current=version)
     else:
         _swap_hadoop(spark, staging, target)
     return Published(path=target, rows=rows, version=version, manifest=manifest)
@@ -184,55 +335,43 @@ def publish_dataframe(
     cfg: Config,
     relpath: str,
     *,
-    inputs: Iterable[str] = (),
-    partition_by: Iterable[str] = (),
+    inputs: Iterable[Source | str] = (),
+    extra: Mapping[str, Any] | None = None,
+    rows: int | None = None,
+) -> Published:
+    """Write `df` as Parquet (timestamps as TIMESTAMP_MICROS) and publish it.
+
+    `rows`: the row count when the caller already knows it (saves a Spark job); otherwise
+    the written files are counted (from their Parquet footers).
+    """
+    spark = df.sparkSession
+    # INT96 is deprecated in Parquet; every reader understands TIMESTAMP_MICROS.
+    spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+
+    def write(path: str) -> int:
+        df.write.mode("errorifexists").parquet(path)
+        return rows if rows is not None else spark.read.parquet(path).count()
+
+    return publish(spark, cfg, relpath, write, inputs=inputs, schema=df.schema, extra=extra)
+
+
+def publish_files(
+    spark: SparkSession,
+    cfg: Config,
+    relpath: str,
+    files: Mapping[str, str],
+    *,
+    inputs: Iterable[Source | str] = (),
     extra: Mapping[str, Any] | None = None,
 ) -> Published:
+    """Publish small text files (JSON metrics, an HTML page) as one versioned output folder."""
+
     def write(path: str) -> None:
-        writer = df.write.mode("errorifexists")
-        cols = list(partition_by)
-        if cols:
-            writer = writer.partitionBy(*cols)
-        writer.parquet(path)
+        for name, text in files.items():
+            _write_text(spark, join_path(path, name), text)
+        return None
 
-    return publish(df.sparkSession, cfg, relpath, write, inputs=inputs, extra=extra)
-
-
-def read_manifest(cfg: Config, relpath: str) -> dict[str, Any] | None:
-    return read_json(join_path(cfg.output.root, relpath, MANIFEST))
-
-
-def read_output(spark: SparkSession, cfg: Config, relpath: str, schema: StructType | None = None, *, needed_by: str = "") -> DataFrame:
-    """Read a published output; a missing one names the stage that writes it."""
-    path = join_path(cfg.output.root, relpath)
-    if is_local(path) and not _local(path).exists():
-        hint = f" (run the stage that writes it first{'; needed by ' + needed_by if needed_by else ''})"
-        raise OutputError(f"no published output at {path}{hint}")
-    if is_local(path):
-        # Pin the version: a DataFrame read through the symlink would break when the output is
-        # republished under it; the resolved version folder survives `keep_versions - 1` republishes.
-        path = str(_local(path).resolve())
-    df = spark.read.parquet(path)
-    if schema is not None:
-        missing = [f.name for f in schema.fields if f.name not in df.columns]
-        if missing:
-            raise OutputError(f"{path} lacks columns {missing}; it was not written by this version of recospark")
-        df = df.select(*[f.name for f in schema.fields])
-    return df
-
-
-def _write_text(spark: SparkSession, path: str, text: str) -> None:
-    if is_local(path):
-        p = _local(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(text + "\n", encoding="utf-8")
-        return
-    jvm = spark.sparkContext._jvm
-    hpath = jvm.org.apache.hadoop.fs.Path(path)
-    fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-    out = fs.create(hpath, True)
-    out.write(bytearray(text.encode("utf-8")))
-    out.close()
+    return publish(spark, cfg, relpath, write, inputs=inputs, extra={"files": sorted(files), **dict(extra or {})})
 
 
 def _swap_symlink(version_dir: Path, target: Path) -> None:
@@ -255,10 +394,7 @@ def _prune_local(versions: Path, keep: int, current: str) -> None:
 
 
 def _swap_hadoop(spark: SparkSession, staging: str, target: str) -> None:
-    jvm = spark.sparkContext._jvm
-    conf = spark.sparkContext._jsc.hadoopConfiguration()
-    tpath = jvm.org.apache.hadoop.fs.Path(target)
-    fs = tpath.getFileSystem(conf)
+    jvm, fs, tpath = hadoop_fs(spark, target)
     aside = jvm.org.apache.hadoop.fs.Path(target + f".previous-{uuid.uuid4().hex[:8]}")
     had_old = fs.exists(tpath)
     if had_old and not fs.rename(tpath, aside):

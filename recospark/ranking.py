@@ -1,6 +1,7 @@
 """Ranking metrics of top-k lists against the test split, with MLlib's RankingEvaluator.
 
-Who counts: every user with at least one relevant test rating (rating >= threshold). A user
+Who counts: every user with at least one relevant test rating (rating >= threshold, or every
+test rating when the threshold is None, as in Microsoft Recommenders' benchmark). A user
 with relevant items but no list (e.g. unseen in train, so no factors) counts with an empty
 list and scores 0: leaving them out would flatter every model. Users without relevant items
 are left out (Spark would score them 0 and warn; they carry no ranking signal). Relevant
@@ -12,15 +13,18 @@ Definitions (Spark's RankingMetrics; `hits@i` = relevant items among the first i
   recall@k    = hits@k / |relevant|
   ndcg@k      = sum_{i<=k, rec_i relevant} 1/log2(i+1)  /  sum_{i<=min(k,|relevant|)} 1/log2(i+1)
   map@k       = sum_{i<=k, rec_i relevant} (hits@i / i)  /  min(k, |relevant|)
-each averaged over the users above.
+  map_recommenders@k = sum_{i<=k, rec_i relevant} (hits@i / i)  /  |relevant|
+each averaged over the users above. `map_recommenders@k` is the MAP of Microsoft Recommenders'
+published benchmark tables (normalised by the user's number of relevant items, as their `map`
+and their earlier `map_at_k`), reported next to Spark's under its own name.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from pyspark.ml.evaluation import RankingEvaluator
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from recospark.schema import MOVIE_ID, RANK, RATING, USER_ID
@@ -31,11 +35,20 @@ _POPULARITY = "_popularity"
 METRICS = {"precision": "precisionAtK", "recall": "recallAtK", "ndcg": "ndcgAtK", "map": "meanAveragePrecisionAtK"}
 
 
-def relevant_items(test: DataFrame, threshold: float) -> DataFrame:
-    """user_id, relevant: distinct test items rated at or above the threshold, as doubles (MLlib's label type)."""
+def filter_relevant(threshold: float | None) -> Callable[[DataFrame], DataFrame]:
+    """Test rows that count as relevant: rated at or above `threshold`; every row when None."""
+
+    def transform(test: DataFrame) -> DataFrame:
+        rows = test.filter(F.col(USER_ID).isNotNull() & F.col(MOVIE_ID).isNotNull())
+        return rows if threshold is None else rows.filter(F.col(RATING) >= F.lit(threshold))
+
+    return transform
+
+
+def relevant_items(test: DataFrame, threshold: float | None) -> DataFrame:
+    """user_id, relevant: distinct relevant test items, as doubles (MLlib's label type)."""
     return (
-        test.filter(F.col(RATING) >= F.lit(threshold))
-        .filter(F.col(USER_ID).isNotNull() & F.col(MOVIE_ID).isNotNull())
+        test.transform(filter_relevant(threshold))
         .groupBy(USER_ID)
         .agg(F.array_sort(F.collect_set(F.col(MOVIE_ID).cast("double"))).alias(_RELEVANT))
     )
@@ -64,9 +77,26 @@ def with_predicted(recs: DataFrame, k: int):
     return transform
 
 
-def ranking_metrics(recs: DataFrame, test: DataFrame, k: int, threshold: float) -> dict[str, Any]:
-    """precision/recall/ndcg/map @k averaged over test users with a relevant item (see module docstring)."""
-    keys = [f"{name}@{k}" for name in METRICS]
+def map_recommenders(recs: DataFrame, test: DataFrame, k: int, threshold: float | None) -> float | None:
+    """MAP@k normalised by each user's number of relevant items (Recommenders' benchmark MAP).
+
+    Averaged over the users with a relevant item; a user without hits counts 0.
+    """
+    relevant = test.transform(filter_relevant(threshold)).select(USER_ID, MOVIE_ID).distinct()
+    n_relevant = relevant.groupBy(USER_ID).agg(F.count(F.lit(1)).alias("_n_rel"))
+    hits = recs.filter(F.col(RANK) <= F.lit(k)).join(relevant, [USER_ID, MOVIE_ID], "inner")
+    running = Window.partitionBy(USER_ID).orderBy(RANK).rowsBetween(Window.unboundedPreceding, 0)
+    precision_at_hit = F.count(F.lit(1)).over(running) / F.col(RANK)
+    per_user = hits.withColumn("_p", precision_at_hit).groupBy(USER_ID).agg(F.sum("_p").alias("_sum"))
+    table = n_relevant.join(per_user, USER_ID, "left").select((F.coalesce(F.col("_sum"), F.lit(0.0)) / F.col("_n_rel")).alias("_ap"))
+    value = table.agg(F.avg("_ap")).first()[0]
+    return None if value is None else float(value)
+
+
+def ranking_metrics(recs: DataFrame, test: DataFrame, k: int, threshold: float | None) -> dict[str, Any]:
+    """precision/recall/ndcg/map @k (Spark's RankingEvaluator) and map_recommenders@k, averaged over
+    test users with a relevant item (see module docstring)."""
+    keys = [f"{name}@{k}" for name in METRICS] + [f"map_recommenders@{k}"]
     table = relevant_items(test, threshold).transform(with_predicted(recs, k)).cache()
     try:
         n_users = table.count()
@@ -76,6 +106,7 @@ def ranking_metrics(recs: DataFrame, test: DataFrame, k: int, threshold: float) 
         out: dict[str, Any] = {
             f"{name}@{k}": float(evaluator.setMetricName(metric).evaluate(table)) for name, metric in METRICS.items()
         }
+        out[f"map_recommenders@{k}"] = map_recommenders(recs, test, k, threshold)
         out["n_ranking_users"] = n_users
         return out
     finally:

@@ -48,6 +48,10 @@ REASON = "reason"
 # split bookkeeping (validation rows carved out of train, cf. MLlib's validationIndicatorCol)
 IS_VALIDATION = "is_validation"
 
+# canonical/ (ml-100k's u1..u5, ua, ub files as ingested: which split, which side)
+SPLIT_NAME = "split"
+SIDE = "side"
+
 RATINGS = StructType(
     [
         StructField(USER_ID, IntegerType(), nullable=False),
@@ -73,6 +77,17 @@ RECOMMENDATIONS = StructType(
         StructField(MOVIE_ID, IntegerType(), nullable=False),
         StructField(SCORE, DoubleType(), nullable=False),
         StructField(TITLE, StringType(), nullable=True),
+    ]
+)
+
+# What scoring produces before titles are attached (recospark.scoring.top_n).
+TOP_N = StructType([f for f in RECOMMENDATIONS.fields if f.name != TITLE])
+
+CANONICAL = StructType(
+    [
+        StructField(SPLIT_NAME, StringType(), nullable=False),
+        StructField(SIDE, StringType(), nullable=False),
+        *RATINGS.fields,
     ]
 )
 

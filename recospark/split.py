@@ -8,20 +8,25 @@ the partitioning (unlike `DataFrame.randomSplit`, which depends on the input ord
 from __future__ import annotations
 
 import logging
-import time
 from datetime import datetime, timezone
-from typing import Callable
+from typing import Any, Callable
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from recospark import io
-from recospark.config import Config, SplitConf
-from recospark.schema import IS_VALIDATION, MOVIE_ID, RATED_AT, RATINGS, USER_ID
+from recospark.config import Config, SplitConf, UserError
+from recospark.runtime import stage_run
+from recospark.schema import CANONICAL, IS_VALIDATION, MOVIE_ID, RATED_AT, RATINGS, SIDE, SPLIT_NAME, USER_ID
 
 log = logging.getLogger(__name__)
 
 _HASH_RANGE = 1 << 30
+
+
+class SplitError(UserError):
+    """The configured split cannot be made from the published ratings."""
+
 _TEST = "_is_test"
 
 
@@ -117,7 +122,15 @@ def with_validation_flag(train: DataFrame, fraction: float, seed: int) -> DataFr
     return train.withColumn(IS_VALIDATION, uniform(seed, "validation") < F.lit(fraction))
 
 
-def split_ratings(spark: SparkSession, ratings: DataFrame, conf: SplitConf, source_folder: str | None = None) -> tuple[DataFrame, DataFrame]:
+def canonical_split(canonical: DataFrame, name: str) -> tuple[DataFrame, DataFrame]:
+    """(train, test) of one canonical split (u1..ub) from ingest's `canonical/` rows."""
+    rows = canonical.filter(F.col(SPLIT_NAME) == F.lit(name))
+    cols = [f.name for f in RATINGS.fields]
+    return rows.filter(F.col(SIDE) == "train").select(*cols), rows.filter(F.col(SIDE) == "test").select(*cols)
+
+
+def split_ratings(ratings: DataFrame, conf: SplitConf) -> tuple[DataFrame, DataFrame]:
+    """The (train, test) pair of a computed strategy; `canonical` splits come from `canonical_split`."""
     if conf.strategy == "random":
         return random_split(ratings, conf.test_fraction, conf.seed)
     if conf.strategy == "stratified":
@@ -126,34 +139,42 @@ def split_ratings(spark: SparkSession, ratings: DataFrame, conf: SplitConf, sour
         return leave_last_k_split(ratings, conf.last_k, conf.min_user_ratings)
     if conf.strategy == "chronological":
         return chronological_split(ratings, conf.time_quantile, conf.cutoff)
-    if conf.strategy == "canonical":
-        from recospark.datasets import movielens
-
-        if source_folder is None:
-            raise ValueError("split.strategy=canonical needs the MovieLens 100K folder (data.source)")
-        return movielens.read_canonical_split(spark, source_folder, conf.canonical)
-    raise ValueError(f"unknown split.strategy {conf.strategy!r}")
+    raise ValueError(f"split.strategy={conf.strategy!r} is not computed from ratings/")
 
 
-def run(spark: SparkSession, cfg: Config) -> dict:
-    """Split the published ratings and publish splits/<name>/{train,test}."""
-    started = time.monotonic()
+def required(cfg: Config) -> list[str]:
+    """What this stage reads: ingest's `canonical/` for canonical splits, `ratings/` otherwise."""
+    return ["canonical"] if cfg.split.strategy == "canonical" else ["ratings"]
+
+
+@stage_run("split")
+def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
+    """Split the published ratings and publish splits/<name>/{train,test}.
+
+    Examples
+    --------
+    >>> from recospark import ingest, split
+    >>> from recospark.config import load_config
+    >>> cfg = load_config(None, [f"data.source={tiny_movielens}", f"output.root={tmp_out}", "split.test_fraction=0.5"])
+    >>> _ = ingest.run(spark, cfg)
+    >>> result = split.run(spark, cfg)
+    >>> result["train"]["rows"] + result["test"]["rows"]
+    8
+    """
     name = cfg.split.effective_name
-    ratings_path = io.output_path(cfg, "ratings")
-    source_folder = None
     if cfg.split.strategy == "canonical":
-        from recospark.datasets.download import resolve_source
-
-        source_folder = str(resolve_source(cfg.data))
-    ratings = io.read_output(spark, cfg, "ratings", RATINGS, needed_by="split")
-    train, test = split_ratings(spark, ratings, cfg.split, source_folder)
-    inputs = [source_folder] if source_folder else [ratings_path]
+        src = io.source(cfg, "canonical", needed_by="split (strategy canonical)")
+        train, test = canonical_split(src.read(spark, CANONICAL), cfg.split.canonical)
+    else:
+        src = io.source(cfg, "ratings", needed_by="split")
+        train, test = split_ratings(src.read(spark, RATINGS), cfg.split)
+    if train.isEmpty():
+        raise SplitError(f"split {name}: the train side would be empty (strategy {cfg.split.strategy}); check the split.* settings")
     extra = {"strategy": cfg.split.strategy, "seed": cfg.split.seed}
     ordered = [F.col(USER_ID), F.col(MOVIE_ID)]
-    out = {}
+    out: dict[str, Any] = {}
     for side, df in (("train", train), ("test", test)):
-        published = io.publish_dataframe(df.orderBy(*ordered), cfg, f"splits/{name}/{side}", inputs=inputs, extra=extra)
+        published = io.publish_dataframe(df.orderBy(*ordered), cfg, f"splits/{name}/{side}", inputs=[src], extra=extra)
         out[side] = {"path": published.path, "rows": published.rows}
         log.info("split %s/%s: %d rows -> %s", name, side, published.rows, published.path)
-    return {"stage": "split", "name": name, "strategy": cfg.split.strategy, **out, "seconds": round(time.monotonic() - started, 2)}
-
+    return {"name": name, "strategy": cfg.split.strategy, **out}

@@ -1,4 +1,11 @@
-"""The `train` stage: fit every configured model on the split's train side and publish it."""
+"""The `train` stage: fit every model of `train.models` on the split's train side and publish it.
+
+Models are built from the model table. A model that early-stops on a validation carve (the
+DSGD models) is then refit on all of train for the epoch count the carve chose, so no train
+user or item is left without factors; the carve run's learning curve is kept. Models whose
+fitted object keeps no history (ALS) get their curve from the table's `curve` hook. Every
+model's coverage of the train users and items is checked and recorded.
+"""
 
 from __future__ import annotations
 
@@ -6,69 +13,117 @@ import logging
 import time
 from typing import Any
 
+from pyspark.ml import Model
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
-from recospark import faults, io
+from recospark import io
 from recospark.config import Config
-from recospark.models import registry
-from recospark.schema import RATINGS
+from recospark.models.table import MODELS, ModelSpec
+from recospark.runtime import stage_run
+from recospark.schema import FACTOR_ID, IS_VALIDATION, MOVIE_ID, RATINGS, USER_ID
+from recospark.scoring import scoring_factors
 from recospark.split import with_validation_flag
+
+__all__ = ["fit_model", "run", "tuned_params"]
 
 log = logging.getLogger(__name__)
 
 
 def tuned_params(cfg: Config) -> dict[str, dict[str, Any]]:
-    """Best params per model from metrics/tuning.json (config names), when asked for and present."""
+    """Best params per model (config names) from the published tuning/, when `train.use_tuned`."""
     if not cfg.train.use_tuned:
         return {}
-    path = io.output_path(cfg, "metrics", "tuning.json")
-    tuning = io.read_json(path)
-    if tuning is None:
-        log.warning("train.use_tuned is set but %s does not exist: run the tune stage first; using conf values", path)
-        return {}
+    src = io.source(cfg, "tuning", needed_by="train (train.use_tuned=true)")
+    tuning = io.read_json(src.file("tuning.json")) or {}
     return {name: dict(entry.get("best_params", {})) for name, entry in tuning.get("models", {}).items()}
 
 
-def _uses_validation(name: str, cfg: Config) -> bool:
-    return name == "sgd" and cfg.split.validation_fraction > 0 and cfg.sgd.early_stopping_rounds > 0
-
-
-def fit_model(name: str, cfg: Config, train: DataFrame, overrides: dict[str, Any] | None = None):
-    validation = _uses_validation(name, cfg)
-    data = with_validation_flag(train, cfg.split.validation_fraction, cfg.split.seed) if validation else train
-    estimator = registry.build_estimator(name, cfg, overrides, validation=validation)
+def fit_model(spec: ModelSpec, cfg: Config, train: DataFrame, overrides: dict[str, Any] | None = None) -> tuple[Model, dict[str, Any]]:
+    """(fitted model, what to record): history, the refit epoch count, seconds."""
+    overrides = dict(overrides or {})
     started = time.monotonic()
-    with faults.armed(cfg.faults):
-        model = estimator.fit(data)
-    return model, time.monotonic() - started
+    info: dict[str, Any] = {}
+    if spec.uses_validation(cfg):
+        carved = with_validation_flag(train, cfg.split.validation_fraction, cfg.split.seed)
+        selector = spec.build(cfg, overrides, validation=True).fit(carved)
+        best = max(1, int(getattr(selector, "bestEpoch", 0) or len(selector.history)))
+        log.info("train %s: early stopping chose %d epochs on the validation carve; refitting on all of train", spec.name, best)
+        model = spec.build(cfg, {**overrides, "max_iter": best, "early_stopping_rounds": 0}).fit(train)
+        info.update(history=list(selector.history), refit_epochs=best, final_history=list(model.history))
+    else:
+        model = spec.build(cfg, overrides).fit(train)
+        history = list(getattr(model, "history", []) or [])
+        if spec.curve is not None and cfg.split.validation_fraction > 0:
+            carved = with_validation_flag(train, cfg.split.validation_fraction, cfg.split.seed).cache()
+            try:
+                fit_rows = carved.filter(~F.col(IS_VALIDATION)).drop(IS_VALIDATION)
+                val_rows = carved.filter(F.col(IS_VALIDATION)).drop(IS_VALIDATION)
+                history = spec.curve(spec.build(cfg, overrides), fit_rows, val_rows, cfg.model_conf(spec.name))
+            finally:
+                carved.unpersist()
+        info.update(history=history)
+    info["train_seconds"] = round(time.monotonic() - started, 3)
+    return model, info
 
 
-def run(spark: SparkSession, cfg: Config) -> dict:
-    started = time.monotonic()
+def coverage(model: Model, train_users: int, train_items: int) -> dict[str, int]:
+    """Users and items the model can rank, next to the train split's."""
+    users, items = scoring_factors(model)
+    return {
+        "users": users.select(FACTOR_ID).distinct().count(),
+        "items": items.select(FACTOR_ID).distinct().count(),
+        "train_users": train_users,
+        "train_items": train_items,
+    }
+
+
+@stage_run("train")
+def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
+    """Fit every model of `train.models` on splits/<name>/train and publish models/<model>/.
+
+    Examples
+    --------
+    >>> from recospark import ingest, split, train
+    >>> from recospark.config import load_config
+    >>> cfg = load_config(None, [f"data.source={tiny_movielens}", f"output.root={tmp_out}", "train.models=bias,global_mean"])
+    >>> _ = ingest.run(spark, cfg); _ = split.run(spark, cfg)
+    >>> sorted(train.run(spark, cfg)["models"])
+    ['bias', 'global_mean']
+    """
     split = cfg.split.effective_name
-    train_path = io.output_path(cfg, "splits", split, "train")
-    train = io.read_output(spark, cfg, f"splits/{split}/train", RATINGS, needed_by="train").cache()
+    src = io.source(cfg, f"splits/{split}/train", needed_by="train")
     tuned = tuned_params(cfg)
-    out = {}
+    train = src.read(spark, RATINGS).cache()
+    out: dict[str, Any] = {}
     try:
+        sizes = train.agg(F.countDistinct(USER_ID).alias("u"), F.countDistinct(MOVIE_ID).alias("i")).first()
+        n_users, n_items = int(sizes["u"]), int(sizes["i"])
         for name in cfg.train.models:
+            spec = MODELS[name]
             overrides = tuned.get(name, {})
             log.info("train %s%s", name, f" with tuned params {overrides}" if overrides else "")
-            model, seconds = fit_model(name, cfg, train, overrides)
-            history = list(getattr(model, "history", []) or [])
-            params = {p.name: v for p, v in model.extractParamMap().items()} if hasattr(model, "extractParamMap") else {}
-            extra = {"model": name, "train_seconds": round(seconds, 3), "tuned_overrides": overrides, "history": history, "params": params}
-            published = io.publish(
-                spark,
-                cfg,
-                f"models/{name}",
-                lambda path, m=model: m.write().save(path),
-                inputs=[train_path],
-                count_rows=False,
-                extra=extra,
-            )
-            out[name] = {"path": published.path, "train_seconds": round(seconds, 2), "epochs": len(history) or None}
-            log.info("train %s: %.1f s -> %s", name, seconds, published.path)
+            model, info = fit_model(spec, cfg, train, overrides)
+            covered = coverage(model, n_users, n_items)
+            if covered["users"] < n_users or covered["items"] < n_items:
+                log.warning(
+                    "train %s: factors for %d of %d train users and %d of %d train items",
+                    name, covered["users"], n_users, covered["items"], n_items,
+                )
+            params = {p.name: v for p, v in model.extractParamMap().items()}
+            extra = {
+                "model": name,
+                "objective": spec.objective,
+                "score": spec.score,
+                "tuned_overrides": overrides,
+                "params": params,
+                "coverage": covered,
+                **info,
+            }
+            published = io.publish(spark, cfg, f"models/{name}", lambda path, m=model: m.write().save(path), inputs=[src], extra=extra)
+            epochs = info.get("refit_epochs") or (len(getattr(model, "history", [])) or None)
+            out[name] = {"path": published.path, "train_seconds": round(info["train_seconds"], 2), "epochs": epochs}
+            log.info("train %s: %.1f s -> %s", name, info["train_seconds"], published.path)
     finally:
         train.unpersist()
-    return {"stage": "train", "models": out, "seconds": round(time.monotonic() - started, 2)}
+    return {"models": out}

@@ -1,17 +1,22 @@
 """The `tune` stage: grid search on validation data carved from the train split, never the test split.
 
-For every model that has a grid in `tune.grids` and is listed in `train.models`, the estimator
-comes from the registry (the same builder `train` uses, so ALS, the DSGD model and the bias
-baseline share one code path), the grid's config names are mapped to Param names, and MLlib's
-`TrainValidationSplit` or `CrossValidator` picks the params with the lowest validation RMSE.
-Cold rows of a validation fold (user or item absent from its training part) are dropped
-(`coldStartStrategy=drop`), otherwise a single NaN would make every RMSE NaN.
+For every model of `train.models` with a grid in `tune.grids`, the estimator comes from the
+model table (the same builder `train` uses) and each grid point is judged on the metric that
+fits the model (`objective` in the table):
 
-`CrossValidator` folds come from a hash of (seed, user, movie), like the splits, so they do not
-depend on partitioning; `TrainValidationSplit` draws `rand(seed)` per row, which is stable for
-the same published train split read the same way.
+* rating models: RMSE, by MLlib's `TrainValidationSplit` or `CrossValidator` (lowest wins).
+  Cold rows of a validation fold are dropped (`coldStartStrategy=drop`), otherwise a single
+  NaN would make every RMSE NaN.
+* ranking models: NDCG@k (`evaluate.k`, `evaluate.relevance_threshold`) of each user's top-k
+  list over items not in the fitting part, on a validation carve of `split.validation_fraction`
+  of train (highest wins). The lists come from `recospark.scoring.top_n`, the same code that
+  publishes recommendations.
 
-Writes metrics/tuning.json; `train` reads `models.<name>.best_params` from it when
+`CrossValidator` folds and the ranking carve come from a hash of (seed, user, movie), like the
+splits, so they do not depend on partitioning; `TrainValidationSplit` draws `rand(seed)` per
+row, which is stable for the same published train split read the same way.
+
+Publishes tuning/tuning.json; `train` starts from `models.<name>.best_params` when
 `train.use_tuned` is set.
 """
 
@@ -28,37 +33,33 @@ from pyspark.ml.tuning import CrossValidator, ParamGridBuilder, TrainValidationS
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recospark import io
-from recospark.config import Config, ConfigError
-from recospark.models import registry
-from recospark.schema import PREDICTION, RATING, RATINGS
-from recospark.split import uniform
+from recospark import io, ranking
+from recospark.config import Config
+from recospark.models.table import MODELS, ModelSpec
+from recospark.runtime import stage_run
+from recospark.schema import IS_VALIDATION, MOVIE_ID, PREDICTION, RATING, RATINGS, USER_ID
+from recospark.scoring import scoring_factors, top_n
+from recospark.split import uniform, with_validation_flag
+
+__all__ = ["models_to_tune", "param_grid", "run", "tune_model", "with_fold"]
 
 log = logging.getLogger(__name__)
 
-METRIC = "rmse"
 _FOLD = "_fold"
 
 
-def param_grid(estimator: Estimator, name: str, grid: Mapping[str, list[Any]]) -> tuple[list[dict], list[dict[str, Any]]]:
+def param_grid(estimator: Estimator, spec: ModelSpec, grid: Mapping[str, list[Any]]) -> tuple[list[dict], list[dict[str, Any]]]:
     """(MLlib param maps, the same points in config names), in the same order."""
-    names = registry.param_names(name)
-    unknown = sorted(k for k in grid if k not in names)
-    if unknown:
-        raise ConfigError(f"tune.grids.{name}: unknown key(s) {unknown}; known: {sorted(names)}")
-    empty = sorted(k for k, v in grid.items() if not v)
-    if empty:
-        raise ConfigError(f"tune.grids.{name}: no values for {empty}")
     keys = sorted(grid)
     builder = ParamGridBuilder()
     for key in keys:
-        builder.addGrid(estimator.getParam(names[key]), list(grid[key]))
+        names = spec.params[key]
+        for name in (names,) if isinstance(names, str) else names:
+            builder.addGrid(estimator.getParam(name), list(grid[key]))
     maps = builder.build()
-    # ParamGridBuilder enumerates the cartesian product in the same order as itertools.product.
     points = [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
-    by_param = [{p.name: v for p, v in m.items()} for m in maps]
-    if any(pm[names[k]] != v for point, pm in zip(points, by_param) for k, v in point.items()):
-        raise RuntimeError("ParamGridBuilder order differs from the config grid order")
+    if len(maps) != len(points):
+        raise RuntimeError("ParamGridBuilder and the config grid disagree on the number of points")
     return maps, points
 
 
@@ -71,29 +72,59 @@ def with_fold(num_folds: int, seed: int):
     return transform
 
 
-def tune_model(name: str, cfg: Config, train: DataFrame) -> dict[str, Any]:
-    """Grid search for one model; returns best params (config names), every point's RMSE, seconds."""
-    started = time.monotonic()
-    estimator = registry.build_estimator(name, cfg, cold_start_strategy="drop")
-    maps, points = param_grid(estimator, name, cfg.tune.grids[name])
-    evaluator = RegressionEvaluator(metricName=METRIC, labelCol=RATING, predictionCol=PREDICTION)
+def _tune_rating(spec: ModelSpec, cfg: Config, train: DataFrame) -> tuple[list[dict[str, Any]], list[float]]:
+    estimator = spec.build(cfg, cold_start_strategy="drop")
+    maps, points = param_grid(estimator, spec, cfg.tune.grids[spec.name])
+    evaluator = RegressionEvaluator(metricName="rmse", labelCol=RATING, predictionCol=PREDICTION)
     seed = cfg.split.seed
     if cfg.tune.method == "cross_validator":
         search = CrossValidator(
             estimator=estimator, estimatorParamMaps=maps, evaluator=evaluator, numFolds=cfg.tune.num_folds, foldCol=_FOLD, seed=seed
         )
-        fitted = search.fit(train.transform(with_fold(cfg.tune.num_folds, seed)))
-        scores = list(fitted.avgMetrics)
-    else:
-        search = TrainValidationSplit(
-            estimator=estimator, estimatorParamMaps=maps, evaluator=evaluator, trainRatio=cfg.tune.train_ratio, seed=seed
-        )
-        fitted = search.fit(train)
-        scores = list(fitted.validationMetrics)
-    best = min(range(len(scores)), key=lambda i: scores[i])
-    grid = [{"params": point, METRIC: float(score)} for point, score in zip(points, scores)]
-    log.info("tune %s: best %s rmse=%.4f over %d points", name, points[best], scores[best], len(points))
-    return {"best_params": points[best], f"best_{METRIC}": float(scores[best]), "grid": grid, "seconds": round(time.monotonic() - started, 2)}
+        return points, list(search.fit(train.transform(with_fold(cfg.tune.num_folds, seed))).avgMetrics)
+    search = TrainValidationSplit(estimator=estimator, estimatorParamMaps=maps, evaluator=evaluator, trainRatio=cfg.tune.train_ratio, seed=seed)
+    return points, list(search.fit(train).validationMetrics)
+
+
+def _tune_ranking(spec: ModelSpec, cfg: Config, train: DataFrame) -> tuple[list[dict[str, Any]], list[float]]:
+    k = cfg.evaluate.k
+    carved = with_validation_flag(train, cfg.split.validation_fraction or 0.1, cfg.split.seed).cache()
+    fit_rows = carved.filter(~F.col(IS_VALIDATION)).drop(IS_VALIDATION).cache()
+    validation = carved.filter(F.col(IS_VALIDATION)).drop(IS_VALIDATION)
+    grid = cfg.tune.grids[spec.name]
+    keys = sorted(grid)
+    points = [dict(zip(keys, values)) for values in itertools.product(*(grid[key] for key in keys))]
+    scores = []
+    try:
+        for point in points:
+            model = spec.build(cfg, point).fit(fit_rows)
+            users, items = scoring_factors(model)
+            recs = top_n(users, items, fit_rows.select(USER_ID, MOVIE_ID), k, cfg.recommend.user_block_size)
+            ndcg = ranking.ranking_metrics(recs, validation, k, cfg.evaluate.relevance_threshold)[f"ndcg@{k}"]
+            scores.append(float(ndcg or 0.0))
+            log.info("tune %s %s: validation ndcg@%d=%.4f", spec.name, point, k, scores[-1])
+    finally:
+        fit_rows.unpersist()
+        carved.unpersist()
+    return points, scores
+
+
+def tune_model(name: str, cfg: Config, train: DataFrame) -> dict[str, Any]:
+    """Grid search for one model: best params (config names), every point's score, seconds."""
+    started = time.monotonic()
+    spec = MODELS[name]
+    metric = "rmse" if spec.objective == "rating" else f"ndcg@{cfg.evaluate.k}"
+    points, scores = (_tune_rating if spec.objective == "rating" else _tune_ranking)(spec, cfg, train)
+    pick = min if spec.objective == "rating" else max
+    best = pick(range(len(scores)), key=lambda i: scores[i])
+    log.info("tune %s: best %s %s=%.4f over %d points", name, points[best], metric, scores[best], len(points))
+    return {
+        "metric": metric,
+        "best_params": points[best],
+        "best_score": float(scores[best]),
+        "grid": [{"params": p, metric: float(s)} for p, s in zip(points, scores)],
+        "seconds": round(time.monotonic() - started, 2),
+    }
 
 
 def models_to_tune(cfg: Config) -> list[str]:
@@ -103,14 +134,25 @@ def models_to_tune(cfg: Config) -> list[str]:
     return [n for n in cfg.train.models if cfg.tune.grids.get(n)]
 
 
-def run(spark: SparkSession, cfg: Config) -> dict:
-    """Tune every model with a grid on the split's train side; publish metrics/tuning.json."""
-    started = time.monotonic()
+@stage_run("tune")
+def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
+    """Tune every model with a grid on the split's train side; publish tuning/tuning.json.
+
+    Examples
+    --------
+    >>> from recospark import ingest, split, tune
+    >>> from recospark.config import load_config
+    >>> cfg = load_config(None, [f"data.source={tiny_movielens}", f"output.root={tmp_out}", "train.models=bias",
+    ...                          "tune.grids={bias: {reg_user: [0.0, 5.0]}}"])
+    >>> _ = ingest.run(spark, cfg); _ = split.run(spark, cfg)
+    >>> result = tune.run(spark, cfg)
+    >>> sorted(result["models"]["bias"]["best_params"])
+    ['reg_user']
+    """
     split = cfg.split.effective_name
     names = models_to_tune(cfg)
-    for name in names:  # fail on a bad grid before any fitting
-        param_grid(registry.build_estimator(name, cfg, cold_start_strategy="drop"), name, cfg.tune.grids[name])
-    train = io.read_output(spark, cfg, f"splits/{split}/train", RATINGS, needed_by="tune").cache()
+    src = io.source(cfg, f"splits/{split}/train", needed_by="tune")
+    train = src.read(spark, RATINGS).cache()
     models: dict[str, Any] = {}
     try:
         for name in names:
@@ -119,7 +161,6 @@ def run(spark: SparkSession, cfg: Config) -> dict:
         train.unpersist()
     result = {
         "method": cfg.tune.method,
-        "metric": METRIC,
         "split": split,
         "data": f"splits/{split}/train only (validation carved from it; test untouched)",
         "train_ratio": cfg.tune.train_ratio if cfg.tune.method == "train_validation_split" else None,
@@ -127,11 +168,8 @@ def run(spark: SparkSession, cfg: Config) -> dict:
         "seed": cfg.split.seed,
         "models": models,
     }
-    path = io.output_path(cfg, "metrics", "tuning.json")
-    io.write_json_atomic(path, result)
+    published = io.publish_files(spark, cfg, "tuning", {"tuning.json": io.to_json(result)}, inputs=[src])
     return {
-        "stage": "tune",
-        "path": path,
-        "models": {n: {"best_params": m["best_params"], "rmse": m[f"best_{METRIC}"]} for n, m in models.items()},
-        "seconds": round(time.monotonic() - started, 2),
+        "path": published.path,
+        "models": {n: {"best_params": m["best_params"], m["metric"]: m["best_score"]} for n, m in models.items()},
     }

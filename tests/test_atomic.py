@@ -90,13 +90,15 @@ def test_rerun_is_idempotent_and_injected_fault_is_retried(spark, cfg_factory, t
     assert_df_equality(io.read_output(spark, clean, "ratings", RATINGS), expected, ignore_row_order=True)
 
 
-def test_json_outputs_through_hadoop_file_system(spark, tmp_path):
-    """The code path used for hdfs:// and s3a:// roots, exercised on file:// with Hadoop's API."""
-    uri = f"file://{tmp_path}/metrics/als.json"
-    io._replace_hadoop(uri, '{"rmse": 1.0}\n')
-    io._replace_hadoop(uri, '{"rmse": 0.9}\n')
-    assert (tmp_path / "metrics" / "als.json").read_text() == '{"rmse": 0.9}\n'
-    jvm, fs, path = io._hadoop(uri)
-    assert fs.exists(path) and len(list(fs.listStatus(path.getParent()))) == 1
-    assert io.read_json(f"{tmp_path}/metrics/als.json") == {"rmse": 0.9}
-    assert io.read_json(f"{tmp_path}/metrics/missing.json") is None
+def test_publishing_through_hadoop_file_system(spark, tmp_path):
+    """The code path used for hdfs:// and s3a:// roots, exercised on file:// with Hadoop's API:
+    each version is written beside the target and renamed in; the previous one is gone after."""
+    target = f"file://{tmp_path}/metrics"
+    for n, text in enumerate(['{"rmse": 1.0}', '{"rmse": 0.9}']):
+        staging = f"file://{tmp_path}/_versions/metrics/v{n}"
+        io._write_hadoop(spark, f"{staging}/als.json", text)
+        io._swap_hadoop(spark, staging, target)
+    assert (tmp_path / "metrics" / "als.json").read_text() == '{"rmse": 0.9}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["_versions", "metrics"]  # no `.previous-*` left
+    assert io._read_hadoop(spark, f"{target}/als.json") == b'{"rmse": 0.9}'
+    assert io._read_hadoop(spark, f"{target}/missing.json") is None

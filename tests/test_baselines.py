@@ -3,10 +3,10 @@ from chispa import assert_approx_df_equality, assert_df_equality
 from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, FloatType, IntegerType, StructField, StructType
 
-from recospark.models import registry
+from recospark.models.table import MODELS
 from recospark.models.baselines import BiasBaseline, BiasBaselineModel, GlobalMean, GlobalMeanModel
-from recospark.recommend import TOP_N, scoring_factors, top_n
-from recospark.schema import BIAS, FACTOR_ID, MOVIE_ID, PREDICTION, RATING, USER_ID
+from recospark.scoring import scoring_factors, top_n
+from recospark.schema import TOP_N, BIAS, FACTOR_ID, MOVIE_ID, PREDICTION, RATING, USER_ID
 
 TRAIN = StructType(
     [StructField(USER_ID, IntegerType()), StructField(MOVIE_ID, IntegerType()), StructField(RATING, DoubleType())]
@@ -86,13 +86,13 @@ def test_global_mean_predicts_mean_and_ranks_by_popularity(spark, train):
 
 
 @pytest.mark.parametrize("name", ["bias", "global_mean"])
-def test_save_load_roundtrip_through_registry(spark, cfg_factory, tmp_path, train, name):
+def test_save_load_roundtrip_through_the_model_table(spark, cfg_factory, tmp_path, train, name):
     cfg = cfg_factory("bias.reg_user=1.0", "bias.reg_item=2.0")
-    model = registry.build_estimator(name, cfg).fit(train)
+    model = MODELS[name].build(cfg).fit(train)
     path = str(tmp_path / name)
     model.write().save(path)
     model.write().overwrite().save(path)  # a second save over the first
-    loaded = registry.load_model(name, path)
+    loaded = MODELS[name].load(path)
     assert isinstance(loaded, BiasBaselineModel if name == "bias" else GlobalMeanModel)
     assert loaded.uid == model.uid
     assert loaded.extractParamMap() == {loaded.getParam(p.name): v for p, v in model.extractParamMap().items()}

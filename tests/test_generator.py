@@ -6,14 +6,14 @@ import numpy as np
 import pandas as pd
 from chispa import assert_df_equality
 
-from recospark import ingest, io
+from recospark import generate, ingest, io
 from recospark.config import GenerateConf
-from recospark.datasets import generator
+from recospark.datasets import synthetic
 
 
 def lines_for(users: list[list[int]], conf: GenerateConf) -> list[str]:
     batches = [pd.DataFrame({"id": np.array(b, dtype=np.int64)}) for b in users]
-    return [line for out in generator.generate_partition(iter(batches), conf) for line in out["value"]]
+    return [line for out in synthetic.generate_partition(iter(batches), conf) for line in out["value"]]
 
 
 def test_rows_do_not_depend_on_batching():
@@ -39,13 +39,13 @@ def test_shape_long_tail_and_scale():
 def test_generated_folder_ingests_identically_twice(spark, cfg_factory, tmp_path):
     overrides = ["generate.users=60", "generate.items=80", "generate.ratings=1500", "generate.layout=csv"]
     cfg = cfg_factory(*overrides)
-    first = generator.run(spark, cfg)
+    first = generate.run(spark, cfg)
     cfg = cfg_factory(*overrides, f"data.source={first['path']}")
     result = ingest.run(spark, cfg)
     assert result["ratings"]["rows"] == first["ratings"]["rows"]
     assert result["files"]["ratings.csv"]["rejected"] == 0 and result["movies"]["rows"] == 80
     ratings = io.read_output(spark, cfg, "ratings")
-    generator.run(spark, cfg)
+    generate.run(spark, cfg)
     ingest.run(spark, cfg)
     again = io.read_output(spark, cfg, "ratings")
     assert_df_equality(ratings, again, ignore_row_order=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from chispa import assert_df_equality
 
-from recospark import ingest
+from recospark import ingest, io, split
 from recospark.cli import main as cli_main
 from recospark.datasets import movielens as ml
 from recospark.datasets.download import SourceError
@@ -169,14 +169,24 @@ def test_line_numbers_survive_many_splits(spark, tmp_path):
         spark.conf.unset("spark.sql.files.maxPartitionBytes")
 
 
-def test_canonical_split_files(spark, tmp_path):
-    write(tmp_path, "u1.base", "1\t1\t5\t874965758\n1\t2\t3\t876893171\n")
+def test_canonical_split_files_are_ingested_with_labels_and_split_reads_them(spark, cfg_factory, tmp_path):
+    write(tmp_path, "u.data", "1\t1\t5\t874965758\n1\t2\t3\t876893171\n1\t3\t4\t878542960\n")
+    write(tmp_path, "u1.base", "1\t1\t5\t874965758\n1\t2\t3\t876893171\nbad line\n")
     write(tmp_path, "u1.test", "1\t3\t4\t878542960\n")
-    train, test = ml.read_canonical_split(spark, str(tmp_path), "u1")
+    cfg = cfg_factory(f"data.source={tmp_path}", "split.strategy=canonical", "split.canonical=u1", "data.max_rejected_fraction=0.5")
+    result = ingest.run(spark, cfg)
+    assert result["files"]["u1.base"] == {"read": 3, "accepted": 2, "rejected": 1, "duplicates_resolved": 0, "blank_lines": 0, "header_lines": 0}
+    assert result["canonical"]["rows"] == 3
+    rejected = io.read_output(spark, cfg, "rejected", REJECTED).filter("source_file = 'u1.base'").collect()
+    assert [(r.line_number, r.raw) for r in rejected] == [(3, "bad line")]
+    split.run(spark, cfg)
+    test = io.read_output(spark, cfg, "splits/u1/test", RATINGS)
     assert_df_equality(test, spark.createDataFrame([(1, 3, 4.0, ts(878542960))], RATINGS), ignore_nullable=True)
-    assert train.count() == 2
-    with pytest.raises(ml.LayoutError, match="u2.base"):
-        ml.read_canonical_split(spark, str(tmp_path), "u2")
+    assert io.read_output(spark, cfg, "splits/u1/train", RATINGS).count() == 2
+    manifest = io.read_manifest(cfg, "splits/u1/train")
+    assert manifest["inputs"] == [io.source(cfg, "canonical").uri]  # the ingested version, not the raw files
+    with pytest.raises(split.SplitError, match="train side would be empty"):
+        split.run(spark, cfg.with_overrides({"split.canonical": "u2"}))
 
 
 def test_unknown_layout_and_empty_file(spark, cfg_factory, tmp_path):

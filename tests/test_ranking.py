@@ -5,8 +5,7 @@ from chispa import assert_df_equality
 from pyspark.sql.types import ArrayType, DoubleType, IntegerType, StructField, StructType
 
 from recospark.ranking import catalog_coverage, mean_popularity, predicted_lists, ranking_metrics, relevant_items
-from recospark.recommend import TOP_N
-from recospark.schema import MOVIE_ID, RATING, USER_ID
+from recospark.schema import MOVIE_ID, RATING, TOP_N, USER_ID
 
 TEST = StructType(
     [StructField(USER_ID, IntegerType()), StructField(MOVIE_ID, IntegerType()), StructField(RATING, DoubleType())]

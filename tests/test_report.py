@@ -3,18 +3,13 @@ import re
 import shutil
 import struct
 import subprocess
-from datetime import datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
-from recospark import io, report
-from recospark.config import load_config
-from recospark.models import registry
-from recospark.recommend import scoring_factors, top_n, with_titles
-from recospark.schema import MOVIE_ID, MOVIES, RATINGS, USER_ID
-from recospark.split import random_split
+from recospark import io
+from recospark.report import stage as report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SECTION_IDS = ["data", "split", "comparison", "curves", "factors", "samples"]
@@ -75,67 +70,10 @@ def png_size(src: str) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-def _publish_inputs(spark, cfg):
-    start = datetime(1997, 9, 20)
-    rows = [
-        (u, i, float(1 + (u * 7 + i * 3) % 5), start + timedelta(days=9 * u + 5 * i))
-        for u in range(1, 11)
-        for i in range(1, 9)
-        if (u + i) % 4 != 0
-    ]
-    ratings = spark.createDataFrame(rows, RATINGS)
-    # movie 8 has no row in movies/: its title falls back to its id; a title needing escaping
-    movies = spark.createDataFrame(
-        [(i, f"Movie <{i}> & sons ({1990 + i})", 1990 + i, ["Drama"]) for i in range(1, 8)], MOVIES
-    )
-    io.publish_dataframe(ratings, cfg, "ratings")
-    io.publish_dataframe(movies, cfg, "movies")
-    train, test = random_split(ratings, 0.25, cfg.split.seed)
-    io.publish_dataframe(train, cfg, "splits/random/train")
-    io.publish_dataframe(test, cfg, "splits/random/test")
-    models = {}
-    for name in ("als", "bias"):
-        model = registry.build_estimator(name, cfg).fit(train)
-        io.publish(spark, cfg, f"models/{name}", lambda p, m=model: m.write().save(p), count_rows=False)
-        users, items = scoring_factors(model)
-        recs = top_n(users, items, train.select(USER_ID, MOVIE_ID), 10).transform(with_titles(movies))
-        io.publish_dataframe(recs, cfg, f"recommendations/{name}")
-        models[name] = model
-    summary = {
-        "split": "random",
-        "k": 10,
-        "relevance_threshold": 4.0,
-        "cold_start": "drop",
-        "models": {
-            "als": {"rmse": 1.1, "mae": 0.9, "r2": 0.1, "ndcg@10": 0.2, "precision@10": 0.1, "train_seconds": 1.5},
-            "global_mean": {"rmse": 1.4, "mae": 1.2, "r2": 0.0, "ndcg@10": 0.3, "precision@10": 0.15},
-            "bias": {"rmse": 1.2, "mae": 1.0, "r2": 0.05, "ndcg@10": None},
-        },
-    }
-    io.write_json_atomic(io.output_path(cfg, "metrics", "summary.json"), summary)
-    history = [{"epoch": e, "train_rmse": 1.5 / e, "val_rmse": 1.2 + 0.3 / e} for e in range(1, 6)]
-    io.write_json_atomic(io.output_path(cfg, "metrics", "sgd.json"), {"model": "sgd", "history": history})
-
-
 @pytest.fixture(scope="module")
-def published_report(spark, tmp_path_factory):
-    root = tmp_path_factory.mktemp("report") / "out"
-    cfg = load_config(
-        None,
-        [
-            f"output.root={root}",
-            "train.models=[als,sgd,global_mean,bias]",  # sgd: only its history exists, no model
-            "als.rank=2",
-            "als.max_iter=2",
-            "als.num_blocks=1",
-            "report.als_curve_iters=[1,2]",
-            "report.factor_sample=4",
-            "report.sample_users=2",
-        ],
-    )
-    _publish_inputs(spark, cfg)
-    result = report.run(spark, cfg)
-    return cfg, result
+def published_report(published):
+    cfg, result = published
+    return cfg, result["stages"]["report"]
 
 
 def test_report_structure(published_report):
@@ -146,18 +84,20 @@ def test_report_structure(published_report):
     page = parse(path)
     assert page.sections == SECTION_IDS
     assert all(state == "ok" for state in result["sections"].values()), result["sections"]
-    # data: distribution + long tail; split: 1; curves: SGD + ALS; factors: ALS only (no sgd model)
+    # data: distribution + long tail; split: 1; comparison: accuracy vs novelty; curves: ALS + SGD
+    # (as train recorded them); factors: als, als_implicit, sgd
     by_section = {s: sum(1 for sec, _ in page.images if sec == s) for s in SECTION_IDS}
-    assert by_section == {"data": 2, "split": 1, "comparison": 0, "curves": 2, "factors": 1, "samples": 0}
+    assert by_section == {"data": 2, "split": 1, "comparison": 1, "curves": 2, "factors": 3, "samples": 0}
     for _, src in page.images:
         width, height = png_size(src)
         assert width > 100 and height > 100
     # every URL in the page is inline data or an in-page anchor: nothing to fetch
     assert all(u.startswith(("data:", "#")) for u in page.urls), page.urls
     table = page.tables["comparison"]
-    assert [row[0] for row in table[1:]] == ["als", "global_mean (ranking: popularity)", "bias"]
-    assert table[1][1:4] == ["1.1000", "0.9000", "0.1000"]
-    assert any("sgd" in text for sec, text in page.notes if sec == "factors")
+    assert [row[0] for row in table[1:]] == ["als", "als_implicit", "sgd", "global_mean (ranking: popularity)", "bias"]
+    summary = io.read_json(io.output_path(cfg, "metrics", "summary.json"))
+    assert table[1][1] == f"{summary['models']['als']['rmse']:.4f}"
+    assert table[2][1:4] == ["–", "–", "–"]  # a ranking model has no rating metrics
 
 
 def test_report_sample_lists_show_titles_escaped(published_report):
@@ -167,8 +107,13 @@ def test_report_sample_lists_show_titles_escaped(published_report):
     page = parse(result["path"])
     user_tables = [rows for tid, rows in page.tables.items() if tid not in ("comparison", "tuning") and rows and rows[0][:2] == ["#", "highest rated in train"]]
     assert len(user_tables) == 2  # report.sample_users
-    assert user_tables[0][0] == ["#", "highest rated in train", "als top-10", "bias top-10"]
+    assert user_tables[0][0] == [
+        "#", "highest rated in train", "als top-5", "als_implicit top-5", "sgd top-5",
+        "global_mean (ranking: popularity) top-5", "bias top-5",
+    ]
     assert any("★" in cell for row in user_tables[0][1:] for cell in row)
+    # every recommended film shows its train popularity in brackets
+    assert all(re.search(r"\(\d+\)$", cell) for row in user_tables[0][1:] for cell in row[2:] if cell)
 
 
 def test_report_with_nothing_published_says_so_per_section(spark, cfg_factory):

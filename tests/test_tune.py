@@ -9,6 +9,7 @@ from pyspark.sql import functions as F
 from recospark import io, train, tune
 from recospark.config import ConfigError
 from recospark.models.baselines import BiasBaseline
+from recospark.models.table import MODELS
 from recospark.schema import MOVIE_ID, RATINGS, USER_ID
 
 
@@ -37,20 +38,15 @@ def published_train(spark, cfg_factory):
 
 def test_param_grid_maps_config_names_in_order(spark, cfg_factory):
     cfg = cfg_factory()
-    from recospark.models import registry
-
-    est = registry.build_estimator("als", cfg, cold_start_strategy="drop")
-    maps, points = tune.param_grid(est, "als", {"reg_param": [0.1, 0.2], "rank": [2, 3]})
+    est = MODELS["als"].build(cfg, cold_start_strategy="drop")
+    maps, points = tune.param_grid(est, MODELS["als"], {"reg_param": [0.1, 0.2], "rank": [2, 3]})
     assert points == [{"rank": 2, "reg_param": 0.1}, {"rank": 2, "reg_param": 0.2}, {"rank": 3, "reg_param": 0.1}, {"rank": 3, "reg_param": 0.2}]
     assert [{p.name: v for p, v in m.items()} for m in maps] == [{"rank": p["rank"], "regParam": p["reg_param"]} for p in points]
 
 
 def test_unknown_grid_key_names_the_key(cfg_factory):
-    from recospark.models import registry
-
-    est = registry.build_estimator("bias", cfg_factory())
-    with pytest.raises(ConfigError, match=r"tune.grids.bias.*reg_users"):
-        tune.param_grid(est, "bias", {"reg_users": [1.0]})
+    with pytest.raises(ConfigError, match=r"tune.grids.bias: unknown key.*reg_users"):
+        cfg_factory("tune.grids={bias: {reg_users: [1.0]}}")
 
 
 def test_folds_do_not_depend_on_partitioning(spark):
@@ -68,12 +64,13 @@ def test_tune_stage_train_validation_split_als_and_bias(spark, published_train):
         "als.num_blocks=1",
     )
     out = tune.run(spark, cfg)
-    doc = json.loads(open(io.output_path(cfg, "metrics", "tuning.json")).read())
+    doc = json.loads(open(io.output_path(cfg, "tuning", "tuning.json")).read())
     assert doc["method"] == "train_validation_split" and doc["seed"] == 42
     assert set(doc["models"]) == {"als", "bias"}  # sgd has a grid but is not in train.models
     for name, n_points in (("als", 2), ("bias", 2)):
         entry = doc["models"][name]
         assert len(entry["grid"]) == n_points
+        assert entry["metric"] == "rmse"
         rmses = [g["rmse"] for g in entry["grid"]]
         assert all(r == r and r > 0 for r in rmses)  # no NaN: cold validation rows were dropped
         best = entry["grid"][rmses.index(min(rmses))]["params"]
@@ -88,7 +85,7 @@ def test_tune_stage_train_validation_split_als_and_bias(spark, published_train):
 def test_cross_validator_rmse_is_the_mean_over_hash_folds(spark, published_train):
     cfg = published_train("train.models=[bias]", "tune.method=cross_validator", "tune.num_folds=2", "tune.grids={bias: {reg_item: [0.0, 5.0]}}")
     tune.run(spark, cfg)
-    doc = json.loads(open(io.output_path(cfg, "metrics", "tuning.json")).read())
+    doc = json.loads(open(io.output_path(cfg, "tuning", "tuning.json")).read())
     assert doc["method"] == "cross_validator" and doc["num_folds"] == 2
     folded = _ratings(spark).transform(tune.with_fold(2, cfg.split.seed)).cache()
     rmse = RegressionEvaluator(metricName="rmse", labelCol="rating", predictionCol="prediction")
@@ -104,6 +101,6 @@ def test_cross_validator_rmse_is_the_mean_over_hash_folds(spark, published_train
 
 def test_tune_without_published_train_names_the_stage(cfg_factory, spark):
     cfg = cfg_factory("train.models=[bias]", "tune.grids={bias: {reg_user: [1.0]}}")
-    with pytest.raises(io.OutputError, match="needed by tune"):
+    with pytest.raises(io.PrerequisiteError, match=r"tune needs splits/random/train.*run `recospark split` first"):
         tune.run(spark, cfg)
 

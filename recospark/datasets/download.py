@@ -18,7 +18,7 @@ import uuid
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from recospark.config import DataConf
+from recospark.config import DataConf, UserError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ _COMPLETE = ".recospark-complete"
 _CHUNK = 1 << 20
 
 
-class SourceError(RuntimeError):
+class SourceError(UserError, RuntimeError):
     """The data source cannot be found, fetched or trusted; the message says which setting to change."""
 
 

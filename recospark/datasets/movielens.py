@@ -16,7 +16,9 @@ from typing import Callable, Iterable, Sequence
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from recospark.config import join_path
+from recospark.config import UserError
+from recospark.io import hadoop_fs
+from recospark.paths import is_local, join_path, local_path
 from recospark.schema import (
     LINE_NUMBER,
     MOVIE_ID,
@@ -25,7 +27,9 @@ from recospark.schema import (
     RATINGS,
     RAW,
     REASON,
+    SIDE,
     SOURCE_FILE,
+    SPLIT_NAME,
     USER_ID,
 )
 
@@ -42,7 +46,7 @@ _FIELDS = "_fields"
 _ROW = "_row"
 
 
-class LayoutError(ValueError):
+class LayoutError(UserError, ValueError):
     """The source folder is not a MovieLens layout recospark knows, or a required file is missing or empty."""
 
 
@@ -91,30 +95,41 @@ def detect_layout(files: Iterable[str], requested: str = "auto") -> Layout:
     )
 
 
-def _fs(spark: SparkSession, path: str):
-    jvm = spark.sparkContext._jvm
-    hpath = jvm.org.apache.hadoop.fs.Path(path)
-    return hpath, hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-
-
-def list_files(spark: SparkSession, folder: str) -> list[str]:
-    """Entry names in a folder on any Hadoop file system.
+def list_files(spark: SparkSession | None, folder: str) -> list[str]:
+    """Entry names in a folder, local (no Spark needed) or on any Hadoop file system.
 
     A folder of part files (as Spark writes, e.g. the generator's `ratings.csv/`) counts as
     the file of that name.
     """
-    path, fs = _fs(spark, folder)
-    if not fs.exists(path):
+    if is_local(folder):
+        path = local_path(folder)
+        if not path.is_dir():
+            raise LayoutError(f"data.source folder {folder} does not exist")
+        return sorted(p.name for p in path.iterdir() if not p.name.startswith(("_", ".")))
+    if spark is None:
+        raise LayoutError(f"{folder}: listing a non-local folder needs a SparkSession")
+    _, fs, hpath = hadoop_fs(spark, folder)
+    if not fs.exists(hpath):
         raise LayoutError(f"data.source folder {folder} does not exist")
-    return [s.getPath().getName() for s in fs.listStatus(path) if not s.getPath().getName().startswith(("_", "."))]
+    return sorted(s.getPath().getName() for s in fs.listStatus(hpath) if not s.getPath().getName().startswith(("_", ".")))
 
 
-def file_size(spark: SparkSession, path: str) -> int:
-    hpath, fs = _fs(spark, path)
+def file_size(spark: SparkSession | None, path: str) -> int:
+    """Bytes in a file or a folder of part files; -1 when it does not exist."""
+    if is_local(path):
+        p = local_path(path)
+        if p.is_file():
+            return p.stat().st_size
+        if p.is_dir():
+            return sum(f.stat().st_size for f in p.rglob("*") if f.is_file() and not f.name.startswith(("_", ".")))
+        return -1
+    if spark is None:
+        raise LayoutError(f"{path}: a non-local file needs a SparkSession")
+    _, fs, hpath = hadoop_fs(spark, path)
     return int(fs.getContentSummary(hpath).getLength()) if fs.exists(hpath) else -1
 
 
-def read_lines(spark: SparkSession, path: str) -> DataFrame:
+def read_lines(spark: SparkSession, path: str | list[str]) -> DataFrame:
     """`source_file, line_number, raw` for every line of a text file, numbered from 1.
 
     Line numbers come from each split's byte offset (`_metadata.file_block_start`) and the row's
@@ -182,9 +197,10 @@ def with_parsed_ratings(layout: Layout) -> Callable[[DataFrame], DataFrame]:
     return transform
 
 
-def filter_latest_per_pair(ratings: DataFrame) -> DataFrame:
-    """One row per (user, movie): the latest timestamp wins, then the later line in the file."""
-    order = Window.partitionBy(USER_ID, MOVIE_ID).orderBy(F.col(RATED_AT).desc(), F.col(LINE_NUMBER).desc())
+def filter_latest_per_pair(ratings: DataFrame, within: Sequence[str] = ()) -> DataFrame:
+    """One row per (user, movie) (per `within` columns, e.g. the source file): the latest
+    timestamp wins, then the later line in the file."""
+    order = Window.partitionBy(*within, USER_ID, MOVIE_ID).orderBy(F.col(RATED_AT).desc(), F.col(LINE_NUMBER).desc())
     return ratings.withColumn(_ROW, F.row_number().over(order)).filter(F.col(_ROW) == 1).drop(_ROW)
 
 
@@ -301,7 +317,9 @@ def parse_movies(data: bytes, layout: Layout, source_file: str, genres: Sequence
 
 
 def read_bytes(spark: SparkSession, path: str) -> bytes:
-    """A small file's bytes from any Hadoop file system."""
+    """A small file's bytes, local (read directly) or from any Hadoop file system."""
+    if is_local(path) and local_path(path).is_file():
+        return local_path(path).read_bytes()
     pairs = spark.sparkContext.binaryFiles(path).collect()
     parts = sorted((name, data) for name, data in pairs if not name.rsplit("/", 1)[-1].startswith(("_", ".")))
     if not parts:
@@ -324,18 +342,14 @@ def ml100k_genres(spark: SparkSession, folder: str, files: Iterable[str]) -> Seq
 # --- ml-100k's canonical split files ------------------------------------------------------
 
 
-def read_canonical_split(spark: SparkSession, folder: str, name: str) -> tuple[DataFrame, DataFrame]:
-    """(train, test) from ml-100k's `<name>.base` / `<name>.test`, parsed like u.data."""
-    if name not in CANONICAL_SPLITS:
-        raise LayoutError(f"unknown canonical split {name!r}; known: {', '.join(CANONICAL_SPLITS)}")
-    files = set(list_files(spark, folder))
-    missing = [f"{name}.{side}" for side in ("base", "test") if f"{name}.{side}" not in files]
-    if missing:
-        raise LayoutError(f"split.strategy=canonical needs {', '.join(missing)} in {folder} (ml-100k ships u1..u5, ua, ub)")
-    layout = LAYOUTS["ml-100k"]
-    sides = []
-    for side in ("base", "test"):
-        parsed = read_lines(spark, join_path(folder, f"{name}.{side}")).transform(with_parsed_ratings(layout))
-        sides.append(parsed.transform(filter_accepted).transform(filter_latest_per_pair).transform(as_ratings))
-    return sides[0], sides[1]
+def canonical_files(files: Iterable[str]) -> list[str]:
+    """The canonical split files present (`u1.base`, `u1.test`, ... `ub.test`), in a fixed order."""
+    present = set(files)
+    return [f"{name}.{side}" for name in CANONICAL_SPLITS for side in ("base", "test") if f"{name}.{side}" in present]
 
+
+def with_canonical_labels(rows: DataFrame) -> DataFrame:
+    """`split` (u1..ub) and `side` (train for .base, test for .test) from each row's source file."""
+    stem = F.regexp_extract(F.col(SOURCE_FILE), r"^(u[1-5]|ua|ub)\.(base|test)$", 1)
+    ext = F.regexp_extract(F.col(SOURCE_FILE), r"^(u[1-5]|ua|ub)\.(base|test)$", 2)
+    return rows.withColumn(SPLIT_NAME, stem).withColumn(SIDE, F.when(ext == "base", F.lit("train")).otherwise(F.lit("test")))

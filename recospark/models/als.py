@@ -1,32 +1,37 @@
-"""MLlib ALS built from config, with the column names of the ratings dataset."""
+"""MLlib ALS as a pipeline model: the learning curve that `train` records for it.
+
+MLlib's ALS exposes no per-iteration loss, so its curve is measured by refitting at a few
+`maxIter` values (the same seed gives the same iterates) on train minus the validation carve
+and scoring both sides; `train` publishes it in the model's manifest, `report` only draws it.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Sequence
 
+from pyspark.ml.evaluation import RegressionEvaluator
 from pyspark.ml.recommendation import ALS
+from pyspark.sql import DataFrame
 
-from recospark.config import ALSConf
-from recospark.schema import MOVIE_ID, PREDICTION, RATING, USER_ID
+from recospark.schema import PREDICTION, RATING
 
-# config name -> ALS Param name; the tune stage maps grids through this too.
-PARAM_NAMES = {
-    "rank": "rank",
-    "max_iter": "maxIter",
-    "reg_param": "regParam",
-    "implicit_prefs": "implicitPrefs",
-    "alpha": "alpha",
-    "nonnegative": "nonnegative",
-    "cold_start_strategy": "coldStartStrategy",
-    "seed": "seed",
-    "num_blocks": "numUserBlocks",
-    "checkpoint_interval": "checkpointInterval",
-}
+__all__ = ["als_curve"]
 
 
-def build_als(conf: ALSConf, overrides: Mapping[str, Any] | None = None) -> ALS:
-    values = {**conf.model_dump(), **dict(overrides or {})}
-    params = {PARAM_NAMES[k]: v for k, v in values.items() if k in PARAM_NAMES}
-    params["numItemBlocks"] = params["numUserBlocks"]
-    # ALS's constructor has no predictionCol keyword; the setter does the same.
-    return ALS(userCol=USER_ID, itemCol=MOVIE_ID, ratingCol=RATING, **params).setPredictionCol(PREDICTION)
+def als_curve(estimator: ALS, fit_rows: DataFrame, validation: DataFrame, iters: Sequence[int]) -> list[dict[str, Any]]:
+    """RMSE on `fit_rows` and on `validation` after each maxIter in `iters` (rows of unseen ids dropped).
+
+    Returns history records shaped like the SGD model's: `epoch` (= maxIter), `train_rmse`, `val_rmse`.
+    """
+    evaluator = RegressionEvaluator(metricName="rmse", labelCol=RATING, predictionCol=PREDICTION)
+    history = []
+    for n in sorted(set(iters)):
+        model = estimator.copy({estimator.maxIter: n, estimator.coldStartStrategy: "drop"}).fit(fit_rows)
+        history.append(
+            {
+                "epoch": n,
+                "train_rmse": float(evaluator.evaluate(model.transform(fit_rows))),
+                "val_rmse": float(evaluator.evaluate(model.transform(validation))),
+            }
+        )
+    return history

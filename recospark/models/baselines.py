@@ -16,32 +16,26 @@ model to fill the rows ALS/SGD cannot score. `coldStartStrategy` exists for API 
 ALSModel (the registry and tuning set it on every model) and removes nothing here.
 
 Models save as Spark ML metadata (JSON) plus Parquet bias tables, never pickle, so
-`write().overwrite().save(path)` and `Model.load(path)` behave like MLlib's.
+`write().save(path)` and `Model.load(path)` behave like MLlib's.
 """
 
 from __future__ import annotations
 
-import os
-from typing import Any
+from typing import Any, Mapping
 
 from pyspark import keyword_only
 from pyspark.ml import Estimator, Model
 from pyspark.ml.param import Param, Params, TypeConverters
-from pyspark.ml.util import (
-    DefaultParamsReadable,
-    DefaultParamsReader,
-    DefaultParamsWritable,
-    DefaultParamsWriter,
-    MLReadable,
-    MLReader,
-    MLWritable,
-    MLWriter,
-)
+from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql.types import FloatType, IntegerType, StructField, StructType
 
-from recospark.models.params import HasRatingColumns
+from recospark.models.params import _RecommenderModelParams, _RecommenderModelSetters, _RecommenderParams
+from recospark.models.persistence import TablesPersistence
 from recospark.schema import BIAS, FACTOR_ID, FEATURES, MOVIE_ID, PREDICTION, RATING, USER_ID
+
+__all__ = ["BIAS_DEFAULTS", "BiasBaseline", "BiasBaselineModel", "GlobalMean", "GlobalMeanModel"]
 
 _USER_BIAS = "_b_user"
 _ITEM_BIAS = "_b_item"
@@ -51,29 +45,39 @@ _ITEM_BIASES = "itemBiases"
 _ITEM_COUNTS = "itemCounts"
 _USER_IDS = "userIds"
 
+_COLUMN_DEFAULTS: dict[str, Any] = dict(
+    userCol=USER_ID, itemCol=MOVIE_ID, ratingCol=RATING, predictionCol=PREDICTION, coldStartStrategy="nan"
+)
+# The one source of the bias baseline's defaults (the `bias` config section reads them too).
+BIAS_DEFAULTS: dict[str, Any] = {"regUser": 10.0, "regItem": 10.0}
 
-class _BaselineParams(HasRatingColumns):
+_BIAS_TABLE = StructType([StructField(FACTOR_ID, IntegerType(), False), StructField(BIAS, FloatType(), False)])
+_COUNT_TABLE = StructType([StructField(FACTOR_ID, IntegerType(), False), StructField(_COUNT, IntegerType(), False)])
+_ID_TABLE = StructType([StructField(FACTOR_ID, IntegerType(), False)])
+
+
+class _BaselineModelParams(_RecommenderModelParams):
     """Baselines predict every row (an unseen user or item adds no bias), so coldStartStrategy
     is kept for parity with ALS and drops nothing."""
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        self._setDefault(
-            userCol=USER_ID, itemCol=MOVIE_ID, ratingCol=RATING, predictionCol=PREDICTION, coldStartStrategy="nan"
-        )
+        self._setDefault(**{k: v for k, v in _COLUMN_DEFAULTS.items() if k != "ratingCol"})
 
-    def _check_strategy(self) -> None:
-        if self.getColdStartStrategy() not in ("nan", "drop"):
-            raise ValueError(f"coldStartStrategy must be 'nan' or 'drop', got {self.getColdStartStrategy()!r}")
+
+class _BaselineParams(_BaselineModelParams, _RecommenderParams):
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._setDefault(ratingCol=RATING)
 
 
 class _BiasParams(_BaselineParams):
-    regUser: Param[float] = Param(Params._dummy(), "regUser", "shrinkage of user biases (>= 0)", TypeConverters.toFloat)
-    regItem: Param[float] = Param(Params._dummy(), "regItem", "shrinkage of item biases (>= 0)", TypeConverters.toFloat)
+    regUser: "Param[float]" = Param(Params._dummy(), "regUser", "shrinkage of user biases (>= 0)", TypeConverters.toFloat)
+    regItem: "Param[float]" = Param(Params._dummy(), "regItem", "shrinkage of item biases (>= 0)", TypeConverters.toFloat)
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        self._setDefault(regUser=10.0, regItem=10.0)
+        self._setDefault(**BIAS_DEFAULTS)
 
     def getRegUser(self) -> float:
         return self.getOrDefault(self.regUser)
@@ -108,58 +112,23 @@ def _unit_users(ids: DataFrame) -> DataFrame:
     return ids.select(F.col(FACTOR_ID), F.array(F.lit(1.0).cast("float")).alias(FEATURES))
 
 
-class _BaselineWriter(MLWriter):
-    """Spark ML metadata (params + `extra`) as JSON, each table as Parquet beside it."""
-
-    def __init__(self, instance: "_BaselineModel") -> None:
-        super().__init__()
-        self.instance = instance
-
-    def saveImpl(self, path: str) -> None:
-        DefaultParamsWriter.saveMetadata(self.instance, path, self.sparkSession, extraMetadata=self.instance._extra_metadata())
-        for name, table in self.instance._tables().items():
-            table.write.mode("overwrite").parquet(os.path.join(path, name))
-
-
-class _BaselineReader(MLReader):
-    def __init__(self, cls: type) -> None:
-        super().__init__()
-        self.cls = cls
-
-    def load(self, path: str) -> "_BaselineModel":
-        metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession)
-        expected = f"{self.cls.__module__}.{self.cls.__name__}"
-        if metadata["class"] != expected:
-            raise ValueError(f"{path} holds a {metadata['class']}, not a {expected}")
-        tables = {name: self.sparkSession.read.parquet(os.path.join(path, name)) for name in self.cls._TABLES}
-        model = self.cls._from_saved(metadata, tables)
-        model._resetUid(metadata["uid"])
-        DefaultParamsReader.getAndSetParams(model, metadata)
-        return model
-
-
-class _BaselineModel(Model, _BaselineParams, MLWritable, MLReadable):
-    _TABLES: tuple[str, ...] = ()
-
-    def write(self) -> MLWriter:
-        return _BaselineWriter(self)
-
-    @classmethod
-    def read(cls) -> MLReader:
-        return _BaselineReader(cls)
-
-    def _extra_metadata(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def _tables(self) -> dict[str, DataFrame]:
-        raise NotImplementedError
+class _BaselineModel(Model, _BaselineModelParams, _RecommenderModelSetters, TablesPersistence):
+    pass
 
 
 # --------------------------------------------------------------------------- global mean
 
 
 class GlobalMean(Estimator, _BaselineParams, DefaultParamsReadable, DefaultParamsWritable):
-    """Predicts the train mean; ranks by train popularity (see module docstring)."""
+    """Predicts the train mean; ranks by train popularity (see module docstring).
+
+    Examples
+    --------
+    >>> df = spark.createDataFrame([(1, 10, 4.0), (2, 10, 2.0), (2, 11, 3.0)], ["user_id", "movie_id", "rating"])
+    >>> model = GlobalMean().fit(df)
+    >>> model.mean
+    3.0
+    """
 
     @keyword_only
     def __init__(
@@ -187,7 +156,7 @@ class GlobalMean(Estimator, _BaselineParams, DefaultParamsReadable, DefaultParam
         return self._set(**self._input_kwargs)
 
     def _fit(self, dataset: DataFrame) -> "GlobalMeanModel":
-        self._check_strategy()
+        self._check_cold_start()
         rated = _rated(dataset, self)
         mean = _global_mean(rated)
         counts = _materialized(rated.groupBy(F.col(MOVIE_ID).alias(FACTOR_ID)).agg(F.count(F.lit(1)).cast("int").alias(_COUNT)))
@@ -198,7 +167,7 @@ class GlobalMean(Estimator, _BaselineParams, DefaultParamsReadable, DefaultParam
 class GlobalMeanModel(_BaselineModel):
     """`mean` for every row; `itemCounts` (id, n train ratings) drive the popularity ranking of `userIds`."""
 
-    _TABLES = (_ITEM_COUNTS, _USER_IDS)
+    _TABLES = {_ITEM_COUNTS: _COUNT_TABLE, _USER_IDS: _ID_TABLE}
 
     def __init__(self, mean: float = 0.0, itemCounts: DataFrame | None = None, userIds: DataFrame | None = None) -> None:
         super().__init__()
@@ -207,7 +176,7 @@ class GlobalMeanModel(_BaselineModel):
         self.userIds = userIds
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
-        self._check_strategy()
+        self._check_cold_start()
         return dataset.withColumn(self.getPredictionCol(), F.lit(self.mean).cast("float"))
 
     def scoringFactors(self) -> tuple[DataFrame, DataFrame]:
@@ -216,19 +185,18 @@ class GlobalMeanModel(_BaselineModel):
         Every user seen in train gets a list, like the factor models' userFactors.
         """
         assert self.itemCounts is not None and self.userIds is not None
-        items = self.itemCounts.select(
-            F.col(FACTOR_ID), F.array(F.col(_COUNT).cast("float")).alias(FEATURES)
-        )
+        items = self.itemCounts.select(F.col(FACTOR_ID), F.array(F.col(_COUNT).cast("float")).alias(FEATURES))
         return _unit_users(self.userIds), items
 
     def _extra_metadata(self) -> dict[str, Any]:
         return {"globalMean": self.mean}
 
-    def _tables(self) -> dict[str, DataFrame]:
+    def _tables(self) -> Mapping[str, DataFrame]:
+        assert self.itemCounts is not None and self.userIds is not None
         return {_ITEM_COUNTS: self.itemCounts, _USER_IDS: self.userIds}
 
     @classmethod
-    def _from_saved(cls, metadata: dict[str, Any], tables: dict[str, DataFrame]) -> "GlobalMeanModel":
+    def _from_saved(cls, metadata: dict[str, Any], tables: Mapping[str, DataFrame]) -> "GlobalMeanModel":
         return cls(metadata["globalMean"], tables[_ITEM_COUNTS], tables[_USER_IDS])
 
 
@@ -236,7 +204,15 @@ class GlobalMeanModel(_BaselineModel):
 
 
 class BiasBaseline(Estimator, _BiasParams, DefaultParamsReadable, DefaultParamsWritable):
-    """Regularized user + item biases; the floor a latent-factor model has to beat."""
+    """Regularized user + item biases; the floor a latent-factor model has to beat.
+
+    Examples
+    --------
+    >>> df = spark.createDataFrame([(1, 10, 4.0), (2, 10, 2.0), (2, 11, 3.0)], ["user_id", "movie_id", "rating"])
+    >>> model = BiasBaseline(regUser=0.0, regItem=0.0).fit(df)
+    >>> sorted((r.user_id, r.movie_id, round(r.prediction, 3)) for r in model.transform(df).collect())
+    [(1, 10, 4.0), (2, 10, 2.0), (2, 11, 3.0)]
+    """
 
     @keyword_only
     def __init__(
@@ -247,8 +223,8 @@ class BiasBaseline(Estimator, _BiasParams, DefaultParamsReadable, DefaultParamsW
         ratingCol: str = RATING,
         predictionCol: str = PREDICTION,
         coldStartStrategy: str = "nan",
-        regUser: float = 10.0,
-        regItem: float = 10.0,
+        regUser: float = BIAS_DEFAULTS["regUser"],
+        regItem: float = BIAS_DEFAULTS["regItem"],
     ) -> None:
         super().__init__()
         self._set(**self._input_kwargs)
@@ -262,8 +238,8 @@ class BiasBaseline(Estimator, _BiasParams, DefaultParamsReadable, DefaultParamsW
         ratingCol: str = RATING,
         predictionCol: str = PREDICTION,
         coldStartStrategy: str = "nan",
-        regUser: float = 10.0,
-        regItem: float = 10.0,
+        regUser: float = BIAS_DEFAULTS["regUser"],
+        regItem: float = BIAS_DEFAULTS["regItem"],
     ) -> "BiasBaseline":
         return self._set(**self._input_kwargs)
 
@@ -274,7 +250,7 @@ class BiasBaseline(Estimator, _BiasParams, DefaultParamsReadable, DefaultParamsW
         return self._set(regItem=value)
 
     def _fit(self, dataset: DataFrame) -> "BiasBaselineModel":
-        self._check_strategy()
+        self._check_cold_start()
         reg_user, reg_item = self.getRegUser(), self.getRegItem()
         if reg_user < 0 or reg_item < 0:
             raise ValueError(f"regUser and regItem must be >= 0, got {reg_user}, {reg_item}")
@@ -299,10 +275,10 @@ class BiasBaseline(Estimator, _BiasParams, DefaultParamsReadable, DefaultParamsW
         return self._copyValues(BiasBaselineModel(mu, user_biases, item_biases))
 
 
-class BiasBaselineModel(_BaselineModel, _BiasParams):
+class BiasBaselineModel(_BaselineModel):
     """mu + b_u + b_i, with a zero bias for any user or item not seen in training."""
 
-    _TABLES = (_USER_BIASES, _ITEM_BIASES)
+    _TABLES = {_USER_BIASES: _BIAS_TABLE, _ITEM_BIASES: _BIAS_TABLE}
 
     def __init__(self, mean: float = 0.0, userBiases: DataFrame | None = None, itemBiases: DataFrame | None = None) -> None:
         super().__init__()
@@ -311,7 +287,7 @@ class BiasBaselineModel(_BaselineModel, _BiasParams):
         self.itemBiases = itemBiases
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
-        self._check_strategy()
+        self._check_cold_start()
         assert self.userBiases is not None and self.itemBiases is not None
         users = self.userBiases.select(F.col(FACTOR_ID).alias(_USER_BIAS + "_id"), F.col(BIAS).alias(_USER_BIAS))
         items = self.itemBiases.select(F.col(FACTOR_ID).alias(_ITEM_BIAS + "_id"), F.col(BIAS).alias(_ITEM_BIAS))
@@ -332,17 +308,16 @@ class BiasBaselineModel(_BaselineModel, _BiasParams):
         users = self.userBiases.select(
             F.col(FACTOR_ID), F.array((F.lit(self.mean) + F.col(BIAS)).cast("float"), F.lit(1.0).cast("float")).alias(FEATURES)
         )
-        items = self.itemBiases.select(
-            F.col(FACTOR_ID), F.array(F.lit(1.0).cast("float"), F.col(BIAS)).alias(FEATURES)
-        )
+        items = self.itemBiases.select(F.col(FACTOR_ID), F.array(F.lit(1.0).cast("float"), F.col(BIAS)).alias(FEATURES))
         return users, items
 
     def _extra_metadata(self) -> dict[str, Any]:
         return {"globalMean": self.mean}
 
-    def _tables(self) -> dict[str, DataFrame]:
+    def _tables(self) -> Mapping[str, DataFrame]:
+        assert self.userBiases is not None and self.itemBiases is not None
         return {_USER_BIASES: self.userBiases, _ITEM_BIASES: self.itemBiases}
 
     @classmethod
-    def _from_saved(cls, metadata: dict[str, Any], tables: dict[str, DataFrame]) -> "BiasBaselineModel":
+    def _from_saved(cls, metadata: dict[str, Any], tables: Mapping[str, DataFrame]) -> "BiasBaselineModel":
         return cls(metadata["globalMean"], tables[_USER_BIASES], tables[_ITEM_BIASES])

@@ -103,3 +103,21 @@ def factor_heatmap(name: str, users: np.ndarray, user_ids: Sequence[int], items:
         fig.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight")
         return buf.getvalue()
     return _png(fig)
+
+
+def accuracy_vs_novelty(names: Sequence[str], ndcg: Sequence[float], popularity: Sequence[float], coverage: Sequence[float], k: int) -> bytes:
+    """NDCG@k against the lists' mean train popularity and against catalogue coverage, one point per model.
+
+    Up and left on the first panel (accurate, less obvious films), up and right on the second
+    (accurate, more of the catalogue) is better.
+    """
+    fig = Figure(figsize=(9, 3.6))
+    for position, (xs, label) in enumerate(((popularity, "mean train ratings of recommended films"), (coverage, "catalogue coverage")), 1):
+        ax = fig.add_subplot(1, 2, position)
+        ax.scatter(xs, ndcg, color=_TRAIN)
+        for name, x, y in zip(names, xs, ndcg):
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_xlabel(label)
+        ax.set_ylabel(f"NDCG@{k}")
+        ax.grid(alpha=0.3)
+    return _png(fig)

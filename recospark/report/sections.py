@@ -12,14 +12,14 @@ from functools import cached_property
 from typing import Any, Callable
 
 import numpy as np
-from pyspark.ml.evaluation import RegressionEvaluator
+from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
-from pyspark.errors import AnalysisException
 
 from recospark import io
 from recospark.config import Config
+from recospark.models.table import MODELS
 from recospark.report import html as H
 from recospark.report import plots
 from recospark.schema import (
@@ -27,7 +27,6 @@ from recospark.schema import (
     FEATURES,
     MOVIE_ID,
     MOVIES,
-    PREDICTION,
     RANK,
     RATED_AT,
     RATING,
@@ -39,7 +38,7 @@ from recospark.schema import (
 
 log = logging.getLogger(__name__)
 
-FACTOR_MODELS = ("als", "sgd")
+FACTOR_MODELS = ("als", "als_implicit", "sgd", "sgd_rank", "puresvd")
 _SIDE = "_side"
 _PERIOD = "_period"
 _N = "_n"
@@ -59,22 +58,34 @@ class Inputs:
         self.spark, self.cfg = spark, cfg
         self.split = cfg.split.effective_name
         self._cached: list[DataFrame] = []
+        self.sources: dict[str, io.Source] = {}  # every output read, by relpath: the report's lineage
+
+    def source(self, relpath: str) -> io.Source:
+        if relpath not in self.sources:
+            try:
+                self.sources[relpath] = io.source(self.cfg, relpath, needed_by="report")
+            except io.OutputError as err:
+                raise Missing(f"{relpath} is not published ({str(err).splitlines()[0]})") from None
+        return self.sources[relpath]
 
     def read(self, relpath: str, schema: StructType | None, cache: bool = False) -> DataFrame:
         try:
-            df = io.read_output(self.spark, self.cfg, relpath, schema, needed_by="report")
+            df = self.source(relpath).read(self.spark, schema)
         except (io.OutputError, AnalysisException) as err:
-            raise Missing(f"{relpath} is not published ({str(err).splitlines()[0]})") from None
+            raise Missing(f"{relpath} is not readable ({str(err).splitlines()[0]})") from None
         if cache:
             df = df.cache()
             self._cached.append(df)
         return df
 
-    def json(self, *parts: str) -> dict[str, Any]:
-        data = io.read_json(io.output_path(self.cfg, *parts))
+    def json(self, relpath: str, name: str) -> dict[str, Any]:
+        data = io.read_json(self.source(relpath).file(name))
         if data is None:
-            raise Missing(f"{'/'.join(parts)} is not published")
+            raise Missing(f"{relpath}/{name} is not published")
         return data
+
+    def manifest(self, relpath: str) -> dict[str, Any]:
+        return dict(self.source(relpath).manifest)
 
     @cached_property
     def ratings(self) -> DataFrame:
@@ -151,19 +162,9 @@ def with_month(df: DataFrame) -> DataFrame:
 
 
 def split_section(inp: Inputs) -> str:
-    from recospark.split import chronological_split
-
+    """Train and test sizes per month of the published split (whatever its strategy)."""
     conf = inp.cfg.split
-    if conf.strategy == "chronological":
-        train, test = inp.train, inp.test
-        origin = f"the published chronological split splits/{inp.split}/"
-    else:
-        train, test = chronological_split(inp.ratings, conf.time_quantile, conf.cutoff)
-        cut = conf.cutoff.isoformat() if conf.cutoff else f"the {conf.time_quantile:g} quantile of rating time"
-        origin = (
-            f"a chronological split computed here from ratings/ (cut at {cut}) for comparison; "
-            f"the models in this report use the {conf.strategy} split {inp.split!r}"
-        )
+    train, test = inp.train, inp.test
     sides = with_month(train.withColumn(_SIDE, F.lit("train"))).unionByName(with_month(test.withColumn(_SIDE, F.lit("test"))))
     rows = sides.groupBy(_PERIOD, _SIDE).agg(F.count(F.lit(1)).alias(_N)).collect()
     first_test = test.agg(F.min(RATED_AT)).first()[0]
@@ -173,7 +174,7 @@ def split_section(inp: Inputs) -> str:
     n_test = [counts.get((p, "test"), 0) for p in periods]
     cutoff = first_test.strftime("%Y-%m-%d %H:%M") if first_test else "–"
     summary = H.table(["side", "ratings", "months"], [["train", sum(n_train), sum(1 for v in n_train if v)], ["test", sum(n_test), sum(1 for v in n_test if v)]])
-    return H.para(f"Train and test sizes per month for {origin}.") + summary + H.img(
+    return H.para(f"Train and test sizes per month of the published split splits/{inp.split}/ (strategy {conf.strategy}).") + summary + H.img(
         plots.split_over_time(periods, n_train, n_test, cutoff), "train and test ratings per month"
     )
 
@@ -187,7 +188,8 @@ def comparison_columns(k: int) -> list[tuple[str, str, str | None]]:
         (f"precision@{k}", f"P@{k}", "max"),
         (f"recall@{k}", f"R@{k}", "max"),
         (f"ndcg@{k}", f"NDCG@{k}", "max"),
-        (f"map@{k}", f"MAP@{k}", "max"),
+        (f"map@{k}", f"MAP@{k} (Spark)", "max"),
+        (f"map_recommenders@{k}", f"MAP@{k} (Recommenders)", "max"),
         ("catalog_coverage", "catalog coverage", "max"),
         ("mean_popularity", "mean popularity", None),
         ("coverage", "test rows scored", None),
@@ -199,14 +201,20 @@ def model_label(name: str) -> str:
     return "global_mean (ranking: popularity)" if name == "global_mean" else name
 
 
-def comparison_section(inp: Inputs) -> str:
+def _summary(inp: Inputs) -> tuple[dict[str, Any], list[str]]:
     summary = inp.json("metrics", "summary.json")
-    k = int(summary.get("k", inp.cfg.evaluate.k))
-    cols = comparison_columns(k)
     models: dict[str, dict[str, Any]] = summary.get("models", {})
     if not models:
         raise Missing("metrics/summary.json lists no models")
     names = [n for n in inp.cfg.train.models if n in models] + sorted(n for n in models if n not in inp.cfg.train.models)
+    return summary, names
+
+
+def comparison_section(inp: Inputs) -> str:
+    summary, names = _summary(inp)
+    models = summary["models"]
+    k = int(summary.get("k", inp.cfg.evaluate.k))
+    cols = comparison_columns(k)
     rows = [[model_label(n)] + [models[n].get(key) for key, _, _ in cols] for n in names]
     best = [[False] * (len(cols) + 1) for _ in names]
     for c, (key, _, better) in enumerate(cols, start=1):
@@ -215,45 +223,51 @@ def comparison_section(inp: Inputs) -> str:
             target = (min if better == "min" else max)(v for _, v in values)
             for i, v in values:
                 best[i][c] = v == target
+    threshold = summary.get("relevance_threshold")
+    relevant = "every test item is relevant" if threshold is None else f"relevant = test rating ≥ {threshold}"
     text = (
-        f"Split {summary.get('split')!r}; ranking on top-{k} lists that exclude each user's training items, "
-        f"relevant = test rating ≥ {summary.get('relevance_threshold')}, averaged over test users with a relevant item. "
-        f"Cold-start policy: {summary.get('cold_start')}. The global-mean model predicts one number for every pair, "
-        "so its ranking columns are those of the popularity recommender (most-rated train items first). Best value per column in bold."
+        f"Split {summary.get('split')!r}; ranking metrics score the published top-{k} lists (recommendations/), which "
+        f"exclude each user's training items; {relevant}; averaged over test users with a relevant item. "
+        f"Rating metrics only for rating models (a ranking model's score is not a rating). Cold-start policy: "
+        f"{summary.get('cold_start')}. The global-mean model predicts one number for every pair, so its ranking "
+        "columns are those of the popularity recommender (most-rated train items first). Best value per column in bold."
     )
     out = H.para(text) + H.table(["model"] + [h for _, h, _ in cols], rows, id="comparison", best=best)
+    ranked = [n for n in names if isinstance(models[n].get(f"ndcg@{k}"), (int, float))]
+    if ranked:
+        out += H.para(
+            "Accuracy against novelty: each model's NDCG against how popular its recommended films are in train "
+            "(lower is more novel) and how much of the catalogue its lists cover."
+        ) + H.img(
+            plots.accuracy_vs_novelty(
+                [model_label(n) for n in ranked],
+                [models[n][f"ndcg@{k}"] for n in ranked],
+                [models[n].get("mean_popularity") or 0.0 for n in ranked],
+                [models[n].get("catalog_coverage") or 0.0 for n in ranked],
+                k,
+            ),
+            "accuracy against novelty and coverage",
+        )
     try:
-        tuning = inp.json("metrics", "tuning.json")
+        tuning = inp.json("tuning", "tuning.json")
     except Missing:
-        return out + H.para("No tuning results (metrics/tuning.json): models use the configured params.")
+        return out + H.para("No tuning results (tuning/): models use the configured params.")
     trows = [
-        [name, json.dumps(entry.get("best_params", {}), sort_keys=True), entry.get("best_rmse"), len(entry.get("grid", [])), entry.get("seconds")]
+        [name, json.dumps(entry.get("best_params", {}), sort_keys=True), entry.get("metric"), entry.get("best_score"), len(entry.get("grid", [])), entry.get("seconds")]
         for name, entry in tuning.get("models", {}).items()
     ]
     return out + H.para(
         f"Tuning ({tuning.get('method')}) on validation data carved from the train split, never from test:"
-    ) + H.table(["model", "best params", "validation RMSE", "grid points", "seconds"], trows, id="tuning")
+    ) + H.table(["model", "best params", "metric", "validation score", "grid points", "seconds"], trows, id="tuning")
 
 
 # --------------------------------------------------------------------------- learning curves
 
 
-def sgd_history(inp: Inputs) -> list[Any]:
-    try:
-        history = inp.json("metrics", "sgd.json").get("history") or []
-    except Missing:
-        history = []
-    if not history:
-        history = (io.read_manifest(inp.cfg, "models/sgd") or {}).get("history") or []
-    if not history:
-        raise Missing("no SGD training history (models/sgd or metrics/sgd.json): train the sgd model to see its learning curve")
-    return list(history)
-
-
 def history_series(history: list[Any]) -> tuple[list[int], dict[str, list[float | None]]]:
     """Epoch numbers and every *rmse* series of a history (list of per-epoch dicts)."""
     epochs, series = [], {}
-    keys = sorted({k for h in history if isinstance(h, dict) for k in h if "rmse" in k})
+    keys = sorted({k for h in history if isinstance(h, dict) for k in h if "rmse" in k or "loss" in k})
     for i, h in enumerate(history):
         h = h if isinstance(h, dict) else {"train_rmse": h}
         epochs.append(int(h.get("epoch", i + 1)))
@@ -262,52 +276,31 @@ def history_series(history: list[Any]) -> tuple[list[int], dict[str, list[float 
     return epochs, series
 
 
-def als_curve(inp: Inputs) -> tuple[list[int], dict[str, list[float]], dict[str, Any]]:
-    """Refit ALS at each maxIter of `report.als_curve_iters` on train; RMSE on train and test (cold rows dropped)."""
-    from recospark.models import registry
-    from recospark.train import tuned_params
-
-    cfg = inp.cfg
-    overrides = tuned_params(cfg).get("als", {})
-    train, test = inp.train, inp.test
-    evaluator = RegressionEvaluator(metricName="rmse", labelCol=RATING, predictionCol=PREDICTION)
-    iters = sorted(set(cfg.report.als_curve_iters))
-    series: dict[str, list[float]] = {"train_rmse": [], "test_rmse": []}
-    for n in iters:
-        model = registry.build_estimator("als", cfg, {**overrides, "max_iter": n}, cold_start_strategy="drop").fit(train)
-        series["train_rmse"].append(float(evaluator.evaluate(model.transform(train))))
-        series["test_rmse"].append(float(evaluator.evaluate(model.transform(test))))
-    return iters, series, overrides
-
-
 def curves_section(inp: Inputs) -> str:
-    parts, missing = [], []
-    try:
-        epochs, series = history_series(sgd_history(inp))
-        parts.append(H.para("SGD: RMSE per epoch on its train rows and on the validation rows carved from train (early stopping watches the latter)."))
-        parts.append(H.img(plots.learning_curve(epochs, series, "SGD learning curve"), "SGD learning curve"))
-    except Missing as err:
-        missing.append(f"SGD learning curve: {err}")
-        parts.append(H.note(f"SGD learning curve not available: {err}"))
-    if "als" not in inp.cfg.train.models:
-        missing.append("ALS is not in train.models")
-        parts.append(H.note("ALS is not in train.models: no ALS curve."))
-    else:
+    """Every trained model's learning curve as `train` recorded it (nothing is refitted here)."""
+    parts, drawn = [], 0
+    for name in inp.cfg.train.models:
         try:
-            iters, series, overrides = als_curve(inp)
-            params = f" with tuned params {json.dumps(overrides, sort_keys=True)}" if overrides else " with the configured params"
-            parts.append(
-                H.para(
-                    f"ALS{params}, refitted for maxIter in {iters} on the train split; RMSE on train and on test "
-                    "(rows of unseen users/items dropped). A diagnostic only: nothing is chosen from the test curve."
-                )
-            )
-            parts.append(H.img(plots.learning_curve(iters, series, "ALS RMSE by iteration", xlabel="maxIter"), "ALS RMSE by iteration"))
+            manifest = inp.manifest(f"models/{name}")
         except Missing as err:
-            missing.append(f"ALS curve: {err}")
-            parts.append(H.note(f"ALS curve not available: {err}"))
-    if len(missing) == 2:
-        raise Missing("; ".join(missing))
+            parts.append(H.note(f"{name}: {err}"))
+            continue
+        history = manifest.get("history") or []
+        if not history:
+            continue
+        epochs, series = history_series(history)
+        xlabel = "maxIter" if MODELS[name].curve is not None else "epoch"
+        how = (
+            f"refitted at maxIter in {epochs} on train minus the validation carve"
+            if MODELS[name].curve is not None
+            else "per epoch on its train rows and the validation rows carved from train (early stopping watches the latter)"
+        )
+        refit = f"; then refit on all of train for {manifest['refit_epochs']} epochs" if manifest.get("refit_epochs") else ""
+        parts.append(H.para(f"{name}: RMSE {how}{refit}."))
+        parts.append(H.img(plots.learning_curve(epochs, series, f"{name} learning curve", xlabel=xlabel), f"{name} learning curve"))
+        drawn += 1
+    if not drawn:
+        raise Missing("no model recorded a learning curve (train the sgd or als models)")
     return "".join(parts)
 
 
@@ -327,21 +320,15 @@ def _factor_matrix(df: DataFrame, n: int, seed: int) -> tuple[np.ndarray, list[i
 
 
 def factors_section(inp: Inputs) -> str:
-    from recospark.models import registry
-
     parts, missing, n, seed = [], [], inp.cfg.report.factor_sample, inp.cfg.split.seed
     for name in FACTOR_MODELS:
         if name not in inp.cfg.train.models:
             continue
-        if io.read_manifest(inp.cfg, f"models/{name}") is None:
-            missing.append(f"models/{name} is not published")
-            parts.append(H.note(f"models/{name} is not published: no heat map for {name}."))
-            continue
         try:
-            model = registry.load_model(name, io.output_path(inp.cfg, "models", name))
-        except ImportError as err:
-            missing.append(f"cannot load {name}: {err}")
-            parts.append(H.note(f"cannot load the {name} model: {err}"))
+            model = MODELS[name].load(inp.source(f"models/{name}").uri)
+        except Missing as err:
+            missing.append(str(err))
+            parts.append(H.note(f"no heat map for {name}: {err}"))
             continue
         users, user_ids = _factor_matrix(model.userFactors, n, seed)
         items, item_ids = _factor_matrix(model.itemFactors, n, seed)
@@ -382,11 +369,12 @@ def _title(title: str | None, movie_id: int) -> str:
 
 def samples_section(inp: Inputs) -> str:
     cfg = inp.cfg
-    n_list = 10
+    n_list = cfg.recommend.n
     users = sample_users(inp.train, cfg.report.sample_users, cfg.split.seed)
     if not users:
         raise Missing("the train split has no users")
     columns = {"highest rated in train": favourites(inp.train, inp.titles(), users, n_list)}
+    popularity = inp.train.groupBy(MOVIE_ID).agg(F.count(F.lit(1)).alias(_N))
     notes = []
     for name in cfg.train.models:
         try:
@@ -395,12 +383,18 @@ def samples_section(inp: Inputs) -> str:
             notes.append(name)
             continue
         lists: dict[int, list[tuple[int, str]]] = {u: [] for u in users}
-        for r in recs.filter(F.col(USER_ID).isin(users) & (F.col(RANK) <= n_list)).collect():
-            lists[r[USER_ID]].append((r[RANK], _title(r[TITLE], r[MOVIE_ID])))
+        picked = recs.filter(F.col(USER_ID).isin(users) & (F.col(RANK) <= n_list)).join(popularity, MOVIE_ID, "left")
+        for r in picked.collect():
+            lists[r[USER_ID]].append((r[RANK], f"{_title(r[TITLE], r[MOVIE_ID])} ({r[_N] or 0})"))
         columns[f"{model_label(name)} top-{n_list}"] = {u: [t for _, t in sorted(v)] for u, v in lists.items()}
     if len(columns) == 1:
         raise Missing("no recommendations/<model>/ published: run the recommend stage")
-    parts = [H.para(f"{len(users)} users picked by hash; recommendations exclude what they rated in train.")]
+    parts = [
+        H.para(
+            f"{len(users)} users picked by hash; recommendations exclude what they rated in train. "
+            "In brackets: how many train ratings each recommended film has (its popularity)."
+        )
+    ]
     if notes:
         parts.append(H.note(f"no recommendations published for: {', '.join(notes)}"))
     headers = ["#", *columns]
@@ -412,7 +406,7 @@ def samples_section(inp: Inputs) -> str:
 
 SECTIONS: tuple[tuple[str, str, Callable[[Inputs], str]], ...] = (
     ("data", "Ratings: distribution and long tail", data_section),
-    ("split", "Train/test sizes over time (chronological split)", split_section),
+    ("split", "Train/test sizes over time", split_section),
     ("comparison", "Model comparison", comparison_section),
     ("curves", "Learning curves", curves_section),
     ("factors", "Learned factors", factors_section),

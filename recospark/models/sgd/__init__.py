@@ -1,5 +1,6 @@
-"""recospark's own model: biased matrix factorization by stratified distributed SGD (DSGD).
+"""recospark's own model: matrix factorization by stratified distributed SGD (DSGD).
 
+params.py     Params of the estimator and the model, and the one source of their defaults
 kernel.py     the compiled per-block SGD loop (numba; imports nothing from Spark)
 dsgd.py       the distributed driver: blocked ratings/factor RDDs, strata, schedule, early stopping
 estimator.py  `pyspark.ml` Estimator/Model with ALS's API (transform, save/load, top-N)

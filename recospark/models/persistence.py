@@ -1,0 +1,75 @@
+"""One way to save and load every recospark model: Spark ML metadata (JSON) plus Parquet tables.
+
+Never pickle: a saved model is readable by any Spark and safe to load. A model class opts in by
+inheriting `TablesPersistence` and defining `_TABLES` (table name -> schema or None),
+`_tables()`, `_extra_metadata()` and the classmethod `_from_saved(metadata, tables)`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Mapping
+
+from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReadable, MLReader, MLWritable, MLWriter
+from pyspark.sql import DataFrame
+from pyspark.sql.types import StructType
+
+from recospark.paths import join_path
+
+FORMAT_VERSION = 1
+
+
+class TablesPersistence(MLWritable, MLReadable):
+    """Mixin: `write().save(path)` and `Model.load(path)`, like MLlib's models."""
+
+    _TABLES: ClassVar[Mapping[str, StructType | None]] = {}
+
+    def _tables(self) -> Mapping[str, DataFrame]:
+        raise NotImplementedError
+
+    def _extra_metadata(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def _from_saved(cls, metadata: dict[str, Any], tables: Mapping[str, DataFrame]) -> Any:
+        raise NotImplementedError
+
+    def write(self) -> MLWriter:
+        return _TablesWriter(self)
+
+    @classmethod
+    def read(cls) -> MLReader:
+        return _TablesReader(cls)
+
+
+class _TablesWriter(MLWriter):
+    def __init__(self, instance: TablesPersistence) -> None:
+        super().__init__()
+        self.instance = instance
+
+    def saveImpl(self, path: str) -> None:
+        extra = {"formatVersion": FORMAT_VERSION, **self.instance._extra_metadata()}
+        DefaultParamsWriter.saveMetadata(self.instance, path, self.sparkSession, extraMetadata=extra)
+        for name, table in self.instance._tables().items():
+            table.write.mode("overwrite").parquet(join_path(path, name))
+
+
+class _TablesReader(MLReader):
+    def __init__(self, cls: type[TablesPersistence]) -> None:
+        super().__init__()
+        self.cls = cls
+
+    def load(self, path: str) -> Any:
+        metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession)
+        expected = f"{self.cls.__module__}.{self.cls.__name__}"
+        if metadata["class"] != expected:
+            raise ValueError(f"{path} holds a {metadata['class']}, not a {expected}")
+        if metadata.get("formatVersion") != FORMAT_VERSION:
+            raise ValueError(f"{path}: model format {metadata.get('formatVersion')!r}, this code reads {FORMAT_VERSION}")
+        tables = {}
+        for name, schema in self.cls._TABLES.items():
+            reader = self.sparkSession.read
+            tables[name] = (reader.schema(schema) if schema is not None else reader).parquet(join_path(path, name))
+        model = self.cls._from_saved(metadata, tables)
+        model._resetUid(metadata["uid"])
+        DefaultParamsReader.getAndSetParams(model, metadata)
+        return model

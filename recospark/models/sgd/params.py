@@ -1,0 +1,166 @@
+"""Params of the DSGD estimator and model, and their defaults: the one source of every SGD default.
+
+`SGD_DEFAULTS` feeds the estimator's `_setDefault`, its keyword signatures (tests check they
+agree) and the `sgd` section of the pipeline's config, so a default is written once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.param.shared import HasCheckpointInterval, HasMaxIter, HasRegParam, HasSeed, HasStepSize, HasValidationIndicatorCol
+
+from recospark.models.params import _RecommenderModelParams, _RecommenderParams
+from recospark.schema import MOVIE_ID, PREDICTION, RATING, USER_ID
+
+LOSSES = ("squared", "bpr", "logistic", "warp")
+SCHEDULES = ("decay", "bold_driver")
+
+# Param name -> default. Chosen in development runs on a validation carve of ML-100K's u1.base.
+SGD_DEFAULTS: dict[str, Any] = {
+    "rank": 128,
+    "maxIter": 40,
+    "regParam": 0.08,
+    "biasRegParam": 0.01,
+    "stepSize": 0.03,
+    "stepDecay": 0.93,
+    "schedule": "decay",
+    "numBlocks": 2,
+    "initStd": 0.02,
+    "seed": 42,
+    "earlyStoppingRounds": 3,
+    "checkpointInterval": 5,
+    "loss": "squared",
+    "numNegatives": 1,
+    "positiveThreshold": 0.0,
+    "userCol": USER_ID,
+    "itemCol": MOVIE_ID,
+    "ratingCol": RATING,
+    "predictionCol": PREDICTION,
+    "coldStartStrategy": "nan",
+}
+
+
+class _SGDModelParams(_RecommenderModelParams):
+    """What a fitted DSGD model needs to predict: the ALS-like columns only."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._setDefault(**{k: SGD_DEFAULTS[k] for k in ("userCol", "itemCol", "predictionCol", "coldStartStrategy")})
+
+
+class _SGDParams(
+    _SGDModelParams,
+    _RecommenderParams,
+    HasMaxIter,
+    HasRegParam,
+    HasStepSize,
+    HasSeed,
+    HasCheckpointInterval,
+    HasValidationIndicatorCol,
+):
+    """What fitting needs: rank, schedule, blocks, loss; only the estimator carries these."""
+
+    rank: "Param[int]" = Param(Params._dummy(), "rank", "number of latent factors (>= 1)", TypeConverters.toInt)
+    biasRegParam: "Param[float]" = Param(
+        Params._dummy(), "biasRegParam", "L2 regularization of user and item biases (>= 0)", TypeConverters.toFloat
+    )
+    stepDecay: "Param[float]" = Param(
+        Params._dummy(), "stepDecay", "schedule 'decay': step size multiplier per epoch, in (0, 1]", TypeConverters.toFloat
+    )
+    schedule: "Param[str]" = Param(
+        Params._dummy(),
+        "schedule",
+        "step size schedule: 'decay' (step *= stepDecay per epoch) or 'bold_driver' "
+        "(x1.05 when the training loss fell, x0.5 when it rose)",
+        TypeConverters.toString,
+    )
+    numBlocks: "Param[int]" = Param(
+        Params._dummy(), "numBlocks", "d: users and items are hashed into d blocks; d tasks per stratum", TypeConverters.toInt
+    )
+    initStd: "Param[float]" = Param(
+        Params._dummy(), "initStd", "standard deviation of the initial factors (> 0)", TypeConverters.toFloat
+    )
+    earlyStoppingRounds: "Param[int]" = Param(
+        Params._dummy(),
+        "earlyStoppingRounds",
+        "with validationIndicatorCol: stop after this many epochs without validation improvement "
+        "and keep the best epoch's factors; 0 disables",
+        TypeConverters.toInt,
+    )
+    loss: "Param[str]" = Param(
+        Params._dummy(),
+        "loss",
+        "objective: 'squared' (explicit ratings, predicts the rating) or a top-N ranking loss over "
+        "positives vs sampled negatives: 'bpr', 'logistic', 'warp'",
+        TypeConverters.toString,
+    )
+    numNegatives: "Param[int]" = Param(
+        Params._dummy(),
+        "numNegatives",
+        "ranking losses: negatives sampled per positive (warp: the most tries per positive)",
+        TypeConverters.toInt,
+    )
+    positiveThreshold: "Param[float]" = Param(
+        Params._dummy(),
+        "positiveThreshold",
+        "ranking losses: a rating at or above this is a positive; 0 makes every rated item one",
+        TypeConverters.toFloat,
+    )
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._setDefault(**SGD_DEFAULTS)
+
+    def getRank(self) -> int:
+        return self.getOrDefault(self.rank)
+
+    def getBiasRegParam(self) -> float:
+        return self.getOrDefault(self.biasRegParam)
+
+    def getStepDecay(self) -> float:
+        return self.getOrDefault(self.stepDecay)
+
+    def getSchedule(self) -> str:
+        return self.getOrDefault(self.schedule)
+
+    def getNumBlocks(self) -> int:
+        return self.getOrDefault(self.numBlocks)
+
+    def getInitStd(self) -> float:
+        return self.getOrDefault(self.initStd)
+
+    def getEarlyStoppingRounds(self) -> int:
+        return self.getOrDefault(self.earlyStoppingRounds)
+
+    def getLoss(self) -> str:
+        return self.getOrDefault(self.loss)
+
+    def getNumNegatives(self) -> int:
+        return self.getOrDefault(self.numNegatives)
+
+    def getPositiveThreshold(self) -> float:
+        return self.getOrDefault(self.positiveThreshold)
+
+    def _check(self) -> None:
+        """Every invalid value in one message, before any Spark job."""
+        problems = []
+        for name, ok, need in (
+            ("rank", self.getRank() >= 1, ">= 1"),
+            ("maxIter", self.getMaxIter() >= 1, ">= 1"),
+            ("numBlocks", self.getNumBlocks() >= 1, ">= 1"),
+            ("stepSize", self.getStepSize() > 0, "> 0"),
+            ("stepDecay", 0 < self.getStepDecay() <= 1, "in (0, 1]"),
+            ("regParam", self.getRegParam() >= 0, ">= 0"),
+            ("biasRegParam", self.getBiasRegParam() >= 0, ">= 0"),
+            ("initStd", self.getInitStd() > 0, "> 0"),
+            ("numNegatives", self.getNumNegatives() >= 1, ">= 1"),
+            ("schedule", self.getSchedule() in SCHEDULES, f"one of {SCHEDULES}"),
+            ("loss", self.getLoss() in LOSSES, f"one of {LOSSES}"),
+            ("coldStartStrategy", self.getColdStartStrategy() in ("nan", "drop"), "'nan' or 'drop'"),
+        ):
+            if not ok:
+                problems.append(f"{name} must be {need}, got {self.getOrDefault(name)!r}")
+        if problems:
+            raise ValueError("SGDMatrixFactorization: " + "; ".join(problems))

@@ -1,0 +1,74 @@
+"""What every stage's `run` shares, however it is called (console, spark-submit, pipeline, Python).
+
+`@stage_run("train")` arms the configured faults, gives the stage its own checkpoint folder
+and removes that folder when the stage ends, on success and on failure (so a run leaves no
+`_checkpoints/<uuid>/` behind), logs start and end, and adds `seconds` to the result.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+import uuid
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, TypeVar
+
+from pyspark.sql import SparkSession
+
+from recospark import faults, io
+from recospark.config import Config
+from recospark.paths import join_path
+
+log = logging.getLogger("recospark")
+
+Result = dict[str, Any]
+F = TypeVar("F", bound=Callable[..., Result])
+
+
+@contextmanager
+def checkpoint_scope(spark: SparkSession, cfg: Config, stage: str) -> Iterator[str]:
+    """A fresh checkpoint folder for one stage, deleted afterwards; the previous setting is restored."""
+    sc = spark.sparkContext
+    previous = sc.getCheckpointDir()
+    folder = join_path(cfg.checkpoint_dir, f"{stage}-{uuid.uuid4().hex[:12]}")
+    sc.setCheckpointDir(folder)
+    try:
+        yield folder
+    finally:
+        try:
+            io.remove_tree(spark, folder)
+        except Exception as err:  # never mask the stage's own error with a cleanup error
+            log.warning("could not remove checkpoint folder %s: %s", folder, err)
+        _restore_checkpoint_dir(spark, previous)
+
+
+def _restore_checkpoint_dir(spark: SparkSession, previous: str | None) -> None:
+    """Point the context back at the folder it had. `setCheckpointDir` would add a new uuid
+    folder below it, so the field is set directly; failing that, the deleted folder stays set
+    and Spark recreates it on the next checkpoint."""
+    jvm, jsc = spark.sparkContext._jvm, spark.sparkContext._jsc
+    try:
+        value = jvm.scala.Some(previous) if previous else jvm.scala.Option.empty()
+        getattr(jsc.sc(), "checkpointDir_$eq")(value)
+    except Exception as err:
+        log.debug("could not restore the checkpoint dir: %s", err)
+
+
+def stage_run(name: str) -> Callable[[F], F]:
+    """Decorate a stage's `run(spark, cfg)`; see the module docstring."""
+
+    def decorate(run: F) -> F:
+        @functools.wraps(run)
+        def wrapper(spark: SparkSession, cfg: Config) -> Result:
+            started = time.monotonic()
+            log.info("%s: start", name)
+            with faults.armed(cfg.faults), checkpoint_scope(spark, cfg, name):
+                result = run(spark, cfg)
+            result = {"stage": name, **result, "seconds": round(time.monotonic() - started, 2)}
+            log.info("%s: done in %.1f s", name, result["seconds"])
+            return result
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
