@@ -30,7 +30,7 @@ export SPARK_LOCAL_IP := 127.0.0.1
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 export PYSPARK_DRIVER_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: setup java demo test pipeline bench clean dist cluster-artifacts cluster-test airflow-setup airflow-test \
+.PHONY: setup java demo test lint pipeline bench clean dist cluster-artifacts cluster-test airflow-setup airflow-test \
 	docker-check docker-up docker-submit docker-down
 
 setup: java $(VENV)/.installed
@@ -55,6 +55,12 @@ pipeline: demo
 # environment archive). The airflow tests skip here: they run in their own venv (airflow-test).
 test: setup cluster-artifacts
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# ruff (lint + format check) and mypy over the package; CI runs this next to the tests.
+lint: setup
+	$(BIN)/ruff check recospark tests bench jobs
+	$(BIN)/ruff format --check recospark
+	$(BIN)/mypy
 
 bench: setup
 	$(BIN)/python bench/run.py

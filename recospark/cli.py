@@ -13,7 +13,8 @@ import argparse
 import json
 import logging
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from recospark import __version__
 from recospark.config import Config, UserError, load_config

@@ -8,9 +8,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -221,7 +222,7 @@ class TuneConf(_Section):
     num_folds: int = Field(3, ge=2)
     train_ratio: float = Field(0.8, gt=0, lt=1)
     grids: dict[str, dict[str, list[Any]]] = Field(
-        default_factory=lambda: {
+        default_factory=lambda: {  # type: ignore[arg-type]
             "als": {"rank": [10, 20], "reg_param": [0.05, 0.1]},
             "sgd": {"rank": [64, 128], "reg_param": [0.05, 0.08]},
         }
@@ -305,7 +306,7 @@ class Config(_Section):
         return v
 
     @model_validator(mode="after")
-    def _grids_name_model_keys(self) -> "Config":
+    def _grids_name_model_keys(self) -> Config:
         for name, grid in self.tune.grids.items():
             if name not in model_names():
                 raise ValueError(f"tune.grids.{name}: unknown model; known: {', '.join(model_names())}")
@@ -334,7 +335,7 @@ class Config(_Section):
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-    def with_overrides(self, overrides: Mapping[str, Any]) -> "Config":
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Config:
         raw = self.model_dump(mode="json")
         for key, value in overrides.items():
             _assign(raw, key, value)
@@ -358,7 +359,7 @@ def _spark_value(v: Any) -> str:
 
 def _assign(raw: dict, dotted: str, value: Any) -> None:
     head, _, rest = dotted.partition(".")
-    if not head or not rest and head != dotted:
+    if not head or (not rest and head != dotted):
         raise ConfigError(f"bad key {dotted!r}: expected section.key=value")
     if head == "spark":
         if not rest:

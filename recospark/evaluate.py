@@ -16,7 +16,8 @@ scored on the same warm rows: RMSE differences are never differences in which ro
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from pyspark.ml import Model
 from pyspark.ml.evaluation import RegressionEvaluator
@@ -25,6 +26,7 @@ from pyspark.sql import functions as F
 
 from recospark import io, ranking
 from recospark.config import Config
+from recospark.frames import first_row
 from recospark.models.table import MODELS
 from recospark.runtime import stage_run
 from recospark.schema import MOVIE_ID, PREDICTION, RATING, RATINGS, RECOMMENDATIONS, USER_ID
@@ -47,7 +49,7 @@ def rating_metrics(predictions: DataFrame) -> dict[str, float]:
     scored = predictions.filter(F.col(PREDICTION).isNotNull() & ~F.isnan(F.col(PREDICTION))).cache()
     try:
         evaluator = RegressionEvaluator(labelCol=RATING, predictionCol=PREDICTION)
-        return {m: float(evaluator.setMetricName(m).evaluate(scored)) for m in RATING_METRICS}
+        return {m: float(evaluator.setMetricName(m).evaluate(scored)) for m in RATING_METRICS}  # type: ignore[arg-type]
     finally:
         scored.unpersist()
 
@@ -69,12 +71,14 @@ def with_seen_flags(train: DataFrame) -> Callable[[DataFrame], DataFrame]:
 
 
 def cold_start_counts(flagged: DataFrame) -> dict[str, int]:
-    row = flagged.agg(
+    row = first_row(
+        flagged.agg(
         F.count(F.lit(1)).alias("n_test"),
         F.countDistinct(F.when(~F.col(_SEEN_USER), F.col(USER_ID))).alias("n_unseen_users"),
         F.countDistinct(F.when(~F.col(_SEEN_ITEM), F.col(MOVIE_ID))).alias("n_unseen_items"),
-        F.sum(F.when(~F.col(_SEEN_USER) | ~F.col(_SEEN_ITEM), 1).otherwise(0)).alias("n_cold_rows"),
-    ).first()
+            F.sum(F.when(~F.col(_SEEN_USER) | ~F.col(_SEEN_ITEM), 1).otherwise(0)).alias("n_cold_rows"),
+        )
+    )
     return {k: int(row[k] or 0) for k in ("n_test", "n_unseen_users", "n_unseen_items", "n_cold_rows")}
 
 
@@ -118,11 +122,11 @@ def summary_table(models: dict[str, dict[str, Any]], k: int) -> str:
     cols = [c.format(k=k) for c in _TABLE_COLUMNS]
     name_width = max([len("model"), *(len(n) for n in models)]) + 2
     widths = [max(8, len(c)) + 2 for c in cols]
-    header = f"{'model':<{name_width}}" + "".join(f"{c:>{w}}" for c, w in zip(cols, widths))
+    header = f"{'model':<{name_width}}" + "".join(f"{c:>{w}}" for c, w in zip(cols, widths, strict=True))
     lines = [header, "-" * len(header)]
     for name, m in models.items():
         cells = []
-        for c, w in zip(cols, widths):
+        for c, w in zip(cols, widths, strict=True):
             v = m.get(c)
             text = "-" if v is None else f"{v:.1f}" if c == "train_seconds" else f"{v:.4f}" if isinstance(v, float) else str(v)
             cells.append(f"{text:>{w}}")
@@ -173,7 +177,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         for name in cfg.train.models:
             spec = MODELS[name]
             manifest = dict(model_srcs[name].manifest)
-            metrics: dict[str, Any] = {"model": name, "objective": spec.objective, **{m: None for m in RATING_METRICS}, "n_scored": None}
+            metrics: dict[str, Any] = {"model": name, "objective": spec.objective, **dict.fromkeys(RATING_METRICS), "n_scored": None}
             if spec.objective == "rating":
                 model = spec.load(model_srcs[name].uri)
                 rows = test if cfg.evaluate.cold_start == "fallback" else warm
@@ -197,7 +201,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     finally:
         flagged.unpersist()
         train.unpersist()
-    summary = {
+    summary: dict[str, Any] = {
         "split": split,
         "k": k,
         "relevance_threshold": cfg.evaluate.relevance_threshold,

@@ -10,8 +10,9 @@ which call `fail_first_attempt`. No estimator carries a test-only Param.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from pyspark import TaskContext
@@ -29,7 +30,7 @@ class InjectedFault(RuntimeError):
 
 
 @contextmanager
-def armed(conf: "FaultsConf") -> Iterator[None]:
+def armed(conf: FaultsConf) -> Iterator[None]:
     """Arm the configured faults for the duration of a stage (driver side)."""
     previous = dict(_ARMED)
     _ARMED.clear()

@@ -29,7 +29,7 @@ from recospark.datasets.download import resolve_source
 from recospark.faults import partition_for, with_fault_on_first_attempt
 from recospark.paths import is_local, join_path
 from recospark.runtime import stage_run
-from recospark.schema import CANONICAL, LINE_NUMBER, MOVIE_ID, MOVIES, RATINGS, REJECTED, SOURCE_FILE, USER_ID
+from recospark.schema import CANONICAL, LINE_NUMBER, MOVIE_ID, MOVIES, REJECTED, SOURCE_FILE, USER_ID
 
 __all__ = ["DataQualityError", "preflight", "run"]
 
@@ -46,7 +46,7 @@ def rating_counts(parsed: DataFrame, by_file: bool = False) -> dict[Any, dict[st
     out: dict[Any, dict[str, int]] = {}
     for row in parsed.groupBy(*keys).agg(F.count(F.lit(1)).alias("n")).collect():
         key = row[SOURCE_FILE] if by_file else None
-        out.setdefault(key, {s: 0 for s in ("ok", "rejected", "blank", "header")})[row[ml.STATUS]] = int(row["n"])
+        out.setdefault(key, dict.fromkeys(("ok", "rejected", "blank", "header"), 0))[row[ml.STATUS]] = int(row["n"])
     return out
 
 
@@ -118,7 +118,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     >>> cfg = load_config(None, [f"data.source={tiny_movielens}", f"output.root={tmp_out}"])
     >>> result = ingest.run(spark, cfg)
     >>> result["ratings"]["rows"], result["rejected"]["rows"]
-    (8, 1)
+    (10, 1)
     """
     folder = resolve_source(cfg.data)
     layout, files = _inputs(spark, folder, cfg)

@@ -20,16 +20,17 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructType
 
 from recospark import __version__
-from recospark.config import Config
+from recospark.config import Config, UserError
 from recospark.paths import absolute_uri, is_local, join_path, local_path
 
 MANIFEST = "_manifest.json"
@@ -59,10 +60,10 @@ __all__ = [
     "hadoop_fs",
     "output_path",
     "prerequisite_error",
-    "published",
     "publish",
     "publish_dataframe",
     "publish_files",
+    "published",
     "read_json",
     "read_manifest",
     "read_output",
@@ -71,8 +72,12 @@ __all__ = [
 ]
 
 
-class OutputError(RuntimeError):
-    """An output cannot be read or published; the message names the path."""
+class OutputError(UserError, RuntimeError):
+    """An output cannot be read or written for a reason the user can fix; the message names the path."""
+
+
+class PublishError(RuntimeError):
+    """The file system refused a publishing step (a rename); not a user error."""
 
 
 class PrerequisiteError(OutputError):
@@ -398,11 +403,11 @@ def _swap_hadoop(spark: SparkSession, staging: str, target: str) -> None:
     aside = jvm.org.apache.hadoop.fs.Path(target + f".previous-{uuid.uuid4().hex[:8]}")
     had_old = fs.exists(tpath)
     if had_old and not fs.rename(tpath, aside):
-        raise OutputError(f"could not move {target} aside before publishing")
+        raise PublishError(f"could not move {target} aside before publishing")
     fs.mkdirs(tpath.getParent())
     if not fs.rename(jvm.org.apache.hadoop.fs.Path(staging), tpath):
         if had_old:
             fs.rename(aside, tpath)
-        raise OutputError(f"could not publish {staging} to {target}")
+        raise PublishError(f"could not publish {staging} to {target}")
     if had_old:
         fs.delete(aside, True)

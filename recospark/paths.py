@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["join_path", "is_local", "local_path", "absolute_uri"]
+__all__ = ["absolute_uri", "is_local", "join_path", "local_path"]
 
 
 def join_path(root: str, *parts: str) -> str:

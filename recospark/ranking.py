@@ -21,12 +21,14 @@ and their earlier `map_at_k`), reported next to Spark's under its own name.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from pyspark.ml.evaluation import RankingEvaluator
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
+from recospark.frames import first_row
 from recospark.schema import MOVIE_ID, RANK, RATING, USER_ID
 
 _PREDICTED = "predicted"
@@ -89,7 +91,7 @@ def map_recommenders(recs: DataFrame, test: DataFrame, k: int, threshold: float 
     precision_at_hit = F.count(F.lit(1)).over(running) / F.col(RANK)
     per_user = hits.withColumn("_p", precision_at_hit).groupBy(USER_ID).agg(F.sum("_p").alias("_sum"))
     table = n_relevant.join(per_user, USER_ID, "left").select((F.coalesce(F.col("_sum"), F.lit(0.0)) / F.col("_n_rel")).alias("_ap"))
-    value = table.agg(F.avg("_ap")).first()[0]
+    value = first_row(table.agg(F.avg("_ap")))[0]
     return None if value is None else float(value)
 
 
@@ -101,10 +103,11 @@ def ranking_metrics(recs: DataFrame, test: DataFrame, k: int, threshold: float |
     try:
         n_users = table.count()
         if n_users == 0:
-            return {**{key: None for key in keys}, "n_ranking_users": 0}
+            return {**dict.fromkeys(keys), "n_ranking_users": 0}
         evaluator = RankingEvaluator(predictionCol=_PREDICTED, labelCol=_RELEVANT, k=k)
         out: dict[str, Any] = {
-            f"{name}@{k}": float(evaluator.setMetricName(metric).evaluate(table)) for name, metric in METRICS.items()
+            f"{name}@{k}": float(evaluator.setMetricName(metric).evaluate(table))  # type: ignore[arg-type]
+            for name, metric in METRICS.items()
         }
         out[f"map_recommenders@{k}"] = map_recommenders(recs, test, k, threshold)
         out["n_ranking_users"] = n_users
@@ -132,5 +135,5 @@ def with_popularity(train: DataFrame):
 
 def mean_popularity(recs: DataFrame, train: DataFrame) -> float | None:
     """Mean train-rating count over all recommended (user, item) rows: high means a popularity-biased model."""
-    value = recs.transform(with_popularity(train)).agg(F.avg(_POPULARITY)).first()[0]
+    value = first_row(recs.transform(with_popularity(train)).agg(F.avg(_POPULARITY)))[0]
     return None if value is None else float(value)

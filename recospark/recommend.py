@@ -9,7 +9,8 @@ and counted in the manifest (`uncatalogued_items_excluded`), so every row has a 
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F

@@ -11,8 +11,9 @@ import functools
 import logging
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 from pyspark.sql import SparkSession
 
@@ -48,6 +49,8 @@ def _restore_checkpoint_dir(spark: SparkSession, previous: str | None) -> None:
     folder below it, so the field is set directly; failing that, the deleted folder stays set
     and Spark recreates it on the next checkpoint."""
     jvm, jsc = spark.sparkContext._jvm, spark.sparkContext._jsc
+    if jvm is None:
+        return
     try:
         value = jvm.scala.Some(previous) if previous else jvm.scala.Option.empty()
         getattr(jsc.sc(), "checkpointDir_$eq")(value)

@@ -107,4 +107,4 @@ FACTORS = StructType(
     ]
 )
 
-BIASED_FACTORS = StructType(FACTORS.fields + [StructField(BIAS, FloatType(), nullable=False)])
+BIASED_FACTORS = StructType([*FACTORS.fields, StructField(BIAS, FloatType(), nullable=False)])

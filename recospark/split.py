@@ -8,8 +8,9 @@ the partitioning (unlike `DataFrame.randomSplit`, which depends on the input ord
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -159,7 +160,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     >>> _ = ingest.run(spark, cfg)
     >>> result = split.run(spark, cfg)
     >>> result["train"]["rows"] + result["test"]["rows"]
-    8
+    10
     """
     name = cfg.split.effective_name
     if cfg.split.strategy == "canonical":

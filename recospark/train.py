@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from typing import Any
 
 from pyspark.ml import Model
@@ -19,6 +20,7 @@ from pyspark.sql import functions as F
 
 from recospark import io
 from recospark.config import Config
+from recospark.frames import first_row
 from recospark.models.table import MODELS, ModelSpec
 from recospark.runtime import stage_run
 from recospark.schema import FACTOR_ID, IS_VALIDATION, MOVIE_ID, RATINGS, USER_ID
@@ -67,6 +69,10 @@ def fit_model(spec: ModelSpec, cfg: Config, train: DataFrame, overrides: dict[st
     return model, info
 
 
+def _save(model: Model, path: str) -> None:
+    model.write().save(path)  # type: ignore[attr-defined]
+
+
 def coverage(model: Model, train_users: int, train_items: int) -> dict[str, int]:
     """Users and items the model can rank, next to the train split's."""
     users, items = scoring_factors(model)
@@ -97,7 +103,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     train = src.read(spark, RATINGS).cache()
     out: dict[str, Any] = {}
     try:
-        sizes = train.agg(F.countDistinct(USER_ID).alias("u"), F.countDistinct(MOVIE_ID).alias("i")).first()
+        sizes = first_row(train.agg(F.countDistinct(USER_ID).alias("u"), F.countDistinct(MOVIE_ID).alias("i")))
         n_users, n_items = int(sizes["u"]), int(sizes["i"])
         for name in cfg.train.models:
             spec = MODELS[name]
@@ -120,7 +126,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
                 "coverage": covered,
                 **info,
             }
-            published = io.publish(spark, cfg, f"models/{name}", lambda path, m=model: m.write().save(path), inputs=[src], extra=extra)
+            published = io.publish(spark, cfg, f"models/{name}", partial(_save, model), inputs=[src], extra=extra)
             epochs = info.get("refit_epochs") or (len(getattr(model, "history", [])) or None)
             out[name] = {"path": published.path, "train_seconds": round(info["train_seconds"], 2), "epochs": epochs}
             log.info("train %s: %.1f s -> %s", name, info["train_seconds"], published.path)

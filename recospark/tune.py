@@ -25,7 +25,8 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from pyspark.ml import Estimator
 from pyspark.ml.evaluation import RegressionEvaluator
@@ -57,7 +58,7 @@ def param_grid(estimator: Estimator, spec: ModelSpec, grid: Mapping[str, list[An
         for name in (names,) if isinstance(names, str) else names:
             builder.addGrid(estimator.getParam(name), list(grid[key]))
     maps = builder.build()
-    points = [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+    points = [dict(zip(keys, values, strict=True)) for values in itertools.product(*(grid[k] for k in keys))]
     if len(maps) != len(points):
         raise RuntimeError("ParamGridBuilder and the config grid disagree on the number of points")
     return maps, points
@@ -82,8 +83,8 @@ def _tune_rating(spec: ModelSpec, cfg: Config, train: DataFrame) -> tuple[list[d
             estimator=estimator, estimatorParamMaps=maps, evaluator=evaluator, numFolds=cfg.tune.num_folds, foldCol=_FOLD, seed=seed
         )
         return points, list(search.fit(train.transform(with_fold(cfg.tune.num_folds, seed))).avgMetrics)
-    search = TrainValidationSplit(estimator=estimator, estimatorParamMaps=maps, evaluator=evaluator, trainRatio=cfg.tune.train_ratio, seed=seed)
-    return points, list(search.fit(train).validationMetrics)
+    split = TrainValidationSplit(estimator=estimator, estimatorParamMaps=maps, evaluator=evaluator, trainRatio=cfg.tune.train_ratio, seed=seed)
+    return points, list(split.fit(train).validationMetrics)
 
 
 def _tune_ranking(spec: ModelSpec, cfg: Config, train: DataFrame) -> tuple[list[dict[str, Any]], list[float]]:
@@ -93,7 +94,7 @@ def _tune_ranking(spec: ModelSpec, cfg: Config, train: DataFrame) -> tuple[list[
     validation = carved.filter(F.col(IS_VALIDATION)).drop(IS_VALIDATION)
     grid = cfg.tune.grids[spec.name]
     keys = sorted(grid)
-    points = [dict(zip(keys, values)) for values in itertools.product(*(grid[key] for key in keys))]
+    points = [dict(zip(keys, values, strict=True)) for values in itertools.product(*(grid[key] for key in keys))]
     scores = []
     try:
         for point in points:
@@ -122,7 +123,7 @@ def tune_model(name: str, cfg: Config, train: DataFrame) -> dict[str, Any]:
         "metric": metric,
         "best_params": points[best],
         "best_score": float(scores[best]),
-        "grid": [{"params": p, metric: float(s)} for p, s in zip(points, scores)],
+        "grid": [{"params": p, metric: float(s)} for p, s in zip(points, scores, strict=True)],
         "seconds": round(time.monotonic() - started, 2),
     }
 

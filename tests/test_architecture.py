@@ -70,7 +70,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
         for nxt in sorted(graph[node]):
             # a package's __init__ importing its own submodules is not a cycle through the package
             if state.get(nxt) == 1 and not node.startswith(nxt + "."):
-                return stack[stack.index(nxt) :] + [nxt]
+                return [*stack[stack.index(nxt) :], nxt]
             if nxt not in state:
                 found = visit(nxt)
                 if found:

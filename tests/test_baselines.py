@@ -3,16 +3,16 @@ from chispa import assert_approx_df_equality, assert_df_equality
 from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, FloatType, IntegerType, StructField, StructType
 
-from recospark.models.table import MODELS
 from recospark.models.baselines import BiasBaseline, BiasBaselineModel, GlobalMean, GlobalMeanModel
+from recospark.models.table import MODELS
+from recospark.schema import BIAS, FACTOR_ID, MOVIE_ID, PREDICTION, RATING, TOP_N, USER_ID
 from recospark.scoring import scoring_factors, top_n
-from recospark.schema import TOP_N, BIAS, FACTOR_ID, MOVIE_ID, PREDICTION, RATING, USER_ID
 
 TRAIN = StructType(
     [StructField(USER_ID, IntegerType()), StructField(MOVIE_ID, IntegerType()), StructField(RATING, DoubleType())]
 )
 PAIRS = StructType([StructField(USER_ID, IntegerType()), StructField(MOVIE_ID, IntegerType())])
-PREDICTED = StructType(PAIRS.fields + [StructField(PREDICTION, FloatType())])
+PREDICTED = StructType([*PAIRS.fields, StructField(PREDICTION, FloatType())])
 BIASES = StructType([StructField(FACTOR_ID, IntegerType()), StructField(BIAS, FloatType())])
 
 # mu = (5 + 3 + 4 + 1) / 4 = 3.25 (the null rating is not a rating)

@@ -1,8 +1,9 @@
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from recospark.config import Config, ConfigError, load_config, parse_overrides
+from recospark.config import Config, ConfigError, load_config, model_names, parse_overrides
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -24,7 +25,8 @@ def test_overrides_keep_yaml_types():
 
 def test_model_shorthands():
     assert load_config(None, ["train.models=sgd"]).train.models == ("sgd",)
-    assert set(load_config(None, ["train.models=all"]).train.models) == {"als", "sgd", "global_mean", "bias"}
+    assert load_config(None, ["train.models=all"]).train.models == model_names()
+    assert {"als", "als_implicit", "sgd", "sgd_rank", "puresvd", "global_mean", "bias"} <= set(model_names())
 
 
 @pytest.mark.parametrize(
@@ -57,7 +59,7 @@ def test_bad_files(tmp_path):
 
 def test_config_is_frozen_and_hash_tracks_settings():
     cfg = load_config(None)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.als.rank = 3
     assert cfg.digest() == load_config(None).digest()
     assert cfg.digest() != load_config(None, ["als.rank=11"]).digest()

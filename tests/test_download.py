@@ -94,5 +94,5 @@ def test_unpinned_release_uses_published_md5(tmp_path, server):
 
 def test_no_network_error_names_the_setting(tmp_path):
     data = load_config(None, ["data.source=ml-1m", f"data.cache_dir={tmp_path}"]).data
-    with pytest.raises(SourceError, match="data.source"):
+    with pytest.raises(SourceError, match=r"data\.source"):
         resolve_source(data, base_url="http://127.0.0.1:9")

@@ -30,7 +30,8 @@ def flags(*genres: str) -> str:
 
 
 def run_ingest(spark, cfg_factory, folder: Path):
-    cfg = cfg_factory(f"data.source={folder}")
+    # these files are mostly malformations on purpose: accept any share of rejects
+    cfg = cfg_factory(f"data.source={folder}", "data.max_rejected_fraction=1.0")
     result = ingest.run(spark, cfg)
     root = Path(cfg.output.root)
     read = lambda name, schema: spark.read.parquet(str(root / name)).select(*[f.name for f in schema.fields])  # noqa: E731
@@ -189,6 +190,22 @@ def test_canonical_split_files_are_ingested_with_labels_and_split_reads_them(spa
         split.run(spark, cfg.with_overrides({"split.canonical": "u2"}))
 
 
+def test_ingest_that_rejects_too_much_fails_and_publishes_nothing(spark, cfg_factory, tmp_path):
+    """A ratings.csv with foreign columns (its header too) is 100% rejected: one-line error, nothing published; a
+    moderate share of rejects passes only under data.max_rejected_fraction."""
+    write(tmp_path / "foreign", "ratings.csv", "customer,product,score,when\nalice,bread,5,yesterday\nbob,milk,3,today\n")
+    cfg = cfg_factory(f"data.source={tmp_path / 'foreign'}")
+    with pytest.raises(ingest.DataQualityError, match=r"all 3 rating lines .* were rejected"):
+        ingest.run(spark, cfg)
+    assert not (Path(cfg.output.root) / "ratings").exists() and not (Path(cfg.output.root) / "_versions").exists()
+    good = "\n".join(f"{u}\t{m}\t3\t88000000{m}" for u in (1, 2) for m in range(1, 5))
+    write(tmp_path / "some", "u.data", good + "\nbroken\n")  # 1 of 9 lines rejected: 11%
+    with pytest.raises(ingest.DataQualityError, match=r"more than data\.max_rejected_fraction=0\.1"):
+        ingest.run(spark, cfg_factory(f"data.source={tmp_path / 'some'}"))
+    result = ingest.run(spark, cfg_factory(f"data.source={tmp_path / 'some'}", "data.max_rejected_fraction=0.2"))
+    assert (result["ratings"]["rows"], result["rejected"]["rows"]) == (8, 1)
+
+
 def test_unknown_layout_and_empty_file(spark, cfg_factory, tmp_path):
     write(tmp_path / "odd", "notes.txt", "hello\n")
     with pytest.raises(ml.LayoutError, match="unknown MovieLens layout"):
@@ -220,7 +237,7 @@ def test_detect_layout():
     assert ml.detect_layout(["ratings.dat", "users.dat", "movies.dat"]).name == "ml-1m"
     assert ml.detect_layout(["ratings.dat", "movies.dat", "tags.dat"]).name == "ml-10m"
     assert ml.detect_layout(["ratings.csv", "movies.csv"]).name == "csv"
-    with pytest.raises(ml.LayoutError, match="expects ratings.csv"):
+    with pytest.raises(ml.LayoutError, match=r"expects ratings\.csv"):
         ml.detect_layout(["u.data"], "csv")
 
 
@@ -229,5 +246,5 @@ def test_missing_source_is_a_source_error(cfg_factory, tmp_path):
 
     with pytest.raises(SourceError, match="does not exist"):
         resolve_source(cfg_factory(f"data.source={tmp_path / 'nope'}").data)
-    with pytest.raises(SourceError, match="data.download is false"):
+    with pytest.raises(SourceError, match=r"data\.download is false"):
         resolve_source(cfg_factory("data.source=ml-1m", "data.download=false", f"data.cache_dir={tmp_path}/cache").data)

@@ -27,7 +27,7 @@ def e2e(spark, ml100k, tmp_path_factory):
         [
             f"data.source={ml100k}",
             f"output.root={root}",
-            "pipeline.stages=ingest,split,train,evaluate,recommend",
+            "pipeline.stages=ingest,split,train,recommend,evaluate",
             f"train.models={','.join(MODELS)}",
         ],
     )
@@ -40,7 +40,7 @@ def read(spark, root: Path, rel: str, schema):
 
 
 def test_every_output_is_published(spark, e2e):
-    cfg, root, result = e2e
+    _, root, result = e2e
     assert read(spark, root, "ratings", RATINGS).count() == 100_000
     assert read(spark, root, "movies", MOVIES).count() == 1682
     train = read(spark, root, "splits/random/train", RATINGS)

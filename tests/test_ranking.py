@@ -83,6 +83,7 @@ def test_ranking_metrics_hand_computed_three_users(recs, test_split):
         "recall@3": (2 / 3 + 1 + 0) / 3,  # = 5/9
         "ndcg@3": (ndcg1 + ndcg2 + 0) / 3,  # = (0.70392 + 0.63093) / 3 = 0.44495
         "map@3": ((1 + 2 / 3) / 3 + 0.5 + 0) / 3,  # = 0.35185
+        "map_recommenders@3": ((1 + 2 / 3) / 3 + 0.5 + 0) / 3,  # |relevant| <= k for every user: the same
     }
     got = ranking_metrics(recs, test_split, 3, 4.0)
     assert got["n_ranking_users"] == 3
@@ -92,7 +93,30 @@ def test_ranking_metrics_hand_computed_three_users(recs, test_split):
 
 def test_ranking_metrics_without_relevant_users_are_none(recs, test_split):
     got = ranking_metrics(recs, test_split, 3, 6.0)
-    assert got == {"precision@3": None, "recall@3": None, "ndcg@3": None, "map@3": None, "n_ranking_users": 0}
+    assert got == {
+        "precision@3": None,
+        "recall@3": None,
+        "ndcg@3": None,
+        "map@3": None,
+        "map_recommenders@3": None,
+        "n_ranking_users": 0,
+    }
+
+
+def test_map_recommenders_divides_by_every_relevant_item_and_spark_by_min_k(spark):
+    """One user, k = 3, list [1, 2, 3], five relevant items {1, 3, 4, 5, 6} (no threshold: every
+    test item is relevant). Hits at ranks 1 and 3: sum of precisions = 1/1 + 2/3 = 5/3.
+    Spark's MAP@3 divides by min(3, 5) = 3 -> 5/9; Recommenders' benchmark MAP by 5 -> 1/3.
+    A second user with no hit counts 0 in both."""
+    recs = spark.createDataFrame([(9, 1, 1, 0.9), (9, 2, 2, 0.8), (9, 3, 3, 0.7), (8, 1, 1, 0.5)], TOP_N)
+    test = spark.createDataFrame(
+        [(9, m, 1.0) for m in (1, 3, 4, 5, 6)] + [(8, 7, 2.0)], f"{USER_ID} int, {MOVIE_ID} int, {RATING} double"
+    )
+    got = ranking_metrics(recs, test, 3, None)
+    assert got["n_ranking_users"] == 2
+    assert got["map@3"] == pytest.approx((5 / 9 + 0) / 2, abs=1e-12)
+    assert got["map_recommenders@3"] == pytest.approx((1 / 3 + 0) / 2, abs=1e-12)
+    assert got["precision@3"] == pytest.approx((2 / 3 + 0) / 2, abs=1e-12)
 
 
 def test_catalog_coverage_counts_distinct_recommended_items(recs):

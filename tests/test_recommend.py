@@ -4,8 +4,8 @@ from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
 from recospark.recommend import with_titles
+from recospark.schema import FACTORS, MOVIE_ID, MOVIES, RANK, RECOMMENDATIONS, SCORE, TOP_N, USER_ID
 from recospark.scoring import top_n, top_n_block
-from recospark.schema import TOP_N, FACTORS, MOVIE_ID, MOVIES, RANK, RECOMMENDATIONS, SCORE, USER_ID
 
 
 def test_top_n_block_excludes_rated_and_orders_by_score():

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -255,7 +255,7 @@ def _movie_100k(fields: list[str], genres: Sequence[str]) -> tuple:
     if any(flag not in ("0", "1") for flag in flags):
         raise ValueError("genre flags must be 0 or 1")
     title = fields[1].strip()
-    return title, year_of(title, fields[2]), [g for g, flag in zip(genres, flags) if flag == "1"]
+    return title, year_of(title, fields[2]), [g for g, flag in zip(genres, flags, strict=True) if flag == "1"]
 
 
 def _movie_dat(fields: list[str]) -> tuple:

@@ -11,7 +11,7 @@ its own users' rows, and nothing larger than the item table exists on any single
 from __future__ import annotations
 
 import functools
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -42,7 +42,7 @@ def item_table(seed: int, items: int, rank: int) -> tuple[np.ndarray, np.ndarray
 
 def _activity(rng: np.random.Generator, mean: float, items: int) -> int:
     floor = max(1, min(20, int(mean // 2)))
-    n = int(round(mean * rng.lognormal(-0.5, 1.0)))
+    n = int(round(mean * rng.lognormal(-0.5, 1.0)))  # noqa: RUF046 (numpy floats round to floats)
     return int(min(max(n, floor), max(1, items // 2)))
 
 
@@ -81,7 +81,8 @@ def generate_partition(batches: Iterator[pd.DataFrame], conf: GenerateConf) -> I
             continue
         counts = [len(p[0]) for p in parts]
         users = np.repeat(batch["id"].to_numpy(), counts)
-        lines = format_ratings(users, *(np.concatenate([p[i] for p in parts]) for i in range(3)), conf.layout)
+        items, ratings, times = (np.concatenate([p[i] for p in parts]) for i in range(3))
+        lines = format_ratings(users, items, ratings, times, conf.layout)
         yield pd.DataFrame({"value": lines})
 
 

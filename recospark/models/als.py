@@ -7,26 +7,33 @@ and scoring both sides; `train` publishes it in the model's manifest, `report` o
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, cast
 
+from pyspark.ml import Estimator
 from pyspark.ml.evaluation import RegressionEvaluator
 from pyspark.ml.recommendation import ALS
 from pyspark.sql import DataFrame
 
+from recospark.config import ModelSection
 from recospark.schema import PREDICTION, RATING
 
 __all__ = ["als_curve"]
 
 
-def als_curve(estimator: ALS, fit_rows: DataFrame, validation: DataFrame, iters: Sequence[int]) -> list[dict[str, Any]]:
-    """RMSE on `fit_rows` and on `validation` after each maxIter in `iters` (rows of unseen ids dropped).
+def als_curve(estimator: Estimator, fit_rows: DataFrame, validation: DataFrame, conf: ModelSection) -> list[dict[str, Any]]:
+    """RMSE on `fit_rows` and on `validation` after each maxIter of `conf.curve_iters` and at
+    `conf.max_iter` (rows of unseen ids dropped); nothing when `curve_iters` is empty.
 
     Returns history records shaped like the SGD model's: `epoch` (= maxIter), `train_rmse`, `val_rmse`.
     """
+    iters = list(getattr(conf, "curve_iters", ()))
+    if not iters:
+        return []
+    als = cast(ALS, estimator)
     evaluator = RegressionEvaluator(metricName="rmse", labelCol=RATING, predictionCol=PREDICTION)
     history = []
-    for n in sorted(set(iters)):
-        model = estimator.copy({estimator.maxIter: n, estimator.coldStartStrategy: "drop"}).fit(fit_rows)
+    for n in sorted({*iters, int(conf.max_iter)}):  # type: ignore[attr-defined]
+        model = als.copy({als.maxIter: n, als.coldStartStrategy: "drop"}).fit(fit_rows)
         history.append(
             {
                 "epoch": n,

@@ -21,7 +21,8 @@ Models save as Spark ML metadata (JSON) plus Parquet bias tables, never pickle, 
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from pyspark import keyword_only
 from pyspark.ml import Estimator, Model
@@ -31,6 +32,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import FloatType, IntegerType, StructField, StructType
 
+from recospark.frames import first_row
 from recospark.models.params import _RecommenderModelParams, _RecommenderModelSetters, _RecommenderParams
 from recospark.models.persistence import TablesPersistence
 from recospark.schema import BIAS, FACTOR_ID, FEATURES, MOVIE_ID, PREDICTION, RATING, USER_ID
@@ -45,9 +47,13 @@ _ITEM_BIASES = "itemBiases"
 _ITEM_COUNTS = "itemCounts"
 _USER_IDS = "userIds"
 
-_COLUMN_DEFAULTS: dict[str, Any] = dict(
-    userCol=USER_ID, itemCol=MOVIE_ID, ratingCol=RATING, predictionCol=PREDICTION, coldStartStrategy="nan"
-)
+_COLUMN_DEFAULTS: dict[str, Any] = {
+    "userCol": USER_ID,
+    "itemCol": MOVIE_ID,
+    "ratingCol": RATING,
+    "predictionCol": PREDICTION,
+    "coldStartStrategy": "nan",
+}
 # The one source of the bias baseline's defaults (the `bias` config section reads them too).
 BIAS_DEFAULTS: dict[str, Any] = {"regUser": 10.0, "regItem": 10.0}
 
@@ -72,8 +78,8 @@ class _BaselineParams(_BaselineModelParams, _RecommenderParams):
 
 
 class _BiasParams(_BaselineParams):
-    regUser: "Param[float]" = Param(Params._dummy(), "regUser", "shrinkage of user biases (>= 0)", TypeConverters.toFloat)
-    regItem: "Param[float]" = Param(Params._dummy(), "regItem", "shrinkage of item biases (>= 0)", TypeConverters.toFloat)
+    regUser: Param[float] = Param(Params._dummy(), "regUser", "shrinkage of user biases (>= 0)", TypeConverters.toFloat)
+    regItem: Param[float] = Param(Params._dummy(), "regItem", "shrinkage of item biases (>= 0)", TypeConverters.toFloat)
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
@@ -95,7 +101,7 @@ def _rated(dataset: DataFrame, params: _BaselineParams) -> DataFrame:
 
 
 def _global_mean(rated: DataFrame) -> float:
-    mean = rated.agg(F.avg(RATING)).first()[0]
+    mean = first_row(rated.agg(F.avg(RATING)))[0]
     if mean is None:
         raise ValueError("cannot fit a baseline on an empty dataset")
     return float(mean)
@@ -130,6 +136,8 @@ class GlobalMean(Estimator, _BaselineParams, DefaultParamsReadable, DefaultParam
     3.0
     """
 
+    _input_kwargs: dict[str, Any]  # set by @keyword_only
+
     @keyword_only
     def __init__(
         self,
@@ -152,10 +160,10 @@ class GlobalMean(Estimator, _BaselineParams, DefaultParamsReadable, DefaultParam
         ratingCol: str = RATING,
         predictionCol: str = PREDICTION,
         coldStartStrategy: str = "nan",
-    ) -> "GlobalMean":
+    ) -> GlobalMean:
         return self._set(**self._input_kwargs)
 
-    def _fit(self, dataset: DataFrame) -> "GlobalMeanModel":
+    def _fit(self, dataset: DataFrame) -> GlobalMeanModel:
         self._check_cold_start()
         rated = _rated(dataset, self)
         mean = _global_mean(rated)
@@ -167,7 +175,7 @@ class GlobalMean(Estimator, _BaselineParams, DefaultParamsReadable, DefaultParam
 class GlobalMeanModel(_BaselineModel):
     """`mean` for every row; `itemCounts` (id, n train ratings) drive the popularity ranking of `userIds`."""
 
-    _TABLES = {_ITEM_COUNTS: _COUNT_TABLE, _USER_IDS: _ID_TABLE}
+    _TABLES: ClassVar[Mapping[str, StructType | None]] = {_ITEM_COUNTS: _COUNT_TABLE, _USER_IDS: _ID_TABLE}
 
     def __init__(self, mean: float = 0.0, itemCounts: DataFrame | None = None, userIds: DataFrame | None = None) -> None:
         super().__init__()
@@ -196,7 +204,7 @@ class GlobalMeanModel(_BaselineModel):
         return {_ITEM_COUNTS: self.itemCounts, _USER_IDS: self.userIds}
 
     @classmethod
-    def _from_saved(cls, metadata: dict[str, Any], tables: Mapping[str, DataFrame]) -> "GlobalMeanModel":
+    def _from_saved(cls, metadata: dict[str, Any], tables: Mapping[str, DataFrame]) -> GlobalMeanModel:
         return cls(metadata["globalMean"], tables[_ITEM_COUNTS], tables[_USER_IDS])
 
 
@@ -209,10 +217,12 @@ class BiasBaseline(Estimator, _BiasParams, DefaultParamsReadable, DefaultParamsW
     Examples
     --------
     >>> df = spark.createDataFrame([(1, 10, 4.0), (2, 10, 2.0), (2, 11, 3.0)], ["user_id", "movie_id", "rating"])
-    >>> model = BiasBaseline(regUser=0.0, regItem=0.0).fit(df)
+    >>> model = BiasBaseline(regUser=0.0, regItem=0.0).fit(df)  # mu = 3, b_i = 0, b_u = +1, -0.5
     >>> sorted((r.user_id, r.movie_id, round(r.prediction, 3)) for r in model.transform(df).collect())
-    [(1, 10, 4.0), (2, 10, 2.0), (2, 11, 3.0)]
+    [(1, 10, 4.0), (2, 10, 2.5), (2, 11, 2.5)]
     """
+
+    _input_kwargs: dict[str, Any]  # set by @keyword_only
 
     @keyword_only
     def __init__(
@@ -240,16 +250,16 @@ class BiasBaseline(Estimator, _BiasParams, DefaultParamsReadable, DefaultParamsW
         coldStartStrategy: str = "nan",
         regUser: float = BIAS_DEFAULTS["regUser"],
         regItem: float = BIAS_DEFAULTS["regItem"],
-    ) -> "BiasBaseline":
+    ) -> BiasBaseline:
         return self._set(**self._input_kwargs)
 
-    def setRegUser(self, value: float) -> "BiasBaseline":
+    def setRegUser(self, value: float) -> BiasBaseline:
         return self._set(regUser=value)
 
-    def setRegItem(self, value: float) -> "BiasBaseline":
+    def setRegItem(self, value: float) -> BiasBaseline:
         return self._set(regItem=value)
 
-    def _fit(self, dataset: DataFrame) -> "BiasBaselineModel":
+    def _fit(self, dataset: DataFrame) -> BiasBaselineModel:
         self._check_cold_start()
         reg_user, reg_item = self.getRegUser(), self.getRegItem()
         if reg_user < 0 or reg_item < 0:
@@ -278,7 +288,7 @@ class BiasBaseline(Estimator, _BiasParams, DefaultParamsReadable, DefaultParamsW
 class BiasBaselineModel(_BaselineModel):
     """mu + b_u + b_i, with a zero bias for any user or item not seen in training."""
 
-    _TABLES = {_USER_BIASES: _BIAS_TABLE, _ITEM_BIASES: _BIAS_TABLE}
+    _TABLES: ClassVar[Mapping[str, StructType | None]] = {_USER_BIASES: _BIAS_TABLE, _ITEM_BIASES: _BIAS_TABLE}
 
     def __init__(self, mean: float = 0.0, userBiases: DataFrame | None = None, itemBiases: DataFrame | None = None) -> None:
         super().__init__()
@@ -319,5 +329,5 @@ class BiasBaselineModel(_BaselineModel):
         return {_USER_BIASES: self.userBiases, _ITEM_BIASES: self.itemBiases}
 
     @classmethod
-    def _from_saved(cls, metadata: dict[str, Any], tables: Mapping[str, DataFrame]) -> "BiasBaselineModel":
+    def _from_saved(cls, metadata: dict[str, Any], tables: Mapping[str, DataFrame]) -> BiasBaselineModel:
         return cls(metadata["globalMean"], tables[_USER_BIASES], tables[_ITEM_BIASES])

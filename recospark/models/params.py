@@ -16,9 +16,9 @@ COLD_START_STRATEGIES = ("nan", "drop")
 class _RecommenderModelParams(HasPredictionCol):
     """userCol, itemCol and coldStartStrategy, named and typed as in ALS."""
 
-    userCol: "Param[str]" = Param(Params._dummy(), "userCol", "column name for user ids (int)", TypeConverters.toString)
-    itemCol: "Param[str]" = Param(Params._dummy(), "itemCol", "column name for item ids (int)", TypeConverters.toString)
-    coldStartStrategy: "Param[str]" = Param(
+    userCol: Param[str] = Param(Params._dummy(), "userCol", "column name for user ids (int)", TypeConverters.toString)
+    itemCol: Param[str] = Param(Params._dummy(), "itemCol", "column name for item ids (int)", TypeConverters.toString)
+    coldStartStrategy: Param[str] = Param(
         Params._dummy(),
         "coldStartStrategy",
         "unknown users/items at prediction time: 'nan' (NaN prediction) or 'drop' (drop the row)",
@@ -42,7 +42,7 @@ class _RecommenderModelParams(HasPredictionCol):
 class _RecommenderParams(_RecommenderModelParams):
     """Adds ratingCol, which only fitting reads (ALS keeps it out of ALSModel too)."""
 
-    ratingCol: "Param[str]" = Param(Params._dummy(), "ratingCol", "column name for ratings", TypeConverters.toString)
+    ratingCol: Param[str] = Param(Params._dummy(), "ratingCol", "column name for ratings", TypeConverters.toString)
 
     def getRatingCol(self) -> str:
         return self.getOrDefault(self.ratingCol)

@@ -7,8 +7,10 @@ inheriting `TablesPersistence` and defining `_TABLES` (table name -> schema or N
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
+from pyspark.ml.param import Params
 from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReadable, MLReader, MLWritable, MLWriter
 from pyspark.sql import DataFrame
 from pyspark.sql.types import StructType
@@ -18,7 +20,7 @@ from recospark.paths import join_path
 FORMAT_VERSION = 1
 
 
-class TablesPersistence(MLWritable, MLReadable):
+class TablesPersistence(Params, MLWritable, MLReadable):
     """Mixin: `write().save(path)` and `Model.load(path)`, like MLlib's models."""
 
     _TABLES: ClassVar[Mapping[str, StructType | None]] = {}

@@ -9,13 +9,13 @@ plus its config section.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Mapping
-
-from pyspark.sql import DataFrame
+from typing import Any, Literal, cast
 
 from pyspark.ml import Estimator, Model
 from pyspark.ml.recommendation import ALS, ALSModel
+from pyspark.sql import DataFrame
 
 from recospark.config import Config, ModelSection
 from recospark.models.als import als_curve
@@ -87,10 +87,10 @@ class ModelSpec:
         return self.early_stopping and cfg.split.validation_fraction > 0 and getattr(conf, "early_stopping_rounds", 0) > 0
 
     def load(self, path: str) -> Model:
-        return self.model.load(path)
+        return cast(Any, self.model).load(path)
 
 
-_ALS_COMMON = {
+_ALS_COMMON: dict[str, str | tuple[str, ...]] = {
     "rank": "rank",
     "max_iter": "maxIter",
     "reg_param": "regParam",
@@ -99,7 +99,7 @@ _ALS_COMMON = {
     "num_blocks": ("numUserBlocks", "numItemBlocks"),
     "checkpoint_interval": "checkpointInterval",
 }
-_SGD_COMMON = {
+_SGD_COMMON: dict[str, str | tuple[str, ...]] = {
     "rank": "rank",
     "max_iter": "maxIter",
     "reg_param": "regParam",
@@ -125,9 +125,7 @@ MODELS: dict[str, ModelSpec] = {
             "rating",
             "the dot product of ALS's user and item factors: the predicted rating",
             settings=("curve_iters",),
-            curve=lambda est, fit_rows, val, conf: als_curve(est, fit_rows, val, [*conf.curve_iters, conf.max_iter])  # type: ignore[attr-defined]
-            if conf.curve_iters  # type: ignore[attr-defined]
-            else [],
+            curve=als_curve,
         ),
         ModelSpec(
             "als_implicit",

@@ -7,7 +7,7 @@ needs no display, and is safe to call from any thread.
 from __future__ import annotations
 
 import io
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -36,7 +36,7 @@ def rating_distribution(counts: Mapping[float, int]) -> bytes:
     return _png(fig)
 
 
-def long_tail(per_user: Sequence[int], per_item: Sequence[int]) -> bytes:
+def long_tail(per_user: Sequence[int] | np.ndarray, per_item: Sequence[int] | np.ndarray) -> bytes:
     """Ratings per user and per item, sorted descending on a log axis: the head and the tail at a glance."""
     fig = Figure(figsize=(10, 3.4))
     for i, (counts, who) in enumerate(((per_user, "user"), (per_item, "item"))):
@@ -115,7 +115,7 @@ def accuracy_vs_novelty(names: Sequence[str], ndcg: Sequence[float], popularity:
     for position, (xs, label) in enumerate(((popularity, "mean train ratings of recommended films"), (coverage, "catalogue coverage")), 1):
         ax = fig.add_subplot(1, 2, position)
         ax.scatter(xs, ndcg, color=_TRAIN)
-        for name, x, y in zip(names, xs, ndcg):
+        for name, x, y in zip(names, xs, ndcg, strict=True):
             ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
         ax.set_xlabel(label)
         ax.set_ylabel(f"NDCG@{k}")

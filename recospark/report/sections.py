@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from functools import cached_property
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from pyspark.errors import AnalysisException
@@ -19,6 +20,7 @@ from pyspark.sql.types import StructType
 
 from recospark import io
 from recospark.config import Config
+from recospark.frames import first_row
 from recospark.models.table import MODELS
 from recospark.report import html as H
 from recospark.report import plots
@@ -153,7 +155,7 @@ def _head_share(counts: np.ndarray, head: float) -> float:
     if len(counts) == 0:
         return 0.0
     ordered = np.sort(counts)[::-1]
-    k = max(1, int(round(len(ordered) * head)))
+    k = max(1, round(len(ordered) * head))
     return float(ordered[:k].sum() / ordered.sum())
 
 
@@ -167,7 +169,7 @@ def split_section(inp: Inputs) -> str:
     train, test = inp.train, inp.test
     sides = with_month(train.withColumn(_SIDE, F.lit("train"))).unionByName(with_month(test.withColumn(_SIDE, F.lit("test"))))
     rows = sides.groupBy(_PERIOD, _SIDE).agg(F.count(F.lit(1)).alias(_N)).collect()
-    first_test = test.agg(F.min(RATED_AT)).first()[0]
+    first_test = first_row(test.agg(F.min(RATED_AT)))[0]
     periods = sorted({r[_PERIOD] for r in rows})
     counts = {(r[_PERIOD], r[_SIDE]): int(r[_N]) for r in rows}
     n_train = [counts.get((p, "train"), 0) for p in periods]
@@ -266,7 +268,8 @@ def comparison_section(inp: Inputs) -> str:
 
 def history_series(history: list[Any]) -> tuple[list[int], dict[str, list[float | None]]]:
     """Epoch numbers and every *rmse* series of a history (list of per-epoch dicts)."""
-    epochs, series = [], {}
+    epochs: list[int] = []
+    series: dict[str, list[float | None]] = {}
     keys = sorted({k for h in history if isinstance(h, dict) for k in h if "rmse" in k or "loss" in k})
     for i, h in enumerate(history):
         h = h if isinstance(h, dict) else {"train_rmse": h}
@@ -316,7 +319,7 @@ def _factor_matrix(df: DataFrame, n: int, seed: int) -> tuple[np.ndarray, list[i
     pdf = sample_rows(df.select(F.col(FACTOR_ID).cast("int").alias(FACTOR_ID), FEATURES), n, seed).toPandas()
     if pdf.empty:
         return np.zeros((0, 1)), []
-    return np.stack(pdf[FEATURES].to_numpy()).astype(float), [int(i) for i in pdf[FACTOR_ID]]
+    return np.stack(list(pdf[FEATURES])).astype(float), [int(i) for i in pdf[FACTOR_ID]]
 
 
 def factors_section(inp: Inputs) -> str:
@@ -330,8 +333,9 @@ def factors_section(inp: Inputs) -> str:
             missing.append(str(err))
             parts.append(H.note(f"no heat map for {name}: {err}"))
             continue
-        users, user_ids = _factor_matrix(model.userFactors, n, seed)
-        items, item_ids = _factor_matrix(model.itemFactors, n, seed)
+        user_factors, item_factors = model.userFactors, model.itemFactors  # type: ignore[attr-defined]
+        users, user_ids = _factor_matrix(user_factors, n, seed)
+        items, item_ids = _factor_matrix(item_factors, n, seed)
         parts.append(H.img(plots.factor_heatmap(name, users, user_ids, items, item_ids), f"{name} factor heat map"))
     if len(missing) == len(parts):
         raise Missing("; ".join(missing) or "no factor model (als, sgd) in train.models")

@@ -29,9 +29,10 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Iterable, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -197,7 +198,7 @@ def train_stratum_partition(
     Q, bi = _fresh(item.factors, np.float32), _fresh(item.biases, np.float32)
     order = block_order(seed, epoch, i, j, len(r))
     sse = float(sgd_block(u_idx, i_idx, r, order, P, Q, bu, bi, float(mu), float(lr), float(reg), float(bias_reg)))
-    n = int(len(r))
+    n = len(r)
     if carry_loss and loss is not None:
         sse, n = sse + loss[0], n + loss[1]
     yield i, (_USERS, FactorBlock(user.block, user.ids, P, bu))
@@ -583,11 +584,11 @@ def fit_dsgd(spark: SparkSession, train: DataFrame, validation: DataFrame | None
 
 __all__ = [
     "DSGD",
-    "DSGDParams",
-    "DSGDResult",
     "ITEM",
     "RATING",
     "USER",
+    "DSGDParams",
+    "DSGDResult",
     "FactorBlock",
     "RatingsBlock",
     "block_order",

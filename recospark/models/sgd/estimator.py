@@ -8,13 +8,15 @@ history) plus user/item factors (id, features, bias) as Parquet; no pickle.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from pyspark import keyword_only
 from pyspark.ml import Estimator, Model
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql.types import StructType
 
 from recospark.models.params import _RecommenderModelSetters
 from recospark.models.persistence import TablesPersistence
@@ -53,6 +55,8 @@ class SGDMatrixFactorization(Estimator, _SGDParams, DefaultParamsReadable, Defau
     >>> model.transform(df).select("prediction").count()
     6
     """
+
+    _input_kwargs: dict[str, Any]  # set by @keyword_only
 
     @keyword_only
     def __init__(
@@ -108,98 +112,98 @@ class SGDMatrixFactorization(Estimator, _SGDParams, DefaultParamsReadable, Defau
         itemCol: str = _D["itemCol"],
         ratingCol: str = _D["ratingCol"],
         predictionCol: str = _D["predictionCol"],
-    ) -> "SGDMatrixFactorization":
+    ) -> SGDMatrixFactorization:
         return self._set(**{k: v for k, v in self._input_kwargs.items() if v is not None})
 
     # setters, ALS style
-    def setRank(self, value: int) -> "SGDMatrixFactorization":
+    def setRank(self, value: int) -> SGDMatrixFactorization:
         return self._set(rank=value)
 
-    def setMaxIter(self, value: int) -> "SGDMatrixFactorization":
+    def setMaxIter(self, value: int) -> SGDMatrixFactorization:
         return self._set(maxIter=value)
 
-    def setRegParam(self, value: float) -> "SGDMatrixFactorization":
+    def setRegParam(self, value: float) -> SGDMatrixFactorization:
         return self._set(regParam=value)
 
-    def setBiasRegParam(self, value: float) -> "SGDMatrixFactorization":
+    def setBiasRegParam(self, value: float) -> SGDMatrixFactorization:
         return self._set(biasRegParam=value)
 
-    def setStepSize(self, value: float) -> "SGDMatrixFactorization":
+    def setStepSize(self, value: float) -> SGDMatrixFactorization:
         return self._set(stepSize=value)
 
-    def setStepDecay(self, value: float) -> "SGDMatrixFactorization":
+    def setStepDecay(self, value: float) -> SGDMatrixFactorization:
         return self._set(stepDecay=value)
 
-    def setSchedule(self, value: str) -> "SGDMatrixFactorization":
+    def setSchedule(self, value: str) -> SGDMatrixFactorization:
         return self._set(schedule=value)
 
-    def setNumBlocks(self, value: int) -> "SGDMatrixFactorization":
+    def setNumBlocks(self, value: int) -> SGDMatrixFactorization:
         return self._set(numBlocks=value)
 
-    def setInitStd(self, value: float) -> "SGDMatrixFactorization":
+    def setInitStd(self, value: float) -> SGDMatrixFactorization:
         return self._set(initStd=value)
 
-    def setSeed(self, value: int) -> "SGDMatrixFactorization":
+    def setSeed(self, value: int) -> SGDMatrixFactorization:
         return self._set(seed=value)
 
-    def setEarlyStoppingRounds(self, value: int) -> "SGDMatrixFactorization":
+    def setEarlyStoppingRounds(self, value: int) -> SGDMatrixFactorization:
         return self._set(earlyStoppingRounds=value)
 
-    def setCheckpointInterval(self, value: int) -> "SGDMatrixFactorization":
+    def setCheckpointInterval(self, value: int) -> SGDMatrixFactorization:
         return self._set(checkpointInterval=value)
 
-    def setLoss(self, value: str) -> "SGDMatrixFactorization":
+    def setLoss(self, value: str) -> SGDMatrixFactorization:
         return self._set(loss=value)
 
-    def setNumNegatives(self, value: int) -> "SGDMatrixFactorization":
+    def setNumNegatives(self, value: int) -> SGDMatrixFactorization:
         return self._set(numNegatives=value)
 
-    def setPositiveThreshold(self, value: float) -> "SGDMatrixFactorization":
+    def setPositiveThreshold(self, value: float) -> SGDMatrixFactorization:
         return self._set(positiveThreshold=value)
 
-    def setValidationIndicatorCol(self, value: str) -> "SGDMatrixFactorization":
+    def setValidationIndicatorCol(self, value: str) -> SGDMatrixFactorization:
         return self._set(validationIndicatorCol=value)
 
-    def setColdStartStrategy(self, value: str) -> "SGDMatrixFactorization":
+    def setColdStartStrategy(self, value: str) -> SGDMatrixFactorization:
         return self._set(coldStartStrategy=value)
 
-    def setUserCol(self, value: str) -> "SGDMatrixFactorization":
+    def setUserCol(self, value: str) -> SGDMatrixFactorization:
         return self._set(userCol=value)
 
-    def setItemCol(self, value: str) -> "SGDMatrixFactorization":
+    def setItemCol(self, value: str) -> SGDMatrixFactorization:
         return self._set(itemCol=value)
 
-    def setRatingCol(self, value: str) -> "SGDMatrixFactorization":
+    def setRatingCol(self, value: str) -> SGDMatrixFactorization:
         return self._set(ratingCol=value)
 
-    def setPredictionCol(self, value: str) -> "SGDMatrixFactorization":
+    def setPredictionCol(self, value: str) -> SGDMatrixFactorization:
         return self._set(predictionCol=value)
 
     def dsgd_params(self) -> DSGDParams:
         """The engine's parameters from this estimator's Params."""
-        values: dict[str, Any] = dict(
-            rank=self.getRank(),
-            max_iter=self.getMaxIter(),
-            reg=self.getRegParam(),
-            bias_reg=self.getBiasRegParam(),
-            step_size=self.getStepSize(),
-            step_decay=self.getStepDecay(),
-            schedule=self.getSchedule(),
-            num_blocks=self.getNumBlocks(),
-            init_std=self.getInitStd(),
-            seed=self.getSeed(),
-            early_stopping_rounds=self.getEarlyStoppingRounds(),
-            checkpoint_interval=self.getCheckpointInterval(),
-            loss=self.getLoss(),
-            num_negatives=self.getNumNegatives(),
-            positive_threshold=self.getPositiveThreshold(),
-        )
+        values: dict[str, Any] = {
+            "rank": self.getRank(),
+            "max_iter": self.getMaxIter(),
+            "reg": self.getRegParam(),
+            "bias_reg": self.getBiasRegParam(),
+            "step_size": self.getStepSize(),
+            "step_decay": self.getStepDecay(),
+            "schedule": self.getSchedule(),
+            "num_blocks": self.getNumBlocks(),
+            "init_std": self.getInitStd(),
+            "seed": self.getSeed(),
+            "early_stopping_rounds": self.getEarlyStoppingRounds(),
+            "checkpoint_interval": self.getCheckpointInterval(),
+            "loss": self.getLoss(),
+            "num_negatives": self.getNumNegatives(),
+            "positive_threshold": self.getPositiveThreshold(),
+        }
         fields = {f.name for f in dataclasses.fields(DSGDParams)}
         if self.getLoss() != "squared" and "loss" not in fields:
             raise NotImplementedError(f"loss={self.getLoss()!r} is not available in this build's DSGD engine")
         return DSGDParams(**{k: v for k, v in values.items() if k in fields})
 
-    def _fit(self, dataset: DataFrame) -> "SGDMatrixFactorizationModel":
+    def _fit(self, dataset: DataFrame) -> SGDMatrixFactorizationModel:
         self._check()
         user, item, rating = self.getUserCol(), self.getItemCol(), self.getRatingCol()
         validation_col = self.getOrDefault(self.validationIndicatorCol) if self.isDefined(self.validationIndicatorCol) else None
@@ -227,7 +231,7 @@ class SGDMatrixFactorizationModel(Model, _SGDModelParams, _RecommenderModelSette
     a ranking score (higher = recommended first) for the ranking losses.
     """
 
-    _TABLES = {_USERS_TABLE: BIASED_FACTORS, _ITEMS_TABLE: BIASED_FACTORS}
+    _TABLES: ClassVar[Mapping[str, StructType | None]] = {_USERS_TABLE: BIASED_FACTORS, _ITEMS_TABLE: BIASED_FACTORS}
 
     def __init__(
         self,
@@ -356,7 +360,7 @@ class SGDMatrixFactorizationModel(Model, _SGDModelParams, _RecommenderModelSette
         return {"globalMean": self.globalMean, "bestEpoch": self.bestEpoch, "history": self.history, "loss": self.loss}
 
     @classmethod
-    def _from_saved(cls, metadata: dict[str, Any], tables: Mapping[str, DataFrame]) -> "SGDMatrixFactorizationModel":
+    def _from_saved(cls, metadata: dict[str, Any], tables: Mapping[str, DataFrame]) -> SGDMatrixFactorizationModel:
         return cls(
             tables[_USERS_TABLE],
             tables[_ITEMS_TABLE],

@@ -20,7 +20,7 @@ import time
 import numpy as np
 from numba import njit
 
-__all__ = ["sgd_block", "sse_block", "reference_sgd", "reference_sse", "warm_up", "NO_ORDER"]
+__all__ = ["NO_ORDER", "reference_sgd", "reference_sse", "sgd_block", "sse_block", "warm_up"]
 
 # Pass as `order` to visit ratings in their stored order.
 NO_ORDER = np.zeros(0, dtype=np.int64)

@@ -62,47 +62,47 @@ class _SGDParams(
 ):
     """What fitting needs: rank, schedule, blocks, loss; only the estimator carries these."""
 
-    rank: "Param[int]" = Param(Params._dummy(), "rank", "number of latent factors (>= 1)", TypeConverters.toInt)
-    biasRegParam: "Param[float]" = Param(
+    rank: Param[int] = Param(Params._dummy(), "rank", "number of latent factors (>= 1)", TypeConverters.toInt)
+    biasRegParam: Param[float] = Param(
         Params._dummy(), "biasRegParam", "L2 regularization of user and item biases (>= 0)", TypeConverters.toFloat
     )
-    stepDecay: "Param[float]" = Param(
+    stepDecay: Param[float] = Param(
         Params._dummy(), "stepDecay", "schedule 'decay': step size multiplier per epoch, in (0, 1]", TypeConverters.toFloat
     )
-    schedule: "Param[str]" = Param(
+    schedule: Param[str] = Param(
         Params._dummy(),
         "schedule",
         "step size schedule: 'decay' (step *= stepDecay per epoch) or 'bold_driver' "
         "(x1.05 when the training loss fell, x0.5 when it rose)",
         TypeConverters.toString,
     )
-    numBlocks: "Param[int]" = Param(
+    numBlocks: Param[int] = Param(
         Params._dummy(), "numBlocks", "d: users and items are hashed into d blocks; d tasks per stratum", TypeConverters.toInt
     )
-    initStd: "Param[float]" = Param(
+    initStd: Param[float] = Param(
         Params._dummy(), "initStd", "standard deviation of the initial factors (> 0)", TypeConverters.toFloat
     )
-    earlyStoppingRounds: "Param[int]" = Param(
+    earlyStoppingRounds: Param[int] = Param(
         Params._dummy(),
         "earlyStoppingRounds",
         "with validationIndicatorCol: stop after this many epochs without validation improvement "
         "and keep the best epoch's factors; 0 disables",
         TypeConverters.toInt,
     )
-    loss: "Param[str]" = Param(
+    loss: Param[str] = Param(
         Params._dummy(),
         "loss",
         "objective: 'squared' (explicit ratings, predicts the rating) or a top-N ranking loss over "
         "positives vs sampled negatives: 'bpr', 'logistic', 'warp'",
         TypeConverters.toString,
     )
-    numNegatives: "Param[int]" = Param(
+    numNegatives: Param[int] = Param(
         Params._dummy(),
         "numNegatives",
         "ranking losses: negatives sampled per positive (warp: the most tries per positive)",
         TypeConverters.toInt,
     )
-    positiveThreshold: "Param[float]" = Param(
+    positiveThreshold: Param[float] = Param(
         Params._dummy(),
         "positiveThreshold",
         "ranking losses: a rating at or above this is a positive; 0 makes every rated item one",

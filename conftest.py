@@ -1,4 +1,5 @@
-"""One SparkSession for the whole suite: local[2], few shuffle partitions, no UI, loopback only."""
+"""Shared fixtures (tests/ and the doctests in recospark/): one SparkSession for the whole suite (local[2,4],
+few shuffle partitions, no UI, loopback only), inline MovieLens folders and one published pipeline run."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 
-ML100K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k"
+ML100K = Path(__file__).resolve().parent.parent / "shared" / "data" / "ml-100k"
 
 
 @pytest.fixture(scope="session")
