@@ -67,3 +67,22 @@ def test_with_titles_joins_titles_and_keeps_unknown_movies(spark):
     movies = spark.createDataFrame([(10, "Heat (1995)", 1995, ["Action"])], MOVIES)
     expected = spark.createDataFrame([(1, 1, 10, 2.0, "Heat (1995)"), (1, 2, 99, 1.0, None)], RECOMMENDATIONS)
     assert_df_equality(recs.transform(with_titles(movies)), expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_ties_at_the_cut_go_to_the_smaller_movie_id():
+    """argpartition alone picks arbitrarily among items tied with the n-th score; the smaller ids must win."""
+    rng = np.random.default_rng(0)
+    item_ids = np.arange(100, 160, dtype=np.int32)
+    scores = np.array([5.0, 4.0] + [3.0] * 58, dtype=np.float32)  # 58 items tie for the 3rd place
+    perm = rng.permutation(len(item_ids))
+    item_mat = scores[perm][:, None]  # shuffled, so ties sit all over the matrix
+    ids = item_ids
+    users = np.array([1, 2], dtype=np.int32)
+    user_mat = np.ones((2, 1), np.float32)
+    rated = [None, np.array([ids[np.flatnonzero(scores[perm] == 5.0)[0]]])]  # user 2 rated the best item
+    u, r, m, s = top_n_block(users, user_mat, rated, ids, item_mat, 5)
+    tied = sorted(ids[scores[perm] == 3.0])
+    best, second = ids[scores[perm] == 5.0][0], ids[scores[perm] == 4.0][0]
+    assert list(m[u == 1]) == [best, second, *tied[:3]]
+    assert list(m[u == 2]) == [second, *tied[:4]]
+    assert list(r[u == 1]) == [1, 2, 3, 4, 5] and list(s[u == 2]) == [4.0, 3.0, 3.0, 3.0, 3.0]
