@@ -1,0 +1,286 @@
+"""Top-N lab on ML-100K under Microsoft Recommenders' benchmark protocol, in one process.
+
+Protocol (the published ML-100K table: ALS 0.044 NDCG@10 ... BiVAE 0.475):
+
+* per-user stratified random split, 75% of every user's ratings to train (`stratified_split`);
+  parameters are chosen on a validation split carved from TRAIN the same way (75/25 per user),
+  then the chosen setting is refitted on all of train and scored once on test;
+* k = 10; every test rating is relevant (no threshold); candidates = items seen in train that the
+  user did not rate in train; test items unseen in train stay relevant (a miss for every model);
+* metrics averaged over test users: precision@10, recall@10, NDCG@10 (binary gains, ideal DCG
+  over min(k, |relevant|); the log base cancels), ``map`` = Recommenders' ``map`` (and the
+  ``map_at_k`` of the releases that published the table): sum_{hits} (hits@i / i) / |relevant|,
+  and ``map_spark`` = Spark's MAP@k, the same sum over min(k, |relevant|) (what Recommenders'
+  current ``map_at_k`` computes too).
+
+Models: popularity; DSGD with a ranking loss (`recospark.models.sgd.ranking`, simulated here
+with the engine's blocking: users and items hashed into d blocks, an epoch = d strata, each
+sub-block trained by the compiled kernel with negatives from its own item block only);
+PureSVD; EASE (reference only: needs an items x items inverse); MLlib implicit ALS (Spark
+local[2], ``--als``). Run::
+
+    .venv/bin/python bench/ranking_protocol.py --models pop,puresvd,bpr,warp,ease [--als] [--quick]
+
+Prints one table (validation rows, then test rows, popularity in both) and writes
+bench/results/ranking_protocol.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from recospark.models.sgd import ranking as R  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data" / "ml-100k"
+K = 10
+SPLIT_SEED = 42
+VAL_SEED = 7
+
+
+# ---------------------------------------------------------------------------------------------
+# data and splits
+
+
+@dataclass
+class Split:
+    """Index-coded ratings: users 0..n_users-1, items 0..n_items-1 (ascending original ids)."""
+
+    n_users: int
+    n_items: int
+    train: pd.DataFrame  # u, i, r
+    test: pd.DataFrame
+    item_ids: np.ndarray = field(repr=False)
+
+
+def load(path: Path = DATA) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    df = pd.read_csv(path / "u.data", sep="\t", names=["user", "item", "r", "ts"])
+    user_ids = np.sort(df.user.unique())
+    item_ids = np.sort(df.item.unique())
+    out = pd.DataFrame(
+        {
+            "u": np.searchsorted(user_ids, df.user).astype(np.int32),
+            "i": np.searchsorted(item_ids, df.item).astype(np.int32),
+            "r": df.r.astype(np.float32),
+        }
+    )
+    return out, user_ids, item_ids
+
+
+def stratified_split(df: pd.DataFrame, ratio: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every user keeps round(ratio * n_u) of their ratings (at least 1) in the first part, chosen at random."""
+    rng = np.random.default_rng(seed)
+    key = rng.random(len(df))
+    d = df.assign(_k=key).sort_values(["u", "_k"], kind="stable")
+    rank = d.groupby("u").cumcount().to_numpy()
+    n_u = d.groupby("u")["u"].transform("size").to_numpy()
+    keep = rank < np.maximum(1, np.rint(ratio * n_u))
+    first = d[keep].drop(columns="_k").sort_values(["u", "i"]).reset_index(drop=True)
+    second = d[~keep].drop(columns="_k").sort_values(["u", "i"]).reset_index(drop=True)
+    return first, second
+
+
+def make_splits() -> tuple[Split, Split]:
+    """(validation split carved from train, the test split)."""
+    df, user_ids, item_ids = load()
+    train, test = stratified_split(df, 0.75, SPLIT_SEED)
+    fit, val = stratified_split(train, 0.75, VAL_SEED)
+    nu, ni = len(user_ids), len(item_ids)
+    return Split(nu, ni, fit, val, item_ids), Split(nu, ni, train, test, item_ids)
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics
+
+
+def top_k(scores: np.ndarray, split: Split, k: int = K) -> np.ndarray:
+    """Best k candidates per user (items seen in train, not rated by the user in train); ties -> smaller id."""
+    s = np.array(scores, dtype=np.float64, copy=True)
+    seen = np.zeros(split.n_items, bool)
+    seen[split.train.i.to_numpy()] = True
+    s[:, ~seen] = -np.inf
+    s[split.train.u.to_numpy(), split.train.i.to_numpy()] = -np.inf
+    part = np.argpartition(-s, k, axis=1)[:, : k + 1]  # k+1 so a tie at the border can be settled
+    ps = np.take_along_axis(s, part, axis=1)
+    kth = np.sort(ps, axis=1)[:, -k]  # k-th best score per user
+    out = np.empty((s.shape[0], k), np.int64)
+    for u in range(s.shape[0]):
+        # all items scoring >= the k-th best (rarely more than k+1), by score desc then id asc
+        cand = np.flatnonzero(s[u] >= kth[u])
+        order = np.lexsort((cand, -s[u, cand]))[:k]
+        out[u] = cand[order]
+    return out
+
+
+def ranking_metrics(lists: np.ndarray, split: Split, k: int = K) -> dict[str, float]:
+    test = split.test
+    rel_count = np.bincount(test.u.to_numpy(), minlength=split.n_users)
+    users = np.flatnonzero(rel_count > 0)
+    relevant = np.zeros((split.n_users, split.n_items), bool)
+    relevant[test.u.to_numpy(), test.i.to_numpy()] = True
+    hit = np.take_along_axis(relevant, lists, axis=1)[users].astype(np.float64)  # users x k
+    n_rel = rel_count[users].astype(np.float64)
+    pos = np.arange(1, k + 1)
+    hits = hit.sum(1)
+    disc = 1.0 / np.log2(pos + 1)
+    idcg = np.cumsum(disc)[np.minimum(n_rel, k).astype(int) - 1]
+    prec_at_i = np.cumsum(hit, 1) / pos
+    ap_sum = (prec_at_i * hit).sum(1)
+    return {
+        "precision@10": float(np.mean(hits / k)),
+        "recall@10": float(np.mean(hits / n_rel)),
+        "ndcg@10": float(np.mean((hit * disc).sum(1) / idcg)),
+        "map": float(np.mean(ap_sum / n_rel)),
+        "map_spark@10": float(np.mean(ap_sum / np.minimum(n_rel, k))),
+        "n_users": int(len(users)),
+    }
+
+
+def evaluate(scores: np.ndarray, split: Split) -> dict[str, float]:
+    return ranking_metrics(top_k(scores, split), split)
+
+
+# ---------------------------------------------------------------------------------------------
+# models (each returns a users x items score matrix)
+
+
+def popularity(split: Split) -> np.ndarray:
+    counts = np.bincount(split.train.i.to_numpy(), minlength=split.n_items).astype(np.float64)
+    return np.tile(counts, (split.n_users, 1))
+
+
+def interactions(split: Split, binary: bool = True) -> np.ndarray:
+    X = np.zeros((split.n_users, split.n_items), np.float64)
+    X[split.train.u.to_numpy(), split.train.i.to_numpy()] = 1.0 if binary else split.train.r.to_numpy()
+    return X
+
+
+def puresvd(split: Split, rank: int, binary: bool = True) -> np.ndarray:
+    """Cremonesi et al. 2010: r_u V_k V_k^T, missing = 0."""
+    X = interactions(split, binary)
+    _, _, vt = np.linalg.svd(X, full_matrices=False)
+    V = vt[:rank].T
+    return X @ V @ V.T
+
+
+def ease(split: Split, lam: float) -> np.ndarray:
+    """Steck 2019: B = I - P / diag(P), P = (X^T X + lam I)^-1; dense items x items inverse."""
+    X = interactions(split)
+    G = X.T @ X + lam * np.eye(split.n_items)
+    Pm = np.linalg.inv(G)
+    B = -Pm / np.diag(Pm)
+    np.fill_diagonal(B, 0.0)
+    return X @ B
+
+
+def _hash_blocks(n: int, d: int, seed: int, salt: int) -> np.ndarray:
+    """Seeded, data-independent block of each id (the engine uses xxhash64(seed, salt, id) mod d)."""
+    return np.array([R.reference_draw(seed * 1_000_003 + salt, x, 0, d) for x in range(n)], np.int64)
+
+
+@dataclass(frozen=True)
+class RankSGD:
+    loss: str = "bpr"  # bpr | warp
+    rank: int = 64
+    lr: float = 0.05
+    reg: float = 0.01  # user and item factors
+    reg_bias: float = 0.01
+    n_neg: int = 1  # bpr
+    epochs: int = 30
+    decay: float = 1.0  # lr *= decay per epoch
+    d: int = 2  # blocks
+    init_std: float = 0.1
+    weighted: bool = True  # bpr block weight / warp catalogue-wide rank
+    margin: float = 1.0  # warp
+    max_trials: int = 100  # warp
+    biases: bool = True
+    pos_threshold: float = -np.inf
+    seed: int = 1
+
+
+def dsgd_ranking(split: Split, cfg: RankSGD, eval_split: Split | None = None, eval_every: int = 0):
+    """Stratified DSGD with a ranking loss, in-process: the engine's blocking and kernel calls.
+
+    Returns (scores, curve) where curve lists (epoch, ndcg@10 on eval_split) when eval_every > 0.
+    """
+    d = cfg.d
+    ub = _hash_blocks(split.n_users, d, cfg.seed, 1)
+    ib = _hash_blocks(split.n_items, d, cfg.seed, 2)
+    u_members = [np.flatnonzero(ub == b) for b in range(d)]  # ascending ids -> local rows
+    tr = split.train
+    rated_total = np.bincount(tr.u.to_numpy(), minlength=split.n_users)
+    # like the engine, only items present in the training ratings are hashed into item blocks
+    seen_items = np.bincount(tr.i.to_numpy(), minlength=split.n_items) > 0
+    n_cat = int(seen_items.sum())
+    i_members = [np.flatnonzero((ib == b) & seen_items) for b in range(d)]
+    u_local = np.empty(split.n_users, np.int64)
+    i_local = np.empty(split.n_items, np.int64)
+    for b in range(d):
+        u_local[u_members[b]] = np.arange(len(u_members[b]))
+        i_local[i_members[b]] = np.arange(len(i_members[b]))
+    rng = np.random.default_rng(cfg.seed)
+    P = [(rng.standard_normal((len(m), cfg.rank)) * cfg.init_std).astype(np.float32) for m in u_members]
+    Q = [(rng.standard_normal((len(m), cfg.rank)) * cfg.init_std).astype(np.float32) for m in i_members]
+    bi = [np.zeros(len(m) if cfg.biases else 0, np.float32) for m in i_members]
+    # sub-blocks: local arrays sorted by (user, item)
+    sub = {}
+    for a in range(d):
+        for b in range(d):
+            sel = (ub[tr.u.to_numpy()] == a) & (ib[tr.i.to_numpy()] == b)
+            uu = u_local[tr.u.to_numpy()[sel]].astype(np.int32)
+            ii = i_local[tr.i.to_numpy()[sel]].astype(np.int32)
+            rr = tr.r.to_numpy()[sel].astype(np.float32)
+            o = np.lexsort((ii, uu))
+            uu, ii, rr = uu[o], ii[o], rr[o]
+            neg_total = (n_cat - rated_total[u_members[a]]).astype(np.int64) if cfg.weighted else R.NO_WEIGHTS
+            sub[a, b] = (uu, ii, rr, R.csr_indptr(uu, len(u_members[a])), neg_total)
+    curve = []
+    lr = cfg.lr
+    for epoch in range(cfg.epochs):
+        shifts = np.random.default_rng([cfg.seed, 2, epoch]).permutation(d)
+        for s in shifts:
+            for a in range(d):  # the d tasks of one stratum (independent: disjoint rows)
+                b = (a + s) % d
+                uu, ii, rr, ip, neg_total = sub[a, b]
+                if len(rr) == 0:
+                    continue
+                order = np.random.default_rng([cfg.seed, 1, epoch, a, b]).permutation(len(rr)).astype(np.int64)
+                kseed = int(np.random.default_rng([cfg.seed, 4, epoch, a, b]).integers(0, 2**62))
+                hi = Q[b].shape[0]
+                if cfg.loss == "bpr":
+                    R.bpr_block(uu, ii, rr, ip, order, P[a], Q[b], bi[b], 0, hi, cfg.n_neg, lr, cfg.reg, cfg.reg,
+                                cfg.reg_bias, cfg.pos_threshold, neg_total, 1.0 / d, kseed, 32, R.NO_TRACE)
+                elif cfg.loss == "warp":
+                    R.warp_block(uu, ii, rr, ip, order, P[a], Q[b], bi[b], 0, hi, lr, cfg.reg, cfg.reg,
+                                 cfg.reg_bias, cfg.pos_threshold, neg_total, cfg.margin, cfg.max_trials, kseed, 32,
+                                 R.NO_TRACE)
+                else:
+                    raise ValueError(cfg.loss)
+        lr *= cfg.decay
+        if eval_every and eval_split is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == cfg.epochs):
+            curve.append((epoch + 1, evaluate(_assemble(split, P, Q, bi, u_members, i_members), eval_split)["ndcg@10"]))
+    return _assemble(split, P, Q, bi, u_members, i_members), curve
+
+
+def _assemble(split, P, Q, bi, u_members, i_members) -> np.ndarray:
+    Pg = np.zeros((split.n_users, P[0].shape[1]), np.float64)
+    Qg = np.zeros((split.n_items, P[0].shape[1] + 1), np.float64)
+    for m, p in zip(u_members, P):
+        Pg[m] = p
+    for m, q, b in zip(i_members, Q, bi):
+        Qg[m, :-1] = q
+        if len(b):
+            Qg[m, -1] = b
+    return np.hstack([Pg, np.ones((split.n_users, 1))]) @ Qg.T
