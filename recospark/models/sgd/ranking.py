@@ -81,16 +81,16 @@ from numba import njit
 
 __all__ = [
     "NO_ORDER",
-    "NO_WEIGHTS",
     "NO_TRACE",
+    "NO_WEIGHTS",
     "bpr_block",
-    "warp_block",
     "csr_indptr",
-    "reference_bpr",
-    "reference_warp",
-    "reference_draw",
     "harmonic",
+    "reference_bpr",
+    "reference_draw",
+    "reference_warp",
     "warm_up",
+    "warp_block",
 ]
 
 NO_ORDER = np.zeros(0, dtype=np.int64)
@@ -156,13 +156,17 @@ def _check_block(users_idx, items_idx, ratings, indptr, n_users, item_lo, item_h
     if users_idx.shape[0] != n or items_idx.shape[0] != n:
         raise ValueError("users_idx, items_idx and ratings must have the same length")
     if indptr.shape[0] != n_users + 1 or indptr[0] != 0 or indptr[n_users] != n:
-        raise ValueError("indptr must have P.shape[0] + 1 entries, from 0 to len(ratings)")
+        raise ValueError(
+            "indptr must have P.shape[0] + 1 entries, from 0 to len(ratings)"
+        )
     if item_lo < 0 or item_hi <= item_lo:
         raise ValueError("need 0 <= item_lo < item_hi")
     for u in range(n_users):
         for t in range(indptr[u], indptr[u + 1]):
             if users_idx[t] != u:
-                raise ValueError("users_idx disagrees with indptr (ratings must be sorted by user)")
+                raise ValueError(
+                    "users_idx disagrees with indptr (ratings must be sorted by user)"
+                )
             it = items_idx[t]
             if it < item_lo or it >= item_hi:
                 raise ValueError("an item index lies outside [item_lo, item_hi)")
@@ -214,7 +218,13 @@ def harmonic(k):
             s += 1.0 / j
         return s
     x = np.float64(k)
-    return math.log(x) + 0.5772156649015329 + 1.0 / (2.0 * x) - 1.0 / (12.0 * x * x) + 1.0 / (120.0 * x**4)
+    return (
+        math.log(x)
+        + 0.5772156649015329
+        + 1.0 / (2.0 * x)
+        - 1.0 / (12.0 * x * x)
+        + 1.0 / (120.0 * x**4)
+    )
 
 
 @njit(cache=True, nogil=True)
@@ -417,10 +427,23 @@ def reference_bpr(
         if free <= 0:
             skipped += n_neg
             continue
-        w = free / (block_share * float(user_neg_total[u])) if len(user_neg_total) else 1.0
+        w = (
+            free / (block_share * float(user_neg_total[u]))
+            if len(user_neg_total)
+            else 1.0
+        )
         for j in range(n_neg):
             neg = next(
-                (c for a in range(max_tries) if (c := reference_draw(seed, (pos * n_neg + j) * max_tries + a, item_lo, span)) not in rated),
+                (
+                    c
+                    for a in range(max_tries)
+                    if (
+                        c := reference_draw(
+                            seed, (pos * n_neg + j) * max_tries + a, item_lo, span
+                        )
+                    )
+                    not in rated
+                ),
                 -1,
             )
             if neg < 0:
@@ -431,8 +454,22 @@ def reference_bpr(
             x = _ref_dot(P, u, Q, p) - _ref_dot(P, u, Q, neg)
             if len(bi):
                 x += float(bi[p]) - float(bi[neg])
-            loss += w * (math.log1p(math.exp(-x)) if x > 0 else -x + math.log1p(math.exp(x)))
-            _ref_update(P, u, Q, p, neg, bi, w / (1.0 + math.exp(x)), lr, reg_user, reg_item, reg_bias)
+            loss += w * (
+                math.log1p(math.exp(-x)) if x > 0 else -x + math.log1p(math.exp(x))
+            )
+            _ref_update(
+                P,
+                u,
+                Q,
+                p,
+                neg,
+                bi,
+                w / (1.0 + math.exp(x)),
+                lr,
+                reg_user,
+                reg_item,
+                reg_bias,
+            )
             pairs += 1
     return loss, pairs, skipped
 
@@ -458,7 +495,14 @@ def reference_warp(
         neg, trials, x_n = -1, 0, 0.0
         for trial in range(max_trials):
             base = (pos * max_trials + trial) * max_tries
-            cand = next((c for a in range(max_tries) if (c := reference_draw(seed, base + a, item_lo, span)) not in rated), -1)
+            cand = next(
+                (
+                    c
+                    for a in range(max_tries)
+                    if (c := reference_draw(seed, base + a, item_lo, span)) not in rated
+                ),
+                -1,
+            )
             if cand < 0:
                 continue
             if trace is not None:
@@ -492,6 +536,50 @@ def warm_up() -> float:
     P = np.zeros((1, 2), np.float32)
     Q = np.zeros((4, 2), np.float32)
     b = np.zeros(4, np.float32)
-    bpr_block(u, i, r, indptr, NO_ORDER, P, Q, b, 0, 4, 1, 0.01, 0.0, 0.0, 0.0, -np.inf, NO_WEIGHTS, 1.0, 1, 8, NO_TRACE)
-    warp_block(u, i, r, indptr, NO_ORDER, P, Q, b, 0, 4, 0.01, 0.0, 0.0, 0.0, -np.inf, NO_WEIGHTS, 1.0, 4, 1, 8, NO_TRACE)
+    bpr_block(
+        u,
+        i,
+        r,
+        indptr,
+        NO_ORDER,
+        P,
+        Q,
+        b,
+        0,
+        4,
+        1,
+        0.01,
+        0.0,
+        0.0,
+        0.0,
+        -np.inf,
+        NO_WEIGHTS,
+        1.0,
+        1,
+        8,
+        NO_TRACE,
+    )
+    warp_block(
+        u,
+        i,
+        r,
+        indptr,
+        NO_ORDER,
+        P,
+        Q,
+        b,
+        0,
+        4,
+        0.01,
+        0.0,
+        0.0,
+        0.0,
+        -np.inf,
+        NO_WEIGHTS,
+        1.0,
+        4,
+        1,
+        8,
+        NO_TRACE,
+    )
     return time.perf_counter() - started
