@@ -42,7 +42,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from recospark.models.sgd import ranking as R  # noqa: E402
+from recospark.models.sgd import ranking as R
 
 DATA = ROOT.parent / "shared" / "data" / "ml-100k"
 K = 10
@@ -79,7 +79,9 @@ def load(path: Path = DATA) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     return out, user_ids, item_ids
 
 
-def stratified_split(df: pd.DataFrame, ratio: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def stratified_split(
+    df: pd.DataFrame, ratio: float, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every user keeps round(ratio * n_u) of their ratings (at least 1) in the first part, chosen at random."""
     rng = np.random.default_rng(seed)
     key = rng.random(len(df))
@@ -112,7 +114,9 @@ def top_k(scores: np.ndarray, split: Split, k: int = K) -> np.ndarray:
     seen[split.train.i.to_numpy()] = True
     s[:, ~seen] = -np.inf
     s[split.train.u.to_numpy(), split.train.i.to_numpy()] = -np.inf
-    part = np.argpartition(-s, k, axis=1)[:, : k + 1]  # k+1 so a tie at the border can be settled
+    part = np.argpartition(-s, k, axis=1)[
+        :, : k + 1
+    ]  # k+1 so a tie at the border can be settled
     ps = np.take_along_axis(s, part, axis=1)
     kth = np.sort(ps, axis=1)[:, -k]  # k-th best score per user
     out = np.empty((s.shape[0], k), np.int64)
@@ -130,7 +134,9 @@ def ranking_metrics(lists: np.ndarray, split: Split, k: int = K) -> dict[str, fl
     users = np.flatnonzero(rel_count > 0)
     relevant = np.zeros((split.n_users, split.n_items), bool)
     relevant[test.u.to_numpy(), test.i.to_numpy()] = True
-    hit = np.take_along_axis(relevant, lists, axis=1)[users].astype(np.float64)  # users x k
+    hit = np.take_along_axis(relevant, lists, axis=1)[users].astype(
+        np.float64
+    )  # users x k
     n_rel = rel_count[users].astype(np.float64)
     pos = np.arange(1, k + 1)
     hits = hit.sum(1)
@@ -144,7 +150,7 @@ def ranking_metrics(lists: np.ndarray, split: Split, k: int = K) -> dict[str, fl
         "ndcg@10": float(np.mean((hit * disc).sum(1) / idcg)),
         "map": float(np.mean(ap_sum / n_rel)),
         "map_spark@10": float(np.mean(ap_sum / np.minimum(n_rel, k))),
-        "n_users": int(len(users)),
+        "n_users": len(users),
     }
 
 
@@ -157,13 +163,17 @@ def evaluate(scores: np.ndarray, split: Split) -> dict[str, float]:
 
 
 def popularity(split: Split) -> np.ndarray:
-    counts = np.bincount(split.train.i.to_numpy(), minlength=split.n_items).astype(np.float64)
+    counts = np.bincount(split.train.i.to_numpy(), minlength=split.n_items).astype(
+        np.float64
+    )
     return np.tile(counts, (split.n_users, 1))
 
 
 def interactions(split: Split, binary: bool = True) -> np.ndarray:
     X = np.zeros((split.n_users, split.n_items), np.float64)
-    X[split.train.u.to_numpy(), split.train.i.to_numpy()] = 1.0 if binary else split.train.r.to_numpy()
+    X[split.train.u.to_numpy(), split.train.i.to_numpy()] = (
+        1.0 if binary else split.train.r.to_numpy()
+    )
     return X
 
 
@@ -187,7 +197,9 @@ def ease(split: Split, lam: float) -> np.ndarray:
 
 def _hash_blocks(n: int, d: int, seed: int, salt: int) -> np.ndarray:
     """Seeded, data-independent block of each id (the engine uses xxhash64(seed, salt, id) mod d)."""
-    return np.array([R.reference_draw(seed * 1_000_003 + salt, x, 0, d) for x in range(n)], np.int64)
+    return np.array(
+        [R.reference_draw(seed * 1_000_003 + salt, x, 0, d) for x in range(n)], np.int64
+    )
 
 
 @dataclass(frozen=True)
@@ -210,7 +222,9 @@ class RankSGD:
     seed: int = 1
 
 
-def dsgd_ranking(split: Split, cfg: RankSGD, eval_split: Split | None = None, eval_every: int = 0):
+def dsgd_ranking(
+    split: Split, cfg: RankSGD, eval_split: Split | None = None, eval_every: int = 0
+):
     """Stratified DSGD with a ranking loss, in-process: the engine's blocking and kernel calls.
 
     Returns (scores, curve) where curve lists (epoch, ndcg@10 on eval_split) when eval_every > 0.
@@ -218,7 +232,9 @@ def dsgd_ranking(split: Split, cfg: RankSGD, eval_split: Split | None = None, ev
     d = cfg.d
     ub = _hash_blocks(split.n_users, d, cfg.seed, 1)
     ib = _hash_blocks(split.n_items, d, cfg.seed, 2)
-    u_members = [np.flatnonzero(ub == b) for b in range(d)]  # ascending ids -> local rows
+    u_members = [
+        np.flatnonzero(ub == b) for b in range(d)
+    ]  # ascending ids -> local rows
     tr = split.train
     rated_total = np.bincount(tr.u.to_numpy(), minlength=split.n_users)
     # like the engine, only items present in the training ratings are hashed into item blocks
@@ -231,8 +247,14 @@ def dsgd_ranking(split: Split, cfg: RankSGD, eval_split: Split | None = None, ev
         u_local[u_members[b]] = np.arange(len(u_members[b]))
         i_local[i_members[b]] = np.arange(len(i_members[b]))
     rng = np.random.default_rng(cfg.seed)
-    P = [(rng.standard_normal((len(m), cfg.rank)) * cfg.init_std).astype(np.float32) for m in u_members]
-    Q = [(rng.standard_normal((len(m), cfg.rank)) * cfg.init_std).astype(np.float32) for m in i_members]
+    P = [
+        (rng.standard_normal((len(m), cfg.rank)) * cfg.init_std).astype(np.float32)
+        for m in u_members
+    ]
+    Q = [
+        (rng.standard_normal((len(m), cfg.rank)) * cfg.init_std).astype(np.float32)
+        for m in i_members
+    ]
     bi = [np.zeros(len(m) if cfg.biases else 0, np.float32) for m in i_members]
     # sub-blocks: local arrays sorted by (user, item)
     sub = {}
@@ -244,33 +266,97 @@ def dsgd_ranking(split: Split, cfg: RankSGD, eval_split: Split | None = None, ev
             rr = tr.r.to_numpy()[sel].astype(np.float32)
             o = np.lexsort((ii, uu))
             uu, ii, rr = uu[o], ii[o], rr[o]
-            neg_total = (n_cat - rated_total[u_members[a]]).astype(np.int64) if cfg.weighted else R.NO_WEIGHTS
+            neg_total = (
+                (n_cat - rated_total[u_members[a]]).astype(np.int64)
+                if cfg.weighted
+                else R.NO_WEIGHTS
+            )
             sub[a, b] = (uu, ii, rr, R.csr_indptr(uu, len(u_members[a])), neg_total)
     curve = []
     lr = cfg.lr
     for epoch in range(cfg.epochs):
         shifts = np.random.default_rng([cfg.seed, 2, epoch]).permutation(d)
         for s in shifts:
-            for a in range(d):  # the d tasks of one stratum (independent: disjoint rows)
+            for a in range(
+                d
+            ):  # the d tasks of one stratum (independent: disjoint rows)
                 b = (a + s) % d
                 uu, ii, rr, ip, neg_total = sub[a, b]
                 if len(rr) == 0:
                     continue
-                order = np.random.default_rng([cfg.seed, 1, epoch, a, b]).permutation(len(rr)).astype(np.int64)
-                kseed = int(np.random.default_rng([cfg.seed, 4, epoch, a, b]).integers(0, 2**62))
+                order = (
+                    np.random.default_rng([cfg.seed, 1, epoch, a, b])
+                    .permutation(len(rr))
+                    .astype(np.int64)
+                )
+                kseed = int(
+                    np.random.default_rng([cfg.seed, 4, epoch, a, b]).integers(0, 2**62)
+                )
                 hi = Q[b].shape[0]
                 if cfg.loss == "bpr":
-                    R.bpr_block(uu, ii, rr, ip, order, P[a], Q[b], bi[b], 0, hi, cfg.n_neg, lr, cfg.reg, cfg.reg,
-                                cfg.reg_bias, cfg.pos_threshold, neg_total, 1.0 / d, kseed, 32, R.NO_TRACE)
+                    R.bpr_block(
+                        uu,
+                        ii,
+                        rr,
+                        ip,
+                        order,
+                        P[a],
+                        Q[b],
+                        bi[b],
+                        0,
+                        hi,
+                        cfg.n_neg,
+                        lr,
+                        cfg.reg,
+                        cfg.reg,
+                        cfg.reg_bias,
+                        cfg.pos_threshold,
+                        neg_total,
+                        1.0 / d,
+                        kseed,
+                        32,
+                        R.NO_TRACE,
+                    )
                 elif cfg.loss == "warp":
-                    R.warp_block(uu, ii, rr, ip, order, P[a], Q[b], bi[b], 0, hi, lr, cfg.reg, cfg.reg,
-                                 cfg.reg_bias, cfg.pos_threshold, neg_total, cfg.margin, cfg.max_trials, kseed, 32,
-                                 R.NO_TRACE)
+                    R.warp_block(
+                        uu,
+                        ii,
+                        rr,
+                        ip,
+                        order,
+                        P[a],
+                        Q[b],
+                        bi[b],
+                        0,
+                        hi,
+                        lr,
+                        cfg.reg,
+                        cfg.reg,
+                        cfg.reg_bias,
+                        cfg.pos_threshold,
+                        neg_total,
+                        cfg.margin,
+                        cfg.max_trials,
+                        kseed,
+                        32,
+                        R.NO_TRACE,
+                    )
                 else:
                     raise ValueError(cfg.loss)
         lr *= cfg.decay
-        if eval_every and eval_split is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == cfg.epochs):
-            curve.append((epoch + 1, evaluate(_assemble(split, P, Q, bi, u_members, i_members), eval_split)["ndcg@10"]))
+        if (
+            eval_every
+            and eval_split is not None
+            and ((epoch + 1) % eval_every == 0 or epoch + 1 == cfg.epochs)
+        ):
+            curve.append(
+                (
+                    epoch + 1,
+                    evaluate(
+                        _assemble(split, P, Q, bi, u_members, i_members), eval_split
+                    )["ndcg@10"],
+                )
+            )
     return _assemble(split, P, Q, bi, u_members, i_members), curve
 
 
@@ -284,3 +370,463 @@ def _assemble(split, P, Q, bi, u_members, i_members) -> np.ndarray:
         if len(b):
             Qg[m, -1] = b
     return np.hstack([Pg, np.ones((split.n_users, 1))]) @ Qg.T
+
+
+# ---------------------------------------------------------------------------------------------
+# tuning on validation (never on test)
+
+
+def _best_epoch(curve: list[tuple[int, float]]) -> tuple[int, float]:
+    return max(curve, key=lambda x: (x[1], -x[0]))
+
+
+def tune_sgd(
+    val: Split, grid: dict[str, list], base: RankSGD, eval_every: int, log=print
+) -> list[dict]:
+    """Every grid point trained once for base.epochs on the validation split's train part, scored
+    on its validation part every `eval_every` epochs; a point's epochs = its best scored epoch."""
+    rows = []
+    keys = list(grid)
+    for values in itertools.product(*(grid[k] for k in keys)):
+        cfg = RankSGD(**{**asdict(base), **dict(zip(keys, values))})
+        t0 = time.perf_counter()
+        _, curve = dsgd_ranking(val, cfg, val, eval_every)
+        epoch, ndcg = _best_epoch(curve)
+        row = {
+            **dict(zip(keys, values)),
+            "epochs": epoch,
+            "val_ndcg@10": round(ndcg, 4),
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+        rows.append(row)
+        log(json.dumps(row))
+    return sorted(rows, key=lambda r: -r["val_ndcg@10"])
+
+
+# ---------------------------------------------------------------------------------------------
+# MLlib implicit ALS (Spark local[2], loopback only)
+
+
+def spark_session():
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession
+
+    spark = (
+        SparkSession.builder.master("local[2]")
+        .appName("ranking-protocol")
+        .config("spark.ui.enabled", "false")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.sql.shuffle.partitions", "4")
+        .config("spark.default.parallelism", "4")
+        .config("spark.driver.memory", "2g")
+        .config("spark.ui.showConsoleProgress", "false")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    spark.sparkContext.setCheckpointDir(str(ROOT / "out" / "checkpoints-ranking"))
+    return spark
+
+
+def _factors_to_numpy(df, n: int, rank: int) -> np.ndarray:
+    out = np.zeros((n, rank), np.float64)
+    pdf = df.toPandas()
+    if len(pdf):
+        out[pdf["id"].to_numpy()] = np.stack(pdf["features"].to_numpy())
+    return out
+
+
+def mllib_als(
+    split: Split,
+    spark,
+    rank: int,
+    reg: float,
+    alpha: float,
+    max_iter: int = 15,
+    seed: int = 42,
+    cache: dict | None = None,
+) -> np.ndarray:
+    """MLlib ALS(implicitPrefs=True) on the split's train part; scores = userFactors . itemFactors.
+
+    Ids are the harness's 0-based indices (a bijection of MovieLens ids, so nothing changes).
+    """
+    from pyspark.ml.recommendation import ALS
+
+    key = id(split)
+    if cache is not None and key in cache:
+        df = cache[key]
+    else:
+        df = spark.createDataFrame(
+            split.train.assign(
+                u=split.train.u.astype(int),
+                i=split.train.i.astype(int),
+                r=split.train.r.astype(float),
+            )
+        ).cache()
+        df.count()
+        if cache is not None:
+            cache[key] = df
+    als = ALS(
+        userCol="u",
+        itemCol="i",
+        ratingCol="r",
+        implicitPrefs=True,
+        rank=rank,
+        regParam=reg,
+        alpha=alpha,
+        maxIter=max_iter,
+        seed=seed,
+        numUserBlocks=2,
+        numItemBlocks=2,
+        coldStartStrategy="drop",
+    )
+    model = als.fit(df)
+    U = _factors_to_numpy(model.userFactors, split.n_users, rank)
+    V = _factors_to_numpy(model.itemFactors, split.n_items, rank)
+    return U @ V.T
+
+
+# ---------------------------------------------------------------------------------------------
+# ensemble: still a factor model
+
+
+def standardized(scores: np.ndarray, split: Split) -> np.ndarray:
+    """Per-user z-scores over the catalogue (items seen in train).
+
+    For a factor model s_ui = p_u . q_i this is (p_u / sigma_u) . q_i minus a per-user constant,
+    and sigma_u^2 = p_u^T Cov(Q) p_u needs only the k x k item covariance: a weighted sum of
+    standardized factor models ranks like ONE factor model whose factors are the concatenation
+    [w_m p_um / sigma_um] . [q_im], so `recommend.top_n` serves it unchanged.
+    """
+    seen = np.bincount(split.train.i.to_numpy(), minlength=split.n_items) > 0
+    s = scores[:, seen]
+    mu = s.mean(1, keepdims=True)
+    sd = s.std(1, keepdims=True)
+    sd[sd == 0] = 1.0
+    return (scores - mu) / sd
+
+
+def blend(parts: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
+    return sum(w * parts[name] for name, w in weights.items() if w)
+
+
+def tune_blend(
+    parts: dict[str, np.ndarray], val: Split, step: float = 0.1, log=print
+) -> tuple[dict, float]:
+    """Weights on the simplex (grid `step`) maximising validation NDCG@10 of the blend of standardized scores."""
+    names = list(parts)
+    n = round(1 / step)
+    best, best_w = -1.0, None
+    for combo in itertools.product(range(n + 1), repeat=len(names) - 1):
+        if sum(combo) > n:
+            continue
+        w = {
+            **dict(zip(names[:-1], (c * step for c in combo))),
+            names[-1]: (n - sum(combo)) * step,
+        }
+        ndcg = evaluate(blend(parts, w), val)["ndcg@10"]
+        if ndcg > best + 1e-12:
+            best, best_w = ndcg, w
+    log(
+        json.dumps(
+            {
+                "blend": {k: round(v, 2) for k, v in best_w.items()},
+                "val_ndcg@10": round(best, 4),
+            }
+        )
+    )
+    return best_w, best
+
+
+# ---------------------------------------------------------------------------------------------
+# the experiments: grids searched on validation, chosen setting refitted on train, scored on test
+
+# SGD searches are staged (coordinate search): each stage's grid varies some fields of the best
+# setting so far; a point's epochs is its best validation epoch (scored every 10 epochs).
+SGD_STAGES = {
+    "bpr": (
+        RankSGD(loss="bpr", epochs=120),
+        [
+            {
+                "rank": [64, 128],
+                "lr": [0.02, 0.05],
+                "reg": [0.005, 0.01, 0.02],
+                "n_neg": [1, 3],
+                "init_std": [0.1, 0.01],
+            },
+            {"d": [2, 3, 4], "weighted": [True, False]},
+        ],
+    ),
+    "warp": (
+        RankSGD(loss="warp", epochs=120, reg_bias=0.0),
+        [
+            {
+                "rank": [64, 128],
+                "lr": [0.002, 0.005, 0.01],
+                "reg": [0.001, 0.01],
+                "init_std": [0.1, 0.01],
+            },
+            {"d": [2, 3, 4], "weighted": [True, False]},
+        ],
+    ),
+}
+PURESVD_GRID = {"rank": [5, 8, 10, 15, 20, 30, 50], "binary": [True, False]}
+EASE_GRID = {"lam": [100, 200, 300, 500, 800, 1000]}
+ALS_GRID = {"rank": [10, 15, 20, 30], "reg": [0.05, 0.1, 0.2], "alpha": [0.1, 0.3, 0.6]}
+ALS_ITER = 15
+BLEND_OF = ("als", "bpr", "puresvd")  # distributed models only
+
+
+def _grid(grid: dict[str, list]):
+    keys = list(grid)
+    for values in itertools.product(*(grid[k] for k in keys)):
+        yield dict(zip(keys, values))
+
+
+def _pick(rows: list[dict]) -> dict:
+    return max(rows, key=lambda r: (r["val"]["ndcg@10"], r["val"]["precision@10"]))
+
+
+class Lab:
+    def __init__(self, log=print):
+        self.val, self.test = make_splits()
+        self.log = log
+        self._spark = None
+        self._als_cache: dict = {}
+        self.results: dict[str, dict] = {}
+        self.scores: dict[str, dict[str, np.ndarray]] = {"val": {}, "test": {}}
+
+    @property
+    def spark(self):
+        if self._spark is None:
+            self._spark = spark_session()
+        return self._spark
+
+    def fit(self, model: str, params: dict, split: Split) -> np.ndarray:
+        if model == "popularity":
+            return popularity(split)
+        if model == "puresvd":
+            return puresvd(split, params["rank"], params["binary"])
+        if model == "ease":
+            return ease(split, params["lam"])
+        if model == "als":
+            return mllib_als(
+                split,
+                self.spark,
+                params["rank"],
+                params["reg"],
+                params["alpha"],
+                ALS_ITER,
+                cache=self._als_cache,
+            )
+        if model in SGD_STAGES:
+            return dsgd_ranking(split, RankSGD(**params))[0]
+        raise ValueError(model)
+
+    def _record(
+        self, model: str, rows: list[dict], chosen: dict, seconds: float
+    ) -> None:
+        params = chosen["params"]
+        test_scores = self.fit(model, params, self.test)
+        self.scores["test"][model] = test_scores
+        self.results[model] = {
+            "params": params,
+            "val": chosen["val"],
+            "test": evaluate(test_scores, self.test),
+            "grid": rows,
+            "tuning_seconds": round(seconds, 1),
+        }
+        self.log(
+            json.dumps(
+                {
+                    "model": model,
+                    "chosen": params,
+                    "val_ndcg@10": round(chosen["val"]["ndcg@10"], 4),
+                    "test": {
+                        k: round(v, 4) for k, v in self.results[model]["test"].items()
+                    },
+                }
+            )
+        )
+
+    def run_grid(self, model: str, grid: dict[str, list]) -> None:
+        t0 = time.perf_counter()
+        rows = []
+        for params in _grid(grid):
+            scores = self.fit(model, params, self.val)
+            rows.append({"params": params, "val": evaluate(scores, self.val)})
+            self.log(
+                json.dumps(
+                    {
+                        "model": model,
+                        **params,
+                        "val_ndcg@10": round(rows[-1]["val"]["ndcg@10"], 4),
+                    }
+                )
+            )
+        chosen = _pick(rows)
+        self.scores["val"][model] = self.fit(model, chosen["params"], self.val)
+        self._record(model, rows, chosen, time.perf_counter() - t0)
+
+    def run_sgd(self, model: str) -> None:
+        t0 = time.perf_counter()
+        base, stages = SGD_STAGES[model]
+        best = asdict(base)
+        rows = []
+        for stage in stages:
+            stage_rows = []
+            for change in _grid(stage):
+                cfg = RankSGD(**{**best, **change})
+                _scores, curve = dsgd_ranking(self.val, cfg, self.val, 10)
+                epochs, ndcg = _best_epoch(curve)
+                params = {**asdict(cfg), "epochs": epochs}
+                stage_rows.append({"params": params, "curve": curve})
+                self.log(
+                    json.dumps(
+                        {
+                            "model": model,
+                            **change,
+                            "epochs": epochs,
+                            "val_ndcg@10": round(ndcg, 4),
+                        }
+                    )
+                )
+            # a run stopped at epoch e equals the first e epochs of a longer run (constant step, seeded
+            # per epoch), so the curve's best point is what refitting with `epochs` = e gives
+            top = max(stage_rows, key=lambda r: _best_epoch(r["curve"])[1])
+            best = top["params"]
+            rows += stage_rows
+        self.scores["val"][model] = self.fit(model, best, self.val)
+        chosen = {"params": best, "val": evaluate(self.scores["val"][model], self.val)}
+        for r in rows:
+            r["params"] = {
+                k: v
+                for k, v in r["params"].items()
+                if k
+                in ("rank", "lr", "reg", "n_neg", "init_std", "d", "weighted", "epochs")
+            }
+        self._record(model, rows, chosen, time.perf_counter() - t0)
+
+    def run_popularity(self) -> None:
+        self.scores["val"]["popularity"] = popularity(self.val)
+        chosen = {
+            "params": {},
+            "val": evaluate(self.scores["val"]["popularity"], self.val),
+        }
+        self._record("popularity", [], chosen, 0.0)
+
+    def run_blend(self, names=BLEND_OF) -> None:
+        names = [n for n in names if n in self.scores["val"]]
+        if len(names) < 2:
+            return
+        t0 = time.perf_counter()
+        w, _ = tune_blend(
+            {n: standardized(self.scores["val"][n], self.val) for n in names},
+            self.val,
+            log=self.log,
+        )
+        val_scores = blend(
+            {n: standardized(self.scores["val"][n], self.val) for n in names}, w
+        )
+        test_scores = blend(
+            {n: standardized(self.scores["test"][n], self.test) for n in names}, w
+        )
+        self.results["blend"] = {
+            "params": {
+                "weights": w,
+                "components": {n: self.results[n]["params"] for n in names},
+            },
+            "val": evaluate(val_scores, self.val),
+            "test": evaluate(test_scores, self.test),
+            "tuning_seconds": round(time.perf_counter() - t0, 1),
+        }
+        self.log(
+            json.dumps(
+                {"model": "blend", "weights": w, "test": self.results["blend"]["test"]}
+            )
+        )
+
+
+def table(results: dict[str, dict]) -> str:
+    cols = ["precision@10", "recall@10", "ndcg@10", "map", "map_spark@10"]
+    pop = (
+        {s: results["popularity"][s]["ndcg@10"] for s in ("val", "test")}
+        if "popularity" in results
+        else None
+    )
+    lines = [
+        "| split | model | "
+        + " | ".join(cols)
+        + " | NDCG / popularity | chosen on validation |",
+        "|---" * (len(cols) + 4) + "|",
+    ]
+    for split in ("val", "test"):
+        for name, res in results.items():
+            m = res[split]
+            ratio = f"{m['ndcg@10'] / pop[split]:.2f}x" if pop else ""
+            params = {
+                k: v
+                for k, v in res["params"].items()
+                if k
+                not in (
+                    "loss",
+                    "pos_threshold",
+                    "seed",
+                    "biases",
+                    "reg_bias",
+                    "margin",
+                    "max_trials",
+                    "decay",
+                )
+            }
+            lines.append(
+                f"| {split} | {name} | "
+                + " | ".join(f"{m[c]:.4f}" for c in cols)
+                + f" | {ratio} | {json.dumps(params) if params else ''} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--models", default="popularity,puresvd,ease,bpr,warp,als,blend"
+    )
+    parser.add_argument(
+        "--out", default=str(ROOT / "bench" / "results" / "ranking_protocol.json")
+    )
+    args = parser.parse_args(argv)
+    models = args.models.split(",")
+    lab = Lab(log=lambda s: print(s, flush=True))
+    lab.run_popularity()
+    for name in models:
+        if name == "puresvd":
+            lab.run_grid("puresvd", PURESVD_GRID)
+        elif name == "ease":
+            lab.run_grid("ease", EASE_GRID)
+        elif name == "als":
+            lab.run_grid("als", ALS_GRID)
+        elif name in SGD_STAGES:
+            lab.run_sgd(name)
+    if "blend" in models:
+        lab.run_blend()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps(
+            {
+                "protocol": {"split_seed": SPLIT_SEED, "val_seed": VAL_SEED, "k": K},
+                "results": lab.results,
+            },
+            indent=1,
+            default=float,
+        )
+    )
+    print(table(lab.results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
