@@ -67,12 +67,8 @@ def test_schema_and_types(ratings):
 
 def test_transform_scores_rows_like_alsmodel(spark, ratings):
     model = PureSVD(rank=2).fit(ratings)
-    rows = spark.createDataFrame(
-        [(1, 30), (3, 10), (9, 10), (1, 99)], "user_id int, movie_id int"
-    )
-    got = {
-        (r.user_id, r.movie_id): r.prediction for r in model.transform(rows).collect()
-    }
+    rows = spark.createDataFrame([(1, 30), (3, 10), (9, 10), (1, 99)], "user_id int, movie_id int")
+    got = {(r.user_id, r.movie_id): r.prediction for r in model.transform(rows).collect()}
     expected = _numpy_scores(True, 2)
     assert got[(1, 30)] == pytest.approx(expected[0, 2], abs=1e-5)
     assert got[(3, 10)] == pytest.approx(expected[2, 0], abs=1e-5)
@@ -86,17 +82,11 @@ def test_transform_scores_rows_like_alsmodel(spark, ratings):
 
 
 def test_full_rank_reconstructs_r_and_columns_are_configurable(spark):
-    df = spark.createDataFrame(
-        [(u, i, r) for u, i, r in ROWS], "u long, i long, stars double"
-    )
-    model = PureSVD(
-        rank=4, binary=False, userCol="u", itemCol="i", ratingCol="stars"
-    ).fit(df)
+    df = spark.createDataFrame([(u, i, r) for u, i, r in ROWS], "u long, i long, stars double")
+    model = PureSVD(rank=4, binary=False, userCol="u", itemCol="i", ratingCol="stars").fit(df)
     users, items = _factors(model.userFactors), _factors(model.itemFactors)
     scores = np.array([[users[u] @ items[i] for i in ITEMS] for u in USERS])
-    np.testing.assert_allclose(
-        scores, _matrix(False), atol=1e-4
-    )  # rank(R) = 4: R V V^T = R
+    np.testing.assert_allclose(scores, _matrix(False), atol=1e-4)  # rank(R) = 4: R V V^T = R
     assert model.getUserCol() == "u" and model.getItemCol() == "i"
 
 
@@ -106,9 +96,7 @@ def test_save_and_load_round_trip_without_pickle(spark, ratings, tmp_path):
     files = sorted(p.name for p in (tmp_path / "m").iterdir())
     assert files == ["itemFactors", "metadata", "userFactors"]
     loaded = PureSVDModel.load(str(tmp_path / "m"))
-    assert loaded.uid == model.uid and loaded.singularValues == pytest.approx(
-        model.singularValues
-    )
+    assert loaded.uid == model.uid and loaded.singularValues == pytest.approx(model.singularValues)
     assert _factors(loaded.itemFactors).keys() == _factors(model.itemFactors).keys()
     for a, b in zip(
         sorted(_factors(loaded.userFactors).items()),

@@ -33,8 +33,8 @@ def _bpr_args(neg_total, threshold=3.0, seed=7):
 
 
 def _warp_args(neg_total, threshold=3.0, seed=7):
-    # lr, reg_user, reg_item, reg_bias, pos_threshold, user_neg_total, margin, max_trials, seed, max_tries
-    return (0.05, 0.01, 0.02, 0.01, threshold, neg_total, 1.0, 10, seed, 8)
+    # lr, reg_user, reg_item, reg_bias, pos_threshold, user_neg_total, margin, max_trials, max_norm, seed, max_tries
+    return (0.05, 0.01, 0.02, 0.01, threshold, neg_total, 1.0, 10, 0.3, seed, 8)
 
 
 LOSSES = {
@@ -44,9 +44,7 @@ LOSSES = {
 
 
 @pytest.mark.parametrize("loss", ["bpr", "warp"])
-@pytest.mark.parametrize(
-    "variant", ["order+weights+bias", "natural order, unweighted, no bias"]
-)
+@pytest.mark.parametrize("variant", ["order+weights+bias", "natural order, unweighted, no bias"])
 def test_kernel_equals_sequential_reference_with_the_same_negatives(loss, variant):
     kernel, reference, args = LOSSES[loss]
     u, i, r, ip, P, Q, b, neg_total = _block()
@@ -61,12 +59,8 @@ def test_kernel_equals_sequential_reference_with_the_same_negatives(loss, varian
     for epoch in range(3):  # several passes so a difference would compound
         trace = np.full(10_000, -1, np.int64)
         drawn: list[int] = []
-        out_c = kernel(
-            u, i, r, ip, order, *compiled, 10, 40, *args(neg_total, seed=epoch), trace
-        )
-        out_r = reference(
-            u, i, r, ip, order, *sequential, 10, 40, *args(neg_total, seed=epoch), drawn
-        )
+        out_c = kernel(u, i, r, ip, order, *compiled, 10, 40, *args(neg_total, seed=epoch), trace)
+        out_r = reference(u, i, r, ip, order, *sequential, 10, 40, *args(neg_total, seed=epoch), drawn)
         assert out_c[1:] == out_r[1:]
         assert out_c[0] == pytest.approx(out_r[0], rel=1e-9)
         assert len(drawn) > 100
@@ -230,15 +224,11 @@ def test_negatives_do_not_depend_on_the_visiting_order():
         64,
     )  # max_tries 64: no draw is given up
     t1, t2 = np.full(5000, -1, np.int64), np.full(5000, -1, np.int64)
-    R.bpr_block(
-        u, i, r, ip, R.NO_ORDER, P.copy(), Q.copy(), b.copy(), 10, 40, *args, t1
-    )
+    R.bpr_block(u, i, r, ip, R.NO_ORDER, P.copy(), Q.copy(), b.copy(), 10, 40, *args, t1)
     rev = np.arange(len(r) - 1, -1, -1, dtype=np.int64)
     R.bpr_block(u, i, r, ip, rev, P.copy(), Q.copy(), b.copy(), 10, 40, *args, t2)
     n = int((t1 >= 0).sum())
-    per_pos = t1[:n].reshape(
-        len(r), 3
-    )  # every position is a positive, none skipped here
+    per_pos = t1[:n].reshape(len(r), 3)  # every position is a positive, none skipped here
     np.testing.assert_array_equal(t2[:n].reshape(len(r), 3), per_pos[::-1])
 
 
@@ -339,9 +329,7 @@ def test_malformed_blocks_are_refused():
     swapped[[0, 1]] = swapped[[1, 0]]
     if u[0] == u[1]:
         with pytest.raises(ValueError, match="increasing"):
-            R.bpr_block(
-                u, swapped, r, ip, R.NO_ORDER, P, Q, b, 10, 40, *args, R.NO_TRACE
-            )
+            R.bpr_block(u, swapped, r, ip, R.NO_ORDER, P, Q, b, 10, 40, *args, R.NO_TRACE)
     with pytest.raises(ValueError, match="indptr"):
         R.warp_block(
             u,
@@ -469,6 +457,7 @@ def test_ranking_loss_recovers_a_planted_preference(loss):
                 nt,
                 1.0,
                 50,
+                0.0,
                 epoch,
                 32,
                 R.NO_TRACE,
@@ -485,9 +474,7 @@ def test_ranking_loss_recovers_a_planted_preference(loss):
 
 def test_harmonic_numbers():
     for k in (0, 1, 2, 10, 64, 65, 100, 1000, 50_000):
-        assert R.harmonic(k) == pytest.approx(
-            sum(1.0 / j for j in range(1, k + 1)), abs=1e-10
-        )
+        assert R.harmonic(k) == pytest.approx(sum(1.0 / j for j in range(1, k + 1)), abs=1e-10)
 
 
 def test_reference_generator_is_uniform_over_the_range():
@@ -498,6 +485,4 @@ def test_reference_generator_is_uniform_over_the_range():
 
 
 def test_csr_indptr():
-    np.testing.assert_array_equal(
-        R.csr_indptr(np.array([0, 0, 2], np.int32), 4), [0, 2, 2, 3, 3]
-    )
+    np.testing.assert_array_equal(R.csr_indptr(np.array([0, 0, 2], np.int32), 4), [0, 2, 2, 3, 3])

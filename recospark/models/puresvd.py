@@ -82,9 +82,7 @@ class _PureSVDModelParams(HasRatingColumns):
 
     def _check_strategy(self) -> None:
         if self.getColdStartStrategy() not in ("nan", "drop"):
-            raise ValueError(
-                f"coldStartStrategy must be 'nan' or 'drop', got {self.getColdStartStrategy()!r}"
-            )
+            raise ValueError(f"coldStartStrategy must be 'nan' or 'drop', got {self.getColdStartStrategy()!r}")
 
 
 class _PureSVDParams(_PureSVDModelParams):
@@ -198,11 +196,7 @@ class PureSVD(Estimator, _PureSVDParams, MLReadable, MLWritable):
         k = self.getRank()
         if k < 1:
             raise ValueError(f"rank must be >= 1, got {k}")
-        value = (
-            F.lit(1.0)
-            if self.getBinary()
-            else F.col(self.getRatingCol()).cast("double")
-        )
+        value = F.lit(1.0) if self.getBinary() else F.col(self.getRatingCol()).cast("double")
         cells = (
             dataset.select(
                 F.col(self.getUserCol()).cast("int").alias(USER_ID),
@@ -231,18 +225,12 @@ class PureSVD(Estimator, _PureSVDParams, MLReadable, MLWritable):
         rows = (
             cells.join(F.broadcast(index), MOVIE_ID)
             .groupBy(USER_ID)
-            .agg(
-                F.array_sort(
-                    F.collect_list(F.struct(F.col(_IDX), F.col(_VALUE)))
-                ).alias("_cells")
-            )
+            .agg(F.array_sort(F.collect_list(F.struct(F.col(_IDX), F.col(_VALUE)))).alias("_cells"))
             .rdd.map(lambda r: (r[0], [c[0] for c in r[1]], [c[1] for c in r[1]]))
             .cache()
         )
         try:
-            matrix = RowMatrix(
-                rows.map(lambda r: Vectors.sparse(n_items, r[1], r[2])), numCols=n_items
-            )
+            matrix = RowMatrix(rows.map(lambda r: Vectors.sparse(n_items, r[1], r[2])), numCols=n_items)
             svd = matrix.computeSVD(k, computeU=False)
             V = np.asarray(svd.V.toArray(), dtype=np.float64)  # n_items x k' (k' <= k)
             singular = [float(s) for s in svd.s.toArray()]
@@ -250,10 +238,7 @@ class PureSVD(Estimator, _PureSVDParams, MLReadable, MLWritable):
 
             def user_factor(row):
                 user, idx, vals = row
-                vec = (
-                    np.asarray(vals, dtype=np.float64)
-                    @ v_bc.value[np.asarray(idx, dtype=np.int64)]
-                )
+                vec = np.asarray(vals, dtype=np.float64) @ v_bc.value[np.asarray(idx, dtype=np.int64)]
                 return user, [float(x) for x in vec.astype(np.float32)]
 
             users = spark.createDataFrame(rows.map(user_factor), FACTORS).cache()
@@ -262,10 +247,7 @@ class PureSVD(Estimator, _PureSVDParams, MLReadable, MLWritable):
         finally:
             rows.unpersist()
         items_df = spark.createDataFrame(
-            [
-                (int(i), [float(x) for x in row])
-                for i, row in zip(item_ids.tolist(), V.astype(np.float32))
-            ],
+            [(int(i), [float(x) for x in row]) for i, row in zip(item_ids.tolist(), V.astype(np.float32))],
             FACTORS,
         )
         model = PureSVDModel(users, items_df, singular)
@@ -312,25 +294,17 @@ class PureSVDModel(Model, _PureSVDModelParams, MLWritable, MLReadable):
         self._check_strategy()
         assert self.userFactors is not None and self.itemFactors is not None
         uid_col, iid_col = "_pu_id", "_pi_id"
-        users = self.userFactors.select(
-            F.col(FACTOR_ID).alias(uid_col), F.col(FEATURES).alias(_UF)
+        users = self.userFactors.select(F.col(FACTOR_ID).alias(uid_col), F.col(FEATURES).alias(_UF))
+        items = self.itemFactors.select(F.col(FACTOR_ID).alias(iid_col), F.col(FEATURES).alias(_IF))
+        joined = dataset.join(users, F.col(self.getUserCol()) == F.col(uid_col), "left").join(
+            items, F.col(iid_col) == F.col(self.getItemCol()), "left"
         )
-        items = self.itemFactors.select(
-            F.col(FACTOR_ID).alias(iid_col), F.col(FEATURES).alias(_IF)
-        )
-        joined = dataset.join(
-            users, F.col(self.getUserCol()) == F.col(uid_col), "left"
-        ).join(items, F.col(iid_col) == F.col(self.getItemCol()), "left")
         dot = F.aggregate(
-            F.zip_with(
-                F.col(_UF), F.col(_IF), lambda a, b: a.cast("double") * b.cast("double")
-            ),
+            F.zip_with(F.col(_UF), F.col(_IF), lambda a, b: a.cast("double") * b.cast("double")),
             F.lit(0.0),
             lambda acc, x: acc + x,
         )
-        score = F.when(
-            F.col(_UF).isNull() | F.col(_IF).isNull(), F.lit(float("nan"))
-        ).otherwise(dot)
+        score = F.when(F.col(_UF).isNull() | F.col(_IF).isNull(), F.lit(float("nan"))).otherwise(dot)
         out = joined.withColumn(self.getPredictionCol(), score.cast("float"))
         if self.getColdStartStrategy() == "drop":
             out = out.filter(F.col(_UF).isNotNull() & F.col(_IF).isNotNull())
@@ -386,9 +360,7 @@ class _ModelWriter(MLWriter):
     def saveImpl(self, path: str) -> None:
         m = self.instance
         extra = {"formatVersion": FORMAT_VERSION, "singularValues": m.singularValues}
-        DefaultParamsWriter.saveMetadata(
-            m, path, self.sparkSession, extraMetadata=extra
-        )
+        DefaultParamsWriter.saveMetadata(m, path, self.sparkSession, extraMetadata=extra)
         m.userFactors.write.mode("overwrite").parquet(os.path.join(path, _USERS_DIR))
         m.itemFactors.write.mode("overwrite").parquet(os.path.join(path, _ITEMS_DIR))
 
@@ -402,9 +374,7 @@ class _ModelReader(MLReader):
         metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession)
         _check_class(metadata, self.cls, path)
         if metadata.get("formatVersion") != FORMAT_VERSION:
-            raise ValueError(
-                f"{path}: unsupported PureSVD format version {metadata.get('formatVersion')!r}"
-            )
+            raise ValueError(f"{path}: unsupported PureSVD format version {metadata.get('formatVersion')!r}")
         read = self.sparkSession.read.schema(FACTORS)
         model = self.cls(
             read.parquet(os.path.join(path, _USERS_DIR)),

@@ -156,17 +156,13 @@ def _check_block(users_idx, items_idx, ratings, indptr, n_users, item_lo, item_h
     if users_idx.shape[0] != n or items_idx.shape[0] != n:
         raise ValueError("users_idx, items_idx and ratings must have the same length")
     if indptr.shape[0] != n_users + 1 or indptr[0] != 0 or indptr[n_users] != n:
-        raise ValueError(
-            "indptr must have P.shape[0] + 1 entries, from 0 to len(ratings)"
-        )
+        raise ValueError("indptr must have P.shape[0] + 1 entries, from 0 to len(ratings)")
     if item_lo < 0 or item_hi <= item_lo:
         raise ValueError("need 0 <= item_lo < item_hi")
     for u in range(n_users):
         for t in range(indptr[u], indptr[u + 1]):
             if users_idx[t] != u:
-                raise ValueError(
-                    "users_idx disagrees with indptr (ratings must be sorted by user)"
-                )
+                raise ValueError("users_idx disagrees with indptr (ratings must be sorted by user)")
             it = items_idx[t]
             if it < item_lo or it >= item_hi:
                 raise ValueError("an item index lies outside [item_lo, item_hi)")
@@ -207,6 +203,18 @@ def _pair_update(P, u, Q, p, n, bi, g, lr, reg_user, reg_item, reg_bias):
         bi[n] = bn + lr * (-g - reg_bias * bn)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _clip_row(M, r, max_norm):
+    """Project row r of M onto the ball of radius max_norm (WSABIE's capacity control)."""
+    sq = 0.0
+    for f in range(M.shape[1]):
+        sq += np.float64(M[r, f]) * np.float64(M[r, f])
+    if sq > max_norm * max_norm:
+        scale = max_norm / math.sqrt(sq)
+        for f in range(M.shape[1]):
+            M[r, f] = np.float64(M[r, f]) * scale
+
+
 @njit(cache=True, nogil=True)
 def harmonic(k):
     """H(k) = sum_{j=1..k} 1/j (exact up to 64, asymptotic series beyond: error < 1e-12)."""
@@ -218,13 +226,7 @@ def harmonic(k):
             s += 1.0 / j
         return s
     x = np.float64(k)
-    return (
-        math.log(x)
-        + 0.5772156649015329
-        + 1.0 / (2.0 * x)
-        - 1.0 / (12.0 * x * x)
-        + 1.0 / (120.0 * x**4)
-    )
+    return math.log(x) + 0.5772156649015329 + 1.0 / (2.0 * x) - 1.0 / (12.0 * x * x) + 1.0 / (120.0 * x**4)
 
 
 @njit(cache=True, nogil=True)
@@ -294,7 +296,7 @@ def bpr_block(
 def warp_block(
     users_idx, items_idx, ratings, indptr, order, P, Q, bi, item_lo, item_hi,
     lr, reg_user, reg_item, reg_bias, pos_threshold, user_neg_total, margin, max_trials,
-    seed, max_tries, trace,
+    max_norm, seed, max_tries, trace,
 ):  # fmt: skip
     """WARP-SGD over one sub-block, updating P, Q, bi in place.
 
@@ -302,6 +304,9 @@ def warp_block(
     drawn until one violates ``x_un > x_up - margin``. Found at trial N: rank estimate
     ``r = floor((M - 1) / N)`` (M = ``user_neg_total[u]``, or the range's negatives when empty),
     and a hinge step weighted by ``H(r)`` (r >= 1; r = 0 makes no step). None found: no step.
+    ``max_norm > 0`` then projects the three updated rows onto the ball of that radius, the
+    capacity control of WSABIE (Weston et al.), which L2 alone does not give a constant step;
+    ``max_norm <= 0`` turns it off.
     ``trace`` receives every sampled negative (violating or not) while it has room.
 
     Returns (sum of H(r) * hinge before each update, updates, positives without a violator).
@@ -366,6 +371,10 @@ def warp_block(
         g = harmonic(rank)
         loss += g * (margin - x_p + x_n)
         _pair_update(P, u, Q, p, neg, bi, g, lr, reg_user, reg_item, reg_bias)
+        if max_norm > 0:
+            _clip_row(P, u, max_norm)
+            _clip_row(Q, p, max_norm)
+            _clip_row(Q, neg, max_norm)
         updates += 1
     return loss, updates, missed
 
@@ -427,22 +436,13 @@ def reference_bpr(
         if free <= 0:
             skipped += n_neg
             continue
-        w = (
-            free / (block_share * float(user_neg_total[u]))
-            if len(user_neg_total)
-            else 1.0
-        )
+        w = free / (block_share * float(user_neg_total[u])) if len(user_neg_total) else 1.0
         for j in range(n_neg):
             neg = next(
                 (
                     c
                     for a in range(max_tries)
-                    if (
-                        c := reference_draw(
-                            seed, (pos * n_neg + j) * max_tries + a, item_lo, span
-                        )
-                    )
-                    not in rated
+                    if (c := reference_draw(seed, (pos * n_neg + j) * max_tries + a, item_lo, span)) not in rated
                 ),
                 -1,
             )
@@ -454,9 +454,7 @@ def reference_bpr(
             x = _ref_dot(P, u, Q, p) - _ref_dot(P, u, Q, neg)
             if len(bi):
                 x += float(bi[p]) - float(bi[neg])
-            loss += w * (
-                math.log1p(math.exp(-x)) if x > 0 else -x + math.log1p(math.exp(x))
-            )
+            loss += w * (math.log1p(math.exp(-x)) if x > 0 else -x + math.log1p(math.exp(x)))
             _ref_update(
                 P,
                 u,
@@ -477,7 +475,7 @@ def reference_bpr(
 def reference_warp(
     users_idx, items_idx, ratings, indptr, order, P, Q, bi, item_lo, item_hi,
     lr, reg_user, reg_item, reg_bias, pos_threshold, user_neg_total, margin, max_trials,
-    seed, max_tries, trace=None,
+    max_norm, seed, max_tries, trace=None,
 ):  # fmt: skip
     """Sequential twin of `warp_block` (no validation); `trace`, when a list, gets every sampled negative."""
     span = item_hi - item_lo
@@ -496,11 +494,7 @@ def reference_warp(
         for trial in range(max_trials):
             base = (pos * max_trials + trial) * max_tries
             cand = next(
-                (
-                    c
-                    for a in range(max_tries)
-                    if (c := reference_draw(seed, base + a, item_lo, span)) not in rated
-                ),
+                (c for a in range(max_tries) if (c := reference_draw(seed, base + a, item_lo, span)) not in rated),
                 -1,
             )
             if cand < 0:
@@ -522,6 +516,14 @@ def reference_warp(
         g = harmonic(rank)
         loss += g * (margin - x_p + x_n)
         _ref_update(P, u, Q, p, neg, bi, g, lr, reg_user, reg_item, reg_bias)
+        if max_norm > 0:
+            for M, row in ((P, u), (Q, p), (Q, neg)):
+                sq = 0.0
+                for f in range(M.shape[1]):
+                    sq += float(M[row, f]) * float(M[row, f])
+                if sq > max_norm * max_norm:
+                    scale = max_norm / math.sqrt(sq)
+                    M[row] = [float(x) * scale for x in M[row]]
         updates += 1
     return loss, updates, missed
 
