@@ -92,10 +92,10 @@ def stratified_split(df: pd.DataFrame, ratio: float, seed: int) -> tuple[pd.Data
     return first, second
 
 
-def make_splits() -> tuple[Split, Split]:
+def make_splits(split_seed: int = SPLIT_SEED) -> tuple[Split, Split]:
     """(validation split carved from train, the test split)."""
     df, user_ids, item_ids = load()
-    train, test = stratified_split(df, 0.75, SPLIT_SEED)
+    train, test = stratified_split(df, 0.75, split_seed)
     fit, val = stratified_split(train, 0.75, VAL_SEED)
     nu, ni = len(user_ids), len(item_ids)
     return Split(nu, ni, fit, val, item_ids), Split(nu, ni, train, test, item_ids)
@@ -558,8 +558,8 @@ def _pick(rows: list[dict]) -> dict:
 
 
 class Lab:
-    def __init__(self, log=print):
-        self.val, self.test = make_splits()
+    def __init__(self, log=print, split_seed: int = SPLIT_SEED):
+        self.val, self.test = make_splits(split_seed)
         self.log = log
         self._spark = None
         self._als_cache: dict = {}
@@ -746,12 +746,43 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def recheck(path: Path, seeds: list[int]) -> int:
+    results = json.loads(path.read_text())["results"]
+    names = [n for n in ("popularity", "puresvd", "als", "bpr", "warp", "ease") if n in results]
+    rows = {}
+    for seed in seeds:
+        lab = Lab(log=lambda s: None, split_seed=seed)
+        scores = {}
+        for n in names:
+            scores[n] = lab.fit(n, results[n]["params"], lab.test)
+            rows[seed, n] = evaluate(scores[n], lab.test)
+        if "blend" in results:
+            w = results["blend"]["params"]["weights"]
+            rows[seed, "blend"] = evaluate(
+                blend({n: standardized(scores[n], lab.test) for n in w if w[n]}, w), lab.test
+            )
+        for (sd, n), m in rows.items():
+            if sd == seed:
+                print(
+                    json.dumps({"split_seed": seed, "model": n, **{k: round(v, 4) for k, v in m.items()}}), flush=True
+                )
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="popularity,puresvd,ease,bpr,warp,als,blend")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "ranking_protocol.json"))
     parser.add_argument("--merge", default="", help="comma list of result JSONs of other runs to fold into --out")
+    parser.add_argument(
+        "--recheck",
+        default="",
+        help="comma list of other split seeds: refit every model of --out with its chosen setting on those "
+        "splits' train and print their test metrics (no tuning: how much a single split's figures move)",
+    )
     args = parser.parse_args(argv)
+    if args.recheck:
+        return recheck(Path(args.out), [int(x) for x in args.recheck.split(",")])
     models = args.models.split(",")
     lab = Lab(log=lambda s: print(s, flush=True))
     out = Path(args.out)
