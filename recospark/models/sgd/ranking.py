@@ -63,12 +63,15 @@ directly, only through the shared user factor, which on ML-100K with d <= 4 cost
 (Re-salting the item hash per epoch would remove even that, at the price of a ratings shuffle.)
 
 WARP (Weston, Bengio, Usunier 2011) samples negatives until one violates the margin
-(x_un > x_up - margin); if that takes N trials, the in-block violating fraction is estimated by
-1/N, an unbiased estimate over the hash of the catalogue-wide fraction, so the rank estimate is
+(x_un > x_up - margin) and, if that takes N trials, estimates the violating fraction by 1/N (the
+usual geometric estimate). Drawn from the block, N measures the block's violating fraction,
+which over the hash has the catalogue-wide fraction as its expectation; so the rank estimate is
 floor((|N_u| - 1) / N) with the catalogue-wide |N_u| (``user_neg_total``; without it, the range's
-own count: the rank within the block). The update is the hinge gradient weighted by
+own count, i.e. the rank within the block). The update is the hinge gradient weighted by
 Phi(rank) = H(rank) = sum_{j <= rank} 1/j. The violator is uniform over the block's violators,
-hence (over the hash) over all violators. No further weight is needed.
+hence (over the hash) over all violators; no further weight is needed. WARP's steps are large
+(Phi up to ~8), and with L2 and a constant step the row norms drift upward on ML-100K; the
+``max_norm`` projection (WSABIE's capacity control) is what keeps it stable.
 """
 
 from __future__ import annotations
