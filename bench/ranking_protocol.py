@@ -8,21 +8,26 @@ Protocol (the published ML-100K table: ALS 0.044 NDCG@10 ... BiVAE 0.475):
 * k = 10; every test rating is relevant (no threshold); candidates = items seen in train that the
   user did not rate in train; test items unseen in train stay relevant (a miss for every model);
 * metrics averaged over test users: precision@10, recall@10, NDCG@10 (binary gains, ideal DCG
-  over min(k, |relevant|); the log base cancels), ``map`` = Recommenders' ``map`` (and the
-  ``map_at_k`` of the releases that published the table): sum_{hits} (hits@i / i) / |relevant|,
-  and ``map_spark`` = Spark's MAP@k, the same sum over min(k, |relevant|) (what Recommenders'
-  current ``map_at_k`` computes too).
+  over min(k, |relevant|); the log base cancels), ``map`` = Recommenders' ``map`` in
+  python_evaluation.py, normalised by the user's number of relevant items:
+  sum_{hits} (hits@i / i) / |relevant|, and ``map_spark`` = Spark's MAP@k, the same sum over
+  min(k, |relevant|) (what Recommenders' current ``map_at_k`` computes).
 
 Models: popularity; DSGD with a ranking loss (`recospark.models.sgd.ranking`, simulated here
 with the engine's blocking: users and items hashed into d blocks, an epoch = d strata, each
 sub-block trained by the compiled kernel with negatives from its own item block only);
-PureSVD; EASE (reference only: needs an items x items inverse); MLlib implicit ALS (Spark
-local[2], ``--als``). Run::
+PureSVD (numpy, and ``puresvd_spark``: recospark's Spark estimator at the chosen rank); EASE
+(reference only: needs an items x items inverse); MLlib implicit ALS (Spark local[2]; ``als_issue``
+is the issue's untuned setting); ``blend``: per-user z-scores of the distributed models, weights
+on validation. Run::
 
-    .venv/bin/python bench/ranking_protocol.py --models pop,puresvd,bpr,warp,ease [--als] [--quick]
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/ranking_protocol.py \
+        [--models popularity,puresvd,ease,als,als_issue,bpr,warp,blend,puresvd_spark] [--merge other.json]
+    .venv/bin/python bench/ranking_protocol.py --recheck 1,2   # chosen settings on other split seeds
 
 Prints one table (validation rows, then test rows, popularity in both) and writes
-bench/results/ranking_protocol.json.
+bench/results/ranking_protocol.json after each model (merged with that file's earlier models).
+Results and the choices made: bench/ranking_protocol.md.
 """
 
 from __future__ import annotations
@@ -771,7 +776,7 @@ def recheck(path: Path, seeds: list[int]) -> int:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default="popularity,puresvd,ease,bpr,warp,als,blend")
+    parser.add_argument("--models", default="popularity,puresvd,ease,als,als_issue,bpr,warp,blend,puresvd_spark")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "ranking_protocol.json"))
     parser.add_argument("--merge", default="", help="comma list of result JSONs of other runs to fold into --out")
     parser.add_argument(
