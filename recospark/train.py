@@ -41,20 +41,32 @@ def tuned_params(cfg: Config) -> dict[str, dict[str, Any]]:
     return {name: dict(entry.get("best_params", {})) for name, entry in tuning.get("models", {}).items()}
 
 
-def fit_model(spec: ModelSpec, cfg: Config, train: DataFrame, overrides: dict[str, Any] | None = None) -> tuple[Model, dict[str, Any]]:
-    """(fitted model, what to record): history, the refit epoch count, seconds."""
+def fit_model(
+    spec: ModelSpec,
+    cfg: Config,
+    train: DataFrame,
+    overrides: dict[str, Any] | None = None,
+    *,
+    tuned: dict[str, dict[str, Any]] | None = None,
+    fitted: dict[str, Model] | None = None,
+) -> tuple[Model, dict[str, Any]]:
+    """(fitted model, what to record): history, the refit epoch count, seconds.
+
+    `tuned` and `fitted` (models of this run) reach models built from other models (the blend).
+    """
     overrides = dict(overrides or {})
+    context: dict[str, Any] = {"tuned": tuned or {}, "fitted": fitted or {}}
     started = time.monotonic()
     info: dict[str, Any] = {}
     if spec.uses_validation(cfg):
         carved = with_validation_flag(train, cfg.split.validation_fraction, cfg.split.seed)
-        selector = spec.build(cfg, overrides, validation=True).fit(carved)
+        selector = spec.build(cfg, overrides, validation=True, **context).fit(carved)
         best = max(1, int(getattr(selector, "bestEpoch", 0) or len(selector.history)))
         log.info("train %s: early stopping chose %d epochs on the validation carve; refitting on all of train", spec.name, best)
-        model = spec.build(cfg, {**overrides, "max_iter": best, "early_stopping_rounds": 0}).fit(train)
+        model = spec.build(cfg, {**overrides, "max_iter": best, "early_stopping_rounds": 0}, **context).fit(train)
         info.update(history=list(selector.history), refit_epochs=best, final_history=list(model.history))
     else:
-        model = spec.build(cfg, overrides).fit(train)
+        model = spec.build(cfg, overrides, **context).fit(train)
         history = list(getattr(model, "history", []) or [])
         if spec.curve is not None and cfg.split.validation_fraction > 0:
             carved = with_validation_flag(train, cfg.split.validation_fraction, cfg.split.seed).cache()
@@ -102,6 +114,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     tuned = tuned_params(cfg)
     train = src.read(spark, RATINGS).cache()
     out: dict[str, Any] = {}
+    fitted: dict[str, Model] = {}
     try:
         sizes = first_row(train.agg(F.countDistinct(USER_ID).alias("u"), F.countDistinct(MOVIE_ID).alias("i")))
         n_users, n_items = int(sizes["u"]), int(sizes["i"])
@@ -109,7 +122,8 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             spec = MODELS[name]
             overrides = tuned.get(name, {})
             log.info("train %s%s", name, f" with tuned params {overrides}" if overrides else "")
-            model, info = fit_model(spec, cfg, train, overrides)
+            model, info = fit_model(spec, cfg, train, overrides, tuned=tuned, fitted=fitted)
+            fitted[name] = model
             covered = coverage(model, n_users, n_items)
             if covered["users"] < n_users or covered["items"] < n_items:
                 log.warning(

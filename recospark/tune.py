@@ -87,35 +87,44 @@ def _tune_rating(spec: ModelSpec, cfg: Config, train: DataFrame) -> tuple[list[d
     return points, list(split.fit(train).validationMetrics)
 
 
-def _tune_ranking(spec: ModelSpec, cfg: Config, train: DataFrame) -> tuple[list[dict[str, Any]], list[float]]:
+def _tune_ranking(
+    spec: ModelSpec, cfg: Config, train: DataFrame, tuned: Mapping[str, Mapping[str, Any]]
+) -> tuple[list[dict[str, Any]], list[float]]:
+    """NDCG@k on the validation carve for every grid point; `fitMultiple` lets a model share work
+    across points (a blend fits its components once)."""
     k = cfg.evaluate.k
     carved = with_validation_flag(train, cfg.split.validation_fraction or 0.1, cfg.split.seed).cache()
     fit_rows = carved.filter(~F.col(IS_VALIDATION)).drop(IS_VALIDATION).cache()
     validation = carved.filter(F.col(IS_VALIDATION)).drop(IS_VALIDATION)
-    grid = cfg.tune.grids[spec.name]
-    keys = sorted(grid)
-    points = [dict(zip(keys, values, strict=True)) for values in itertools.product(*(grid[key] for key in keys))]
-    scores = []
+    estimator = spec.build(cfg, tuned=tuned)
+    maps, points = param_grid(estimator, spec, cfg.tune.grids[spec.name])
+    scores = [0.0] * len(points)
     try:
-        for point in points:
-            model = spec.build(cfg, point).fit(fit_rows)
+        for index, model in estimator.fitMultiple(fit_rows, maps):
+            point = points[index]
             users, items = scoring_factors(model)
             recs = top_n(users, items, fit_rows.select(USER_ID, MOVIE_ID), k, cfg.recommend.user_block_size)
             ndcg = ranking.ranking_metrics(recs, validation, k, cfg.evaluate.relevance_threshold)[f"ndcg@{k}"]
-            scores.append(float(ndcg or 0.0))
-            log.info("tune %s %s: validation ndcg@%d=%.4f", spec.name, point, k, scores[-1])
+            scores[index] = float(ndcg or 0.0)
+            log.info("tune %s %s: validation ndcg@%d=%.4f", spec.name, point, k, scores[index])
     finally:
         fit_rows.unpersist()
         carved.unpersist()
     return points, scores
 
 
-def tune_model(name: str, cfg: Config, train: DataFrame) -> dict[str, Any]:
-    """Grid search for one model: best params (config names), every point's score, seconds."""
+def tune_model(name: str, cfg: Config, train: DataFrame, tuned: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """Grid search for one model: best params (config names), every point's score, seconds.
+
+    `tuned`: best params of the models tuned before it in this run (a blend's components).
+    """
     started = time.monotonic()
     spec = MODELS[name]
     metric = "rmse" if spec.objective == "rating" else f"ndcg@{cfg.evaluate.k}"
-    points, scores = (_tune_rating if spec.objective == "rating" else _tune_ranking)(spec, cfg, train)
+    if spec.objective == "rating":
+        points, scores = _tune_rating(spec, cfg, train)
+    else:
+        points, scores = _tune_ranking(spec, cfg, train, tuned or {})
     pick = min if spec.objective == "rating" else max
     best = pick(range(len(scores)), key=lambda i: scores[i])
     log.info("tune %s: best %s %s=%.4f over %d points", name, points[best], metric, scores[best], len(points))
@@ -157,7 +166,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     models: dict[str, Any] = {}
     try:
         for name in names:
-            models[name] = tune_model(name, cfg, train)
+            models[name] = tune_model(name, cfg, train, {n: m["best_params"] for n, m in models.items()})
     finally:
         train.unpersist()
     result = {

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import doctest
-
 import numpy as np
 import pytest
 
-from recospark.models import blend as blend_module
 from recospark.models.blend import standardized_blend
 
 SCHEMA = "id int, features array<float>"
@@ -62,8 +59,3 @@ def test_zero_weights_are_dropped_and_only_shared_ids_kept(spark):
         standardized_blend([(a_users, a_items, -1.0)])
     with pytest.raises(ValueError, match="non-zero"):
         standardized_blend([(a_users, a_items, 0.0)])
-
-
-def test_docstring_example_runs(spark):
-    result = doctest.testmod(blend_module)
-    assert result.attempted > 0 and result.failed == 0

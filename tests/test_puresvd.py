@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import doctest
-
 import numpy as np
 import pytest
 
-from recospark.models import puresvd
 from recospark.models.puresvd import PureSVD, PureSVDModel
 
 # users 1..4 x items 10, 20, 30, 40, 50; item 50 rated by user 4 only
@@ -123,8 +120,3 @@ def test_bad_params_are_refused(ratings):
         PureSVD(rank=6).fit(ratings)
     with pytest.raises(ValueError, match="coldStartStrategy"):
         PureSVD(coldStartStrategy="skip").fit(ratings)
-
-
-def test_docstring_example_runs(spark):
-    result = doctest.testmod(puresvd, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0

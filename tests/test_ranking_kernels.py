@@ -486,3 +486,12 @@ def test_reference_generator_is_uniform_over_the_range():
 
 def test_csr_indptr():
     np.testing.assert_array_equal(R.csr_indptr(np.array([0, 0, 2], np.int32), 4), [0, 2, 2, 3, 3])
+
+
+def test_warm_up_compiles_both_kernels():
+    """warm_up calls each kernel with its full signature (a missing argument would raise here)."""
+    from recospark.models.sgd import ranking
+
+    seconds = ranking.warm_up()
+    assert seconds > 0
+    assert ranking.bpr_block.signatures and ranking.warp_block.signatures

@@ -27,14 +27,13 @@ from typing import Any, ClassVar
 from pyspark import keyword_only
 from pyspark.ml import Estimator, Model
 from pyspark.ml.param import Param, Params, TypeConverters
-from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import FloatType, IntegerType, StructField, StructType
 
 from recospark.frames import first_row
 from recospark.models.params import _RecommenderModelParams, _RecommenderModelSetters, _RecommenderParams
-from recospark.models.persistence import TablesPersistence
+from recospark.models.persistence import EstimatorPersistence, TablesPersistence
 from recospark.schema import BIAS, FACTOR_ID, FEATURES, MOVIE_ID, PREDICTION, RATING, USER_ID
 
 __all__ = ["BIAS_DEFAULTS", "BiasBaseline", "BiasBaselineModel", "GlobalMean", "GlobalMeanModel"]
@@ -125,7 +124,7 @@ class _BaselineModel(Model, _BaselineModelParams, _RecommenderModelSetters, Tabl
 # --------------------------------------------------------------------------- global mean
 
 
-class GlobalMean(Estimator, _BaselineParams, DefaultParamsReadable, DefaultParamsWritable):
+class GlobalMean(Estimator, _BaselineParams, EstimatorPersistence):
     """Predicts the train mean; ranks by train popularity (see module docstring).
 
     Examples
@@ -211,7 +210,7 @@ class GlobalMeanModel(_BaselineModel):
 # --------------------------------------------------------------------------- user + item biases
 
 
-class BiasBaseline(Estimator, _BiasParams, DefaultParamsReadable, DefaultParamsWritable):
+class BiasBaseline(Estimator, _BiasParams, EstimatorPersistence):
     """Regularized user + item biases; the floor a latent-factor model has to beat.
 
     Examples

@@ -11,13 +11,43 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from pyspark.ml.param import Params
-from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReadable, MLReader, MLWritable, MLWriter
+from pyspark.ml.util import (
+    DefaultParamsReader,
+    DefaultParamsWritable,
+    DefaultParamsWriter,
+    MLReadable,
+    MLReader,
+    MLWritable,
+    MLWriter,
+)
 from pyspark.sql import DataFrame
 from pyspark.sql.types import StructType
 
 from recospark.paths import join_path
 
 FORMAT_VERSION = 1
+
+
+class EstimatorPersistence(DefaultParamsWritable, MLReadable):
+    """Mixin for estimators: params-only metadata, like MLlib's; loading checks the saved class,
+    so `Estimator.load` on a model's folder fails instead of returning an empty estimator."""
+
+    @classmethod
+    def read(cls) -> MLReader:
+        return _CheckedParamsReader(cls)  # type: ignore[arg-type]
+
+
+class _CheckedParamsReader(DefaultParamsReader):
+    def load(self, path: str) -> Any:
+        metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession)
+        _check_class(metadata, self.cls, path)
+        return super().load(path)
+
+
+def _check_class(metadata: Mapping[str, Any], cls: type, path: str) -> None:
+    expected = f"{cls.__module__}.{cls.__name__}"
+    if metadata["class"] != expected:
+        raise ValueError(f"{path} holds a {metadata['class']}, not a {expected}")
 
 
 class TablesPersistence(Params, MLWritable, MLReadable):
@@ -62,9 +92,7 @@ class _TablesReader(MLReader):
 
     def load(self, path: str) -> Any:
         metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession)
-        expected = f"{self.cls.__module__}.{self.cls.__name__}"
-        if metadata["class"] != expected:
-            raise ValueError(f"{path} holds a {metadata['class']}, not a {expected}")
+        _check_class(metadata, self.cls, path)
         if metadata.get("formatVersion") != FORMAT_VERSION:
             raise ValueError(f"{path}: model format {metadata.get('formatVersion')!r}, this code reads {FORMAT_VERSION}")
         tables = {}

@@ -26,66 +26,44 @@ Parquet; no pickle.
 
 from __future__ import annotations
 
-import os
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 from pyspark import keyword_only
 from pyspark.ml import Estimator, Model
 from pyspark.ml.param import Param, Params, TypeConverters
-from pyspark.ml.util import (
-    DefaultParamsReader,
-    DefaultParamsWriter,
-    MLReadable,
-    MLReader,
-    MLWritable,
-    MLWriter,
-)
 from pyspark.mllib.linalg import Vectors
 from pyspark.mllib.linalg.distributed import RowMatrix
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql.types import StructType
 
-from recospark.models.params import HasRatingColumns
-from recospark.schema import (
-    FACTOR_ID,
-    FACTORS,
-    FEATURES,
-    MOVIE_ID,
-    PREDICTION,
-    RATING,
-    USER_ID,
-)
+from recospark.models.params import _RecommenderModelParams, _RecommenderModelSetters, _RecommenderParams
+from recospark.models.persistence import EstimatorPersistence, TablesPersistence
+from recospark.schema import FACTOR_ID, FACTORS, FEATURES, MOVIE_ID, PREDICTION, RATING, USER_ID
 
-__all__ = ["PureSVD", "PureSVDModel"]
+__all__ = ["PURESVD_DEFAULTS", "PureSVD", "PureSVDModel"]
 
-FORMAT_VERSION = 1
-_USERS_DIR = "userFactors"
-_ITEMS_DIR = "itemFactors"
+_USERS_TABLE = "userFactors"
+_ITEMS_TABLE = "itemFactors"
 _IDX = "_item_index"
 _VALUE = "_value"
 _UF, _IF = "_user_features", "_item_features"
+# The one source of PureSVD's defaults (the `puresvd` config section reads them too); chosen on
+# the validation carve of ML-100K's top-N protocol (bench/ranking_protocol.md).
+PURESVD_DEFAULTS: dict[str, Any] = {"rank": 10, "binary": True}
 
 
-class _PureSVDModelParams(HasRatingColumns):
+class _PureSVDModelParams(_RecommenderModelParams):
     """What the fitted model needs to score rows: columns and coldStartStrategy (as ALSModel)."""
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        self._setDefault(
-            userCol=USER_ID,
-            itemCol=MOVIE_ID,
-            ratingCol=RATING,
-            predictionCol=PREDICTION,
-            coldStartStrategy="nan",
-        )
-
-    def _check_strategy(self) -> None:
-        if self.getColdStartStrategy() not in ("nan", "drop"):
-            raise ValueError(f"coldStartStrategy must be 'nan' or 'drop', got {self.getColdStartStrategy()!r}")
+        self._setDefault(userCol=USER_ID, itemCol=MOVIE_ID, predictionCol=PREDICTION, coldStartStrategy="nan")
 
 
-class _PureSVDParams(_PureSVDModelParams):
+class _PureSVDParams(_PureSVDModelParams, _RecommenderParams):
     """Fit-time params: rank and what a cell of R holds."""
 
     rank: Param[int] = Param(
@@ -103,7 +81,7 @@ class _PureSVDParams(_PureSVDModelParams):
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        self._setDefault(rank=10, binary=True)
+        self._setDefault(ratingCol=RATING, **PURESVD_DEFAULTS)
 
     def getRank(self) -> int:
         return self.getOrDefault(self.rank)
@@ -112,7 +90,7 @@ class _PureSVDParams(_PureSVDModelParams):
         return self.getOrDefault(self.binary)
 
 
-class PureSVD(Estimator, _PureSVDParams, MLReadable, MLWritable):
+class PureSVD(Estimator, _PureSVDParams, EstimatorPersistence):
     """PureSVD top-N recommender: truncated SVD of the (binary or rating) user x item matrix.
 
     Parameters
@@ -127,8 +105,7 @@ class PureSVD(Estimator, _PureSVDParams, MLReadable, MLWritable):
 
     Examples
     --------
-    >>> from pyspark.sql import SparkSession
-    >>> spark = SparkSession.builder.master("local[1]").getOrCreate()
+    >>> from recospark.models.puresvd import PureSVD
     >>> df = spark.createDataFrame(
     ...     [(1, 10, 5.0), (1, 20, 3.0), (2, 10, 4.0), (2, 30, 1.0), (3, 20, 2.0)],
     ...     ["user_id", "movie_id", "rating"])
@@ -140,12 +117,14 @@ class PureSVD(Estimator, _PureSVDParams, MLReadable, MLWritable):
     0.1938
     """
 
+    _input_kwargs: dict[str, Any]  # set by @keyword_only
+
     @keyword_only
     def __init__(
         self,
         *,
-        rank: int = 10,
-        binary: bool = True,
+        rank: int = PURESVD_DEFAULTS["rank"],
+        binary: bool = PURESVD_DEFAULTS["binary"],
         userCol: str = USER_ID,
         itemCol: str = MOVIE_ID,
         ratingCol: str = RATING,
@@ -159,8 +138,8 @@ class PureSVD(Estimator, _PureSVDParams, MLReadable, MLWritable):
     def setParams(
         self,
         *,
-        rank: int = 10,
-        binary: bool = True,
+        rank: int = PURESVD_DEFAULTS["rank"],
+        binary: bool = PURESVD_DEFAULTS["binary"],
         userCol: str = USER_ID,
         itemCol: str = MOVIE_ID,
         ratingCol: str = RATING,
@@ -184,15 +163,8 @@ class PureSVD(Estimator, _PureSVDParams, MLReadable, MLWritable):
     def setRatingCol(self, value: str) -> PureSVD:
         return self._set(ratingCol=value)
 
-    def write(self) -> MLWriter:
-        return _EstimatorWriter(self)
-
-    @classmethod
-    def read(cls) -> MLReader:
-        return _EstimatorReader(cls)
-
     def _fit(self, dataset: DataFrame) -> PureSVDModel:
-        self._check_strategy()
+        self._check_cold_start()
         k = self.getRank()
         if k < 1:
             raise ValueError(f"rank must be >= 1, got {k}")
@@ -247,14 +219,14 @@ class PureSVD(Estimator, _PureSVDParams, MLReadable, MLWritable):
         finally:
             rows.unpersist()
         items_df = spark.createDataFrame(
-            [(int(i), [float(x) for x in row]) for i, row in zip(item_ids.tolist(), V.astype(np.float32))],
+            [(int(i), [float(x) for x in row]) for i, row in zip(item_ids.tolist(), V.astype(np.float32), strict=True)],
             FACTORS,
         )
         model = PureSVDModel(users, items_df, singular)
         return self._copyValues(model)
 
 
-class PureSVDModel(Model, _PureSVDModelParams, MLWritable, MLReadable):
+class PureSVDModel(Model, _PureSVDModelParams, _RecommenderModelSetters, TablesPersistence):
     """A fitted PureSVD: ``userFactors`` (r_u V) . ``itemFactors`` (V_i) is the ranking score.
 
     ``transform`` adds that score as ``predictionCol`` (float) for (user, item) rows, like
@@ -278,20 +250,8 @@ class PureSVDModel(Model, _PureSVDModelParams, MLWritable, MLReadable):
         """Length of the factors (the fitted rank, <= the requested one)."""
         return len(self.singularValues)
 
-    def setUserCol(self, value: str) -> PureSVDModel:
-        return self._set(userCol=value)
-
-    def setItemCol(self, value: str) -> PureSVDModel:
-        return self._set(itemCol=value)
-
-    def setPredictionCol(self, value: str) -> PureSVDModel:
-        return self._set(predictionCol=value)
-
-    def setColdStartStrategy(self, value: str) -> PureSVDModel:
-        return self._set(coldStartStrategy=value)
-
     def _transform(self, dataset: DataFrame) -> DataFrame:
-        self._check_strategy()
+        self._check_cold_start()
         assert self.userFactors is not None and self.itemFactors is not None
         uid_col, iid_col = "_pu_id", "_pi_id"
         users = self.userFactors.select(F.col(FACTOR_ID).alias(uid_col), F.col(FEATURES).alias(_UF))
@@ -310,77 +270,15 @@ class PureSVDModel(Model, _PureSVDModelParams, MLWritable, MLReadable):
             out = out.filter(F.col(_UF).isNotNull() & F.col(_IF).isNotNull())
         return out.drop(uid_col, iid_col, _UF, _IF)
 
-    def write(self) -> MLWriter:
-        return _ModelWriter(self)
+    _TABLES: ClassVar[Mapping[str, StructType | None]] = {_USERS_TABLE: FACTORS, _ITEMS_TABLE: FACTORS}
+
+    def _tables(self) -> Mapping[str, DataFrame]:
+        assert self.userFactors is not None and self.itemFactors is not None
+        return {_USERS_TABLE: self.userFactors, _ITEMS_TABLE: self.itemFactors}
+
+    def _extra_metadata(self) -> dict[str, Any]:
+        return {"singularValues": self.singularValues}
 
     @classmethod
-    def read(cls) -> MLReader:
-        return _ModelReader(cls)
-
-
-# --------------------------------------------------------------------------- persistence
-
-
-def _check_class(metadata: dict[str, Any], cls: type, path: str) -> None:
-    expected = f"{cls.__module__}.{cls.__name__}"
-    if metadata["class"] != expected:
-        raise ValueError(f"{path} holds a {metadata['class']}, not a {expected}")
-
-
-class _EstimatorWriter(MLWriter):
-    def __init__(self, instance: PureSVD) -> None:
-        super().__init__()
-        self.instance = instance
-
-    def saveImpl(self, path: str) -> None:
-        DefaultParamsWriter.saveMetadata(self.instance, path, self.sparkSession)
-
-
-class _EstimatorReader(MLReader):
-    def __init__(self, cls: type) -> None:
-        super().__init__()
-        self.cls = cls
-
-    def load(self, path: str) -> PureSVD:
-        metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession)
-        _check_class(metadata, self.cls, path)
-        est = self.cls()
-        est._resetUid(metadata["uid"])
-        DefaultParamsReader.getAndSetParams(est, metadata)
-        return est
-
-
-class _ModelWriter(MLWriter):
-    """JSON metadata (params, singular values, format version) + userFactors/ and itemFactors/ as Parquet."""
-
-    def __init__(self, instance: PureSVDModel) -> None:
-        super().__init__()
-        self.instance = instance
-
-    def saveImpl(self, path: str) -> None:
-        m = self.instance
-        extra = {"formatVersion": FORMAT_VERSION, "singularValues": m.singularValues}
-        DefaultParamsWriter.saveMetadata(m, path, self.sparkSession, extraMetadata=extra)
-        m.userFactors.write.mode("overwrite").parquet(os.path.join(path, _USERS_DIR))
-        m.itemFactors.write.mode("overwrite").parquet(os.path.join(path, _ITEMS_DIR))
-
-
-class _ModelReader(MLReader):
-    def __init__(self, cls: type) -> None:
-        super().__init__()
-        self.cls = cls
-
-    def load(self, path: str) -> PureSVDModel:
-        metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession)
-        _check_class(metadata, self.cls, path)
-        if metadata.get("formatVersion") != FORMAT_VERSION:
-            raise ValueError(f"{path}: unsupported PureSVD format version {metadata.get('formatVersion')!r}")
-        read = self.sparkSession.read.schema(FACTORS)
-        model = self.cls(
-            read.parquet(os.path.join(path, _USERS_DIR)),
-            read.parquet(os.path.join(path, _ITEMS_DIR)),
-            metadata["singularValues"],
-        )
-        model._resetUid(metadata["uid"])
-        DefaultParamsReader.getAndSetParams(model, metadata)
-        return model
+    def _from_saved(cls, metadata: dict[str, Any], tables: Mapping[str, DataFrame]) -> PureSVDModel:
+        return cls(tables[_USERS_TABLE], tables[_ITEMS_TABLE], metadata.get("singularValues"))

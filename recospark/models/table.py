@@ -20,6 +20,8 @@ from pyspark.sql import DataFrame
 from recospark.config import Config, ModelSection
 from recospark.models.als import als_curve
 from recospark.models.baselines import BiasBaseline, BiasBaselineModel, GlobalMean, GlobalMeanModel
+from recospark.models.blend import Blend, BlendModel
+from recospark.models.puresvd import PureSVD, PureSVDModel
 from recospark.models.sgd.estimator import SGDMatrixFactorization, SGDMatrixFactorizationModel
 from recospark.schema import IS_VALIDATION, MOVIE_ID, PREDICTION, RATING, USER_ID
 
@@ -42,6 +44,8 @@ class ModelSpec:
     fixed: Mapping[str, Any] = field(default_factory=dict)  # Params every instance gets
     settings: tuple[str, ...] = ()  # config keys that are pipeline settings, not Params
     early_stopping: bool = False  # takes validationIndicatorCol; `train` then refits on all of train
+    # builds the estimator when Params alone cannot (a blend of other models): see `build`
+    builder: Callable[..., Estimator] | None = None
     # (estimator, fit rows, validation rows, config section) -> learning-curve records, for models
     # whose fitted object keeps no history of its own
     curve: Callable[[Estimator, DataFrame, DataFrame, ModelSection], list[dict[str, Any]]] | None = None
@@ -71,9 +75,16 @@ class ModelSpec:
         *,
         cold_start_strategy: str = "nan",
         validation: bool = False,
+        tuned: Mapping[str, Mapping[str, Any]] | None = None,
+        fitted: Mapping[str, Model] | None = None,
     ) -> Estimator:
-        """The configured estimator; `overrides` use config names (e.g. tuned params)."""
-        estimator = self.estimator()
+        """The configured estimator; `overrides` use config names (e.g. tuned params).
+
+        `tuned` (model -> config-name overrides) and `fitted` (model -> a model fitted in this
+        run on the same data) reach models built from other models (the blend), so a component
+        is tuned once and fitted once.
+        """
+        estimator = self.estimator() if self.builder is None else self.builder(cfg, tuned or {}, fitted or {})
         values = {**_COLUMNS, "coldStartStrategy": cold_start_strategy, **self.param_values(cfg, overrides)}
         if validation and self.early_stopping:
             values["validationIndicatorCol"] = IS_VALIDATION
@@ -150,10 +161,37 @@ MODELS: dict[str, ModelSpec] = {
             "sgd_rank",
             SGDMatrixFactorization,
             SGDMatrixFactorizationModel,
-            {**_SGD_COMMON, "loss": "loss", "num_negatives": "numNegatives", "positive_threshold": "positiveThreshold"},
+            {
+                **_SGD_COMMON,
+                "loss": "loss",
+                "num_negatives": "numNegatives",
+                "positive_threshold": "positiveThreshold",
+                "block_weighting": "blockWeighting",
+                "margin": "margin",
+                "max_trials": "maxTrials",
+                "max_norm": "maxNorm",
+            },
             "ranking",
             "the ranking loss's score b_i + p_u . q_i: higher ranks first; not a rating",
             early_stopping=True,
+        ),
+        ModelSpec(
+            "puresvd",
+            PureSVD,
+            PureSVDModel,
+            {"rank": "rank", "binary": "binary"},
+            "ranking",
+            "PureSVD's projection r_u V V_i: higher ranks first; not a rating",
+        ),
+        ModelSpec(
+            "blend",
+            Blend,
+            BlendModel,
+            {"weights": "weights"},
+            "ranking",
+            "the weighted sum of the components' per-user standardized scores: higher ranks first; not a rating",
+            settings=("components",),
+            builder=lambda cfg, tuned, fitted: _build_blend(cfg, tuned, fitted),
         ),
         ModelSpec(
             "bias",
@@ -173,6 +211,16 @@ MODELS: dict[str, ModelSpec] = {
         ),
     )
 }
+
+
+def _build_blend(cfg: Config, tuned: Mapping[str, Mapping[str, Any]], fitted: Mapping[str, Model]) -> Blend:
+    """A Blend over the configured components: each fitted in this run if it was, else built
+    from its own section (with its tuned params)."""
+    names = list(cfg.blend.components)
+    parts: list[Estimator | Model] = [
+        fitted[n] if n in fitted else MODELS[n].build(cfg, tuned.get(n), tuned=tuned, fitted=fitted) for n in names
+    ]
+    return Blend(parts, names=names)
 
 
 def spec(name: str) -> ModelSpec:

@@ -13,13 +13,12 @@ from typing import Any, ClassVar
 
 from pyspark import keyword_only
 from pyspark.ml import Estimator, Model
-from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
 from recospark.models.params import _RecommenderModelSetters
-from recospark.models.persistence import TablesPersistence
+from recospark.models.persistence import EstimatorPersistence, TablesPersistence
 from recospark.models.sgd import dsgd
 from recospark.models.sgd.dsgd import DSGDParams, fit_dsgd
 from recospark.models.sgd.params import SGD_DEFAULTS, _SGDModelParams, _SGDParams
@@ -33,7 +32,7 @@ _USERS_TABLE = "userFactors"
 _ITEMS_TABLE = "itemFactors"
 
 
-class SGDMatrixFactorization(Estimator, _SGDParams, DefaultParamsReadable, DefaultParamsWritable):
+class SGDMatrixFactorization(Estimator, _SGDParams, EstimatorPersistence):
     """Biased matrix factorization trained by stratified distributed SGD (DSGD).
 
     Ratings are hashed into `numBlocks` x `numBlocks` blocks; each stratum updates disjoint
@@ -77,6 +76,10 @@ class SGDMatrixFactorization(Estimator, _SGDParams, DefaultParamsReadable, Defau
         loss: str = _D["loss"],
         numNegatives: int = _D["numNegatives"],
         positiveThreshold: float = _D["positiveThreshold"],
+        blockWeighting: bool = _D["blockWeighting"],
+        margin: float = _D["margin"],
+        maxTrials: int = _D["maxTrials"],
+        maxNorm: float = _D["maxNorm"],
         validationIndicatorCol: str | None = None,
         coldStartStrategy: str = _D["coldStartStrategy"],
         userCol: str = _D["userCol"],
@@ -106,6 +109,10 @@ class SGDMatrixFactorization(Estimator, _SGDParams, DefaultParamsReadable, Defau
         loss: str = _D["loss"],
         numNegatives: int = _D["numNegatives"],
         positiveThreshold: float = _D["positiveThreshold"],
+        blockWeighting: bool = _D["blockWeighting"],
+        margin: float = _D["margin"],
+        maxTrials: int = _D["maxTrials"],
+        maxNorm: float = _D["maxNorm"],
         validationIndicatorCol: str | None = None,
         coldStartStrategy: str = _D["coldStartStrategy"],
         userCol: str = _D["userCol"],
@@ -161,6 +168,18 @@ class SGDMatrixFactorization(Estimator, _SGDParams, DefaultParamsReadable, Defau
     def setPositiveThreshold(self, value: float) -> SGDMatrixFactorization:
         return self._set(positiveThreshold=value)
 
+    def setBlockWeighting(self, value: bool) -> SGDMatrixFactorization:
+        return self._set(blockWeighting=value)
+
+    def setMargin(self, value: float) -> SGDMatrixFactorization:
+        return self._set(margin=value)
+
+    def setMaxTrials(self, value: int) -> SGDMatrixFactorization:
+        return self._set(maxTrials=value)
+
+    def setMaxNorm(self, value: float) -> SGDMatrixFactorization:
+        return self._set(maxNorm=value)
+
     def setValidationIndicatorCol(self, value: str) -> SGDMatrixFactorization:
         return self._set(validationIndicatorCol=value)
 
@@ -197,6 +216,10 @@ class SGDMatrixFactorization(Estimator, _SGDParams, DefaultParamsReadable, Defau
             "loss": self.getLoss(),
             "num_negatives": self.getNumNegatives(),
             "positive_threshold": self.getPositiveThreshold(),
+            "block_weighting": self.getBlockWeighting(),
+            "margin": self.getMargin(),
+            "max_trials": self.getMaxTrials(),
+            "max_norm": self.getMaxNorm(),
         }
         fields = {f.name for f in dataclasses.fields(DSGDParams)}
         if self.getLoss() != "squared" and "loss" not in fields:

@@ -34,6 +34,10 @@ SGD_DEFAULTS: dict[str, Any] = {
     "loss": "squared",
     "numNegatives": 1,
     "positiveThreshold": 0.0,
+    "blockWeighting": True,
+    "margin": 1.0,
+    "maxTrials": 100,
+    "maxNorm": 0.0,
     "userCol": USER_ID,
     "itemCol": MOVIE_ID,
     "ratingCol": RATING,
@@ -109,6 +113,21 @@ class _SGDParams(
         TypeConverters.toFloat,
     )
 
+    blockWeighting: Param[bool] = Param(
+        Params._dummy(),
+        "blockWeighting",
+        "ranking losses: weight each pair so that negatives drawn inside the stratum's item block "
+        "estimate the catalogue-wide objective without bias (see ranking.py)",
+        TypeConverters.toBoolean,
+    )
+    margin: Param[float] = Param(Params._dummy(), "margin", "warp: the margin a negative must beat", TypeConverters.toFloat)
+    maxTrials: Param[int] = Param(
+        Params._dummy(), "maxTrials", "warp: negatives tried per positive before giving up", TypeConverters.toInt
+    )
+    maxNorm: Param[float] = Param(
+        Params._dummy(), "maxNorm", "warp: factor rows are projected back to this L2 norm after each update; 0 disables", TypeConverters.toFloat
+    )
+
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self._setDefault(**SGD_DEFAULTS)
@@ -143,6 +162,18 @@ class _SGDParams(
     def getPositiveThreshold(self) -> float:
         return self.getOrDefault(self.positiveThreshold)
 
+    def getBlockWeighting(self) -> bool:
+        return self.getOrDefault(self.blockWeighting)
+
+    def getMargin(self) -> float:
+        return self.getOrDefault(self.margin)
+
+    def getMaxTrials(self) -> int:
+        return self.getOrDefault(self.maxTrials)
+
+    def getMaxNorm(self) -> float:
+        return self.getOrDefault(self.maxNorm)
+
     def _check(self) -> None:
         """Every invalid value in one message, before any Spark job."""
         problems = []
@@ -156,6 +187,8 @@ class _SGDParams(
             ("biasRegParam", self.getBiasRegParam() >= 0, ">= 0"),
             ("initStd", self.getInitStd() > 0, "> 0"),
             ("numNegatives", self.getNumNegatives() >= 1, ">= 1"),
+            ("maxTrials", self.getMaxTrials() >= 1, ">= 1"),
+            ("maxNorm", self.getMaxNorm() >= 0, ">= 0 (0 disables)"),
             ("schedule", self.getSchedule() in SCHEDULES, f"one of {SCHEDULES}"),
             ("loss", self.getLoss() in LOSSES, f"one of {LOSSES}"),
             ("coldStartStrategy", self.getColdStartStrategy() in ("nan", "drop"), "'nan' or 'drop'"),

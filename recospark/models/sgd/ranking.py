@@ -581,10 +581,11 @@ def warm_up() -> float:
         0.0,
         -np.inf,
         NO_WEIGHTS,
-        1.0,
-        4,
-        1,
-        8,
+        1.0,  # margin
+        4,  # max_trials
+        0.0,  # max_norm (off)
+        1,  # seed
+        8,  # max_tries
         NO_TRACE,
     )
     return time.perf_counter() - started
