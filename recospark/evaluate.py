@@ -154,6 +154,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     train_src = io.source(cfg, f"splits/{split}/train", needed_by="evaluate")
     test_src = io.source(cfg, f"splits/{split}/test", needed_by="evaluate")
     rec_srcs = {name: io.source(cfg, f"recommendations/{name}", needed_by="evaluate") for name in cfg.train.models}
+    tuning_src = _optional(cfg, "tuning")
     for name, src in rec_srcs.items():
         n = int(src.manifest.get("n") or 0)
         if n < k:
@@ -207,12 +208,17 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         "relevance_threshold": cfg.evaluate.relevance_threshold,
         "cold_start": cfg.evaluate.cold_start,
         "models": {n: {key: v for key, v in m.items() if key not in ("history", "params")} for n, m in results.items()},
+        "recommended": recommended_model(io.read_json(tuning_src.file("tuning.json")) if tuning_src else None, list(cfg.train.models), k),
     }
     files = {f"{name}.json": io.to_json(m) for name, m in results.items()}
     files["summary.json"] = io.to_json(summary)
-    inputs: list[io.Source] = [train_src, test_src, *rec_srcs.values(), *model_srcs.values(), *([fallback_src] if fallback_src else [])]
+    inputs: list[io.Source] = [train_src, test_src, *rec_srcs.values(), *model_srcs.values()]
+    inputs += [s for s in (fallback_src, tuning_src) if s is not None]
     published = io.publish_files(spark, cfg, "metrics", files, inputs=inputs)
     table = summary_table(summary["models"], k)
+    if summary["recommended"]:
+        pick = summary["recommended"]
+        table += f"\nrecommended lists: {pick['model']} (validation ndcg@{k} {pick[f'validation_ndcg@{k}']:.4f}, chosen on a carve of train)"
     return {
         "path": published.path,
         "models": {
@@ -221,6 +227,26 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         },
         "table": table,
     }
+
+
+def _optional(cfg: Config, relpath: str) -> io.Source | None:
+    try:
+        return io.source(cfg, relpath)
+    except io.PrerequisiteError:
+        return None
+
+
+def recommended_model(tuning: dict[str, Any] | None, models: list[str], k: int) -> dict[str, Any] | None:
+    """The model whose lists to ship: the best validation NDCG@k among the tuned models of this
+    run (tuning/ scores on a carve of train, never on test); None without ranking tuning results."""
+    if not tuning:
+        return None
+    metric = f"ndcg@{k}"
+    scored = [(entry["best_score"], name) for name, entry in tuning.get("models", {}).items() if entry.get("metric") == metric and name in models]
+    if not scored:
+        return None
+    score, name = max(scored)
+    return {"model": name, f"validation_{metric}": score, "how": f"highest validation {metric} in tuning/ (carved from train)"}
 
 
 def _fmt(value: float | None) -> str:

@@ -235,6 +235,12 @@ def comparison_section(inp: Inputs) -> str:
         "columns are those of the popularity recommender (most-rated train items first). Best value per column in bold."
     )
     out = H.para(text) + H.table(["model"] + [h for _, h, _ in cols], rows, id="comparison", best=best)
+    pick = summary.get("recommended")
+    if pick:
+        out += H.para(
+            f"Recommended lists: {model_label(pick['model'])}, the highest validation NDCG@{k} "
+            f"({pick.get(f'validation_ndcg@{k}', 0.0):.4f}) among the models tuned in tuning/, on a carve of train."
+        )
     ranked = [n for n in names if isinstance(models[n].get(f"ndcg@{k}"), (int, float))]
     if ranked:
         out += H.para(
