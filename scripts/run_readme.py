@@ -151,7 +151,7 @@ export -p > {state}.new && echo "export RUNBOOK_PWD=$(printf %q "$RUNBOOK_PWD")"
 """
 
 
-def run(items: list[Block], where: Path, logs: Path, keep_going: bool = False) -> int:
+def run(items: list[Block], where: Path, logs: Path, keep_going: bool = False, quiet: bool = False) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     state = logs / "shell.env"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYSPARK_", "SPARK_", "AIRFLOW", "RECOSPARK_"))}
@@ -171,25 +171,42 @@ def run(items: list[Block], where: Path, logs: Path, keep_going: bool = False) -
         print(f"--- block {b.number} (README.md:{b.line}, {b.section}):\n{b.code.rstrip()}", flush=True)
         started = time.monotonic()
         with open(log, "w") as out:
-            try:
-                proc = subprocess.run(["bash", "-c", WRAPPER.format(state=shlex.quote(str(state)), code=b.code)],
-                                      cwd=where, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                      timeout=TIMEOUT_SECONDS)
-                code = proc.returncode
-            except subprocess.TimeoutExpired:
+            proc = subprocess.Popen(["bash", "-c", WRAPPER.format(state=shlex.quote(str(state)), code=b.code)],
+                                    cwd=where, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, text=True, errors="replace")
+            deadline = started + TIMEOUT_SECONDS
+            for line in proc.stdout:  # to the console (CI's log) and to the block's log file
+                out.write(line)
+                if not quiet:
+                    sys.stdout.write("    " + line)
+                    sys.stdout.flush()
+                if time.monotonic() > deadline:
+                    proc.kill()
+            code = proc.wait()
+            if time.monotonic() > deadline:
                 code = "timeout"
         seconds = time.monotonic() - started
         ok = code == 0
         results.append((b, "ok" if ok else f"FAILED (exit {code})", seconds))
-        tail = "" if ok else "\n" + "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+        tail = "" if ok or not quiet else "\n" + "\n".join(log.read_text(errors="replace").splitlines()[-40:])
         print(f"=== block {b.number}: {'ok' if ok else f'FAILED (exit {code})'} in {seconds:.0f} s{tail}", flush=True)
         failed += not ok
     print("\nrun-book summary:")
     for b, status, seconds in results:
         print(f"  {b.number:>2} README.md:{b.line:<4} {status:<12} {seconds:>6.0f} s  {b.first[:70]}")
     ran = sum(1 for _, s, _ in results if s == "ok")
-    print(f"{ran} passed, {failed} failed, {sum(1 for _, s, _ in results if s == 'not run')} not run here")
+    # Skipped = not run here (NOT_RUN) or not reached after a failure.
+    print(f"run-book: {ran} passed, {failed} failed, {len(results) - ran - failed} skipped")
     return 1 if failed else 0
+
+
+def stop_leftover_cluster(where: Path) -> None:
+    """A failed block may leave README's standalone cluster running: stop it (its own pid files)."""
+    if not any((where / "out" / "standalone" / "pids").glob("*.pid")):
+        return
+    python = where / ".venv" / "bin" / "python"
+    subprocess.run([str(where / "scripts" / "cluster.sh"), "stop"], cwd=where, capture_output=True, timeout=180,
+                   env={**os.environ, "PYTHON": str(python)})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--here", action="store_true", help="run in this checkout instead of a fresh clone")
     ap.add_argument("--keep", action="store_true", help="keep the temporary clone")
     ap.add_argument("--only", help="comma list of block numbers to run (the others are skipped)")
+    ap.add_argument("--quiet", action="store_true", help="blocks' output only in their log files (tail shown on failure)")
     args = ap.parse_args(argv)
     text = README.read_text(encoding="utf-8")
     items = blocks(text)
@@ -213,17 +231,17 @@ def main(argv: list[str] | None = None) -> int:
         wanted = {int(n) for n in args.only.split(",")}
         items = [b for b in items if b.number in wanted]
     if args.here:
-        return run(items, ROOT, ROOT / "out" / "runbook")
+        try:
+            return run(items, ROOT, ROOT / "out" / "runbook", quiet=args.quiet)
+        finally:
+            stop_leftover_cluster(ROOT)
     tmp = Path(tempfile.mkdtemp(prefix="recospark-runbook-"))
     try:
         clone = fresh_clone(tmp)
-        code = run(items, clone, tmp / "logs")
+        code = run(items, clone, tmp / "logs", quiet=args.quiet)
     finally:
+        stop_leftover_cluster(tmp / "recospark")
         if not args.keep:
-            # Stop a standalone cluster a failed block may have left running (its own pid files only).
-            for cluster_sh in tmp.glob("recospark/scripts/cluster.sh"):
-                subprocess.run([str(cluster_sh), "stop"], capture_output=True, timeout=120,
-                               env={**os.environ, "PYTHON": sys.executable})
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             print(f"kept {tmp}")
