@@ -45,7 +45,7 @@ DIST = ROOT / "dist"
 SUBSET_USERS = 200  # ML-100K users 1..200: ~22k ratings, all 1682 movies; keeps the test short
 RMSE_TOLERANCE = 1e-3
 TOPN_MIN_OVERLAP = 0.90
-SUBMIT_TIMEOUT = 600
+SUBMIT_TIMEOUT = 1500  # a safety net: a few minutes on an idle 2-core machine, much longer when it is shared
 MODELS = ["als", "bias", "sgd"]
 # The workers delete a finished application's work dir once nothing in it changed for CLEANUP_TTL
 # seconds, checking every CLEANUP_INTERVAL (scripts/cluster.sh: spark.worker.cleanup.*).
