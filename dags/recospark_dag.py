@@ -327,8 +327,8 @@ with DAG(
         return data_arrived(source)
 
     @task(task_id="prune_old_runs", retries=0)
-    def prune_old_runs(base: str, ds: str, retention_days: str) -> list[str]:
-        removed = prune_runs(base, date.fromisoformat(ds), int(retention_days))
+    def prune_old_runs(base: str, day: str, retention_days: str) -> list[str]:  # `ds` is a reserved name
+        removed = prune_runs(base, date.fromisoformat(day), int(retention_days))
         log.info("pruned %d run folder(s) older than %s days under %s: %s", len(removed), retention_days, base, removed)
         return removed
 

@@ -290,6 +290,21 @@ def test_exit_2_fails_without_retries(exit_code, expected_attempts, airflow_db, 
     assert failures == ["ingest"], failures  # the failure hook ran once, after the last attempt
 
 
+def test_python_tasks_run(airflow_db, small_source, tmp_path, monkeypatch):
+    """wait_for_data and prune_old_runs for real, the Spark tasks marked successful (fast)."""
+    out_base = _run_env(monkeypatch, tmp_path, small_source, ["als"])
+    old, recent = out_base / "2024-03-01", out_base / "2024-04-20"
+    for folder in (old, recent):
+        folder.mkdir(parents=True)
+    dag = _dagbag().dags["recospark"]
+    from datetime import datetime, timezone
+
+    run = dag.test(logical_date=datetime(2024, 5, 3, tzinfo=timezone.utc),
+                   mark_success_pattern=r"ingest|split|train_.*|evaluate|recommend|report")
+    assert _states(run) == {t: "success" for t in expected_graph(["als"])[0]}, _states(run)
+    assert not old.exists() and recent.exists()
+
+
 def test_dag_test_runs_end_to_end(airflow_db, small_source, tmp_path, monkeypatch, capsys):
     import pyspark
 
