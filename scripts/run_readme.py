@@ -170,7 +170,7 @@ def run(items: list[Block], where: Path, logs: Path, keep_going: bool = False, q
         log = logs / f"block-{b.number:02d}.log"
         print(f"--- block {b.number} (README.md:{b.line}, {b.section}):\n{b.code.rstrip()}", flush=True)
         started = time.monotonic()
-        with open(log, "w") as out:
+        with open(log, "w", buffering=1) as out:  # line-buffered: follow it with tail -f
             proc = subprocess.Popen(["bash", "-c", WRAPPER.format(state=shlex.quote(str(state)), code=b.code)],
                                     cwd=where, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, text=True, errors="replace")
