@@ -1,6 +1,7 @@
 """recospark, daily: one spark-submit per stage, outputs partitioned by the run's logical date.
 
-    wait_for_data >> ingest >> split >> [train_<model> for each model in the conf's train.models]
+    wait_for_data >> <the conf's pipeline.stages, in order> >> prune_old_runs
+    e.g. wait_for_data >> ingest >> split >> [train_<model> for each model in train.models]
         >> evaluate >> recommend >> report >> prune_old_runs
 
 Every Spark task runs `spark-submit jobs/<stage>.py --conf <conf> --set output.root=<base>/<ds> ...`
@@ -19,8 +20,9 @@ Settings read when the file is parsed (environment of the DAG processor; cheap, 
     RECOSPARK_SPARK_CONN_ID   Airflow connection id                          [spark_default]
     RECOSPARK_HOME            checkout holding jobs/ and conf/ on the workers  [this file's ../]
     RECOSPARK_CONF            conf file (driver-local path in client mode)     [$RECOSPARK_HOME/conf/cluster.yaml]
-                              its train.models gives one training task per model (missing: the
-                              defaults in $RECOSPARK_HOME/conf/local.yaml)
+                              its pipeline.stages gives the tasks and their order, its train.models
+                              one training task per model (missing: the defaults in
+                              $RECOSPARK_HOME/conf/local.yaml)
     RECOSPARK_DIST            folder with recospark.zip + recospark-env.tar.gz from `make dist`;
                               shipped with --py-files/--archives when present  [$RECOSPARK_HOME/dist];
                               "" when the Spark nodes have recospark installed (docker/)
@@ -90,32 +92,57 @@ def _model_list(value) -> list[str]:
 
 
 def _all_models() -> list[str]:
-    """`all`: recospark.config.MODEL_NAMES, read from the source without importing it."""
+    """`all`: every model recospark knows, read from recospark/config.py's source without
+    importing it: a literal MODEL_NAMES, or the Config fields whose type is a ModelSection."""
     try:
         tree = ast.parse((HOME / "recospark" / "config.py").read_text(encoding="utf-8"))
-        for node in tree.body:
-            if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "MODEL_NAMES" for t in node.targets):
+    except (OSError, SyntaxError):
+        return []
+    sections, classes = {"ModelSection"}, [n for n in tree.body if isinstance(n, ast.ClassDef)]
+    for _ in range(3):  # subclasses of subclasses
+        sections |= {c.name for c in classes if any(getattr(b, "id", "") in sections for b in c.bases)}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "MODEL_NAMES" for t in node.targets):
+            try:
                 return list(ast.literal_eval(node.value))
-    except (OSError, SyntaxError, ValueError):
-        pass
+            except ValueError:
+                pass
+        if isinstance(node, ast.ClassDef) and node.name == "Config":
+            return [f.target.id for f in node.body if isinstance(f, ast.AnnAssign) and isinstance(f.target, ast.Name)
+                    and getattr(f.annotation, "id", "") in sections - {"ModelSection"}]
     return []
 
 
+def _defaults(section: str, key: str):
+    """A default from conf/local.yaml, which lists every key with its default."""
+    return (_read_yaml(HOME / "conf" / "local.yaml").get(section) or {}).get(key)
+
+
 def configured_models(conf: dict) -> list[str]:
-    """The conf's train.models (a list, a comma list or `all`), else the defaults in conf/local.yaml."""
+    """The conf's train.models (a list, a comma list or `all`), else the defaults in conf/local.yaml.
+    `all` that cannot be resolved without importing recospark gives one task training them all."""
     value = (conf.get("train") or {}).get("models")
     if value is None:
-        value = (_read_yaml(HOME / "conf" / "local.yaml").get("train") or {}).get("models")
+        value = _defaults("train", "models")
     if value == "all":
-        return _all_models() or _model_list((_read_yaml(HOME / "conf" / "local.yaml").get("train") or {}).get("models"))
+        return _all_models() or ["all"]
     models = _model_list(value)
     if not models:
         raise ValueError(f"no models to train: set train.models in {CONF}")
     return models
 
 
+def configured_stages(conf: dict) -> list[str]:
+    """The conf's pipeline.stages (else conf/local.yaml's), in order: one task each, `train` one per model."""
+    stages = _model_list((conf.get("pipeline") or {}).get("stages") or _defaults("pipeline", "stages"))
+    if "ingest" not in stages or "train" not in stages:
+        raise ValueError(f"pipeline.stages must include ingest and train (got {stages})")
+    return stages
+
+
 CONF_DATA = _read_yaml(CONF)
 MODELS = configured_models(CONF_DATA)
+STAGES = configured_stages(CONF_DATA)
 SPARK_CONF = {str(k): v for k, v in (CONF_DATA.get("spark") or {}).items()}
 
 
@@ -333,12 +360,15 @@ with DAG(
         return removed
 
     models = f"train.models={','.join(MODELS)}"
-    ingest = _submit("ingest", "ingest")
-    split = _submit("split", "split")
-    trains = [_submit(f"train_{m}", "train", f"train.models={m}", cores_max=TRAIN_CORES_MAX) for m in MODELS]
-    evaluate = _submit("evaluate", "evaluate", models)
-    recommend = _submit("recommend", "recommend", models)
-    report = _submit("report", "report", models)
-
-    wait_for_data(DATA_SOURCE) >> ingest >> split >> trains
-    trains >> evaluate >> recommend >> report >> prune_old_runs(OUTPUT_BASE, "{{ ds }}", RETENTION_DAYS)
+    previous = [wait_for_data(DATA_SOURCE)]
+    for stage in STAGES:  # the conf's pipeline.stages, in order
+        if stage == "train":
+            current = [_submit(f"train_{m}", "train", f"train.models={m}", cores_max=TRAIN_CORES_MAX) for m in MODELS]
+        else:
+            current = [_submit(stage, stage, *([models] if stage in ("tune", "recommend", "evaluate", "report") else []))]
+        for task_ in previous:
+            task_ >> current
+        previous = current
+    prune = prune_old_runs(OUTPUT_BASE, "{{ ds }}", RETENTION_DAYS)
+    for task_ in previous:
+        task_ >> prune

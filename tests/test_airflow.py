@@ -31,12 +31,21 @@ DAG_FILE = ROOT / "dags" / "recospark_dag.py"
 SUBSET_USERS = 50  # ML-100K users 1..50: ~5.6k ratings
 
 
-def expected_graph(models: list[str]) -> tuple[set[str], set[tuple[str, str]]]:
-    trains = [f"train_{m}" for m in models]
-    edges = {("wait_for_data", "ingest"), ("ingest", "split"), ("evaluate", "recommend"), ("recommend", "report"),
-             ("report", "prune_old_runs")}
-    edges |= {("split", t) for t in trains} | {(t, "evaluate") for t in trains}
-    return {a for e in edges for a in e}, edges
+def _local_defaults(key: str) -> list[str]:
+    import yaml
+
+    section, name = key.split(".")
+    return list(yaml.safe_load((ROOT / "conf" / "local.yaml").read_text())[section][name])
+
+
+def expected_graph(models: list[str], stages: list[str] | None = None) -> tuple[set[str], set[tuple[str, str]]]:
+    """wait_for_data >> <pipeline.stages, train fanned out per model> >> prune_old_runs."""
+    layers = [["wait_for_data"]]
+    for stage in stages or _local_defaults("pipeline.stages"):
+        layers.append([f"train_{m}" for m in models] if stage == "train" else [stage])
+    layers.append(["prune_old_runs"])
+    edges = {(a, b) for up, down in zip(layers, layers[1:]) for a in up for b in down}
+    return {t for layer in layers for t in layer}, edges
 
 
 # Airflow reads its configuration when first imported: point it at a private home first, and
@@ -150,6 +159,26 @@ def test_training_tasks_follow_train_models(tmp_path, monkeypatch):
     conf.write_text("output:\n  root: /tmp/x\n")
     dag = _dagbag().dags["recospark"]
     assert {t for t in dag.task_ids if t.startswith("train_")} == {f"train_{m}" for m in _conf_models(ROOT / "conf" / "local.yaml")}
+    # `all`: every model section of recospark/config.py, read without importing it.
+    conf.write_text("train:\n  models: all\n")
+    from recospark.config import Config, load_config
+
+    every = list(load_config(None, ["train.models=all"]).train.models)
+    dag = _dagbag().dags["recospark"]
+    assert sorted(t for t in dag.task_ids if t.startswith("train_")) == sorted(f"train_{m}" for m in every), every
+    assert Config  # imported here, in the test process, never by the DAG file
+
+
+def test_stage_order_follows_pipeline_stages(tmp_path, monkeypatch):
+    conf = tmp_path / "order.yaml"
+    stages = ["ingest", "split", "tune", "train", "recommend", "evaluate", "report"]
+    conf.write_text(f"pipeline:\n  stages: [{', '.join(stages)}]\ntrain:\n  models: [als, sgd]\n")
+    monkeypatch.setenv("RECOSPARK_CONF", str(conf))
+    dag = _dagbag().dags["recospark"]
+    tasks, edges = expected_graph(["als", "sgd"], stages)
+    assert set(dag.task_ids) == tasks
+    assert {(t.task_id, d) for t in dag.tasks for d in t.downstream_task_ids} == edges
+    assert dag.get_task("recommend").downstream_task_ids == {"evaluate"}
 
 
 def test_dag_file_imports_nothing_heavy():
