@@ -30,8 +30,8 @@ export SPARK_LOCAL_IP := 127.0.0.1
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 export PYSPARK_DRIVER_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: setup java demo test lint pipeline bench clean dist cluster-artifacts cluster-test airflow-setup airflow-test \
-	docker-check docker-up docker-submit docker-down
+.PHONY: setup java demo test lint pipeline bench clean dist dist-full cluster-artifacts cluster-test airflow-setup airflow-test \
+	docker-check docker-up docker-submit docker-down runbook
 
 setup: java $(VENV)/.installed
 
@@ -66,7 +66,13 @@ bench: setup
 	$(BIN)/python bench/run.py
 
 # --- spark-submit packaging -------------------------------------------------------------------
-dist: $(WHEEL) $(ZIP) $(ENV_ARCHIVE)
+# setup first: the cluster script and spark-submit's driver run on .venv/bin/python.
+dist: setup $(WHEEL) $(ZIP) $(ENV_ARCHIVE)
+
+# The environment plus the driver-only dependencies (matplotlib), for cluster deploy mode,
+# where the driver runs inside the archive: dist/recospark-env-full.tar.gz.
+dist-full: dist
+	PYTHON=$(PYTHON) scripts/build_dist.sh env-full
 
 cluster-artifacts: $(ZIP) $(ENV_ARCHIVE)
 
@@ -84,6 +90,11 @@ $(ENV_ARCHIVE): pyproject.toml scripts/build_dist.sh
 # outputs compared with local mode.
 cluster-test: setup cluster-artifacts
 	$(BIN)/python -m pytest -m cluster tests/test_cluster.py $(PYTEST_ARGS)
+
+# Every fenced bash block of README.md, in order, in a fresh clone of this commit
+# (scripts/run_readme.py; `--list` shows which blocks run and why the others cannot here).
+runbook:
+	$(PYTHON) scripts/run_readme.py $(RUNBOOK_ARGS)
 
 # --- Airflow ----------------------------------------------------------------------------------
 airflow-setup: java $(AIRFLOW_VENV)/.installed

@@ -1,10 +1,12 @@
 """recospark, daily: one spark-submit per stage, outputs partitioned by the run's logical date.
 
-    ingest >> split >> [train_als, train_sgd] >> evaluate >> recommend >> report
+    wait_for_data >> <the conf's pipeline.stages, in order> >> prune_old_runs
+    e.g. wait_for_data >> ingest >> split >> [train_<model> for each model in train.models]
+        >> evaluate >> recommend >> report >> prune_old_runs
 
-Every task runs `spark-submit jobs/<stage>.py --conf <conf> --set output.root=<base>/<ds> ...`
-through the Spark provider's SparkSubmitOperator. The Spark master (and deploy mode, queue,
-spark-submit binary) comes from the Airflow connection, never from this file:
+Every Spark task runs `spark-submit jobs/<stage>.py --conf <conf> --set output.root=<base>/<ds> ...`
+through the Spark provider's SparkSubmitOperator (the subclass below). The Spark master (and
+deploy mode, queue, spark-submit binary) comes from the Airflow connection, never from this file:
 
     # standalone, client mode
     airflow connections add spark_default --conn-type spark --conn-host spark://spark-master --conn-port 7077 \
@@ -13,20 +15,35 @@ spark-submit binary) comes from the Airflow connection, never from this file:
     # Kubernetes: --conn-type spark --conn-host k8s://https://kube-apiserver:6443 --conn-extra '{"deploy-mode": "cluster", "namespace": "spark"}'
     # local:      AIRFLOW_CONN_SPARK_DEFAULT='{"conn_type": "spark", "host": "local[2]"}'
 
-Settings, read from the environment of the scheduler/DAG processor and the workers (cheap, no
-database access at parse time); the paths are also Airflow Variables, read when a task runs:
+Settings read when the file is parsed (environment of the DAG processor; cheap, no database):
 
-    RECOSPARK_SPARK_CONN_ID   Airflow connection id                         [spark_default]
-    RECOSPARK_HOME            checkout holding jobs/ and conf/ on the workers [this file's ../]
-    RECOSPARK_CONF            conf file (driver-local path: client mode)      [$RECOSPARK_HOME/conf/cluster.yaml]
+    RECOSPARK_SPARK_CONN_ID   Airflow connection id                          [spark_default]
+    RECOSPARK_HOME            checkout holding jobs/ and conf/ on the workers  [this file's ../]
+    RECOSPARK_CONF            conf file (driver-local path in client mode)     [$RECOSPARK_HOME/conf/cluster.yaml]
+                              its pipeline.stages gives the tasks and their order, its train.models
+                              one training task per model (missing: the defaults in
+                              $RECOSPARK_HOME/conf/local.yaml)
     RECOSPARK_DIST            folder with recospark.zip + recospark-env.tar.gz from `make dist`;
-                              shipped with --py-files/--archives when present [$RECOSPARK_HOME/dist];
-                              set it to "" when the Spark nodes have recospark installed (docker/)
-    RECOSPARK_DRIVER_PYTHON   client mode with shipping: the Airflow worker's interpreter for the driver
-                              (needs the dependencies; the code comes from the zip) [unset: cluster mode]
-    Variable recospark_output_base  outputs go to <base>/<ds>                [$RECOSPARK_OUTPUT_BASE or hdfs:///recospark/out]
-    Variable recospark_data_source  raw MovieLens folder (data.source), used when RECOSPARK_DATA_SOURCE is set
-                                    (its default); without that env var the conf's data.source applies
+                              shipped with --py-files/--archives when present  [$RECOSPARK_HOME/dist];
+                              "" when the Spark nodes have recospark installed (docker/)
+    RECOSPARK_CORES_MAX       cores one recospark application may take; the training tasks run in
+                              parallel and split it (spark.cores.max per application, a multiple of
+                              spark.executor.cores)                             [the conf's spark.cores.max]
+    RECOSPARK_ON_FAILURE      "module:function" called with the task context when a task fails
+                              for good (after its retries), e.g. to page someone  [unset: log only]
+
+Read when a task runs (Airflow Variables, each defaulting to an environment variable):
+
+    recospark_output_base     outputs go to <base>/<ds>   [RECOSPARK_OUTPUT_BASE or hdfs:///recospark/out]
+    recospark_data_source     raw MovieLens folder        [RECOSPARK_DATA_SOURCE or the conf's data.source]
+    recospark_retention_days  prune_old_runs deletes <base>/<day> folders older than this many
+                              days before the run's date; 0 keeps everything [RECOSPARK_RETENTION_DAYS or 30]
+    RECOSPARK_DRIVER_PYTHON   client mode with shipping: the driver's interpreter on the Airflow
+                              worker (needs the project's dependencies)
+                              [$RECOSPARK_HOME/.venv/bin/python when it exists, else the worker's Python]
+
+Exit codes: a stage that exits 2 (bad config, missing input: a permanent user error) fails its
+task at once, without retries; any other failure is retried (2 retries, exponential back-off).
 
 Nothing heavy is imported here (no pyspark, no recospark): the DAG processor parses this file
 often, and the Spark work happens in the spark-submit processes.
@@ -34,29 +51,179 @@ often, and the Spark work happens in the spark-submit processes.
 
 from __future__ import annotations
 
+import ast
+import logging
 import os
-from datetime import datetime, timedelta
+import re
+import shutil
+import subprocess
+import sys
+from datetime import date, datetime, timedelta
+from importlib import import_module
 from pathlib import Path
 
+import yaml
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.sdk import DAG
+from airflow.sdk import DAG, task
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+log = logging.getLogger(__name__)
 
 HOME = Path(os.environ.get("RECOSPARK_HOME") or Path(__file__).resolve().parents[1])
 CONF = os.environ.get("RECOSPARK_CONF") or str(HOME / "conf" / "cluster.yaml")
 CONN_ID = os.environ.get("RECOSPARK_SPARK_CONN_ID", "spark_default")
 DIST = os.environ.get("RECOSPARK_DIST", str(HOME / "dist"))
-DRIVER_PYTHON = os.environ.get("RECOSPARK_DRIVER_PYTHON", "")
-MODELS = ["als", "sgd"]  # evaluate, recommend and report cover both trained models
+LOG4J2 = HOME / "recospark" / "conf" / "log4j2.properties"
+EXIT_USER_ERROR = 2  # recospark.cli: a permanent user error (bad config, missing input)
 
-# Jinja, rendered when the task runs: Variables are read then, not at parse time.
-OUTPUT_ROOT = (
+
+def _read_yaml(path: str | Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.safe_load(f) or {}
+    except OSError:
+        return {}
+
+
+def _model_list(value) -> list[str]:
+    if isinstance(value, str):
+        return [m.strip() for m in value.split(",") if m.strip()]
+    return [str(m) for m in value or []]
+
+
+def _all_models() -> list[str]:
+    """`all`: every model recospark knows, read from recospark/config.py's source without
+    importing it: a literal MODEL_NAMES, or the Config fields whose type is a ModelSection."""
+    try:
+        tree = ast.parse((HOME / "recospark" / "config.py").read_text(encoding="utf-8"))
+    except (OSError, SyntaxError):
+        return []
+    sections, classes = {"ModelSection"}, [n for n in tree.body if isinstance(n, ast.ClassDef)]
+    for _ in range(3):  # subclasses of subclasses
+        sections |= {c.name for c in classes if any(getattr(b, "id", "") in sections for b in c.bases)}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "MODEL_NAMES" for t in node.targets):
+            try:
+                return list(ast.literal_eval(node.value))
+            except ValueError:
+                pass
+        if isinstance(node, ast.ClassDef) and node.name == "Config":
+            return [f.target.id for f in node.body if isinstance(f, ast.AnnAssign) and isinstance(f.target, ast.Name)
+                    and getattr(f.annotation, "id", "") in sections - {"ModelSection"}]
+    return []
+
+
+def _defaults(section: str, key: str):
+    """A default from conf/local.yaml, which lists every key with its default."""
+    return (_read_yaml(HOME / "conf" / "local.yaml").get(section) or {}).get(key)
+
+
+def configured_models(conf: dict) -> list[str]:
+    """The conf's train.models (a list, a comma list or `all`), else the defaults in conf/local.yaml.
+    `all` that cannot be resolved without importing recospark gives one task training them all."""
+    value = (conf.get("train") or {}).get("models")
+    if value is None:
+        value = _defaults("train", "models")
+    if value == "all":
+        return _all_models() or ["all"]
+    models = _model_list(value)
+    if not models:
+        raise ValueError(f"no models to train: set train.models in {CONF}")
+    return models
+
+
+def configured_stages(conf: dict) -> list[str]:
+    """The conf's pipeline.stages (else conf/local.yaml's), in order: one task each, `train` one per model."""
+    stages = _model_list((conf.get("pipeline") or {}).get("stages") or _defaults("pipeline", "stages"))
+    if "ingest" not in stages or "train" not in stages:
+        raise ValueError(f"pipeline.stages must include ingest and train (got {stages})")
+    return stages
+
+
+CONF_DATA = _read_yaml(CONF)
+MODELS = configured_models(CONF_DATA)
+STAGES = configured_stages(CONF_DATA)
+SPARK_CONF = {str(k): v for k, v in (CONF_DATA.get("spark") or {}).items()}
+
+
+def _cores_max() -> tuple[int | None, int | None]:
+    """(cores of one application, cores of one training task), from RECOSPARK_CORES_MAX or the conf."""
+    total = os.environ.get("RECOSPARK_CORES_MAX") or SPARK_CONF.get("spark.cores.max")
+    if not total:
+        return None, None
+    total = int(total)
+    per_executor = int(SPARK_CONF.get("spark.executor.cores", 1))
+    share = total // max(len(MODELS), 1) // per_executor * per_executor
+    return total, max(share, per_executor)
+
+
+CORES_MAX, TRAIN_CORES_MAX = _cores_max()
+
+# Jinja, rendered when a task runs: Variables are read then, not at parse time.
+def _q(value: str) -> str:
+    return str(value).replace("\\", "\\\\").replace("'", "\\'")
+
+
+OUTPUT_BASE = (
     "{{ var.value.get('recospark_output_base', '"
-    + os.environ.get("RECOSPARK_OUTPUT_BASE", "hdfs:///recospark/out").replace("'", "")
-    + "') }}/{{ ds }}"
+    + _q(os.environ.get("RECOSPARK_OUTPUT_BASE", "hdfs:///recospark/out")) + "') }}"
 )
-# data.source: the conf's, unless RECOSPARK_DATA_SOURCE is set (then Variable recospark_data_source wins).
-DATA_SOURCE_DEFAULT = os.environ.get("RECOSPARK_DATA_SOURCE", "").replace("'", "")
-DATA_SOURCE = "{{ var.value.get('recospark_data_source', '" + DATA_SOURCE_DEFAULT + "') }}" if DATA_SOURCE_DEFAULT else None
+OUTPUT_ROOT = OUTPUT_BASE + "/{{ ds }}"
+DATA_SOURCE = (
+    "{{ var.value.get('recospark_data_source', '"
+    + _q(os.environ.get("RECOSPARK_DATA_SOURCE") or (CONF_DATA.get("data") or {}).get("source") or "ml-100k") + "') }}"
+)
+RETENTION_DAYS = "{{ var.value.get('recospark_retention_days', '" + _q(os.environ.get("RECOSPARK_RETENTION_DAYS", "30")) + "') }}"
+
+
+class RecosparkSubmitOperator(SparkSubmitOperator):
+    """SparkSubmitOperator for recospark's jobs.
+
+    * exit code 2 from the job (recospark's permanent user errors: bad config, missing input)
+      raises AirflowFailException: the task fails now, retries are skipped; other failures
+      raise as usual and are retried. spark-submit returns the driver's exit code in client
+      mode and local mode; in cluster mode it reports the application's failure as 1, so there
+      every failure is retried.
+    * client mode with shipped artifacts: the driver runs on this Airflow worker, so its Python
+      is RECOSPARK_DRIVER_PYTHON (not the executors' ./environment/bin/python).
+    * the driver JVM (client mode) and spark-submit itself log through recospark's log4j2 file
+      from their first line (SPARK_SUBMIT_OPTS, which leaves the cluster's
+      spark.driver.extraJavaOptions alone).
+    """
+
+    def execute(self, context):
+        self.conf = dict(self.conf or {})
+        shipped = self.conf.get("spark.pyspark.python") == "./environment/bin/python"
+        deploy_mode = (self._get_hook()._connection or {}).get("deploy_mode") or "client"
+        self._hook = None  # rebuilt by super().execute with the final conf
+        if shipped and deploy_mode != "cluster" and "spark.pyspark.driver.python" not in self.conf:
+            self.conf["spark.pyspark.driver.python"] = driver_python()
+        saved = os.environ.get("SPARK_SUBMIT_OPTS")
+        if LOG4J2.is_file() and "log4j2.configurationFile" not in (saved or ""):
+            os.environ["SPARK_SUBMIT_OPTS"] = f"{saved or ''} -Dlog4j2.configurationFile={LOG4J2.as_uri()}".strip()
+        try:
+            return super().execute(context)
+        except AirflowException as err:
+            process = getattr(self._hook, "_submit_sp", None)
+            if process is not None and process.returncode == EXIT_USER_ERROR:
+                raise AirflowFailException(
+                    f"{self.task_id}: the job exited with {EXIT_USER_ERROR}, a permanent error (bad config or missing "
+                    "input; see the log above): not retried"
+                ) from err
+            raise
+        finally:
+            if saved is None:
+                os.environ.pop("SPARK_SUBMIT_OPTS", None)
+            else:
+                os.environ["SPARK_SUBMIT_OPTS"] = saved
+
+
+def driver_python() -> str:
+    configured = os.environ.get("RECOSPARK_DRIVER_PYTHON")
+    if configured:
+        return configured
+    venv = HOME / ".venv" / "bin" / "python"
+    return str(venv) if venv.exists() else sys.executable
 
 
 def _shipping() -> dict:
@@ -66,43 +233,112 @@ def _shipping() -> dict:
     zip_path, env_path = Path(DIST) / "recospark.zip", Path(DIST) / "recospark-env.tar.gz"
     if not (zip_path.is_file() and env_path.is_file()):
         return {}
-    conf = {"spark.pyspark.python": "./environment/bin/python"}
-    if DRIVER_PYTHON:  # client mode: the driver runs here, not inside the unpacked archive
-        conf["spark.pyspark.driver.python"] = DRIVER_PYTHON
-    return {"py_files": str(zip_path), "archives": f"{env_path}#environment", "conf": conf}
+    return {"py_files": str(zip_path), "archives": f"{env_path}#environment",
+            "conf": {"spark.pyspark.python": "./environment/bin/python"}}
 
 
-def _args(*sets: str) -> list[str]:
+def _submit(task_id: str, stage: str, *sets: str, cores_max: int | None = CORES_MAX) -> RecosparkSubmitOperator:
+    shipping = _shipping()
+    conf = dict(shipping.pop("conf", {}))
+    if cores_max:
+        conf["spark.cores.max"] = str(cores_max)
     args = ["--conf", CONF, "--set", f"output.root={OUTPUT_ROOT}"]
+    if stage == "ingest":  # data.source is only read by ingest
+        args += ["--set", f"data.source={DATA_SOURCE}"]
     for item in sets:
         args += ["--set", item]
-    return args
-
-
-def _submit(task_id: str, stage: str, *sets: str) -> SparkSubmitOperator:
-    shipping = _shipping()
-    return SparkSubmitOperator(
+    return RecosparkSubmitOperator(
         task_id=task_id,
         conn_id=CONN_ID,
         application=str(HOME / "jobs" / f"{stage}.py"),
-        # data.source is only read by ingest.
-        application_args=_args(*sets) + (["--set", f"data.source={DATA_SOURCE}"] if stage == "ingest" and DATA_SOURCE else []),
+        application_args=args,
         name=f"recospark-{task_id}-{{{{ ds_nodash }}}}",
+        conf=conf,
         **shipping,
     )
+
+
+# --- raw data arrival and retention (plain Python, no Spark) --------------------------------------
+
+RATINGS_FILES = ("u.data", "ratings.dat", "ratings.csv")
+
+
+def _hadoop(*args: str) -> subprocess.CompletedProcess | None:
+    binary = shutil.which("hadoop") or shutil.which("hdfs")
+    if binary is None:
+        return None
+    return subprocess.run([binary, "fs", *args], capture_output=True, text=True, timeout=300)
+
+
+def data_arrived(source: str) -> bool:
+    """A local folder (or zip) holding a MovieLens ratings file; a MovieLens name (downloaded by
+    ingest); an hdfs://, s3a://... folder, checked with `hadoop fs -test` when hadoop is installed."""
+    if "://" in source and not source.startswith("file://"):
+        for name in RATINGS_FILES:
+            proc = _hadoop("-test", "-e", f"{source.rstrip('/')}/{name}")
+            if proc is None:
+                log.warning("no hadoop command here: cannot check %s, assuming it has arrived", source)
+                return True
+            if proc.returncode == 0:
+                return True
+        return False
+    path = Path(source.removeprefix("file://"))
+    if path.exists():
+        return path.is_file() and path.suffix == ".zip" or any((path / name).exists() for name in RATINGS_FILES)
+    return re.fullmatch(r"ml-[a-z0-9-]+", source) is not None  # a MovieLens name: ingest downloads it
+
+
+def prune_runs(base: str, today: date, retention_days: int) -> list[str]:
+    """Delete <base>/<YYYY-MM-DD> folders older than retention_days before `today`; nothing else."""
+    if retention_days <= 0:
+        return []
+    cutoff = today - timedelta(days=retention_days)
+    is_day = re.compile(r"\d{4}-\d{2}-\d{2}")
+    old: list[str] = []
+    if "://" in base and not base.startswith("file://"):
+        proc = _hadoop("-ls", "-C", base)
+        if proc is None or proc.returncode != 0:
+            log.warning("cannot list %s (no hadoop command, or it failed): nothing pruned", base)
+            return []
+        for path in proc.stdout.split():
+            name = path.rstrip("/").rsplit("/", 1)[-1]
+            if is_day.fullmatch(name) and date.fromisoformat(name) < cutoff:
+                old.append(path)
+        for path in old:
+            _hadoop("-rm", "-r", "-skipTrash", path)
+        return old
+    root = Path(base.removeprefix("file://"))
+    if not root.is_dir() or root.resolve() == Path("/"):
+        return []
+    for child in sorted(root.iterdir()):
+        if child.is_dir() and not child.is_symlink() and is_day.fullmatch(child.name) and date.fromisoformat(child.name) < cutoff:
+            shutil.rmtree(child)
+            old.append(str(child))
+    return old
+
+
+def on_failure(context) -> None:
+    """on_failure_callback: runs when a task has failed for good (no retry left, or exit 2)."""
+    ti = context.get("task_instance") or context.get("ti")
+    log.error("recospark task %s failed for good (run %s)", getattr(ti, "task_id", "?"), context.get("run_id"))
+    target = os.environ.get("RECOSPARK_ON_FAILURE")
+    if target:
+        module, _, function = target.partition(":")
+        getattr(import_module(module), function)(context)
 
 
 default_args = {
     "owner": "recospark",
     "retries": 2,
     "retry_delay": timedelta(minutes=5),
-    "retry_exponential_backoff": True,
+    "retry_exponential_backoff": 2.0,  # 5, 10 minutes (a float multiplier in Airflow 3)
     "execution_timeout": timedelta(hours=3),
+    "on_failure_callback": on_failure,
 }
 
 with DAG(
     dag_id="recospark",
-    description="MovieLens ingest, split, ALS and DSGD training, evaluation, top-N and report, one Spark application per stage",
+    description="MovieLens ingest, split, one training task per model, evaluation, top-N and report, one Spark application per stage",
     schedule="@daily",
     start_date=datetime(2024, 1, 1),
     catchup=False,
@@ -111,13 +347,28 @@ with DAG(
     tags=["recospark", "spark"],
     doc_md=__doc__,
 ) as dag:
-    models = f"train.models={','.join(MODELS)}"
-    ingest = _submit("ingest", "ingest")
-    split = _submit("split", "split")
-    train_als = _submit("train_als", "train", "train.models=als")
-    train_sgd = _submit("train_sgd", "train", "train.models=sgd")
-    evaluate = _submit("evaluate", "evaluate", models)
-    recommend = _submit("recommend", "recommend", models)
-    report = _submit("report", "report", models)
 
-    ingest >> split >> [train_als, train_sgd] >> evaluate >> recommend >> report
+    @task.sensor(task_id="wait_for_data", poke_interval=300, timeout=6 * 3600, mode="reschedule")
+    def wait_for_data(source: str) -> bool:
+        log.info("waiting for the raw data at %s", source)
+        return data_arrived(source)
+
+    @task(task_id="prune_old_runs", retries=0)
+    def prune_old_runs(base: str, day: str, retention_days: str) -> list[str]:  # `ds` is a reserved name
+        removed = prune_runs(base, date.fromisoformat(day), int(retention_days))
+        log.info("pruned %d run folder(s) older than %s days under %s: %s", len(removed), retention_days, base, removed)
+        return removed
+
+    models = f"train.models={','.join(MODELS)}"
+    previous = [wait_for_data(DATA_SOURCE)]
+    for stage in STAGES:  # the conf's pipeline.stages, in order
+        if stage == "train":
+            current = [_submit(f"train_{m}", "train", f"train.models={m}", cores_max=TRAIN_CORES_MAX) for m in MODELS]
+        else:
+            current = [_submit(stage, stage, *([models] if stage in ("tune", "recommend", "evaluate", "report") else []))]
+        for task_ in previous:
+            task_ >> current
+        previous = current
+    prune = prune_old_runs(OUTPUT_BASE, "{{ ds }}", RETENTION_DAYS)
+    for task_ in previous:
+        task_ >> prune

@@ -4,6 +4,7 @@
 * every build context and Dockerfile exists, every build target is a stage of the Dockerfile,
   every COPY source exists in the context;
 * every published port is bound to 127.0.0.1, and the conf the containers use validates;
+* every worker deletes finished applications' work dirs (spark.worker.cleanup.*);
 * the Spark image version equals the pyspark this project is tested with, and the Airflow
   version is inside pyproject's `airflow` extra.
 Prints one line per check; exits 1 when any fails. It cannot build the images or start them.
@@ -89,6 +90,10 @@ def main() -> int:
             if not source.startswith((".", "/")):
                 check(source in declared_volumes, f"{name}: named volume {source} declared")
         env = svc.get("environment") or {}
+        if "deploy.worker.Worker" in " ".join(map(str, svc.get("command") or [])):
+            opts = str(env.get("SPARK_WORKER_OPTS", "")) if isinstance(env, dict) else ""
+            check("spark.worker.cleanup.enabled=true" in opts and "appDataTtl" in opts,
+                  f"{name}: cleans up finished applications' work dirs (SPARK_WORKER_OPTS spark.worker.cleanup.*)")
         conf = env.get("RECOSPARK_CONF") if isinstance(env, dict) else None
         if conf:
             local = ROOT / Path(conf).relative_to("/opt/recospark")

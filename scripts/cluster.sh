@@ -6,21 +6,28 @@
 #
 #   scripts/cluster.sh start            # master spark://127.0.0.1:7077 + 2 workers x 1 core x 1g
 #   scripts/cluster.sh status
-#   scripts/cluster.sh submit jobs/pipeline.py --conf conf/local.yaml --set output.root=out/cluster
+#   scripts/cluster.sh submit jobs/pipeline.py --conf conf/cluster.yaml --set data.source=... --set output.root=$PWD/out/cluster
 #   scripts/cluster.sh stop
 #
 # Environment (defaults in brackets):
-#   CLUSTER_DIR   [out/cluster]   pids/, logs/, work/ (executor stdout/stderr), master.url
-#   MASTER_PORT   [7077]          master RPC port; `start` fails if it is taken
+#   CLUSTER_DIR   [out/standalone] pids/, logs/, work/ (executors' work dirs), events/, master.url
+#   SPARK_MASTER_PORT [7077]      master RPC port (MASTER_PORT works too); `start` fails if it is taken
 #   WORKERS [2]  WORKER_CORES [1]  WORKER_MEMORY [1g]
+#   CLEANUP_INTERVAL [60]  CLEANUP_TTL [300]  seconds: the workers delete the work dirs of finished
+#                                 applications (each holds the unpacked --archives environment,
+#                                 ~470 MB per executor) once nothing in them changed for CLEANUP_TTL,
+#                                 checking every CLEANUP_INTERVAL (spark.worker.cleanup.*)
 #   PYTHON        [.venv/bin/python]  the driver's interpreter (client mode); has pyspark + recospark
 #   DIST          [dist]          where `make dist` put recospark.zip and recospark-env.tar.gz
-#   SUBMIT_OPTS   []              extra spark-submit options for `submit`, e.g. "--conf spark.eventLog.enabled=true"
+#   EVENTS_DIR    [$CLUSTER_DIR/events]  event logs of `submit`ted applications (spark.eventLog.dir)
+#   SUBMIT_OPTS   []              extra spark-submit options for `submit`; they come last, so they win
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-CLUSTER_DIR="${CLUSTER_DIR:-$ROOT/out/cluster}"
-MASTER_PORT="${MASTER_PORT:-7077}"
+CLUSTER_DIR="${CLUSTER_DIR:-$ROOT/out/standalone}"
+MASTER_PORT="${SPARK_MASTER_PORT:-${MASTER_PORT:-7077}}"
+CLEANUP_INTERVAL="${CLEANUP_INTERVAL:-60}"
+CLEANUP_TTL="${CLEANUP_TTL:-300}"
 WORKERS="${WORKERS:-2}"
 WORKER_CORES="${WORKER_CORES:-1}"
 WORKER_MEMORY="${WORKER_MEMORY:-1g}"
@@ -28,8 +35,10 @@ PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 DIST="${DIST:-$ROOT/dist}"
 START_TIMEOUT="${START_TIMEOUT:-90}"
 
+[ -x "$PYTHON" ] || { echo "cluster.sh: no Python at $PYTHON: run 'make setup' first (or set PYTHON)" >&2; exit 1; }
 mkdir -p "$CLUSTER_DIR"
 CLUSTER_DIR="$(cd "$CLUSTER_DIR" && pwd)"
+EVENTS_DIR="${EVENTS_DIR:-$CLUSTER_DIR/events}"
 PID_DIR="$CLUSTER_DIR/pids"
 LOG_DIR="$CLUSTER_DIR/logs"
 WORK_DIR="$CLUSTER_DIR/work"
@@ -39,6 +48,10 @@ export SPARK_LOCAL_IP=127.0.0.1
 export SPARK_MASTER_HOST=127.0.0.1
 # No REST submission server on the master (port 6066): submissions go through spark-submit only.
 export SPARK_MASTER_OPTS="${SPARK_MASTER_OPTS:-} -Dspark.master.rest.enabled=false"
+# Disks stay flat: every application unpacks the --archives environment into each executor's
+# work dir; the workers delete the dirs of finished applications (never of running ones).
+export SPARK_WORKER_OPTS="${SPARK_WORKER_OPTS:-} -Dspark.worker.cleanup.enabled=true \
+  -Dspark.worker.cleanup.interval=$CLEANUP_INTERVAL -Dspark.worker.cleanup.appDataTtl=$CLEANUP_TTL"
 export SPARK_PID_DIR="$PID_DIR" SPARK_LOG_DIR="$LOG_DIR" SPARK_WORKER_DIR="$WORK_DIR"
 SPARK_HOME="${SPARK_HOME:-$("$PYTHON" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')}"
 export SPARK_HOME
@@ -99,7 +112,7 @@ start() {
     ((SECONDS < deadline)) || { tail -n 30 "$LOG_DIR"/worker-*.out >&2; stop; die "fewer than $WORKERS workers registered after ${START_TIMEOUT}s"; }
     sleep 0.5
   done
-  echo "cluster up: $url with $WORKERS workers x $WORKER_CORES core(s) x $WORKER_MEMORY; master UI http://127.0.0.1:$ui_port; pids in $PID_DIR"
+  echo "cluster up: $url with $WORKERS workers x $WORKER_CORES core(s) x $WORKER_MEMORY; master UI http://127.0.0.1:$ui_port; state in $CLUSTER_DIR"
 }
 
 descendants() {  # every descendant PID of $1 (executors are children of their worker)
@@ -133,7 +146,16 @@ stop() {
     for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true; done
   fi
   rm -f "$PID_DIR"/*.pid
-  echo "cluster stopped (${#pids[@]} processes)"
+  # Every application is finished now, but the workers' cleanup only runs while they do: delete
+  # what the applications unpacked (the environment, ~470 MB per executor) and keep their logs.
+  local freed=0 entry
+  for entry in "$WORK_DIR"/worker-*/app-*/*/*; do
+    [ -e "$entry" ] || continue
+    case "$(basename "$entry")" in stdout|stderr) continue ;; esac
+    freed=$((freed + $(du -sk "$entry" | cut -f1)))
+    rm -rf "$entry"
+  done
+  echo "cluster stopped (${#pids[@]} processes); freed $((freed / 1024)) MB of finished applications' files in $WORK_DIR (stdout/stderr kept)"
 }
 
 status() {
@@ -150,6 +172,12 @@ submit() {  # submit APP [APP ARGS...]: client mode, code + environment shipped 
   [ $# -ge 1 ] || die "usage: $0 submit jobs/<stage>.py [--conf FILE] [--set k=v ...]"
   [ -f "$DIST/recospark.zip" ] && [ -f "$DIST/recospark-env.tar.gz" ] || die "no artifacts in $DIST: run 'make dist'"
   local url; url="$(cat "$CLUSTER_DIR/master.url" 2>/dev/null || echo "spark://127.0.0.1:$MASTER_PORT")"
+  mkdir -p "$EVENTS_DIR"
+  # The driver JVM logs through recospark's log4j2 file from its first line (quiet start-up).
+  export SPARK_SUBMIT_OPTS="${SPARK_SUBMIT_OPTS:-} -Dlog4j2.configurationFile=file://$ROOT/recospark/conf/log4j2.properties"
+  # These flags win over the conf file's spark: section (recospark.session), so any conf, even
+  # conf/cluster.yaml's 4-core/8g executors, runs on this cluster's small workers; the event log
+  # goes to a local folder instead of the conf's hdfs:///spark-history.
   # shellcheck disable=SC2086
   exec "$SPARK_HOME/bin/spark-submit" \
     --master "$url" --deploy-mode client \
@@ -158,7 +186,9 @@ submit() {  # submit APP [APP ARGS...]: client mode, code + environment shipped 
     --conf spark.pyspark.python=./environment/bin/python \
     --conf spark.pyspark.driver.python="$PYTHON" \
     --conf spark.driver.host=127.0.0.1 --conf spark.driver.bindAddress=127.0.0.1 \
+    --conf spark.eventLog.dir="file://$EVENTS_DIR" \
     --driver-memory 1g --executor-memory 768m --executor-cores 1 --total-executor-cores "$((WORKERS * WORKER_CORES))" \
+    --conf spark.executor.memoryOverhead=256m --conf spark.executor.instances="$WORKERS" \
     ${SUBMIT_OPTS:-} \
     "$@"
 }

@@ -45,7 +45,11 @@ DIST = ROOT / "dist"
 SUBSET_USERS = 200  # ML-100K users 1..200: ~22k ratings, all 1682 movies; keeps the test short
 RMSE_TOLERANCE = 1e-3
 TOPN_MIN_OVERLAP = 0.90
-SUBMIT_TIMEOUT = 600
+SUBMIT_TIMEOUT = 1500  # a safety net: a few minutes on an idle 2-core machine, much longer when it is shared
+MODELS = ["als", "bias", "sgd"]
+# The workers delete a finished application's work dir once nothing in it changed for CLEANUP_TTL
+# seconds, checking every CLEANUP_INTERVAL (scripts/cluster.sh: spark.worker.cleanup.*).
+CLEANUP_INTERVAL, CLEANUP_TTL = 5, 20
 
 
 def _spark_home() -> Path:
@@ -54,32 +58,10 @@ def _spark_home() -> Path:
     return Path(pyspark.__file__).resolve().parent
 
 
-def _sgd_available() -> bool:
-    try:
-        from recospark.models.sgd import SGDMatrixFactorization  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _baselines_available() -> bool:
-    try:
-        from recospark.models.baselines import BiasBaseline  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _port_taken(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _cmdline(pid: int) -> str:
@@ -122,9 +104,10 @@ def cluster(tmp_path_factory):
     if shutil.which("java") is None:
         pytest.skip("no java on PATH: a Spark standalone cluster needs a JRE 17+ (make java)")
     home = tmp_path_factory.mktemp("spark-cluster")
-    port = 7077 if not _port_taken(7077) else _free_port()
-    env = {**os.environ, "CLUSTER_DIR": str(home), "MASTER_PORT": str(port), "PYTHON": sys.executable,
-           "SPARK_HOME": str(_spark_home()), "WORKERS": "2", "WORKER_CORES": "1", "WORKER_MEMORY": "1g"}
+    port = _free_port()  # never 7077: other clusters may run on this machine
+    env = {**os.environ, "CLUSTER_DIR": str(home), "SPARK_MASTER_PORT": str(port), "PYTHON": sys.executable,
+           "SPARK_HOME": str(_spark_home()), "WORKERS": "2", "WORKER_CORES": "1", "WORKER_MEMORY": "1g",
+           "CLEANUP_INTERVAL": str(CLEANUP_INTERVAL), "CLEANUP_TTL": str(CLEANUP_TTL)}
     pid_dir = home / "pids"
     started = time.monotonic()
     recorded: dict[str, int] = {}
@@ -148,11 +131,11 @@ def cluster(tmp_path_factory):
 
 
 def _overrides(subset: Path, out: Path, events: Path, models: str) -> list[str]:
+    """conf/cluster.yaml as it is, with local paths; small models to keep the test short. Its
+    executor sizing (4 cores, 8g) is not overridden: scripts/cluster.sh's spark-submit flags win."""
     sets = {
         "data.source": str(subset),
-        "data.download": "false",
         "output.root": str(out),
-        "runtime.checkpoint_dir": str(out.parent / f"{out.name}-checkpoints"),
         "pipeline.stages": "ingest,split,train,evaluate,recommend",
         "train.models": models,
         "als.num_blocks": "4",
@@ -161,15 +144,10 @@ def _overrides(subset: Path, out: Path, events: Path, models: str) -> list[str]:
         "sgd.rank": "16",
         "sgd.max_iter": "5",
         "recommend.user_block_size": "256",
-        # Sized for 2 workers x 1 core x 1g (conf/cluster.yaml is sized for a real cluster).
-        "spark.spark.cores.max": "2",
-        "spark.spark.executor.cores": "1",
-        "spark.spark.executor.memory": "640m",
-        "spark.spark.executor.memoryOverhead": "256m",
-        "spark.spark.executor.instances": "2",
         "spark.spark.sql.shuffle.partitions": "8",
         "spark.spark.default.parallelism": "4",
         "spark.spark.ui.enabled": "false",
+        # The local run's event log (the cluster run's goes to EVENTS_DIR: cluster.sh's --conf wins).
         "spark.spark.eventLog.dir": f"file://{events}",
         "spark.spark.eventLog.compress": "false",
         "spark.spark.eventLog.rolling.enabled": "false",
@@ -180,11 +158,35 @@ def _overrides(subset: Path, out: Path, events: Path, models: str) -> list[str]:
     return args
 
 
+def _app_dirs(home: Path) -> list[Path]:
+    return sorted(p for p in home.glob("work/worker-*/app-*") if p.is_dir())
+
+
+def _du(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def _snapshot_executors(home: Path, dest: Path) -> dict:
+    """The executors' stderr and facts about their work dirs, copied at once: the workers delete
+    a finished application's dir CLEANUP_TTL seconds after its last write."""
+    facts = {}
+    for app in _app_dirs(home):
+        for executor in sorted(p for p in app.iterdir() if p.is_dir()):
+            key = str(executor.relative_to(home))
+            target = dest / key
+            target.mkdir(parents=True, exist_ok=True)
+            if (executor / "stderr").is_file():
+                shutil.copy(executor / "stderr", target / "stderr")
+            facts[key] = {"environment_python": (executor / "environment" / "bin" / "python").exists(),
+                          "bytes": _du(executor)}
+    return facts
+
+
 @pytest.fixture(scope="module")
 def runs(cluster, artifacts, subset, tmp_path_factory, request):
     """Both submissions, concurrently (each is mostly scheduling latency, not CPU)."""
     work = tmp_path_factory.mktemp("runs")
-    models = ",".join(["als", *(["bias"] if _baselines_available() else []), *(["sgd"] if _sgd_available() else [])])
+    models = ",".join(MODELS)
     spark_submit = str(_spark_home() / "bin" / "spark-submit")
     procs, result = {}, {"models": models.split(","), "work": work}
     for mode in ("cluster", "local"):
@@ -193,6 +195,7 @@ def runs(cluster, artifacts, subset, tmp_path_factory, request):
         app = [str(ROOT / "jobs" / "pipeline.py"), *_overrides(subset, out, events, models), "--json"]
         env = {**cluster["env"], "SPARK_LOCAL_IP": "127.0.0.1"}
         if mode == "cluster":
+            env["EVENTS_DIR"] = str(events)
             cmd = [str(CLUSTER_SH), "submit", *app]
         else:
             env["PYSPARK_PYTHON"] = env["PYSPARK_DRIVER_PYTHON"] = sys.executable
@@ -207,6 +210,8 @@ def runs(cluster, artifacts, subset, tmp_path_factory, request):
             stdout, _ = proc.communicate(timeout=SUBMIT_TIMEOUT)
             log.close()
             result[mode]["seconds"] = time.monotonic() - started
+            if mode == "cluster":
+                result["executors"] = _snapshot_executors(cluster["home"], work / "executors")
             if proc.returncode != 0:
                 tail = "\n".join((work / f"{mode}.log").read_text(errors="replace").splitlines()[-60:])
                 pytest.fail(f"{mode} run failed (exit {proc.returncode}):\n{' '.join(result[mode]['cmd'])}\n{tail}")
@@ -330,23 +335,22 @@ def test_python_tasks_ran_on_executors(runs, cluster, capsys):
              f"  all tasks by executor: {dict(by_executor)}",
              f"  tasks of stages built in recospark/ code by executor: {dict(Counter(ex for s, ex in tasks if s in python_stages))}",
              f"  SGD mapPartitionsWithIndex stages (PythonRDD over PartitionerAwareUnionRDD): {len(sgd_stages)}, tasks by executor: {dict(sgd_by_executor)}"]
-    # The executors' own logs on the workers: stderr per executor, and the unpacked environment.
-    for stderr in sorted(cluster["home"].glob(f"work/worker-*/{app_id}/*/stderr")):
-        text = stderr.read_text(errors="replace")
+    # The executors' own logs on the workers (copied when the run ended): stderr per executor,
+    # and the unpacked environment.
+    snapshot = runs["work"] / "executors"
+    app_executors = {k: v for k, v in runs["executors"].items() if f"/{app_id}/" in k}
+    for key, facts in sorted(app_executors.items()):
+        text = (snapshot / key / "stderr").read_text(errors="replace")
         marks = [ln for ln in text.splitlines() if "recospark" in ln.lower() and "dsgd" in ln.lower()][:3]
-        env_python = stderr.parent / "environment" / "bin" / "python"
-        lines.append(f"  {stderr.relative_to(cluster['home'])}: {text.count('Running task')} 'Running task' lines, "
-                     f"environment/bin/python {'present' if env_python.exists() else 'MISSING'}")
+        lines.append(f"  {key}: {text.count('Running task')} 'Running task' lines, environment/bin/python "
+                     f"{'present' if facts['environment_python'] else 'MISSING'}, work dir {facts['bytes'] / 2**20:.0f} MB")
         lines += [f"    {m.strip()[:200]}" for m in marks]
     _say(capsys, "\n".join(lines))
 
     assert executors and "driver" not in executors
     assert set(by_executor) <= set(executors), "a task ran outside the executors"
     assert len(executors) == 2 and len(by_executor) == 2, "both workers' executors should have run tasks"
-    stderrs = list(cluster["home"].glob(f"work/worker-*/{app_id}/*/stderr"))
-    assert len(stderrs) == 2 and all((p.parent / "environment" / "bin" / "python").exists() for p in stderrs)
-    if "sgd" not in runs["models"]:
-        pytest.skip("recospark.models.sgd does not export SGDMatrixFactorization yet: SGD not trained on the cluster")
+    assert len(app_executors) == 2 and all(f["environment_python"] for f in app_executors.values()), app_executors
     assert sgd_stages, f"no DSGD stratum stage among {len(stage_sites)} stages"
     assert sum(sgd_by_executor.values()) > 0 and "driver" not in sgd_by_executor
     assert len(sgd_by_executor) == 2, f"SGD tasks ran on {dict(sgd_by_executor)}, expected both executors"
@@ -402,3 +406,37 @@ def test_executors_use_the_shipped_environment(cluster, artifacts, runs, tmp_pat
         assert "recospark.zip" in r["recospark"], r  # the code came from --py-files
         assert "/environment/lib/" in r["numpy"], r  # the dependencies from --archives
     assert result["driver_python"] == sys.executable
+
+
+def test_executors_that_fit_no_worker_fail_in_bounded_time(cluster, artifacts, subset, tmp_path, capsys):
+    """Executors bigger than any worker: a one-line error naming the sizing keys within
+    RECOSPARK_EXECUTOR_WAIT_SECONDS, not Spark's endless "Initial job has not accepted any resources"."""
+    wait = 15
+    env = {**cluster["env"], "RECOSPARK_EXECUTOR_WAIT_SECONDS": str(wait), "SUBMIT_OPTS": "--executor-memory 4g"}
+    app = [str(ROOT / "jobs" / "ingest.py"), "--conf", str(ROOT / "conf" / "cluster.yaml"),
+           "--set", f"data.source={subset}", "--set", f"output.root={tmp_path / 'out'}"]
+    started = time.monotonic()
+    proc = subprocess.run([str(CLUSTER_SH), "submit", *app], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    seconds = time.monotonic() - started
+    output = proc.stdout + proc.stderr
+    line = next((ln for ln in output.splitlines() if "no executor registered within" in ln), "")
+    _say(capsys, f"[cluster] 4g executors on 1g workers: exit {proc.returncode} after {seconds:.0f} s: {line.strip()[:400]}")
+    assert proc.returncode != 0 and line, output[-3000:]
+    assert "spark.executor.memory=4g" in line and "spark.executor.cores=1" in line and "RECOSPARK_EXECUTOR_WAIT_SECONDS" in line
+    assert seconds < wait + 120, seconds
+
+
+def test_worker_dirs_cleaned_after_applications_finish(cluster, runs, capsys):
+    """Last test of the module: every application above has finished, and the workers deleted
+    their work dirs (each held the unpacked environment) within the cleanup TTL + interval."""
+    sizes = {k: v["bytes"] for k, v in runs["executors"].items()}
+    deadline = time.monotonic() + CLEANUP_TTL + 3 * CLEANUP_INTERVAL + 30
+    left = _app_dirs(cluster["home"])
+    while left and time.monotonic() < deadline:
+        time.sleep(2)
+        left = _app_dirs(cluster["home"])
+    work = cluster["home"] / "work"
+    _say(capsys, f"[cluster] executor work dirs when the pipeline ended: "
+         + ", ".join(f"{k} {v / 2**20:.0f} MB" for k, v in sorted(sizes.items()))
+         + f"; after cleanup: {len(left)} application dirs, {_du(work) / 2**20:.1f} MB under {work}")
+    assert left == [], f"work dirs of finished applications still there: {left}"
