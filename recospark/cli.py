@@ -14,14 +14,16 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from recospark import __version__
 from recospark.config import Config, UserError, load_config
 from recospark.pipeline import STAGES, preflight, run, run_stage
-from recospark.session import build_session
+from recospark.session import ExecutorsUnavailable, build_session
 
 EXIT_USER_ERROR = 2
+EXIT_RETRYABLE = 1  # e.g. no executor registered: the cluster may be busy, a retry can succeed
 
 __all__ = ["EXIT_USER_ERROR", "main", "parse_args"]
 
@@ -38,15 +40,17 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override one key, repeatable: --set als.rank=20")
         p.add_argument("--model", help="models to train/recommend/evaluate: a name, a comma list, or all")
         p.add_argument("--json", action="store_true", help="print the stage's result as JSON")
+        p.add_argument("--json-out", metavar="FILE", help="also write the stage's result as JSON to FILE (stdout may carry logs)")
     return parser
 
 
-def parse_args(argv: Sequence[str]) -> tuple[str, Config, bool]:
+def parse_args(argv: Sequence[str]) -> tuple[str, Config, bool, str | None]:
+    """(stage, config, print JSON, JSON output file)."""
     args = _parser().parse_args(list(argv))
     overrides = list(args.overrides)
     if args.model:
         overrides.append(f"train.models={args.model}")
-    return args.stage, load_config(args.conf, overrides), args.json
+    return args.stage, load_config(args.conf, overrides), args.json, args.json_out
 
 
 def _fmt(key: str, value: Any) -> str:
@@ -84,14 +88,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     argv = sys.argv[1:] if argv is None else argv
     try:
-        stage, cfg, as_json = parse_args(argv)
+        stage, cfg, as_json, json_out = parse_args(argv)
         preflight(cfg, list(cfg.pipeline.stages) if stage == "pipeline" else [stage])
         spark = build_session(cfg, f"recospark-{stage}")
         result = run(spark, cfg) if stage == "pipeline" else run_stage(stage, spark, cfg)
     except UserError as err:
         print(f"recospark: error: {' '.join(str(err).split())}", file=sys.stderr)
         return EXIT_USER_ERROR
-    print(json.dumps(result, indent=2, default=str) if as_json else summary(stage, result))
+    except ExecutorsUnavailable as err:
+        print(f"recospark: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return EXIT_RETRYABLE
+    text = json.dumps(result, indent=2, default=str)
+    if json_out:
+        Path(json_out).write_text(text + "\n", encoding="utf-8")
+    print(text if as_json else summary(stage, result))
     return 0
 
 

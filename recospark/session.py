@@ -28,8 +28,8 @@ import re
 import shlex
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from pyspark.sql import SparkSession
 
@@ -110,7 +110,7 @@ def _spark_defaults_file() -> Path | None:
             from pyspark.find_spark_home import _find_spark_home
 
             conf_dir = os.path.join(_find_spark_home(), "conf")
-        except Exception:  # noqa: BLE001 - no Spark home found: no defaults file either
+        except Exception:
             return None
     path = Path(conf_dir) / "spark-defaults.conf"
     return path if path.is_file() else None
@@ -205,8 +205,8 @@ def build_session(cfg: Config, app_name: str = "recospark") -> SparkSession:
 def configure(spark: SparkSession, cfg: Config) -> None:
     """Per-run settings that also apply to a session someone else built (tests, notebooks)."""
     spark.sparkContext.setLogLevel(cfg.runtime.log_level)
-    # Without a checkpoint dir, ALS with maxIter >= 20 dies with StackOverflowError.
-    spark.sparkContext.setCheckpointDir(cfg.checkpoint_dir)
+    # No checkpoint dir here: each stage sets its own under runtime.checkpoint_dir and removes it
+    # when it ends (recospark.runtime); ALS with maxIter >= 20 needs one or dies with StackOverflowError.
     spark.conf.set("spark.sql.session.timeZone", "UTC")
 
 

@@ -40,7 +40,6 @@ README = ROOT / "README.md"
 # First command line of the block (a regex, searched) -> why it is not run here.
 NOT_RUN: list[tuple[str, str]] = [
     (r"^make bench\b", "about 20 minutes (ML-1M and ML-10M shapes); its measured results are in README"),
-    (r"^recospark <stage>", "a synopsis with placeholders (<stage>), not a command"),
     (r"^hdfs dfs ", "needs HDFS"),
     (r"--master spark://master-host", "needs a real standalone master (master-host); the 'Try it on one machine' block runs the same submission against 127.0.0.1"),
     (r"--master yarn", "needs a YARN cluster"),
