@@ -52,6 +52,9 @@ class DataConf(_Section):
     layout: Literal["auto", "ml-100k", "ml-1m", "ml-10m", "csv"] = "auto"
     download: bool = Field(True, description="false: never touch the network")
     max_extract_bytes: int = Field(8 << 30, gt=0, description="refuse archives larger than this")
+    canonical_splits: Literal["auto", "always", "never"] = Field(
+        "auto", description="ml-100k's u1..u5/ua/ub files: ingested into canonical/ when split.strategy is canonical (auto)"
+    )
     max_rejected_fraction: float = Field(
         0.1, ge=0, le=1, description="ingest fails (and publishes nothing) when more rating lines than this are rejected"
     )

@@ -27,6 +27,7 @@ from recospark.config import Config, UserError
 from recospark.datasets import movielens as ml
 from recospark.datasets.download import resolve_source
 from recospark.faults import partition_for, with_fault_on_first_attempt
+from recospark.frames import with_write_order
 from recospark.paths import is_local, join_path
 from recospark.runtime import stage_run
 from recospark.schema import CANONICAL, LINE_NUMBER, MOVIE_ID, MOVIES, REJECTED, SOURCE_FILE, USER_ID
@@ -40,13 +41,27 @@ class DataQualityError(UserError):
     """The input parsed, but too little of it is usable to publish (the message says how much)."""
 
 
-def rating_counts(parsed: DataFrame, by_file: bool = False) -> dict[Any, dict[str, int]]:
-    """Lines per status (ok, rejected, blank, header), per source file when `by_file`, in one pass."""
-    keys = [SOURCE_FILE, ml.STATUS] if by_file else [ml.STATUS]
+_STATUSES = ("ok", "rejected", "blank", "header")
+_KNOWN = "_known_movie"
+
+
+def rating_counts(parsed: DataFrame, catalogue: DataFrame | None = None, by_file: bool = False) -> dict[Any, dict[str, int]]:
+    """Everything ingest reports about parsed lines, in one Spark job (per source file when `by_file`):
+    lines per status, `accepted` = distinct (user, movie) pairs among the ok lines (duplicates keep
+    one), and with a `catalogue` (movie_id) `unknown` = accepted pairs whose movie is not in it."""
+    ok = F.col(ml.STATUS) == "ok"
+    pair = F.struct(USER_ID, MOVIE_ID)
+    rows = parsed if catalogue is None else parsed.join(F.broadcast(catalogue.withColumn(_KNOWN, F.lit(True))), MOVIE_ID, "left")
+    aggs = [F.sum(F.when(F.col(ml.STATUS) == s, 1).otherwise(0)).alias(s) for s in _STATUSES]
+    aggs.append(F.count_distinct(F.when(ok, pair)).alias("accepted"))
+    if catalogue is not None:
+        aggs.append(F.count_distinct(F.when(ok & F.col(_KNOWN).isNull(), pair)).alias("unknown"))
+    grouped = rows.groupBy(SOURCE_FILE).agg(*aggs) if by_file else rows.agg(*aggs)
     out: dict[Any, dict[str, int]] = {}
-    for row in parsed.groupBy(*keys).agg(F.count(F.lit(1)).alias("n")).collect():
-        key = row[SOURCE_FILE] if by_file else None
-        out.setdefault(key, dict.fromkeys(("ok", "rejected", "blank", "header"), 0))[row[ml.STATUS]] = int(row["n"])
+    for row in grouped.collect():
+        values = row.asDict()
+        key = values.pop(SOURCE_FILE, None)
+        out[key] = {k: int(v or 0) for k, v in values.items()}
     return out
 
 
@@ -94,6 +109,12 @@ def _inputs(spark: SparkSession | None, folder: str, cfg: Config) -> tuple[ml.La
     return layout, files
 
 
+def canonical_files(cfg: Config, layout: ml.Layout, files: list[str]) -> list[str]:
+    """The canonical split files to ingest: ml-100k's, when asked for or when the split needs them."""
+    wanted = cfg.data.canonical_splits == "always" or (cfg.data.canonical_splits == "auto" and cfg.split.strategy == "canonical")
+    return ml.canonical_files(files) if wanted and layout.name == "ml-100k" else []
+
+
 def _file_report(c: dict[str, int], accepted: int) -> dict[str, int]:
     return {
         "read": c["ok"] + c["rejected"],
@@ -126,29 +147,27 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     movies_path = join_path(folder, layout.movies_file)
     log.info("ingest %s (layout %s, ratings %s)", folder, layout.name, layout.scale)
 
+    if layout.movies_file in files:
+        genres = ml.ml100k_genres(spark, folder, files) if layout.name == "ml-100k" else ml.ML100K_GENRES
+        movies_parse = ml.parse_movies(ml.read_bytes(spark, movies_path), layout, layout.movies_file, genres)
+    else:
+        log.warning("no %s in %s: movies/ will be empty and titles missing", layout.movies_file, folder)
+        movies_parse = ml.MoviesParse([], [], 0, 0, 0)
+    movies = movies_frame(spark, movies_parse.rows)
+    catalogue = spark.createDataFrame([(r[0],) for r in movies_parse.rows], f"{MOVIE_ID} int") if movies_parse.rows else None
+
     parsed = (
         ml.read_lines(spark, ratings_path)
         .transform(with_fault_on_first_attempt(partition_for("dataframe"), "ingest"))
         .transform(ml.with_parsed_ratings(layout))
         .cache()
     )
+    split_files = canonical_files(cfg, layout, files)
     canonical = None
     try:
-        counts = rating_counts(parsed)[None]
+        counts = rating_counts(parsed, catalogue)[None]
         check_quality(counts, ratings_path, cfg.data.max_rejected_fraction)
-        ratings = parsed.transform(ml.filter_accepted).transform(ml.filter_latest_per_pair).transform(ml.as_ratings).cache()
-        accepted = ratings.count()
-
-        if layout.movies_file in files:
-            genres = ml.ml100k_genres(spark, folder, files) if layout.name == "ml-100k" else ml.ML100K_GENRES
-            movies_parse = ml.parse_movies(ml.read_bytes(spark, movies_path), layout, layout.movies_file, genres)
-        else:
-            log.warning("no %s in %s: movies/ will be empty and titles missing", layout.movies_file, folder)
-            movies_parse = ml.MoviesParse([], [], 0, 0, 0)
-        movies = movies_frame(spark, movies_parse.rows)
-        catalogue = spark.createDataFrame([(r[0],) for r in movies_parse.rows], f"{MOVIE_ID} int")
-        unknown = ratings.join(F.broadcast(catalogue), MOVIE_ID, "left_anti").count() if movies_parse.rows else 0
-
+        accepted, unknown = counts["accepted"], counts.get("unknown", 0)
         files_report = {
             layout.ratings_file: _file_report(counts, accepted),
             layout.movies_file: {
@@ -160,43 +179,28 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             },
         }
         rejected_rows = counts["rejected"] + len(movies_parse.rejected)
-
-        split_files = ml.canonical_files(files) if layout.name == "ml-100k" else []
         if split_files:
-            canonical = (
-                ml.read_lines(spark, [join_path(folder, f) for f in split_files])
-                .transform(ml.with_parsed_ratings(layout))
-                .cache()
-            )
+            canonical = ml.read_lines(spark, [join_path(folder, f) for f in split_files]).transform(ml.with_parsed_ratings(layout)).cache()
             per_file = rating_counts(canonical, by_file=True)
-            labelled = (
-                canonical.transform(ml.filter_accepted)
-                .transform(lambda df: ml.filter_latest_per_pair(df, within=[SOURCE_FILE]))
-                .transform(ml.with_canonical_labels)
-                .select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in CANONICAL.fields])
-                .cache()
-            )
-            accepted_per_file = {
-                f"{r['split']}.{'base' if r['side'] == 'train' else 'test'}": int(r["count"])
-                for r in labelled.groupBy("split", "side").count().collect()
-            }
             for name in split_files:
-                files_report[name] = _file_report(per_file.get(name, {"ok": 0, "rejected": 0, "blank": 0, "header": 0}), accepted_per_file.get(name, 0))
-                rejected_rows += files_report[name]["rejected"]
+                c = per_file.get(name, {**dict.fromkeys(_STATUSES, 0), "accepted": 0})
+                files_report[name] = _file_report(c, c["accepted"])
+                rejected_rows += c["rejected"]
 
         quality = {"layout": layout.name, "files": files_report, "ratings_unknown_movie": unknown, "rating_scale": layout.scale}
         inputs = [ratings_path, movies_path]
+        ratings = parsed.transform(ml.filter_accepted).transform(ml.filter_latest_per_pair).transform(ml.as_ratings)
         published_ratings = io.publish_dataframe(
-            ratings.orderBy(USER_ID, MOVIE_ID), cfg, "ratings", inputs=inputs, extra=quality, rows=accepted
+            ratings.transform(with_write_order(USER_ID, MOVIE_ID)), cfg, "ratings", inputs=inputs, extra=quality, rows=accepted
         )
         published_movies = io.publish_dataframe(
-            movies.orderBy(MOVIE_ID), cfg, "movies", inputs=[movies_path], extra=quality, rows=len(movies_parse.rows)
+            movies.coalesce(1).sortWithinPartitions(MOVIE_ID), cfg, "movies", inputs=[movies_path], extra=quality, rows=len(movies_parse.rows)
         )
         rejected = rejected_frame(spark, parsed, movies_parse.rejected)
         if canonical is not None:
             rejected = rejected.unionByName(canonical.filter(F.col(ml.STATUS) == "rejected").select(*[f.name for f in REJECTED.fields]))
         published_rejected = io.publish_dataframe(
-            rejected.orderBy(SOURCE_FILE, LINE_NUMBER).select(*[f.name for f in REJECTED.fields]),
+            rejected.transform(with_write_order(SOURCE_FILE, LINE_NUMBER, partitions=1)).select(*[f.name for f in REJECTED.fields]),
             cfg,
             "rejected",
             inputs=inputs + [join_path(folder, f) for f in split_files],
@@ -210,18 +214,22 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             "movies": {"path": published_movies.path, "rows": published_movies.rows},
             "rejected": {"path": published_rejected.path, "rows": published_rejected.rows},
         }
-        if split_files:
+        if canonical is not None:
+            labelled = (
+                canonical.transform(ml.filter_accepted)
+                .transform(lambda df: ml.filter_latest_per_pair(df, within=[SOURCE_FILE]))
+                .transform(ml.with_canonical_labels)
+                .select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in CANONICAL.fields])
+            )
             published_canonical = io.publish_dataframe(
-                labelled.orderBy("split", "side", USER_ID, MOVIE_ID),
+                labelled.transform(with_write_order("split", "side", USER_ID, MOVIE_ID)),
                 cfg,
                 "canonical",
                 inputs=[join_path(folder, f) for f in split_files],
                 extra=quality,
-                rows=sum(accepted_per_file.values()),
+                rows=sum(files_report[f]["accepted"] for f in split_files),
             )
             result["canonical"] = {"path": published_canonical.path, "rows": published_canonical.rows}
-            labelled.unpersist()
-        ratings.unpersist()
     finally:
         parsed.unpersist()
         if canonical is not None:

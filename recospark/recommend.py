@@ -74,9 +74,8 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             users, items = scoring_factors(spec.load(src.uri))
             excluded = 0
             if catalogued:
-                kept = items.transform(filter_catalogued(movies)).cache()
-                excluded = items.count() - kept.count()
-                items = kept
+                excluded = items.join(F.broadcast(movies.select(F.col(MOVIE_ID).alias(FACTOR_ID))), FACTOR_ID, "left_anti").count()
+                items = items.transform(filter_catalogued(movies))
                 if excluded:
                     log.warning("recommend %s: %d items with factors are not in movies/ and are never recommended", name, excluded)
             recs = top_n(users, items, rated, cfg.recommend.n, cfg.recommend.user_block_size).transform(with_titles(movies))
@@ -87,8 +86,6 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
                 inputs=[src, train_src, movies_src],
                 extra={"n": cfg.recommend.n, "score": spec.score, "objective": spec.objective, "uncatalogued_items_excluded": excluded},
             )
-            if catalogued:
-                items.unpersist()
             n_users = spark.read.parquet(published.path).select(USER_ID).distinct().count()
             out[name] = {"path": published.path, "rows": published.rows, "users": n_users}
             log.info("recommend %s: %d rows for %d users -> %s", name, published.rows, n_users, published.path)

@@ -17,6 +17,7 @@ from pyspark.sql import functions as F
 
 from recospark import io
 from recospark.config import Config, SplitConf, UserError
+from recospark.frames import with_write_order
 from recospark.runtime import stage_run
 from recospark.schema import CANONICAL, IS_VALIDATION, MOVIE_ID, RATED_AT, RATINGS, SIDE, SPLIT_NAME, USER_ID
 
@@ -169,13 +170,20 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     else:
         src = io.source(cfg, "ratings", needed_by="split")
         train, test = split_ratings(src.read(spark, RATINGS), cfg.split)
-    if train.isEmpty():
-        raise SplitError(f"split {name}: the train side would be empty (strategy {cfg.split.strategy}); check the split.* settings")
-    extra = {"strategy": cfg.split.strategy, "seed": cfg.split.seed}
-    ordered = [F.col(USER_ID), F.col(MOVIE_ID)]
-    out: dict[str, Any] = {}
-    for side, df in (("train", train), ("test", test)):
-        published = io.publish_dataframe(df.orderBy(*ordered), cfg, f"splits/{name}/{side}", inputs=[src], extra=extra)
-        out[side] = {"path": published.path, "rows": published.rows}
-        log.info("split %s/%s: %d rows -> %s", name, side, published.rows, published.path)
+    sides = {"train": train.cache(), "test": test.cache()}
+    try:
+        counts = {side: df.count() for side, df in sides.items()}
+        if counts["train"] == 0:
+            raise SplitError(f"split {name}: the train side would be empty (strategy {cfg.split.strategy}); check the split.* settings")
+        extra = {"strategy": cfg.split.strategy, "seed": cfg.split.seed}
+        out: dict[str, Any] = {}
+        for side, df in sides.items():
+            published = io.publish_dataframe(
+                df.transform(with_write_order(USER_ID, MOVIE_ID)), cfg, f"splits/{name}/{side}", inputs=[src], extra=extra, rows=counts[side]
+            )
+            out[side] = {"path": published.path, "rows": published.rows}
+            log.info("split %s/%s: %d rows -> %s", name, side, published.rows, published.path)
+    finally:
+        for df in sides.values():
+            df.unpersist()
     return {"name": name, "strategy": cfg.split.strategy, **out}

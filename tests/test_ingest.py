@@ -175,6 +175,7 @@ def test_canonical_split_files_are_ingested_with_labels_and_split_reads_them(spa
     write(tmp_path, "u1.base", "1\t1\t5\t874965758\n1\t2\t3\t876893171\nbad line\n")
     write(tmp_path, "u1.test", "1\t3\t4\t878542960\n")
     cfg = cfg_factory(f"data.source={tmp_path}", "split.strategy=canonical", "split.canonical=u1", "data.max_rejected_fraction=0.5")
+    assert "canonical" not in ingest.run(spark, cfg.with_overrides({"data.canonical_splits": "never"}))
     result = ingest.run(spark, cfg)
     assert result["files"]["u1.base"] == {"read": 3, "accepted": 2, "rejected": 1, "duplicates_resolved": 0, "blank_lines": 0, "header_lines": 0}
     assert result["canonical"]["rows"] == 3
