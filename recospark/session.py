@@ -31,6 +31,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from pyspark import SparkConf, SparkContext
+from pyspark.find_spark_home import _find_spark_home
 from pyspark.sql import SparkSession
 
 from recospark.config import Config
@@ -81,8 +83,6 @@ def defaults() -> dict[str, str]:
 
 
 def _jvm_running() -> bool:
-    from pyspark import SparkContext
-
     return SparkContext._jvm is not None or "PYSPARK_GATEWAY_PORT" in os.environ
 
 
@@ -107,8 +107,6 @@ def _spark_defaults_file() -> Path | None:
     conf_dir = os.environ.get("SPARK_CONF_DIR")
     if not conf_dir:
         try:
-            from pyspark.find_spark_home import _find_spark_home
-
             conf_dir = os.path.join(_find_spark_home(), "conf")
         except Exception:
             return None
@@ -136,8 +134,6 @@ def launched_settings() -> tuple[dict[str, str], str]:
     `recospark` run the JVM does not exist yet: spark-defaults.conf and PYSPARK_SUBMIT_ARGS.
     """
     if _jvm_running():
-        from pyspark import SparkConf, SparkContext
-
         SparkContext._ensure_initialized()
         return dict(SparkConf().getAll()), "spark-submit"
     path = _spark_defaults_file()

@@ -136,7 +136,7 @@ def _overrides(subset: Path, out: Path, events: Path, models: str) -> list[str]:
     sets = {
         "data.source": str(subset),
         "output.root": str(out),
-        "pipeline.stages": "ingest,split,train,evaluate,recommend",
+        "pipeline.stages": "ingest,split,train,recommend,evaluate",
         "train.models": models,
         "als.num_blocks": "4",
         "als.max_iter": "5",
