@@ -167,67 +167,58 @@ def test_progress_matches_the_schedules():
 
 
 def _blocked(tmp_path, B=2, Kb=2, n=2500, nu=70, ni=50, rank=6, val_share=0.1, seed=0, threads=2, tasks=1):
-    """A tiny problem cut into blocks by the worker's own pack functions, blobs in a store."""
+    """A tiny learnable problem cut into blocks by the worker's own pack function, blobs in a store."""
     rng = np.random.default_rng(seed)
     pairs = np.unique(np.stack([rng.integers(0, nu, n), rng.integers(0, ni, n)], 1), axis=0)
     users, items = pairs[:, 0].astype(np.int64) + 1, pairs[:, 1].astype(np.int64) + 1
-    r = rng.uniform(1, 5, len(users)).astype(np.float32)
+    U, V = rng.normal(0, 0.6, (nu + 1, 2)), rng.normal(0, 0.6, (ni + 1, 2))
+    r = np.clip(3.5 + np.sum(U[users] * V[items], axis=1) + rng.normal(0, 0.3, len(users)), 1, 5).astype(np.float32)
     v = rng.random(len(users)) < val_share
-    ublk = (users * 2654435761 % 1000003) % (B * Kb)
-    iblk = (items * 40503 % 999983) % (B * Kb)
-
-    def index(ids, blk):
-        local = {}
-        for x in sorted(set(ids.tolist())):
-            b_ = blk[ids.tolist().index(x)]
-            local[x] = (int(b_), sum(1 for y in local if local[y][0] == b_))
-        return local
-
-    uix, iix = index(users[~v], ublk[~v]), index(items[~v], iblk[~v])
-    keep = np.array([u_ in uix and i_ in iix for u_, i_ in zip(users, items)])
-    users, items, r, v = users[keep], items[keep], r[keep], v[keep]
-    df = pd.DataFrame({
-        "G": [uix[x][0] // Kb for x in users], "a": [uix[x][0] % Kb for x in users], "ul": [uix[x][1] for x in users],
-        "J": [iix[x][0] // Kb for x in items], "b": [iix[x][0] % Kb for x in items], "il": [iix[x][1] for x in items],
-        "r": r, "v": v,
-    })
+    D = B * Kb
+    ublk, iblk = (users * 2654435761 % 1000003) % D, (items * 40503 % 999983) % D
+    item_ids = {}
+    for j in range(D):
+        ids = np.unique(items[~v & (iblk == j)]).astype(np.int32)
+        if len(ids):
+            item_ids[(j // Kb, j % Kb)] = ids
+    df = pd.DataFrame({"G": ublk // Kb, "a": ublk % Kb, "user": users, "item": items, "J": iblk // Kb, "b": iblk % Kb,
+                       "r": r, "v": v})
     run_id = uuid.uuid4().hex
     store = Store(run_id, str(tmp_path))
-    rows = []
-    for _, g in df.groupby(["G", "J", "a", "b"]):
-        rows.append(W.pack_sub_block(g.reset_index(drop=True), run_id=None))
-    for kind, ix in (("U", uix), ("I", iix)):
-        t = pd.DataFrame([(blk // Kb, blk % Kb, loc, x) for x, (blk, loc) in ix.items()],
-                         columns=["G" if kind == "U" else "J", "a" if kind == "U" else "b", "local", "id"])
-        for _, g in t.groupby(list(t.columns[:2])):
-            rows.append(W.pack_ids(g.reset_index(drop=True), kind=kind, run_id=None))
-    packed = pd.concat(rows, ignore_index=True)
+    packed = pd.concat([W.pack_user_block(g.reset_index(drop=True), B=B, K=Kb, item_ids=item_ids, run_id=None)
+                        for _, g in df.groupby(["G", "a"])], ignore_index=True)
     sub_counts, id_counts = {}, {}
     for row in packed.itertuples():
         store.put(W.blob_name(row.blob), row.blob)
         if row.kind in ("R", "V"):
             sub_counts[(row.kind, row.G, row.J, row.a, row.b)] = row.n
-        elif row.kind == "U":
-            id_counts[("U", row.G, row.a)] = row.n
         else:
-            id_counts[("I", row.J, row.b)] = row.n
-    n_train = int((~v).sum())
-    mu = float(r[~v].astype(np.float64).sum() / n_train)
-    cfg = W.TaskConfig(run_id=run_id, B=B, K=Kb, rank=rank, reg=0.02, bias_reg=0.01, init_std=0.1, seed=seed, mu=mu,
-                       threads=threads, tasks=tasks, sub_counts=sub_counts, id_counts=id_counts, root=str(tmp_path))
+            id_counts[("U", row.G, row.a)] = row.n
+    r_rows = packed[packed.kind == "R"]
+    n_train = int(r_rows.n.sum())
+    cfg = W.TaskConfig(run_id=run_id, B=B, K=Kb, rank=rank, reg=0.02, bias_reg=0.01, init_std=0.1, seed=seed,
+                       mu=float(r_rows.rsum.sum() / n_train), threads=threads, tasks=tasks, sub_counts=sub_counts,
+                       id_counts=id_counts, item_ids=item_ids, root=str(tmp_path))
     return cfg, packed, df, n_train
 
 
-def test_pack_sub_block_sorts_by_user_then_item_and_splits_validation(tmp_path):
+def test_pack_user_block_sorts_by_user_then_item_and_splits_validation(tmp_path):
     cfg, packed, df, n_train = _blocked(tmp_path)
-    r_rows = packed[packed.kind == "R"]
-    assert r_rows.n.sum() == n_train and packed[packed.kind == "V"].n.sum() == int(df.v.sum())
-    for blob in r_rows.blob:
+    train = df[~df.v]
+    assert n_train == len(train)  # every training rating is in exactly one sub-block
+    for blob in packed[packed.kind == "R"].blob:
         sub = bk.decode_sub(blob)
         keys = sub.users.astype(np.int64) * 100000 + sub.items
         assert np.all(np.diff(keys) > 0)  # sorted by (user, item), no duplicates
-        g = df[(df.G == sub.G) & (df.J == sub.J) & (df.a == sub.a) & (df.b == sub.b) & ~df.v]
-        assert sorted(zip(g.ul, g.il)) == list(zip(sub.users.tolist(), sub.items.tolist()))
+        g = train[(train.G == sub.G) & (train.a == sub.a)]
+        uids = np.unique(g.user)
+        mine = g[(g.J == sub.J) & (g.b == sub.b)]
+        expect = sorted(zip(np.searchsorted(uids, mine.user), np.searchsorted(cfg.item_ids[(sub.J, sub.b)], mine.item)))
+        assert expect == list(zip(sub.users.tolist(), sub.items.tolist()))
+    # validation keeps only rows whose user and item have training ratings
+    val = df[df.v]
+    known = val[val.user.isin(train.user) & val.item.isin(train.item)]
+    assert packed[packed.kind == "V"].n.sum() == len(known) > 0
 
 
 def _load(cfg):
@@ -355,8 +346,8 @@ def test_multi_task_stages_equal_the_single_task(tmp_path):
     _, single = _run_single(cfg1, validation=False)
     cfg = W.TaskConfig(**{**cfg1.__dict__, "tasks": 2, "threads": 1})
     E = cfg.tasks
-    ids = [(bk.owner(r.G, E) if r.kind == "U" else bk.item_home(r.J, 0, cfg.B, E), ("B", r.blob))
-           for r in packed.itertuples() if r.kind in ("U", "I")]
+    ids = [(bk.owner(r.G, E), ("B", r.blob))
+           for r in packed.itertuples() if r.kind == "U"]
     state = {t: list(W.initial_state(t, [x for x in ids if x[0] == t], cfg=cfg, shift=0)) for t in range(E)}
     pr = Progress(lr=0.03)
     for epoch in range(3):

@@ -60,10 +60,13 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
 
+import numpy as np
+
 from pyspark import StorageLevel
 from pyspark.rdd import RDD
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import StringType, StructField, StructType
 
 from recospark import faults
 from recospark.models.sgd import blocks as bk
@@ -79,8 +82,7 @@ from recospark.models.sgd.worker import (
     cleanup_task,
     extract_stats,
     initial_state,
-    pack_ids,
-    pack_sub_block,
+    pack_user_block,
     single_task,
     state_blobs,
     stratum_task,
@@ -201,18 +203,6 @@ def _hash_block(col: str, seed: int, d: int, salt: str):
     return F.pmod(F.xxhash64(F.lit(int(seed)), F.lit(salt), F.col(col)), F.lit(d)).cast("int")
 
 
-def _index(ids: DataFrame, seed: int, B: int, K: int, salt: str, group: str, inner: str) -> DataFrame:
-    """id -> (group, inner block, local row within the inner block by ascending id)."""
-    blk = _hash_block("id", seed, B * K, salt)
-    w = Window.partitionBy("blk").orderBy("id")
-    return (
-        ids.distinct()
-        .withColumn("blk", blk)
-        .withColumn("local", (F.row_number().over(w) - 1).cast("int"))
-        .select("id", (F.col("blk") / K).cast("int").alias(group), (F.col("blk") % K).cast("int").alias(inner), "local")
-    )
-
-
 class DSGD:
     """One training run. `prepare` cuts the data into blocks once; `fit` trains and returns
     factors as DataFrames. The driver only sees scalars."""
@@ -239,27 +229,33 @@ class DSGD:
         started = time.monotonic()
         p, B, K = self.p, self.B, self.K
         write = self.run_id if (self.plan.single and p.resident) else None
-        train = train.select(F.col(USER).cast("int").alias(USER), F.col(ITEM).cast("int").alias(ITEM),
-                             F.col(RATING).cast("float").alias(RATING)).persist(_LEVEL)
-        uidx = _index(train.select(F.col(USER).alias("id")), p.seed, B, K, _USER_SALT, "G", "a").persist(_LEVEL)
-        iidx = _index(train.select(F.col(ITEM).alias("id")), p.seed, B, K, _ITEM_SALT, "J", "b").persist(_LEVEL)
+        D = B * K
+
+        def cols(df: DataFrame) -> DataFrame:
+            return df.select(F.col(USER).cast("int").alias(USER), F.col(ITEM).cast("int").alias(ITEM),
+                             F.col(RATING).cast("float").alias(RATING))
+
+        train = cols(train)
+        # The item index (ids per inner block) is small: one int per item, in every task's closure.
+        items = train.select(F.col(ITEM).alias("id")).distinct().select("id", _hash_block("id", p.seed, D, _ITEM_SALT).alias("blk"))
+        table = items.toArrow()
+        ids, blk = table.column("id").to_numpy(), table.column("blk").to_numpy()
+        order = np.lexsort((ids, blk))
+        ids, blk = ids[order].astype(np.int32), blk[order]
+        cuts = np.searchsorted(blk, np.arange(D + 1))
+        item_ids = {(j // K, j % K): ids[cuts[j]:cuts[j + 1]] for j in range(D) if cuts[j + 1] > cuts[j]}
         rows = train.withColumn("v", F.lit(False))
         if validation is not None:
-            rows = rows.unionByName(validation.select(F.col(USER).cast("int").alias(USER), F.col(ITEM).cast("int").alias(ITEM),
-                                                      F.col(RATING).cast("float").alias(RATING)).withColumn("v", F.lit(True)))
-        u = F.broadcast(uidx.select(F.col("id").alias(USER), "G", "a", F.col("local").alias("ul")))
-        i = F.broadcast(iidx.select(F.col("id").alias(ITEM), "J", "b", F.col("local").alias("il")))
-        indexed = rows.join(u, USER).join(i, ITEM).select("G", "J", "a", "b", "ul", "il", F.col(RATING).alias("r"), "v")
-        packed = indexed.groupBy("G", "J", "a", "b").applyInPandas(_udf(pack_sub_block, run_id=write), PACKED_SCHEMA)
-        uids = uidx.groupBy("G", "a").applyInPandas(_udf(pack_ids, kind="U", run_id=write), PACKED_SCHEMA)
-        iids = iidx.groupBy("J", "b").applyInPandas(_udf(pack_ids, kind="I", run_id=write), PACKED_SCHEMA)
-        self.packed = packed.unionByName(uids).unionByName(iids).persist(_LEVEL)
+            rows = rows.unionByName(cols(validation).withColumn("v", F.lit(True)))
+        ublk, iblk = _hash_block(USER, p.seed, D, _USER_SALT), _hash_block(ITEM, p.seed, D, _ITEM_SALT)
+        rows = rows.select((ublk / K).cast("int").alias("G"), (ublk % K).cast("int").alias("a"), F.col(USER).alias("user"),
+                           F.col(ITEM).alias("item"), (iblk / K).cast("int").alias("J"), (iblk % K).cast("int").alias("b"),
+                           F.col(RATING).alias("r"), "v")
+        # the one pass over the ratings: every sub-block packed (and, single task, written to the store)
+        packed = rows.groupBy("G", "a").applyInPandas(_udf(pack_user_block, B=B, K=K, item_ids=item_ids, run_id=write), PACKED_SCHEMA)
+        self.packed = packed.persist(_LEVEL)
         self._persisted.append(self.packed)
-        try:
-            meta = sorted(tuple(r) for r in self.packed.select("kind", "G", "J", "a", "b", "n", "rsum").collect())
-        finally:
-            for frame in (train, uidx, iidx):
-                frame.unpersist()
+        meta = sorted(tuple(r) for r in self.packed.select("kind", "G", "J", "a", "b", "n", "rsum").collect())
         self._prepared = True
         sub_counts, id_counts = {}, {}
         n_train, rsum, n_val = 0, 0.0, 0
@@ -271,16 +267,15 @@ class DSGD:
                     rsum += float(s)
                 else:
                     n_val += int(n)
-            elif kind == "U":
-                id_counts[("U", G, a)] = int(n)
             else:
-                id_counts[("I", J, b)] = int(n)
+                id_counts[("U", G, a)] = int(n)
         if n_train == 0:
             raise ValueError("SGDMatrixFactorization: no training ratings")
         self.n_train, self.n_validation, self.mu = n_train, n_val, rsum / n_train
         self.cfg = TaskConfig(
             run_id=self.run_id, B=B, K=K, rank=p.rank, reg=p.reg, bias_reg=p.bias_reg, init_std=p.init_std, seed=p.seed,
             mu=self.mu, threads=self.plan.threads, tasks=self.plan.tasks, sub_counts=sub_counts, id_counts=id_counts,
+            item_ids=item_ids,
         )
         self.info["setup_seconds"] = round(time.monotonic() - started, 3)
         self.info["store_written_at_setup"] = bool(write)
@@ -303,15 +298,12 @@ class DSGD:
         return None if fail is None else fail % partitions
 
     def _factor_frames(self, blobs: DataFrame) -> tuple[DataFrame, DataFrame]:
-        """(users, items) BIASED_FACTORS frames from (kind, grp, blob) rows, materialized so the
-        blocks and the store can go."""
-        blobs = blobs.persist(_LEVEL)
-        frames = []
-        for kind in ("U", "I"):
-            df = blobs.filter(F.col("kind") == kind).select("blob").mapInArrow(blobs_to_factor_rows, BIASED_FACTORS)
-            frames.append(df.checkpoint(eager=True) if self.sc.getCheckpointDir() else df.localCheckpoint(eager=True))
-        blobs.unpersist()
-        return frames[0], frames[1]
+        """(users, items) BIASED_FACTORS frames from (kind, grp, blob) rows: one Arrow pass and one
+        checkpoint (so the blocks, the store and the training lineage can go)."""
+        schema = StructType([StructField("kind", StringType(), False)] + BIASED_FACTORS.fields)
+        rows = blobs.select("blob").mapInArrow(_udf(blobs_to_factor_rows, with_kind=True), schema)
+        both = rows.checkpoint(eager=True) if self.sc.getCheckpointDir() else rows.localCheckpoint(eager=True)
+        return tuple(both.filter(F.col("kind") == kind).drop("kind") for kind in ("U", "I"))
 
     def _entry(self, h: dict[str, Any], seconds: float) -> dict[str, Any]:
         out = dict(h)
@@ -412,7 +404,7 @@ class DSGD:
         def key(row, B=B, E=E):
             return bk.owner(row.G, E) if row.kind == "U" else bk.item_home(row.J, 0, B, E)
 
-        ids = self._keyed_blobs(self.packed.filter(F.col("kind").isin("U", "I")), key)
+        ids = self._keyed_blobs(self.packed.filter(F.col("kind") == "U"), key)
         return ids.mapPartitionsWithIndex(partial(initial_state, cfg=cfg, shift=0), preservesPartitioning=True)
 
     def run_epoch(self, state: RDD, epoch: int, lr: float, offset: int, streamed: bool, fail: int | None) -> tuple[RDD, list[int]]:

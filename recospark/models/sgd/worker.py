@@ -1,8 +1,7 @@
 """What DSGD's Spark tasks run: top-level pure functions over iterators, unit-tested without Spark.
 
-* `pack_sub_block` / `pack_ids` (pandas, in `applyInPandas`): the one setup pass that cuts the
-  ratings into sub-block blobs (see blocks.py) and, when asked, writes them to the
-  executor-local store.
+* `pack_user_block` (pandas, in `applyInPandas`): the one setup pass that cuts the ratings into
+  sub-block blobs (see blocks.py) and, when asked, writes them to the executor-local store.
 * `single_task`: the single-task plan (all groups in one fat task, local mode): every epoch of a
   job in one task, threads over disjoint sub-blocks, factors and ratings resident in the store,
   validation RMSE, step schedule and early stopping in the task, the best factors exported.
@@ -99,8 +98,10 @@ class TaskConfig:
     tasks: int
     # (kind, G, J, a, b) -> n for every non-empty train ("R") / validation ("V") sub-block
     sub_counts: dict = field(default_factory=dict)
-    # ("U", G, a) / ("I", J, b) -> number of ids, for every non-empty inner block
+    # ("U", G, a) -> number of user ids, for every non-empty user inner block
     id_counts: dict = field(default_factory=dict)
+    # (J, b) -> the item ids of inner block b of item group J, ascending (an item's row there)
+    item_ids: dict = field(default_factory=dict)
     root: str | None = None  # the store's root directory; None: blocks.store_root() (tests pass a tmp dir)
 
     def store(self) -> Store:
@@ -114,44 +115,65 @@ class TaskConfig:
 # setup: the one packing pass (pandas UDFs)
 
 
-def pack_sub_block(pdf: pd.DataFrame, *, run_id: str | None) -> pd.DataFrame:
-    """The ratings of one sub-block (G, J, a, b) -> a training ("R") and a validation ("V") blob,
-    each sorted by (user, item). Input columns: G, J, a, b, ul, il (rows within the inner blocks),
-    r, v (is validation). With `run_id`, blobs also go to this executor's store (the single-task
-    plan reads them there, so its ratings never cross JVM<->Python again)."""
-    G, J, a, b = (int(pdf[c].iloc[0]) for c in ("G", "J", "a", "b"))
+def item_keys(item_ids: dict[tuple[int, int], np.ndarray], K: int, D: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted keys, start of each of the D inner blocks) with key = (J * K + b) << 32 | id: an
+    item's row in its inner block is searchsorted(keys, key) - start[J * K + b]."""
+    blocks = sorted(item_ids)
+    parts, start = [], np.zeros(D + 1, np.int64)
+    for J, b in blocks:
+        ids = np.asarray(item_ids[(J, b)], np.int64)
+        parts.append(((J * K + b) << 32) | ids)
+    keys = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    blk = keys >> 32
+    start[:] = np.searchsorted(blk, np.arange(D + 1))
+    return keys, start
+
+
+def pack_user_block(pdf: pd.DataFrame, *, B: int, K: int, item_ids: dict, run_id: str | None) -> pd.DataFrame:
+    """All ratings of user inner block (G, a) -> one row per sub-block (G, J, a, b) of training
+    ("R") and validation ("V") ratings, each sorted by (user, item), plus the block's user ids
+    ("U"). Input columns: G, a, user, item, J, b, r, v (is validation). Users are numbered by
+    ascending id among those with training ratings; items by their row in `item_ids` (J, b) ->
+    sorted ids. Validation rows with a user or item unknown to training are dropped. With
+    `run_id`, blobs also go to this executor's store (the single-task plan reads them there, so
+    its ratings never cross JVM<->Python again)."""
+    G, a = int(pdf["G"].iloc[0]), int(pdf["a"].iloc[0])
     is_val = pdf["v"].to_numpy(bool)
-    ul = pdf["ul"].to_numpy(np.int32)
-    il = pdf["il"].to_numpy(np.int32)
+    users = pdf["user"].to_numpy(np.int64)
+    ids = np.unique(users[~is_val])
+    ul = np.minimum(np.searchsorted(ids, users), max(len(ids) - 1, 0))
+    known = (ids[ul] == users) if len(ids) else np.zeros(len(users), bool)
+    blk = pdf["J"].to_numpy(np.int64) * K + pdf["b"].to_numpy(np.int64)
+    keys, start = item_keys(item_ids, K, B * K)
+    key = (blk << 32) | pdf["item"].to_numpy(np.int64)
+    if len(keys):
+        pos = np.minimum(np.searchsorted(keys, key), len(keys) - 1)
+        known &= keys[pos] == key
+        il = pos - start[blk]
+    else:
+        known[:] = False
+        il = np.zeros(len(key), np.int64)
     r = pdf["r"].to_numpy(np.float32)
     store = Store(run_id) if run_id else None
     out = []
-    for kind, mask in (("R", ~is_val), ("V", is_val)):
-        if not mask.any():
-            continue
-        u_, i_, r_ = ul[mask], il[mask], r[mask]
-        order = np.lexsort((i_, u_))
-        blob = bk.encode_sub(kind, G, J, a, b, u_[order], i_[order], r_[order])
-        if store is not None:
-            store.put(bk.sub_name(kind, G, J, a, b), blob)
-        out.append((kind, G, J, a, b, int(mask.sum()), float(r_.astype(np.float64).sum()), blob))
+    for kind, mask in (("R", ~is_val & known), ("V", is_val & known)):
+        k_, u_, i_, r_ = blk[mask], ul[mask].astype(np.int32), il[mask].astype(np.int32), r[mask]
+        order = np.lexsort((i_, u_, k_))
+        k_, u_, i_, r_ = k_[order], u_[order], i_[order], r_[order]
+        cuts = np.flatnonzero(np.diff(k_)) + 1
+        for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(k_)]):
+            if hi == lo:
+                continue
+            J, b = divmod(int(k_[lo]), K)
+            blob = bk.encode_sub(kind, G, J, a, b, u_[lo:hi], i_[lo:hi], r_[lo:hi])
+            if store is not None:
+                store.put(bk.sub_name(kind, G, J, a, b), blob)
+            out.append((kind, G, J, a, b, int(hi - lo), float(r_[lo:hi].astype(np.float64).sum()), blob))
+    blob = bk.encode("U", G, 0, a, 0, [ids.astype(np.int32)], len(ids))
+    if store is not None:
+        store.put(bk.ids_name("U", G, a), blob)
+    out.append(("U", G, 0, a, 0, len(ids), 0.0, blob))
     return pd.DataFrame(out, columns=["kind", "G", "J", "a", "b", "n", "rsum", "blob"])
-
-
-def pack_ids(pdf: pd.DataFrame, *, kind: str, run_id: str | None) -> pd.DataFrame:
-    """The ids of one inner block, in row order: users (kind "U", columns G, a, local, id) or
-    items ("I", columns J, b, local, id)."""
-    group, inner = (int(pdf["G" if kind == "U" else "J"].iloc[0]), int(pdf["a" if kind == "U" else "b"].iloc[0]))
-    ids = pdf.sort_values("local")["id"].to_numpy(np.int32)
-    if kind == "U":
-        blob = bk.encode("U", group, 0, inner, 0, [ids], len(ids))
-        row = ("U", group, 0, inner, 0, len(ids), 0.0, blob)
-    else:
-        blob = bk.encode("I", group, 0, 0, inner, [ids], len(ids))
-        row = ("I", 0, group, 0, inner, len(ids), 0.0, blob)
-    if run_id:
-        Store(run_id).put(bk.ids_name(kind, group, inner), blob)
-    return pd.DataFrame([row], columns=["kind", "G", "J", "a", "b", "n", "rsum", "blob"])
 
 
 def blob_name(blob) -> str:
@@ -323,13 +345,17 @@ def _rmse(sse: float, n: int) -> float | None:
 
 
 def group_factors(cfg: TaskConfig, kind: str, group: int, source: Source) -> FactorBlock | None:
-    """The initial factors of one group, from its ids per inner block (store or streamed)."""
+    """The initial factors of one group from its ids per inner block: items from the config,
+    users from their id blobs (store or streamed)."""
     parts = []
     for inner in range(cfg.K):
-        if cfg.id_counts.get((kind, group, inner), 0) == 0:
+        if kind == "I":
+            parts.append(np.asarray(cfg.item_ids.get((group, inner), np.zeros(0, np.int32)), np.int32))
+            continue
+        if cfg.id_counts.get(("U", group, inner), 0) == 0:
             parts.append(np.zeros(0, np.int32))
             continue
-        ids = source.ids(kind, group, inner)
+        ids = source.ids("U", group, inner)
         if ids is None:
             return None
         parts.append(np.array(ids))
@@ -647,8 +673,9 @@ def state_blobs(records: Iterable) -> Iterator[tuple]:
 # export and cleanup
 
 
-def blobs_to_factor_rows(batches: Iterator, *, chunk: int = 8192) -> Iterator:
-    """mapInArrow: (kind, grp, blob) batches -> (id int, features array<float>, bias float) batches."""
+def blobs_to_factor_rows(batches: Iterator, *, chunk: int = 8192, with_kind: bool = False) -> Iterator:
+    """mapInArrow: (kind, grp, blob) batches -> (id int, features array<float>, bias float)
+    batches, preceded by a `kind` column ("U"/"I") when `with_kind`."""
     import pyarrow as pa
 
     for batch in batches:
@@ -659,11 +686,12 @@ def blobs_to_factor_rows(batches: Iterator, *, chunk: int = 8192) -> Iterator:
                 hi = min(n, lo + chunk)
                 values = pa.array(np.ascontiguousarray(fb.factors[lo:hi]).reshape(-1), type=pa.float32())
                 offsets = pa.array(np.arange(0, (hi - lo) * k + 1, k, dtype=np.int32))
-                features = pa.ListArray.from_arrays(offsets, values)
-                yield pa.RecordBatch.from_arrays(
-                    [pa.array(fb.ids[lo:hi], type=pa.int32()), features, pa.array(fb.biases[lo:hi], type=pa.float32())],
-                    names=["id", "features", "bias"],
-                )
+                columns = [pa.array(fb.ids[lo:hi], type=pa.int32()), pa.ListArray.from_arrays(offsets, values),
+                           pa.array(fb.biases[lo:hi], type=pa.float32())]
+                names = ["id", "features", "bias"]
+                if with_kind:
+                    columns, names = [pa.array([fb.kind] * (hi - lo), type=pa.string())] + columns, ["kind"] + names
+                yield pa.RecordBatch.from_arrays(columns, names=names)
 
 
 def cleanup_task(_index: int, _records: Iterable, *, run_id: str) -> Iterator[tuple[str, bool]]:
@@ -691,8 +719,8 @@ __all__ = [
     "extract_stats",
     "group_factors",
     "initial_state",
-    "pack_ids",
-    "pack_sub_block",
+    "item_keys",
+    "pack_user_block",
     "run_epochs",
     "run_jobs",
     "single_task",
