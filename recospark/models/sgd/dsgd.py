@@ -485,6 +485,7 @@ class DSGD:
                 "kernel_cpu_seconds": sum(s["kernel_cpu_seconds"] for s in parts),
                 "task_seconds": max(s["task_seconds"] for s in parts),
                 "streamed_bytes": sum(s["streamed_bytes"] for s in parts),
+                "streamed_val_bytes": sum(s.get("streamed_val_bytes", 0) for s in parts),
                 "factor_bytes": sum(s["factor_bytes"] for s in parts),
                 "compile_seconds": max(s["compile_seconds"] for s in parts),
                 "stages": max(s["stages"] for s in parts), "streamed": streamed,

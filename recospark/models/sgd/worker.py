@@ -647,7 +647,7 @@ def boundary_task(index: int, records: Iterable, *, plan: StagePlan) -> Iterator
     stats["kernel_seconds"] = stats.get("kernel_seconds", 0.0) + timer.wall
     stats["kernel_cpu_seconds"] = stats.get("kernel_cpu_seconds", 0.0) + timer.cpu
     stats["compile_seconds"] = stats.get("compile_seconds", 0.0) + compile_s
-    stats["streamed_bytes"] = stats.get("streamed_bytes", 0) + streamed_bytes
+    stats["streamed_val_bytes"] = stats.get("streamed_val_bytes", 0) + streamed_bytes
     stats["factor_bytes"] = stats.get("factor_bytes", 0) + nbytes
     stats["stages"] = stats.get("stages", 0) + 1
     stats["task_seconds"] = stats.get("task_seconds", 0.0) + time.perf_counter() - started
