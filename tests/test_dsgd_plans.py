@@ -78,7 +78,9 @@ def test_missing_blocks_fall_back_to_streaming_with_the_same_result(spark, ratin
     result = driver.fit()
     jobs = result.info["single_jobs"]
     assert jobs[0]["missing"] > 0 and jobs[1]["streamed"] and jobs[1]["missing"] == 0
-    assert jobs[1]["streamed_bytes"] <= (result.n_train + result.n_validation) * RATING_BYTES + 64 * 200
+    assert jobs[1]["streamed_bytes"] <= result.n_train * RATING_BYTES + 64 * (4 * 2) ** 2  # |R| once
+    assert result.history[0]["streamed_bytes"] == jobs[1]["streamed_bytes"]
+    assert all(h["streamed_bytes"] == 0 for h in result.history[1:])
     for a, b in zip(_arrays(reference), _arrays(result)):
         np.testing.assert_array_equal(a, b)
     assert not os.path.exists(_store_dir(driver.run_id))

@@ -318,8 +318,9 @@ def test_single_task_reports_missing_blocks_and_accepts_them_streamed(tmp_path):
     assert stats["missing"] > 0 and not factors  # nothing trained on partial data
     streamed = [row for row in packed.itertuples()]  # Rows with .blob, as the driver streams them
     stats, factors = _run_single(cfg, records=streamed)
-    assert stats["missing"] == 0 and stats["streamed_bytes"] == sum(len(b) for b in packed.blob)
-    assert stats["streamed_bytes"] <= (n_train + int(packed[packed.kind == "V"].n.sum())) * 12 + 2000 * len(packed)
+    assert stats["missing"] == 0
+    assert stats["streamed_bytes"] == sum(len(b) for b in packed[packed.kind == "R"].blob) <= n_train * 12 + 64 * len(packed)
+    assert stats["streamed_val_bytes"] == sum(len(b) for b in packed[packed.kind == "V"].blob)
     for key in resident:
         np.testing.assert_array_equal(resident[key].factors, factors[key].factors)
     # the stream was written to the store: the next job needs no input

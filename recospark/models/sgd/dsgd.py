@@ -239,6 +239,7 @@ class DSGD:
         # The item index (ids per inner block) is small: one int per item, in every task's closure.
         items = train.select(F.col(ITEM).alias("id")).distinct().select("id", _hash_block("id", p.seed, D, _ITEM_SALT).alias("blk"))
         table = items.toArrow()
+        self.info["setup_items_seconds"] = round(time.monotonic() - started, 3)
         ids, blk = table.column("id").to_numpy(), table.column("blk").to_numpy()
         order = np.lexsort((ids, blk))
         ids, blk = ids[order].astype(np.int32), blk[order]
@@ -255,7 +256,9 @@ class DSGD:
         packed = rows.groupBy("G", "a").applyInPandas(_udf(pack_user_block, B=B, K=K, item_ids=item_ids, run_id=write), PACKED_SCHEMA)
         self.packed = packed.persist(_LEVEL)
         self._persisted.append(self.packed)
+        t_pack = time.monotonic()
         meta = sorted(tuple(r) for r in self.packed.select("kind", "G", "J", "a", "b", "n", "rsum").collect())
+        self.info["setup_pack_seconds"] = round(time.monotonic() - t_pack, 3)
         self._prepared = True
         sub_counts, id_counts = {}, {}
         n_train, rsum, n_val = 0, 0.0, 0
@@ -349,14 +352,18 @@ class DSGD:
                     raise RuntimeError(f"DSGD: blocks missing after {misses} attempts: {stats.get('missing_example')}")
                 streamed, progress, history = True, Progress(lr=p.step_size), []
                 continue
-            streamed = not p.resident
             epochs = stats["history"]
             overhead = job_s - sum(h["task_seconds"] for h in epochs)
             for k, h in enumerate(epochs):
+                # the job's own costs (scheduling, kernel loading, streamed blocks) go to its first epoch
+                h = {**h, "streamed_bytes": stats["streamed_bytes"] if k == 0 else 0,
+                     "streamed_val_bytes": stats["streamed_val_bytes"] if k == 0 else 0, "factor_bytes": 0,
+                     "compile_seconds": stats["compile_seconds"] if k == 0 else 0.0, "streamed": streamed and k == 0}
                 history.append(self._entry(h, h["task_seconds"] + (overhead if k == 0 else 0.0)))
                 log.info("epoch %d/%d train_rmse=%.4f val_rmse=%s step=%.5f", h["epoch"], p.max_iter, h["train_rmse"],
                          "-" if h["val_rmse"] is None else f"{h['val_rmse']:.4f}", h["step_size"])
             progress = Progress(**stats["progress"])
+            streamed = not p.resident  # the store is now where the task ran
             if stats["finished"]:
                 started = time.monotonic()
                 users, items = self._factor_frames(out.filter(F.col("kind") != "S"))

@@ -220,12 +220,13 @@ class Source:
         return bk.decode_ids(buf)[1]
 
 
-def absorb(records: Iterable, store: Store | None) -> tuple[dict[str, Any], list, int]:
+def absorb(records: Iterable, store: Store | None) -> tuple[dict[str, Any], list, dict[str, int]]:
     """Split a task's input into streamed blobs (name -> bytes, written to the store when given
-    and absent there) and the other records; returns (blobs, others, streamed bytes)."""
+    and absent there) and the other records; returns (blobs, others, streamed bytes per kind:
+    "R" training sub-blocks, "V" validation sub-blocks, "U" user ids)."""
     blobs: dict[str, Any] = {}
     others = []
-    nbytes = 0
+    nbytes = {"R": 0, "V": 0, "U": 0}
     for rec in records:
         if hasattr(rec, "blob"):  # a Row of the packed frame, streamed as is
             tag, payload = "B", rec.blob
@@ -234,7 +235,7 @@ def absorb(records: Iterable, store: Store | None) -> tuple[dict[str, Any], list
         if tag == "B":
             name = blob_name(payload)
             blobs[name] = payload
-            nbytes += len(payload)
+            nbytes[name[0]] += len(payload)
             if store is not None and not store.has(name):
                 store.put(name, bytes(payload))
         else:
@@ -486,7 +487,8 @@ def single_task(index: int, records: Iterable, *, plan: SinglePlan) -> Iterator[
     blobs, _, streamed_bytes = absorb(records, store)
     source = Source(store, blobs)
     users, items = _load_version(store, cfg, plan.progress.epoch, source)
-    stats: dict[str, Any] = {"compile_seconds": compile_s, "streamed_bytes": streamed_bytes, "pid": os.getpid(),
+    stats: dict[str, Any] = {"compile_seconds": compile_s, "streamed_bytes": streamed_bytes["R"],
+                             "streamed_val_bytes": streamed_bytes["V"], "streamed_id_bytes": streamed_bytes["U"], "pid": os.getpid(),
                              "threads": cfg.threads, "missing": 0}
     if users is None:
         stats.update(missing=len(source.missing), missing_example=source.missing[:3], history=[],
@@ -622,7 +624,7 @@ def stratum_task(index: int, records: Iterable, *, plan: StagePlan) -> Iterator[
     stats["kernel_cpu_seconds"] += timer.cpu
     stats["kernel_calls"] += timer.calls
     stats["compile_seconds"] += compile_s
-    stats["streamed_bytes"] += streamed_bytes
+    stats["streamed_bytes"] += streamed_bytes["R"]
     stats["factor_bytes"] += nbytes
     stats["stages"] += 1
     stats["task_seconds"] += time.perf_counter() - started
@@ -647,7 +649,7 @@ def boundary_task(index: int, records: Iterable, *, plan: StagePlan) -> Iterator
     stats["kernel_seconds"] = stats.get("kernel_seconds", 0.0) + timer.wall
     stats["kernel_cpu_seconds"] = stats.get("kernel_cpu_seconds", 0.0) + timer.cpu
     stats["compile_seconds"] = stats.get("compile_seconds", 0.0) + compile_s
-    stats["streamed_val_bytes"] = stats.get("streamed_val_bytes", 0) + streamed_bytes
+    stats["streamed_val_bytes"] = stats.get("streamed_val_bytes", 0) + streamed_bytes["V"]
     stats["factor_bytes"] = stats.get("factor_bytes", 0) + nbytes
     stats["stages"] = stats.get("stages", 0) + 1
     stats["task_seconds"] = stats.get("task_seconds", 0.0) + time.perf_counter() - started
