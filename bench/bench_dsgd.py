@@ -71,57 +71,39 @@ def prepare_data(spark, size: str, work: Path):
 
 
 def kernel_alone(train, params, cores: int) -> dict:
-    """One epoch of the compiled kernel on one core over the same sub-blocks DSGD builds (this
-    process, no Spark in the loop): the 'single-core kernel rate at the same rank'."""
+    """The compiled kernel over the same sub-blocks DSGD builds, in this process, without Spark:
+    one epoch on 1 thread (the 'single-core kernel rate at the same rank') and on `cores` threads,
+    best of 3 epochs each."""
     import numpy as np
 
+    from inprocess import blocked
     from recospark.models.sgd import blocks as bk
     from recospark.models.sgd import worker as W
     from recospark.schema import MOVIE_ID, RATING, USER_ID
 
-    pdf = train.select(USER_ID, MOVIE_ID, RATING).toPandas()
-    B, K = params["num_blocks"], params["inner_blocks"]
-    D = B * K
-    u, i = pdf[USER_ID].to_numpy(np.int64), pdf[MOVIE_ID].to_numpy(np.int64)
-    # any fixed hash gives the same block sizes statistically; the kernel rate is what we time
-    ublk, iblk = (u * 2654435761) % 1000003 % D, (i * 40503) % 999983 % D
-    item_ids = {}
-    for j in range(D):
-        ids = np.unique(i[iblk == j]).astype(np.int32)
-        if len(ids):
-            item_ids[(j // K, j % K)] = ids
-    import pandas as pd
-
-    df = pd.DataFrame({"G": ublk // K, "a": ublk % K, "user": u, "item": i, "J": iblk // K, "b": iblk % K,
-                       "r": pdf[RATING].to_numpy(np.float32), "v": False})
-    packed = pd.concat([W.pack_user_block(g.reset_index(drop=True), B=B, K=K, item_ids=item_ids, run_id=None)
-                        for _, g in df.groupby(["G", "a"])], ignore_index=True)
-    streamed = {W.blob_name(b): b for b in packed.blob}
-    sub_counts = {(r.kind, r.G, r.J, r.a, r.b): r.n for r in packed.itertuples() if r.kind == "R"}
-    id_counts = {("U", r.G, r.a): r.n for r in packed.itertuples() if r.kind == "U"}
-    cfg = W.TaskConfig(run_id="bench", B=B, K=K, rank=params["rank"], reg=params["reg"], bias_reg=params["bias_reg"],
-                       init_std=params["init_std"], seed=params["seed"], mu=float(df.r.mean()), threads=1, tasks=1,
-                       sub_counts=sub_counts, id_counts=id_counts, item_ids=item_ids, root="/nonexistent")
-    source = W.Source(bk.Store("bench", "/nonexistent"), streamed)
-    users = {G: W.group_factors(cfg, "U", G, source) for G in range(B)}
-    items = {J: W.group_factors(cfg, "I", J, source) for J in range(B)}
+    table = train.select(USER_ID, MOVIE_ID, RATING).toArrow()
+    u, i, r = (table.column(c).to_numpy() for c in (USER_ID, MOVIE_ID, RATING))
+    cfg, source, users, items = blocked(u, i, r, B=params["num_blocks"], K=params["inner_blocks"], rank=params["rank"],
+                                        reg=params["reg"], bias_reg=params["bias_reg"], init_std=params["init_std"],
+                                        seed=params["seed"], threads=cores)
     W.ensure_warm()
     out = {}
     for threads in sorted({1, cores}):
         cfg = W.TaskConfig(**{**cfg.__dict__, "threads": threads})
         best = None
-        for epoch in range(3):  # best of 3 epochs (the first touches every page)
+        for epoch in range(3):  # the first touches every page
             sums: dict = {}
             t0 = time.perf_counter()
             timer = W.Timer()
-            for shift in bk.strata_order(cfg.seed, epoch, B):
-                timer.add(W.train_stratum(cfg, shift, list(range(B)), users, items, source, lr=params["step_size"] * 0.1,
-                                          epoch=epoch, sums=sums))
+            for shift in bk.strata_order(cfg.seed, epoch, cfg.B):
+                timer.add(W.train_stratum(cfg, shift, list(range(cfg.B)), users, items, source,
+                                          lr=params["step_size"] * 0.1, epoch=epoch, sums=sums))
             wall = time.perf_counter() - t0
             n = W.total(sums)[1]
             if best is None or wall < best["wall"]:
                 best = {"updates": n, "wall": wall, "kernel_cpu": timer.cpu, "rate": n / wall}
         out[threads] = best
+    del table, u, i, r, np
     return out
 
 

@@ -95,32 +95,19 @@ def best_rate(fn, args, P, Q, bu, bi, mu, epochs: int) -> float:
 
 def blocked_rate(u, i, r, rank: int, threads: int, epochs: int) -> float:
     """The DSGD worker's inner steps over a B=2 x K=2 layout on `threads` threads."""
-    import pandas as pd
+    sys.path.insert(0, str(ROOT / "bench"))
+    from inprocess import blocked
 
     from recospark.models.sgd import blocks as bk
     from recospark.models.sgd import worker as W
 
-    B, K = 2, 2
-    D = B * K
-    ublk, iblk = (u.astype(np.int64) * 2654435761) % 1000003 % D, (i.astype(np.int64) * 40503) % 999983 % D
-    item_ids = {(j // K, j % K): np.unique(i[iblk == j]).astype(np.int32) for j in range(D)}
-    df = pd.DataFrame({"G": ublk // K, "a": ublk % K, "user": u, "item": i, "J": iblk // K, "b": iblk % K, "r": r, "v": False})
-    packed = pd.concat([W.pack_user_block(g.reset_index(drop=True), B=B, K=K, item_ids=item_ids, run_id=None)
-                        for _, g in df.groupby(["G", "a"])], ignore_index=True)
-    streamed = {W.blob_name(b): b for b in packed.blob}
-    cfg = W.TaskConfig(run_id="bench", B=B, K=K, rank=rank, reg=0.05, bias_reg=0.01, init_std=0.05, seed=1,
-                       mu=float(r.mean()), threads=threads, tasks=1,
-                       sub_counts={(x.kind, x.G, x.J, x.a, x.b): x.n for x in packed.itertuples() if x.kind == "R"},
-                       id_counts={("U", x.G, x.a): x.n for x in packed.itertuples() if x.kind == "U"}, item_ids=item_ids)
-    source = W.Source(bk.Store("bench", "/nonexistent"), streamed)
-    users = {G: W.group_factors(cfg, "U", G, source) for G in range(B)}
-    items = {J: W.group_factors(cfg, "I", J, source) for J in range(B)}
+    cfg, source, users, items = blocked(u, i, r, B=2, K=2, rank=rank, reg=0.05, init_std=0.05, seed=1, threads=threads)
     best = np.inf
     for epoch in range(epochs):
         sums: dict = {}
         t0 = time.perf_counter()
-        for shift in bk.strata_order(1, epoch, B):
-            W.train_stratum(cfg, shift, list(range(B)), users, items, source, lr=0.005, epoch=epoch, sums=sums)
+        for shift in bk.strata_order(1, epoch, cfg.B):
+            W.train_stratum(cfg, shift, list(range(cfg.B)), users, items, source, lr=0.005, epoch=epoch, sums=sums)
         best = min(best, time.perf_counter() - t0)
     return len(r) / best / 1e6
 

@@ -62,9 +62,10 @@ def test_single_and_multi_task_plans_give_identical_factors(spark, ratings):
         assert [h[key] for h in single.history] == [h[key] for h in multi.history], key
     assert single.n_train == multi.n_train == train.count()
     # multi task: the first epoch streams each stratum's own sub-blocks, later epochs read the stores
-    headers = 64 * (4 * 2) ** 2  # one 64-byte header per sub-block blob
-    assert 0 < multi.history[0]["streamed_bytes"] <= single.n_train * RATING_BYTES + headers
-    assert 0 < multi.history[0]["streamed_val_bytes"] <= single.n_validation * RATING_BYTES + headers
+    packed, partials = multi.info["packed_bytes"], multi.info["partials"]
+    assert packed["R"] == single.n_train * RATING_BYTES + 64 * partials["R"]  # |R| plus one header per partial blob
+    assert multi.history[0]["streamed_bytes"] == packed["R"]  # each sub-block once in the epoch
+    assert multi.history[0]["streamed_val_bytes"] == packed["V"]
     assert [h["streamed_bytes"] + h["streamed_val_bytes"] for h in multi.history[1:]] == [0, 0]
 
 
@@ -78,7 +79,7 @@ def test_missing_blocks_fall_back_to_streaming_with_the_same_result(spark, ratin
     result = driver.fit()
     jobs = result.info["single_jobs"]
     assert jobs[0]["missing"] > 0 and jobs[1]["streamed"] and jobs[1]["missing"] == 0
-    assert jobs[1]["streamed_bytes"] <= result.n_train * RATING_BYTES + 64 * (4 * 2) ** 2  # |R| once
+    assert jobs[1]["streamed_bytes"] == result.info["packed_bytes"]["R"]  # |R| once
     assert result.history[0]["streamed_bytes"] == jobs[1]["streamed_bytes"]
     assert all(h["streamed_bytes"] == 0 for h in result.history[1:])
     for a, b in zip(_arrays(reference), _arrays(result)):

@@ -166,66 +166,87 @@ def test_progress_matches_the_schedules():
 # --- the worker functions on a tiny blocked problem -------------------------------------------
 
 
-def _blocked(tmp_path, B=2, Kb=2, n=2500, nu=70, ni=50, rank=6, val_share=0.1, seed=0, threads=2, tasks=1):
-    """A tiny learnable problem cut into blocks by the worker's own pack function, blobs in a store."""
+def _pack(users, items, r, v, uidx, iidx, B, Kb, parts=3):
+    """The setup pass on `parts` input partitions, as mapInArrow runs it: partial blobs."""
+    pa = pytest.importorskip("pyarrow")
+    out = []
+    for part, chunk in enumerate(np.array_split(np.arange(len(r)), parts)):
+        batch = pa.RecordBatch.from_pydict({"user": users[chunk].astype(np.int32), "item": items[chunk].astype(np.int32),
+                                            "r": r[chunk].astype(np.float32), "v": v[chunk]})
+        for res in W.pack_partition(iter([batch]), users=uidx, items=iidx, B=B, K=Kb, run_id=None, part=part):
+            out.append(res.to_pandas())
+    return pd.concat(out, ignore_index=True)
+
+
+def _blocked(tmp_path, B=2, Kb=2, n=2500, nu=70, ni=50, rank=6, val_share=0.1, seed=0, threads=2, tasks=1, parts=3):
+    """A tiny learnable problem cut into blocks by the worker's own setup pass, partials in a store."""
     rng = np.random.default_rng(seed)
     pairs = np.unique(np.stack([rng.integers(0, nu, n), rng.integers(0, ni, n)], 1), axis=0)
     users, items = pairs[:, 0].astype(np.int64) + 1, pairs[:, 1].astype(np.int64) + 1
     U, V = rng.normal(0, 0.6, (nu + 1, 2)), rng.normal(0, 0.6, (ni + 1, 2))
     r = np.clip(3.5 + np.sum(U[users] * V[items], axis=1) + rng.normal(0, 0.3, len(users)), 1, 5).astype(np.float32)
     v = rng.random(len(users)) < val_share
-    D = B * Kb
-    ublk, iblk = (users * 2654435761 % 1000003) % D, (items * 40503 % 999983) % D
-    item_ids = {}
-    for j in range(D):
-        ids = np.unique(items[~v & (iblk == j)]).astype(np.int32)
-        if len(ids):
-            item_ids[(j // Kb, j % Kb)] = ids
-    df = pd.DataFrame({"G": ublk // Kb, "a": ublk % Kb, "user": users, "item": items, "J": iblk // Kb, "b": iblk % Kb,
-                       "r": r, "v": v})
+    uidx, iidx = bk.Index.build(users[~v], seed, B, Kb, 1), bk.Index.build(items[~v], seed, B, Kb, 2)
+    packed = _pack(users, items, r, v, uidx, iidx, B, Kb, parts)
     run_id = uuid.uuid4().hex
     store = Store(run_id, str(tmp_path))
-    packed = pd.concat([W.pack_user_block(g.reset_index(drop=True), B=B, K=Kb, item_ids=item_ids, run_id=None)
-                        for _, g in df.groupby(["G", "a"])], ignore_index=True)
-    sub_counts, id_counts = {}, {}
-    for row in packed.itertuples():
-        store.put(W.blob_name(row.blob), row.blob)
-        if row.kind in ("R", "V"):
-            sub_counts[(row.kind, row.G, row.J, row.a, row.b)] = row.n
-        else:
-            id_counts[("U", row.G, row.a)] = row.n
-    r_rows = packed[packed.kind == "R"]
+    for blob in packed.blob:
+        store.put(W.blob_name(blob), blob)
+    meta = packed.groupby(["kind", "G", "J", "a", "b"]).agg(n=("n", "sum"), rsum=("rsum", "sum"), parts=("n", "size"))
+    sub_counts = {k: int(x) for k, x in meta.n.items()}
+    part_counts = {k: int(x) for k, x in meta.parts.items()}
+    r_rows = meta.loc["R"]
     n_train = int(r_rows.n.sum())
     cfg = W.TaskConfig(run_id=run_id, B=B, K=Kb, rank=rank, reg=0.02, bias_reg=0.01, init_std=0.1, seed=seed,
-                       mu=float(r_rows.rsum.sum() / n_train), threads=threads, tasks=tasks, sub_counts=sub_counts,
-                       id_counts=id_counts, item_ids=item_ids, root=str(tmp_path))
+                       mu=float(r_rows.rsum.sum() / n_train), threads=threads, tasks=tasks, users=uidx, items=iidx,
+                       sub_counts=sub_counts, part_counts=part_counts, root=str(tmp_path))
+    df = pd.DataFrame({"user": users, "item": items, "r": r, "v": v})
     return cfg, packed, df, n_train
 
 
-def test_pack_user_block_sorts_by_user_then_item_and_splits_validation(tmp_path):
+def test_index_and_setup_pass_cut_every_rating_into_sorted_sub_blocks(tmp_path):
     cfg, packed, df, n_train = _blocked(tmp_path)
     train = df[~df.v]
-    assert n_train == len(train)  # every training rating is in exactly one sub-block
-    for blob in packed[packed.kind == "R"].blob:
-        sub = bk.decode_sub(blob)
+    assert n_train == len(train)  # every training rating lands in exactly one sub-block
+    known, G, a, ul = cfg.users.lookup(train.user.to_numpy())
+    assert known.all()
+    for g in range(cfg.B):  # inner blocks: ids ascending, rows 0..n-1, group = hash block // K
+        for inner in range(cfg.K):
+            ids = cfg.users.block(g, inner)
+            assert np.all(np.diff(ids) > 0)
+            assert np.all(bk.hash_blocks(ids, cfg.seed, cfg.B * cfg.K, 1) == g * cfg.K + inner)
+    source = W.Source(cfg, cfg.store())
+    seen = 0
+    for (kind, G_, J_, a_, b_), n in cfg.sub_counts.items():
+        if kind != "R":
+            continue
+        sub = source.sub(kind, G_, J_, a_, b_)  # merged from its partials
         keys = sub.users.astype(np.int64) * 100000 + sub.items
-        assert np.all(np.diff(keys) > 0)  # sorted by (user, item), no duplicates
-        g = train[(train.G == sub.G) & (train.a == sub.a)]
-        uids = np.unique(g.user)
-        mine = g[(g.J == sub.J) & (g.b == sub.b)]
-        expect = sorted(zip(np.searchsorted(uids, mine.user), np.searchsorted(cfg.item_ids[(sub.J, sub.b)], mine.item)))
-        assert expect == list(zip(sub.users.tolist(), sub.items.tolist()))
+        assert np.all(np.diff(keys) > 0) and len(sub.ratings) == n  # sorted by (user, item), no duplicates
+        users = cfg.users.block(G_, a_)[sub.users]
+        items = cfg.items.block(J_, b_)[sub.items]
+        got = sorted(zip(users.tolist(), items.tolist(), sub.ratings.tolist()))
+        want = train[train.user.isin(cfg.users.block(G_, a_)) & train.item.isin(cfg.items.block(J_, b_))]
+        assert got == sorted(zip(want.user.tolist(), want.item.tolist(), want.r.astype(np.float32).tolist()))
+        seen += n
+    assert seen == n_train and not source.missing
+    # the merged sub-blocks do not depend on how the input was partitioned
+    cfg1, packed1, *_ = _blocked(tmp_path, parts=1)
+    one = W.Source(cfg1, None, {W.blob_name(b): b for b in packed1.blob})
+    for key in cfg.sub_counts:
+        x, y = one.sub(*key), source.sub(*key)
+        for p_, q_ in zip(x[4:], y[4:]):
+            np.testing.assert_array_equal(p_, q_)
     # validation keeps only rows whose user and item have training ratings
     val = df[df.v]
-    known = val[val.user.isin(train.user) & val.item.isin(train.item)]
-    assert packed[packed.kind == "V"].n.sum() == len(known) > 0
+    known_val = val[val.user.isin(train.user) & val.item.isin(train.item)]
+    assert sum(n for k, n in cfg.sub_counts.items() if k[0] == "V") == len(known_val) > 0
 
 
 def _load(cfg):
-    source = W.Source(cfg.store())
-    users = {G: W.group_factors(cfg, "U", G, source) for G in range(cfg.B)}
-    items = {J: W.group_factors(cfg, "I", J, source) for J in range(cfg.B)}
-    assert not source.missing
+    source = W.Source(cfg, cfg.store())
+    users = {G: W.group_factors(cfg, "U", G) for G in range(cfg.B)}
+    items = {J: W.group_factors(cfg, "I", J) for J in range(cfg.B)}
     return users, items, source
 
 
@@ -320,6 +341,7 @@ def test_single_task_reports_missing_blocks_and_accepts_them_streamed(tmp_path):
     stats, factors = _run_single(cfg, records=streamed)
     assert stats["missing"] == 0
     assert stats["streamed_bytes"] == sum(len(b) for b in packed[packed.kind == "R"].blob) <= n_train * 12 + 64 * len(packed)
+    assert stats["merge_seconds"] >= 0
     assert stats["streamed_val_bytes"] == sum(len(b) for b in packed[packed.kind == "V"].blob)
     for key in resident:
         np.testing.assert_array_equal(resident[key].factors, factors[key].factors)
@@ -347,9 +369,7 @@ def test_multi_task_stages_equal_the_single_task(tmp_path):
     _, single = _run_single(cfg1, validation=False)
     cfg = W.TaskConfig(**{**cfg1.__dict__, "tasks": 2, "threads": 1})
     E = cfg.tasks
-    ids = [(bk.owner(r.G, E), ("B", r.blob))
-           for r in packed.itertuples() if r.kind == "U"]
-    state = {t: list(W.initial_state(t, [x for x in ids if x[0] == t], cfg=cfg, shift=0)) for t in range(E)}
+    state = {t: list(W.initial_state(t, [], cfg=cfg, shift=0)) for t in range(E)}
     pr = Progress(lr=0.03)
     for epoch in range(3):
         order = bk.strata_order(cfg.seed, epoch, cfg.B, first=pr.offset)

@@ -97,7 +97,8 @@ def test_ratings_cross_jvm_python_at_most_once_per_epoch(spark, tiny):
     single = DSGD(spark, DSGDParams(rank=2, num_blocks=3, inner_blocks=2, max_iter=2, seed=7))
     single.prepare(rows, None)
     assert single.plan.single and single.info["store_written_at_setup"]
-    budget = n * RATING_BYTES + 64 * len(single.cfg.sub_counts)  # sub-block arrays + one header each
+    budget = single.info["packed_bytes"]["R"]  # |R|: 12 bytes per rating + one 64-byte header per partial blob
+    assert budget == n * RATING_BYTES + 64 * single.info["partials"]["R"]
     result = single.fit()
     assert [job["streamed_bytes"] for job in result.info["single_jobs"]] == [0]
     assert [h["updates"] for h in result.history] == [n, n]
@@ -114,7 +115,7 @@ def test_ratings_cross_jvm_python_at_most_once_per_epoch(spark, tiny):
         assert got and all(t == G % 3 and J == (G + shift) % 3 for t, G, J in got)
     result = multi.fit()
     streamed = [h["streamed_bytes"] for h in result.history]
-    assert streamed[0] <= budget and streamed[0] >= n * RATING_BYTES and streamed[1:] == [0, 0], streamed
+    assert streamed[0] == multi.info["packed_bytes"]["R"] and streamed[1:] == [0, 0], streamed
 
 
 def test_recovers_noisy_low_rank_data(spark):

@@ -38,13 +38,73 @@ from typing import Any, NamedTuple
 import numpy as np
 
 MAGIC = 0x44534744  # "DSGD"
-_HEADER = 8  # int64 words: magic, kind, G, J, a, b, n, rank
+_HEADER = 8  # int64 words: magic, kind, G, J, a, b, n, and rank (factor blobs) or part + 1 (partial sub-blocks)
 KINDS = {"R": 1, "V": 2, "U": 3, "I": 4, "PU": 5, "PI": 6}
 _KIND_NAMES = {v: k for k, v in KINDS.items()}
 
 
 def seed_seq(seed: int, *parts: int) -> np.random.SeedSequence:
     return np.random.SeedSequence([int(seed) % (1 << 63), *[int(p) for p in parts]])
+
+
+# ---------------------------------------------------------------------------------------------
+# hashing ids into blocks, and the id index
+
+
+_M1, _M2, _GOLD = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x9E3779B97F4A7C15)
+
+
+def hash_blocks(ids: np.ndarray, seed: int, d: int, salt: int) -> np.ndarray:
+    """Block (0..d-1) of each id: splitmix64 of the id mixed with (seed, salt); a pure function
+    of (seed, salt, d, id), identical on every machine and whatever the partitioning."""
+    with np.errstate(over="ignore"):
+        key = np.uint64((int(seed) * 0x100000001B3 + int(salt) * 0x9E3779B1) % (1 << 64))
+        z = np.asarray(ids).astype(np.uint64) ^ key
+        z = z + _GOLD
+        z = (z ^ (z >> np.uint64(30))) * _M1
+        z = (z ^ (z >> np.uint64(27))) * _M2
+        z = z ^ (z >> np.uint64(31))
+    return (z % np.uint64(d)).astype(np.int64)
+
+
+class Index(NamedTuple):
+    """The rows of every user (or item): ids ordered by (hash block, id), and where each of the
+    D = B*K blocks starts. Block h is (group h // K, inner block h % K); an id's row in its inner
+    block is its rank among the block's ids. 4 bytes per id, so it travels in task closures."""
+
+    ids: np.ndarray  # int32, sorted by (block, id)
+    starts: np.ndarray  # int64, D + 1
+    K: int
+
+    @staticmethod
+    def build(ids: np.ndarray, seed: int, B: int, K: int, salt: int) -> "Index":
+        ids = np.unique(np.asarray(ids, np.int64))
+        blk = hash_blocks(ids, seed, B * K, salt)
+        order = np.lexsort((ids, blk))
+        return Index(ids[order].astype(np.int32), np.searchsorted(blk[order], np.arange(B * K + 1)).astype(np.int64), K)
+
+    def block(self, group: int, inner: int) -> np.ndarray:
+        h = group * self.K + inner
+        return self.ids[self.starts[h]:self.starts[h + 1]]
+
+    def count(self, group: int, inner: int) -> int:
+        h = group * self.K + inner
+        return int(self.starts[h + 1] - self.starts[h])
+
+    def lookup(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(known, group, inner, row in the inner block) of each id in `x`."""
+        x = np.asarray(x, np.int64)
+        order = np.argsort(self.ids, kind="stable")
+        sorted_ids = self.ids[order].astype(np.int64)
+        blk = np.repeat(np.arange(len(self.starts) - 1), np.diff(self.starts))
+        pos = np.minimum(np.searchsorted(sorted_ids, x), max(len(sorted_ids) - 1, 0))
+        if not len(sorted_ids):
+            z = np.zeros(len(x), np.int64)
+            return np.zeros(len(x), bool), z, z, z
+        known = sorted_ids[pos] == x
+        where = order[pos]
+        b = blk[where]
+        return known, b // self.K, b % self.K, where - self.starts[b]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,9 +245,23 @@ def decode_sub(buf) -> SubBlock:
     return SubBlock(h.G, h.J, h.a, h.b, u, i, r)
 
 
-def encode_sub(kind: str, G: int, J: int, a: int, b: int, users, items, ratings) -> bytes:
+def encode_sub(kind: str, G: int, J: int, a: int, b: int, users, items, ratings, part: int | None = None) -> bytes:
+    """A sub-block blob; `part` marks a partial one (the rows of one input partition)."""
     return encode(kind, G, J, a, b, [np.asarray(users, np.int32), np.asarray(items, np.int32),
-                                     np.asarray(ratings, np.float32)], len(ratings))
+                                     np.asarray(ratings, np.float32)], len(ratings), 0 if part is None else part + 1)
+
+
+def merge_subs(bufs: list) -> bytes:
+    """Partial blobs of one sub-block -> the sub-block, sorted by (user, item, rating): the same
+    bytes whatever the number or order of the partials."""
+    subs = [decode_sub(b) for b in bufs]
+    h = header(bufs[0])
+    u = np.concatenate([s.users for s in subs])
+    i = np.concatenate([s.items for s in subs])
+    r = np.concatenate([s.ratings for s in subs])
+    order = np.argsort(r, kind="stable")  # stable passes: rating, then (user, item)
+    order = order[np.argsort((u[order].astype(np.int64) << 32) | i[order].astype(np.int64), kind="stable")]
+    return encode_sub(h.kind, h.G, h.J, h.a, h.b, u[order], i[order], r[order])
 
 
 def decode_ids(buf) -> tuple[BlobHeader, np.ndarray]:

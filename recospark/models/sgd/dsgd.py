@@ -82,7 +82,7 @@ from recospark.models.sgd.worker import (
     cleanup_task,
     extract_stats,
     initial_state,
-    pack_user_block,
+    pack_partition,
     single_task,
     state_blobs,
     stratum_task,
@@ -97,8 +97,8 @@ USER = "user"
 ITEM = "item"
 RATING = "r"
 
-_USER_SALT = "user"
-_ITEM_SALT = "item"
+_USER_SALT = 1
+_ITEM_SALT = 2
 _LEVEL = StorageLevel.MEMORY_AND_DISK
 RATING_BYTES = 12  # per rating in a sub-block: int32 user, int32 item, float32 rating
 
@@ -199,10 +199,6 @@ def _udf(fn, **kwargs):
     return udf
 
 
-def _hash_block(col: str, seed: int, d: int, salt: str):
-    return F.pmod(F.xxhash64(F.lit(int(seed)), F.lit(salt), F.col(col)), F.lit(d)).cast("int")
-
-
 class DSGD:
     """One training run. `prepare` cuts the data into blocks once; `fit` trains and returns
     factors as DataFrames. The driver only sees scalars."""
@@ -229,56 +225,60 @@ class DSGD:
         started = time.monotonic()
         p, B, K = self.p, self.B, self.K
         write = self.run_id if (self.plan.single and p.resident) else None
-        D = B * K
 
         def cols(df: DataFrame) -> DataFrame:
-            return df.select(F.col(USER).cast("int").alias(USER), F.col(ITEM).cast("int").alias(ITEM),
-                             F.col(RATING).cast("float").alias(RATING))
+            return df.select(F.col(USER).cast("int").alias("user"), F.col(ITEM).cast("int").alias("item"),
+                             F.col(RATING).cast("float").alias("r"))
 
         train = cols(train)
-        # The item index (ids per inner block) is small: one int per item, in every task's closure.
-        items = train.select(F.col(ITEM).alias("id")).distinct().select("id", _hash_block("id", p.seed, D, _ITEM_SALT).alias("blk"))
-        table = items.toArrow()
-        self.info["setup_items_seconds"] = round(time.monotonic() - started, 3)
-        ids, blk = table.column("id").to_numpy(), table.column("blk").to_numpy()
-        order = np.lexsort((ids, blk))
-        ids, blk = ids[order].astype(np.int32), blk[order]
-        cuts = np.searchsorted(blk, np.arange(D + 1))
-        item_ids = {(j // K, j % K): ids[cuts[j]:cuts[j + 1]] for j in range(D) if cuts[j + 1] > cuts[j]}
+        # The index (every user's and item's block and row) is small, 4 bytes per id: it is built on
+        # the driver from the distinct ids and travels in task closures.
+        ids = train.select(F.lit(0).alias("k"), F.col("user").alias("id")).union(
+            train.select(F.lit(1).alias("k"), F.col("item").alias("id"))).distinct().toArrow()
+        k, idv = ids.column("k").to_numpy(), ids.column("id").to_numpy()
+        users = bk.Index.build(idv[k == 0], p.seed, B, K, _USER_SALT)
+        items = bk.Index.build(idv[k == 1], p.seed, B, K, _ITEM_SALT)
+        self.info["setup_index_seconds"] = round(time.monotonic() - started, 3)
         rows = train.withColumn("v", F.lit(False))
         if validation is not None:
             rows = rows.unionByName(cols(validation).withColumn("v", F.lit(True)))
-        ublk, iblk = _hash_block(USER, p.seed, D, _USER_SALT), _hash_block(ITEM, p.seed, D, _ITEM_SALT)
-        rows = rows.select((ublk / K).cast("int").alias("G"), (ublk % K).cast("int").alias("a"), F.col(USER).alias("user"),
-                           F.col(ITEM).alias("item"), (iblk / K).cast("int").alias("J"), (iblk % K).cast("int").alias("b"),
-                           F.col(RATING).alias("r"), "v")
-        # the one pass over the ratings: every sub-block packed (and, single task, written to the store)
-        packed = rows.groupBy("G", "a").applyInPandas(_udf(pack_user_block, B=B, K=K, item_ids=item_ids, run_id=write), PACKED_SCHEMA)
-        self.packed = packed.persist(_LEVEL)
+        slots = self.plan.tasks * self.plan.threads if self.plan.local else self.sc.defaultParallelism
+        if rows.rdd.getNumPartitions() > slots:
+            rows = rows.coalesce(slots)  # fewer partial blobs, same parallelism
+        # the one pass over the ratings, map side only: partial sub-blocks (single task: also written
+        # to the store); their readers merge them
+        pack = _udf(pack_partition, users=users, items=items, B=B, K=K, run_id=write)
+        self.packed = rows.mapInArrow(pack, PACKED_SCHEMA).persist(_LEVEL)
         self._persisted.append(self.packed)
         t_pack = time.monotonic()
-        meta = sorted(tuple(r) for r in self.packed.select("kind", "G", "J", "a", "b", "n", "rsum").collect())
+        # one small row per partial blob (no shuffle), summed here in a fixed order
+        meta = sorted(tuple(r) for r in self.packed.select("kind", "G", "J", "a", "b", "part", "n", "rsum",
+                                                             F.length("blob")).collect())
         self.info["setup_pack_seconds"] = round(time.monotonic() - t_pack, 3)
         self._prepared = True
-        sub_counts, id_counts = {}, {}
+        sub_counts: dict = {}
+        part_counts: dict = {}
         n_train, rsum, n_val = 0, 0.0, 0
-        for kind, G, J, a, b, n, s in meta:
-            if kind in ("R", "V"):
-                sub_counts[(kind, G, J, a, b)] = int(n)
-                if kind == "R":
-                    n_train += int(n)
-                    rsum += float(s)
-                else:
-                    n_val += int(n)
+        packed_bytes = {"R": 0, "V": 0}
+        for kind, G, J, a, b, _part, n, s, nbytes in meta:
+            key = (kind, G, J, a, b)
+            packed_bytes[kind] += int(nbytes)
+            sub_counts[key] = sub_counts.get(key, 0) + int(n)
+            part_counts[key] = part_counts.get(key, 0) + 1
+            if kind == "R":
+                n_train += int(n)
+                rsum += float(s)
             else:
-                id_counts[("U", G, a)] = int(n)
+                n_val += int(n)
         if n_train == 0:
             raise ValueError("SGDMatrixFactorization: no training ratings")
         self.n_train, self.n_validation, self.mu = n_train, n_val, rsum / n_train
+        self.info["partials"] = {kind: sum(c for k, c in part_counts.items() if k[0] == kind) for kind in ("R", "V")}
+        self.info["packed_bytes"] = packed_bytes  # |R| as blobs: 12 bytes per rating + 64 per partial
         self.cfg = TaskConfig(
             run_id=self.run_id, B=B, K=K, rank=p.rank, reg=p.reg, bias_reg=p.bias_reg, init_std=p.init_std, seed=p.seed,
-            mu=self.mu, threads=self.plan.threads, tasks=self.plan.tasks, sub_counts=sub_counts, id_counts=id_counts,
-            item_ids=item_ids,
+            mu=self.mu, threads=self.plan.threads, tasks=self.plan.tasks, users=users, items=items,
+            sub_counts=sub_counts, part_counts=part_counts,
         )
         self.info["setup_seconds"] = round(time.monotonic() - started, 3)
         self.info["store_written_at_setup"] = bool(write)
@@ -380,7 +380,7 @@ class DSGD:
     def _keyed_blobs(self, frame: DataFrame, key) -> RDD:
         E = self.plan.tasks
         return (
-            frame.select("kind", "G", "J", "blob").rdd.map(lambda row: (key(row), ("B", row.blob)))
+            frame.select("G", "blob").rdd.map(lambda row: (key(row), ("B", row.blob)))
             .partitionBy(E, _block_partition)
         )
 
@@ -406,13 +406,9 @@ class DSGD:
         return self._val_rdd
 
     def _initial_state(self) -> RDD:
-        B, E, cfg = self.B, self.plan.tasks, self.cfg
-
-        def key(row, B=B, E=E):
-            return bk.owner(row.G, E) if row.kind == "U" else bk.item_home(row.J, 0, B, E)
-
-        ids = self._keyed_blobs(self.packed.filter(F.col("kind") == "U"), key)
-        return ids.mapPartitionsWithIndex(partial(initial_state, cfg=cfg, shift=0), preservesPartitioning=True)
+        E = self.plan.tasks
+        tokens = self.sc.parallelize([(t, ("T", None)) for t in range(E)], E).partitionBy(E, _block_partition)
+        return tokens.mapPartitionsWithIndex(partial(initial_state, cfg=self.cfg, shift=0), preservesPartitioning=True)
 
     def run_epoch(self, state: RDD, epoch: int, lr: float, offset: int, streamed: bool, fail: int | None) -> tuple[RDD, list[int]]:
         """The lazy RDD of one multi-task epoch from `state` (item groups at shift `offset`):

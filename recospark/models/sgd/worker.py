@@ -1,7 +1,8 @@
 """What DSGD's Spark tasks run: top-level pure functions over iterators, unit-tested without Spark.
 
-* `pack_user_block` (pandas, in `applyInPandas`): the one setup pass that cuts the ratings into
-  sub-block blobs (see blocks.py) and, when asked, writes them to the executor-local store.
+* `pack_partition` (Arrow, in `mapInArrow`): the one setup pass, map side only: each input
+  partition cut into partial sub-block blobs (see blocks.py), written to the executor-local store
+  when asked; a sub-block's reader merges its partials.
 * `single_task`: the single-task plan (all groups in one fat task, local mode): every epoch of a
   job in one task, threads over disjoint sub-blocks, factors and ratings resident in the store,
   validation RMSE, step schedule and early stopping in the task, the best factors exported.
@@ -22,13 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
-import pandas as pd
 
 from recospark.models.sgd import blocks as bk
 from recospark.models.sgd.blocks import FactorBlock, Progress, Store, SubBlock
 from recospark.models.sgd.kernel import NO_ORDER, sgd_block, sse_block, warm_up
 
-PACKED_SCHEMA = "kind string, G int, J int, a int, b int, n long, rsum double, blob binary"
+PACKED_SCHEMA = "kind string, G int, J int, a int, b int, part int, n long, rsum double, blob binary"
 BLOB_SCHEMA = "kind string, grp int, blob binary"
 
 # ---------------------------------------------------------------------------------------------
@@ -96,12 +96,12 @@ class TaskConfig:
     mu: float
     threads: int
     tasks: int
+    users: bk.Index  # every user's (group, inner block, row)
+    items: bk.Index
     # (kind, G, J, a, b) -> n for every non-empty train ("R") / validation ("V") sub-block
     sub_counts: dict = field(default_factory=dict)
-    # ("U", G, a) -> number of user ids, for every non-empty user inner block
-    id_counts: dict = field(default_factory=dict)
-    # (J, b) -> the item ids of inner block b of item group J, ascending (an item's row there)
-    item_ids: dict = field(default_factory=dict)
+    # (kind, G, J, a, b) -> number of partial blobs the setup pass wrote for it
+    part_counts: dict = field(default_factory=dict)
     root: str | None = None  # the store's root directory; None: blocks.store_root() (tests pass a tmp dir)
 
     def store(self) -> Store:
@@ -112,79 +112,68 @@ class TaskConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# setup: the one packing pass (pandas UDFs)
+# setup: the one packing pass (Arrow, map side only)
 
 
-def item_keys(item_ids: dict[tuple[int, int], np.ndarray], K: int, D: int) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted keys, start of each of the D inner blocks) with key = (J * K + b) << 32 | id: an
-    item's row in its inner block is searchsorted(keys, key) - start[J * K + b]."""
-    blocks = sorted(item_ids)
-    parts, start = [], np.zeros(D + 1, np.int64)
-    for J, b in blocks:
-        ids = np.asarray(item_ids[(J, b)], np.int64)
-        parts.append(((J * K + b) << 32) | ids)
-    keys = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-    blk = keys >> 32
-    start[:] = np.searchsorted(blk, np.arange(D + 1))
-    return keys, start
+def pack_partition(batches: Iterator, *, users: bk.Index, items: bk.Index, B: int, K: int,
+                   run_id: str | None, part: int | None = None) -> Iterator:
+    """mapInArrow, the one setup pass: the ratings of one input partition (columns user, item, r,
+    v = is validation) -> one partial blob per sub-block (G, J, a, b) and kind ("R" training, "V"
+    validation), sorted by (user, item). Rows whose user or item has no training rating are
+    dropped. No shuffle: whoever reads a sub-block merges its partials (blocks.merge_subs). With
+    `run_id`, the partials also go to this executor's store. Output: PACKED_SCHEMA rows."""
+    import pyarrow as pa
+    from pyspark import TaskContext
 
-
-def pack_user_block(pdf: pd.DataFrame, *, B: int, K: int, item_ids: dict, run_id: str | None) -> pd.DataFrame:
-    """All ratings of user inner block (G, a) -> one row per sub-block (G, J, a, b) of training
-    ("R") and validation ("V") ratings, each sorted by (user, item), plus the block's user ids
-    ("U"). Input columns: G, a, user, item, J, b, r, v (is validation). Users are numbered by
-    ascending id among those with training ratings; items by their row in `item_ids` (J, b) ->
-    sorted ids. Validation rows with a user or item unknown to training are dropped. With
-    `run_id`, blobs also go to this executor's store (the single-task plan reads them there, so
-    its ratings never cross JVM<->Python again)."""
-    G, a = int(pdf["G"].iloc[0]), int(pdf["a"].iloc[0])
-    is_val = pdf["v"].to_numpy(bool)
-    users = pdf["user"].to_numpy(np.int64)
-    ids = np.unique(users[~is_val])
-    ul = np.minimum(np.searchsorted(ids, users), max(len(ids) - 1, 0))
-    known = (ids[ul] == users) if len(ids) else np.zeros(len(users), bool)
-    blk = pdf["J"].to_numpy(np.int64) * K + pdf["b"].to_numpy(np.int64)
-    keys, start = item_keys(item_ids, K, B * K)
-    key = (blk << 32) | pdf["item"].to_numpy(np.int64)
-    if len(keys):
-        pos = np.minimum(np.searchsorted(keys, key), len(keys) - 1)
-        known &= keys[pos] == key
-        il = pos - start[blk]
-    else:
-        known[:] = False
-        il = np.zeros(len(key), np.int64)
-    r = pdf["r"].to_numpy(np.float32)
+    if part is None:
+        ctx = TaskContext.get()
+        part = ctx.partitionId() if ctx is not None else 0
+    cols: dict[str, list] = {"user": [], "item": [], "r": [], "v": []}
+    for batch in batches:
+        for c in cols:
+            cols[c].append(batch.column(c).to_numpy(zero_copy_only=False))
+    if not cols["r"]:
+        return
+    user, item = np.concatenate(cols["user"]), np.concatenate(cols["item"])
+    r, v = np.concatenate(cols["r"]).astype(np.float32), np.concatenate(cols["v"]).astype(bool)
+    uk, G, a, ul = users.lookup(user)
+    ik, J, b, il = items.lookup(item)
+    keep = uk & ik
+    kind = v[keep].astype(np.int64)
+    sb = ((G[keep] * B + J[keep]) * K + a[keep]) * K + b[keep]
+    ul, il, r = ul[keep].astype(np.int32), il[keep].astype(np.int32), r[keep]
+    order = np.lexsort((r, il, ul, sb, kind))
+    kind, sb, ul, il, r = kind[order], sb[order], ul[order], il[order], r[order]
+    key = kind * (B * B * K * K) + sb
+    cuts = np.flatnonzero(np.diff(key)) + 1
     store = Store(run_id) if run_id else None
-    out = []
-    for kind, mask in (("R", ~is_val & known), ("V", is_val & known)):
-        k_, u_, i_, r_ = blk[mask], ul[mask].astype(np.int32), il[mask].astype(np.int32), r[mask]
-        order = np.lexsort((i_, u_, k_))
-        k_, u_, i_, r_ = k_[order], u_[order], i_[order], r_[order]
-        cuts = np.flatnonzero(np.diff(k_)) + 1
-        for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(k_)]):
-            if hi == lo:
-                continue
-            J, b = divmod(int(k_[lo]), K)
-            blob = bk.encode_sub(kind, G, J, a, b, u_[lo:hi], i_[lo:hi], r_[lo:hi])
-            if store is not None:
-                store.put(bk.sub_name(kind, G, J, a, b), blob)
-            out.append((kind, G, J, a, b, int(hi - lo), float(r_[lo:hi].astype(np.float64).sum()), blob))
-    blob = bk.encode("U", G, 0, a, 0, [ids.astype(np.int32)], len(ids))
-    if store is not None:
-        store.put(bk.ids_name("U", G, a), blob)
-    out.append(("U", G, 0, a, 0, len(ids), 0.0, blob))
-    return pd.DataFrame(out, columns=["kind", "G", "J", "a", "b", "n", "rsum", "blob"])
+    rows = []
+    for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(key)]):
+        if hi == lo:
+            continue
+        k_, rest = divmod(int(key[lo]), B * B * K * K)
+        rest, b_ = divmod(rest, K)
+        rest, a_ = divmod(rest, K)
+        G_, J_ = divmod(rest, B)
+        name = "V" if k_ else "R"
+        blob = bk.encode_sub(name, G_, J_, a_, b_, ul[lo:hi], il[lo:hi], r[lo:hi], part=part)
+        if store is not None:
+            store.put(blob_name(blob), blob)
+        rows.append((name, G_, J_, a_, b_, part, int(hi - lo), float(r[lo:hi].astype(np.float64).sum()), blob))
+    if rows:
+        types = {"kind": pa.string(), "G": pa.int32(), "J": pa.int32(), "a": pa.int32(), "b": pa.int32(),
+                 "part": pa.int32(), "n": pa.int64(), "rsum": pa.float64(), "blob": pa.binary()}
+        yield pa.RecordBatch.from_arrays([pa.array([row[x] for row in rows], type=t) for x, t in enumerate(types.values())],
+                                         names=list(types))
 
 
 def blob_name(blob) -> str:
+    """The store name of a sub-block blob: merged "R-G-J-a-b", partial "R-G-J-a-b.p<part>"."""
     h = bk.header(blob)
-    if h.kind in ("R", "V"):
-        return bk.sub_name(h.kind, h.G, h.J, h.a, h.b)
-    if h.kind == "U":
-        return bk.ids_name("U", h.G, h.a)
-    if h.kind == "I":
-        return bk.ids_name("I", h.G, h.b)
-    raise ValueError(f"unexpected blob kind {h.kind}")
+    if h.kind not in ("R", "V"):
+        raise ValueError(f"unexpected blob kind {h.kind}")
+    name = bk.sub_name(h.kind, h.G, h.J, h.a, h.b)
+    return f"{name}.p{h.rank - 1}" if h.rank else name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,41 +181,66 @@ def blob_name(blob) -> str:
 
 
 class Source:
-    """Sub-blocks for a task: streamed blobs (this task's input) first, else the local store."""
+    """Sub-blocks for a task: merged from its partial blobs (streamed in this task's input, or in
+    the store) on first use, then kept merged in memory and in the store."""
 
-    def __init__(self, store: Store, streamed: dict[str, Any] | None = None):
+    def __init__(self, cfg: "TaskConfig", store: Store | None, streamed: dict[str, Any] | None = None):
+        self.cfg = cfg
         self.store = store
         self.streamed = streamed or {}
+        self.merged: dict[str, SubBlock] = {}
         self.missing: list[str] = []
+        self._listing: list[str] | None = None
+        self._lock = threading.Lock()
+
+    def _partials(self, name: str) -> list:
+        prefix = name + ".p"
+        found = {n: b for n, b in self.streamed.items() if n.startswith(prefix)}
+        if self.store is not None:
+            if self._listing is None:
+                self._listing = self.store.names()
+            for n in self._listing:
+                if n.startswith(prefix) and n not in found:
+                    buf = self.store.get(n)
+                    if buf is not None:
+                        found[n] = buf
+        return [found[n] for n in sorted(found)]
 
     def sub(self, kind: str, G: int, J: int, a: int, b: int) -> SubBlock | None:
         name = bk.sub_name(kind, G, J, a, b)
+        with self._lock:
+            sub = self.merged.get(name)
+        if sub is not None:
+            return sub
         buf = self.streamed.get(name)
-        if buf is None:
+        if buf is None and self.store is not None:
             buf = self.store.get(name)
         if buf is None:
-            self.missing.append(name)
-            return None
-        return bk.decode_sub(buf)
+            parts = self._partials(name)
+            if len(parts) != self.cfg.part_counts.get((kind, G, J, a, b), 0) or not parts:
+                with self._lock:
+                    self.missing.append(name)
+                return None
+            buf = bk.merge_subs(parts)
+            if self.store is not None:
+                self.store.put(name, buf)
+        sub = bk.decode_sub(buf)
+        with self._lock:
+            self.merged[name] = sub
+        return sub
 
-    def ids(self, kind: str, group: int, inner: int) -> np.ndarray | None:
-        name = bk.ids_name(kind, group, inner)
-        buf = self.streamed.get(name)
-        if buf is None:
-            buf = self.store.get(name)
-        if buf is None:
-            self.missing.append(name)
-            return None
-        return bk.decode_ids(buf)[1]
+    def prefetch(self, keys: list[tuple], threads: int) -> None:
+        """Merge the sub-blocks `keys` ((kind, G, J, a, b)) on `threads` threads."""
+        run_jobs([lambda k=k: self.sub(*k) for k in keys], threads)
 
 
 def absorb(records: Iterable, store: Store | None) -> tuple[dict[str, Any], list, dict[str, int]]:
     """Split a task's input into streamed blobs (name -> bytes, written to the store when given
     and absent there) and the other records; returns (blobs, others, streamed bytes per kind:
-    "R" training sub-blocks, "V" validation sub-blocks, "U" user ids)."""
+    "R" training sub-blocks, "V" validation sub-blocks)."""
     blobs: dict[str, Any] = {}
     others = []
-    nbytes = {"R": 0, "V": 0, "U": 0}
+    nbytes = {"R": 0, "V": 0}
     for rec in records:
         if hasattr(rec, "blob"):  # a Row of the packed frame, streamed as is
             tag, payload = "B", rec.blob
@@ -345,22 +359,10 @@ def _rmse(sse: float, n: int) -> float | None:
     return float(np.sqrt(sse / n)) if n else None
 
 
-def group_factors(cfg: TaskConfig, kind: str, group: int, source: Source) -> FactorBlock | None:
-    """The initial factors of one group from its ids per inner block: items from the config,
-    users from their id blobs (store or streamed)."""
-    parts = []
-    for inner in range(cfg.K):
-        if kind == "I":
-            parts.append(np.asarray(cfg.item_ids.get((group, inner), np.zeros(0, np.int32)), np.int32))
-            continue
-        if cfg.id_counts.get(("U", group, inner), 0) == 0:
-            parts.append(np.zeros(0, np.int32))
-            continue
-        ids = source.ids("U", group, inner)
-        if ids is None:
-            return None
-        parts.append(np.array(ids))
-    return bk.init_factors(kind, group, parts, cfg.rank, cfg.init_std, cfg.seed)
+def group_factors(cfg: TaskConfig, kind: str, group: int) -> FactorBlock:
+    """The initial factors of one user ("U") or item ("I") group, its rows ordered by (inner block, id)."""
+    index = cfg.users if kind == "U" else cfg.items
+    return bk.init_factors(kind, group, [index.block(group, inner) for inner in range(cfg.K)], cfg.rank, cfg.init_std, cfg.seed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,7 +392,7 @@ def _load_version(store: Store, cfg: TaskConfig, version: int, source: Source):
     for kind, out in (("U", users), ("I", items)):
         for g in range(cfg.B):
             if version == 0:
-                fb = group_factors(cfg, kind, g, source)
+                fb = group_factors(cfg, kind, g)
             else:
                 buf = store.read(bk.factors_name(kind, g, version))
                 if buf is None:
@@ -485,12 +487,15 @@ def single_task(index: int, records: Iterable, *, plan: SinglePlan) -> Iterator[
     store = cfg.store()
     store.forget_other_runs()
     blobs, _, streamed_bytes = absorb(records, store)
-    source = Source(store, blobs)
+    source = Source(cfg, store, blobs)
     users, items = _load_version(store, cfg, plan.progress.epoch, source)
     stats: dict[str, Any] = {"compile_seconds": compile_s, "streamed_bytes": streamed_bytes["R"],
-                             "streamed_val_bytes": streamed_bytes["V"], "streamed_id_bytes": streamed_bytes["U"], "pid": os.getpid(),
-                             "threads": cfg.threads, "missing": 0}
-    if users is None:
+                             "streamed_val_bytes": streamed_bytes["V"], "pid": os.getpid(), "threads": cfg.threads, "missing": 0}
+    if users is not None:  # merge every sub-block up front, on the task's threads
+        t_merge = time.perf_counter()
+        source.prefetch([k for k in cfg.sub_counts if k[0] == "R" or plan.validation], cfg.threads)
+        stats["merge_seconds"] = time.perf_counter() - t_merge
+    if users is None or source.missing:
         stats.update(missing=len(source.missing), missing_example=source.missing[:3], history=[],
                      task_seconds=time.perf_counter() - started)
         yield ("S", 0, json.dumps(stats).encode())
@@ -537,18 +542,16 @@ def single_task(index: int, records: Iterable, *, plan: SinglePlan) -> Iterator[
 
 
 def initial_state(index: int, records: Iterable, *, cfg: TaskConfig, shift: int) -> Iterator[tuple]:
-    """Id blobs ("B") of this task's user groups and of the item groups it holds in stratum
-    `shift` -> initial factor records ("U", G) / ("I", J), keyed by this task."""
-    blobs, _, _ = absorb(records, None)
-    source = Source(cfg.store(), blobs)
+    """The initial factor records of task `index`: its user groups ("U", G) and the item groups
+    it holds in stratum `shift` ("I", J), all keyed by `index`."""
+    for _ in records:
+        pass
     for G in range(cfg.B):
         if bk.owner(G, cfg.tasks) == index:
-            yield index, ("U", group_factors(cfg, "U", G, source))
+            yield index, ("U", group_factors(cfg, "U", G))
     for J in range(cfg.B):
         if bk.item_home(J, shift, cfg.B, cfg.tasks) == index:
-            yield index, ("I", group_factors(cfg, "I", J, source))
-    if source.missing:
-        raise RuntimeError(f"DSGD initial state: id blobs missing from the input: {source.missing[:3]}")
+            yield index, ("I", group_factors(cfg, "I", J))
 
 
 @dataclass(frozen=True)
@@ -609,7 +612,7 @@ def stratum_task(index: int, records: Iterable, *, plan: StagePlan) -> Iterator[
         stats = {"sums": {}, "kernel_seconds": 0.0, "kernel_cpu_seconds": 0.0, "kernel_calls": 0, "task_seconds": 0.0,
                  "compile_seconds": 0.0, "streamed_bytes": 0, "factor_bytes": 0, "missing": 0, "stages": 0}
     stats = dict(stats)
-    source = Source(store, blobs)
+    source = Source(cfg, store, blobs)
     groups = sorted(users)
     missing_items = [(G + plan.shift) % cfg.B for G in groups if (G + plan.shift) % cfg.B not in items]
     if missing_items:
@@ -617,6 +620,8 @@ def stratum_task(index: int, records: Iterable, *, plan: StagePlan) -> Iterator[
     sums = {k: list(v) for k, v in stats["sums"].items()}
     timer = Timer()
     if not stats["missing"]:
+        source.prefetch([("R", G, (G + plan.shift) % cfg.B, a, b) for G in groups
+                         for a, b in cfg.subs("R", G, (G + plan.shift) % cfg.B)], cfg.threads)
         timer = train_stratum(cfg, plan.shift, groups, users, items, source, lr=plan.lr, epoch=plan.epoch, sums=sums)
     stats["missing"] += len(source.missing)
     stats["sums"] = sums
@@ -642,7 +647,7 @@ def boundary_task(index: int, records: Iterable, *, plan: StagePlan) -> Iterator
     blobs, rest, streamed_bytes = absorb(records, store)
     users, items, stats, nbytes = _split_state(rest)
     stats = dict(stats or {})
-    source = Source(store, blobs)
+    source = Source(cfg, store, blobs)
     vsums, timer = validation_sums(cfg, sorted(users), users, items, source)
     stats["missing"] = stats.get("missing", 0) + len(source.missing)
     stats["val_sums"] = vsums
@@ -721,8 +726,7 @@ __all__ = [
     "extract_stats",
     "group_factors",
     "initial_state",
-    "item_keys",
-    "pack_user_block",
+    "pack_partition",
     "run_epochs",
     "run_jobs",
     "single_task",
