@@ -221,7 +221,7 @@ def main(argv=None) -> int:
         "ratings_bytes_streamed": streamed_total, "plan": info["plan"], "jobs": info.get("jobs"),
         "compile_s": max([j.get("compile_seconds", 0) for j in jobs] + [h.get("compile_seconds", 0) for h in res.history]),
     }
-    print(f"\nSGD fit {fit_s:.1f} s = setup {info.get('setup_seconds')} s (items {info.get('setup_items_seconds')}, pack {info.get('setup_pack_seconds')}) + {epochs} epochs {epoch_s:.1f} s "
+    print(f"\nSGD fit {fit_s:.1f} s = setup {info.get('setup_seconds')} s (index {info.get('setup_index_seconds', 0)}, pack {info.get('setup_pack_seconds')}) + {epochs} epochs {epoch_s:.1f} s "
           f"(kernel {kernel_s:.1f} s, outside {epoch_s - kernel_s:.1f} s) + export {info.get('export_seconds')} s; "
           f"Spark jobs in fit: {info.get('jobs')}; ratings streamed JVM->Python {streamed_total:,} B over the run "
           f"(|R| = {n_train * dsgd.RATING_BYTES:,} B)")

@@ -17,9 +17,11 @@ def blocked(u, i, r, v=None, *, B=2, K=2, rank=32, reg=0.05, bias_reg=0.01, init
 
     u, i, r = np.asarray(u, np.int64), np.asarray(i, np.int64), np.asarray(r, np.float32)
     v = np.zeros(len(r), bool) if v is None else np.asarray(v, bool)
-    uidx, iidx = bk.Index.build(u[~v], seed, B, K, 1), bk.Index.build(i[~v], seed, B, K, 2)
-    batch = pa.RecordBatch.from_pydict({"user": u.astype(np.int32), "item": i.astype(np.int32), "r": r, "v": v})
-    rows = [b.to_pydict() for b in W.pack_partition(iter([batch]), users=uidx, items=iidx, B=B, K=K, run_id=None, part=0)]
+    uidx, iidx = bk.Index.build(u[~v], seed, B, K, W.USER_SALT), bk.Index.build(i[~v], seed, B, K, W.ITEM_SALT)
+    rows = []
+    for kind, m in (("R", ~v), ("V", v)):
+        batch = pa.RecordBatch.from_pydict({"user": u[m].astype(np.int32), "item": i[m].astype(np.int32), "r": r[m]})
+        rows += [b.to_pydict() for b in W.pack_partition(iter([batch]), kind=kind, seed=seed, B=B, K=K, run_id=None, part=0)]
     sub_counts, part_counts, streamed, rsum = {}, {}, {}, 0.0
     for d in rows:
         for kind, G, J, a, b, n, s, blob in zip(d["kind"], d["G"], d["J"], d["a"], d["b"], d["n"], d["rsum"], d["blob"]):

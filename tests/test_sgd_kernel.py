@@ -166,15 +166,18 @@ def test_progress_matches_the_schedules():
 # --- the worker functions on a tiny blocked problem -------------------------------------------
 
 
-def _pack(users, items, r, v, uidx, iidx, B, Kb, parts=3):
-    """The setup pass on `parts` input partitions, as mapInArrow runs it: partial blobs."""
+def _pack(users, items, r, v, seed, B, Kb, parts=3):
+    """The setup pass on `parts` input partitions of training and of validation ratings, as
+    mapInArrow runs it: partial blobs."""
     pa = pytest.importorskip("pyarrow")
     out = []
-    for part, chunk in enumerate(np.array_split(np.arange(len(r)), parts)):
-        batch = pa.RecordBatch.from_pydict({"user": users[chunk].astype(np.int32), "item": items[chunk].astype(np.int32),
-                                            "r": r[chunk].astype(np.float32), "v": v[chunk]})
-        for res in W.pack_partition(iter([batch]), users=uidx, items=iidx, B=B, K=Kb, run_id=None, part=part):
-            out.append(res.to_pandas())
+    for kind, mask in (("R", ~v), ("V", v)):
+        idx = np.flatnonzero(mask)
+        for part, chunk in enumerate(np.array_split(idx, parts)):
+            batch = pa.RecordBatch.from_pydict({"user": users[chunk].astype(np.int32), "item": items[chunk].astype(np.int32),
+                                                "r": r[chunk].astype(np.float32)})
+            for res in W.pack_partition(iter([batch]), kind=kind, seed=seed, B=B, K=Kb, run_id=None, part=part):
+                out.append(res.to_pandas())
     return pd.concat(out, ignore_index=True)
 
 
@@ -186,8 +189,10 @@ def _blocked(tmp_path, B=2, Kb=2, n=2500, nu=70, ni=50, rank=6, val_share=0.1, s
     U, V = rng.normal(0, 0.6, (nu + 1, 2)), rng.normal(0, 0.6, (ni + 1, 2))
     r = np.clip(3.5 + np.sum(U[users] * V[items], axis=1) + rng.normal(0, 0.3, len(users)), 1, 5).astype(np.float32)
     v = rng.random(len(users)) < val_share
-    uidx, iidx = bk.Index.build(users[~v], seed, B, Kb, 1), bk.Index.build(items[~v], seed, B, Kb, 2)
-    packed = _pack(users, items, r, v, uidx, iidx, B, Kb, parts)
+    # the index as the driver builds it for several tasks (the single task builds the same itself)
+    uidx = bk.Index.build(users[~v], seed, B, Kb, W.USER_SALT)
+    iidx = bk.Index.build(items[~v], seed, B, Kb, W.ITEM_SALT)
+    packed = _pack(users, items, r, v, seed, B, Kb, parts)
     run_id = uuid.uuid4().hex
     store = Store(run_id, str(tmp_path))
     for blob in packed.blob:
@@ -214,7 +219,14 @@ def test_index_and_setup_pass_cut_every_rating_into_sorted_sub_blocks(tmp_path):
         for inner in range(cfg.K):
             ids = cfg.users.block(g, inner)
             assert np.all(np.diff(ids) > 0)
-            assert np.all(bk.hash_blocks(ids, cfg.seed, cfg.B * cfg.K, 1) == g * cfg.K + inner)
+            assert np.all(bk.hash_blocks(ids, cfg.seed, cfg.B * cfg.K, W.USER_SALT) == g * cfg.K + inner)
+    # the single task builds the same index from the training sub-blocks alone
+    built = W.build_index(W.TaskConfig(**{**cfg.__dict__, "users": None, "items": None}), W.Source(cfg, cfg.store()))
+    for mine, theirs in zip(built, (cfg.users, cfg.items)):
+        np.testing.assert_array_equal(mine.ids, theirs.ids)
+        np.testing.assert_array_equal(mine.starts, theirs.starts)
+    again = bk.Index.decode(cfg.users.encode())
+    np.testing.assert_array_equal(again.ids, cfg.users.ids) and np.testing.assert_array_equal(again.starts, cfg.users.starts)
     source = W.Source(cfg, cfg.store())
     seen = 0
     for (kind, G_, J_, a_, b_), n in cfg.sub_counts.items():
@@ -306,6 +318,7 @@ def _plan(cfg, **kw):
 
 
 def _run_single(cfg, records=(), **kw):
+    cfg = W.TaskConfig(**{**cfg.__dict__, "users": None, "items": None})  # as in Spark: the task builds its index
     rows = list(W.single_task(0, iter(records), plan=_plan(cfg, **kw)))
     stats = json.loads(rows[0][2])
     return stats, {(k, g): bk.decode_factors(b) for k, g, b in rows[1:]}

@@ -2,10 +2,15 @@
 
 Layout (B = `num_blocks` outer blocks, K = `inner_blocks` inner blocks, D = B*K):
 
-* user u -> hash block h = xxhash64(seed, "user", u) mod D (computed by Spark SQL), outer
-  group G = h // K, inner block a = h % K; items likewise (J, b) with salt "item".
+* user u -> hash block h = `hash_blocks(u, seed, D, salt)` (splitmix64), outer group G = h // K,
+  inner block a = h % K; items likewise (J, b) with another salt. `Index` holds every id's block
+  and row, 4 bytes per id: built in the single task from the training sub-blocks, or once on the
+  driver from the distinct ids when several tasks must agree on it.
 * The factor matrix of user group G is one float32 array P_G whose rows are ordered by (a, id):
   inner block a is the CONTIGUOUS row range [lo[a], lo[a+1]). Same for Q_J and inner blocks b.
+* The setup pass cuts each input partition into partial sub-blocks holding global ids (it needs
+  no index: blocks are hashes); `merge_subs` turns a sub-block's partials into one canonical blob
+  of inner-block rows, sorted by (user, item), whatever the input partitioning.
 * A sub-block (G, J, a, b) holds the ratings of users of (G, a) on items of (J, b) as three
   arrays sorted by (user, item): `users` (int32 rows of P_G[lo[a]:lo[a+1]]), `items` (int32 rows
   of Q_J[lo[b]:lo[b+1]]) and `ratings` (float32): a CSR over the inner block's users (`indptr`).
@@ -39,7 +44,7 @@ import numpy as np
 
 MAGIC = 0x44534744  # "DSGD"
 _HEADER = 8  # int64 words: magic, kind, G, J, a, b, n, and rank (factor blobs) or part + 1 (partial sub-blocks)
-KINDS = {"R": 1, "V": 2, "U": 3, "I": 4, "PU": 5, "PI": 6}
+KINDS = {"R": 1, "V": 2, "U": 3, "I": 4, "PU": 5, "PI": 6, "IX": 7}
 _KIND_NAMES = {v: k for k, v in KINDS.items()}
 
 
@@ -83,6 +88,27 @@ class Index(NamedTuple):
         order = np.lexsort((ids, blk))
         return Index(ids[order].astype(np.int32), np.searchsorted(blk[order], np.arange(B * K + 1)).astype(np.int64), K)
 
+    @staticmethod
+    def from_blocks(blocks: list[np.ndarray], K: int) -> "Index":
+        """From the sorted ids of each of the D blocks, in block order."""
+        starts = np.zeros(len(blocks) + 1, np.int64)
+        starts[1:] = np.cumsum([len(x) for x in blocks])
+        ids = np.concatenate([np.asarray(x, np.int32) for x in blocks]) if blocks else np.zeros(0, np.int32)
+        return Index(ids, starts, K)
+
+    def encode(self) -> bytes:
+        return encode("IX", 0, 0, 0, 0, [self.starts.astype(np.int64), self.ids.astype(np.int32)], len(self.ids), self.K) \
+            + np.int64(len(self.starts)).tobytes()
+
+    @staticmethod
+    def decode(buf) -> "Index":
+        h = header(buf)
+        nst = int(np.frombuffer(buf, np.int64, 1, len(buf) - 8)[0])
+        off = _HEADER * 8
+        starts = np.frombuffer(buf, np.int64, nst, off).copy()
+        ids = np.frombuffer(buf, np.int32, h.n, off + 8 * nst).copy()
+        return Index(ids, starts, h.rank)
+
     def block(self, group: int, inner: int) -> np.ndarray:
         h = group * self.K + inner
         return self.ids[self.starts[h]:self.starts[h + 1]]
@@ -92,19 +118,31 @@ class Index(NamedTuple):
         return int(self.starts[h + 1] - self.starts[h])
 
     def lookup(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(known, group, inner, row in the inner block) of each id in `x`."""
+        """(known, group, inner, row in the inner block) of each id in `x`: a direct table when
+        ids are dense enough (MovieLens: at most a few hundred thousand), else a binary search."""
         x = np.asarray(x, np.int64)
-        order = np.argsort(self.ids, kind="stable")
-        sorted_ids = self.ids[order].astype(np.int64)
-        blk = np.repeat(np.arange(len(self.starts) - 1), np.diff(self.starts))
-        pos = np.minimum(np.searchsorted(sorted_ids, x), max(len(sorted_ids) - 1, 0))
-        if not len(sorted_ids):
+        if not len(self.ids):
             z = np.zeros(len(x), np.int64)
             return np.zeros(len(x), bool), z, z, z
-        known = sorted_ids[pos] == x
-        where = order[pos]
+        blk = np.repeat(np.arange(len(self.starts) - 1), np.diff(self.starts))
+        local = np.arange(len(self.ids), dtype=np.int64) - self.starts[blk]
+        lo, hi = int(self.ids.min()), int(self.ids.max())
+        if hi - lo <= 8 * len(self.ids) + (1 << 20):
+            slot = np.full(hi - lo + 1, -1, np.int64)
+            slot[self.ids.astype(np.int64) - lo] = np.arange(len(self.ids))
+            inside = (x >= lo) & (x <= hi)
+            where = np.full(len(x), -1, np.int64)
+            where[inside] = slot[x[inside] - lo]
+            known = where >= 0
+        else:
+            order = np.argsort(self.ids, kind="stable")
+            sorted_ids = self.ids[order].astype(np.int64)
+            pos = np.minimum(np.searchsorted(sorted_ids, x), len(sorted_ids) - 1)
+            known = sorted_ids[pos] == x
+            where = np.where(known, order[pos], -1)
+        where = np.where(known, where, 0)
         b = blk[where]
-        return known, b // self.K, b % self.K, where - self.starts[b]
+        return known, b // self.K, b % self.K, local[where]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,17 +289,36 @@ def encode_sub(kind: str, G: int, J: int, a: int, b: int, users, items, ratings,
                                      np.asarray(ratings, np.float32)], len(ratings), 0 if part is None else part + 1)
 
 
-def merge_subs(bufs: list) -> bytes:
-    """Partial blobs of one sub-block -> the sub-block, sorted by (user, item, rating): the same
-    bytes whatever the number or order of the partials."""
+def merge_subs(bufs: list, user_ids: np.ndarray, item_ids: np.ndarray) -> bytes:
+    """Partial blobs of sub-block (G, J, a, b), which carry global ids, -> the sub-block: ids
+    turned into rows of the inner blocks (`user_ids`/`item_ids`: their sorted ids; ratings of
+    other ids, i.e. validation ratings of users or items without training ratings, dropped), sorted
+    by (user, item) and, for a repeated pair, rating: the same bytes whatever the number or order
+    of the partials."""
     subs = [decode_sub(b) for b in bufs]
     h = header(bufs[0])
-    u = np.concatenate([s.users for s in subs])
-    i = np.concatenate([s.items for s in subs])
+    u = np.concatenate([s.users for s in subs]).astype(np.int64)
+    i = np.concatenate([s.items for s in subs]).astype(np.int64)
     r = np.concatenate([s.ratings for s in subs])
-    order = np.argsort(r, kind="stable")  # stable passes: rating, then (user, item)
-    order = order[np.argsort((u[order].astype(np.int64) << 32) | i[order].astype(np.int64), kind="stable")]
-    return encode_sub(h.kind, h.G, h.J, h.a, h.b, u[order], i[order], r[order])
+    ul, ok_u = _rows(user_ids, u)
+    il, ok_i = _rows(item_ids, i)
+    keep = ok_u & ok_i
+    if not keep.all():
+        ul, il, r = ul[keep], il[keep], r[keep]
+    key = (ul << 32) | il
+    order = np.argsort(key)  # unique keys: any sort gives the same order
+    if len(key) > 1 and not np.all(np.diff(key[order]) > 0):  # repeated pairs: order them by rating too
+        order = np.argsort(r, kind="stable")
+        order = order[np.argsort(key[order], kind="stable")]
+    return encode_sub(h.kind, h.G, h.J, h.a, h.b, ul[order], il[order], r[order])
+
+
+def _rows(sorted_ids: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row of each x in sorted_ids, found)."""
+    if not len(sorted_ids):
+        return np.zeros(len(x), np.int64), np.zeros(len(x), bool)
+    pos = np.minimum(np.searchsorted(sorted_ids, x), len(sorted_ids) - 1)
+    return pos.astype(np.int64), sorted_ids[pos] == x
 
 
 def decode_ids(buf) -> tuple[BlobHeader, np.ndarray]:

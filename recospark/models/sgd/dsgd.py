@@ -18,11 +18,17 @@ where a kernel runs; it passes the views, so a kernel sees rows [0, n) of its ow
 
 Execution plans (`plan_execution`):
 
+Setup (`DSGD.prepare`): two Spark jobs. The distinct user and item ids come to the driver (4
+bytes per id; no ratings, no factors) and become the `blocks.Index`; then one map-only pass
+(`mapInArrow`, no shuffle) cuts every input partition into partial sub-blocks, cached as a
+DataFrame (the fallback copy of the ratings) and, for the single-task plan, also written to the
+executor-local store. Whoever reads a sub-block first merges its partials.
+
 * single task (tasks = 1; local mode): one fat task runs every epoch of a Spark job, its threads
-  running each inner step's sub-blocks. Ratings, ids and factors stay resident in an
-  executor-local store (memory-mapped files under SparkFiles' root directory; the setup pass
-  writes the blocks there), so per epoch nothing crosses JVM<->Python: the job's input is one
-  token and its output one stats row, plus the best factors once at the end. Validation RMSE,
+  running each inner step's sub-blocks. Ratings and factors stay resident in an executor-local
+  store (memory-mapped files under SparkFiles' root directory), so per epoch nothing crosses
+  JVM<->Python: the job's input is one token and its output one stats row, plus the best
+  factors once at the end. Validation RMSE,
   the step schedule and early stopping run inside the task after every epoch (no driver round
   trip per epoch). Fallback: when the task finds a block missing (it landed on another executor,
   files lost) it reports it; the driver then streams the cached setup frame (|R| bytes, once)
@@ -76,6 +82,8 @@ from recospark.models.sgd.worker import (
     PACKED_SCHEMA,
     SinglePlan,
     StagePlan,
+    ITEM_SALT,
+    USER_SALT,
     TaskConfig,
     blobs_to_factor_rows,
     boundary_task,
@@ -97,8 +105,6 @@ USER = "user"
 ITEM = "item"
 RATING = "r"
 
-_USER_SALT = 1
-_ITEM_SALT = 2
 _LEVEL = StorageLevel.MEMORY_AND_DISK
 RATING_BYTES = 12  # per rating in a sub-block: int32 user, int32 item, float32 rating
 
@@ -231,24 +237,30 @@ class DSGD:
                              F.col(RATING).cast("float").alias("r"))
 
         train = cols(train)
-        # The index (every user's and item's block and row) is small, 4 bytes per id: it is built on
-        # the driver from the distinct ids and travels in task closures.
-        ids = train.select(F.lit(0).alias("k"), F.col("user").alias("id")).union(
-            train.select(F.lit(1).alias("k"), F.col("item").alias("id"))).distinct().toArrow()
-        k, idv = ids.column("k").to_numpy(), ids.column("id").to_numpy()
-        users = bk.Index.build(idv[k == 0], p.seed, B, K, _USER_SALT)
-        items = bk.Index.build(idv[k == 1], p.seed, B, K, _ITEM_SALT)
-        self.info["setup_index_seconds"] = round(time.monotonic() - started, 3)
-        rows = train.withColumn("v", F.lit(False))
-        if validation is not None:
-            rows = rows.unionByName(cols(validation).withColumn("v", F.lit(True)))
+        users = items = None
+        if not self.plan.single:
+            # several tasks must agree on every id's row: the index (4 bytes per id, no ratings, no
+            # factors) is built on the driver from the distinct ids and travels in task closures.
+            # The single task builds its own from the blocks it reads.
+            ids = train.select(F.lit(0).alias("k"), F.col("user").alias("id")).union(
+                train.select(F.lit(1).alias("k"), F.col("item").alias("id"))).distinct().toArrow()
+            k, idv = ids.column("k").to_numpy(), ids.column("id").to_numpy()
+            users = bk.Index.build(idv[k == 0], p.seed, B, K, USER_SALT)
+            items = bk.Index.build(idv[k == 1], p.seed, B, K, ITEM_SALT)
+            self.info["setup_index_seconds"] = round(time.monotonic() - started, 3)
         slots = self.plan.tasks * self.plan.threads if self.plan.local else self.sc.defaultParallelism
-        if rows.rdd.getNumPartitions() > slots:
-            rows = rows.coalesce(slots)  # fewer partial blobs, same parallelism
-        # the one pass over the ratings, map side only: partial sub-blocks (single task: also written
-        # to the store); their readers merge them
-        pack = _udf(pack_partition, users=users, items=items, B=B, K=K, run_id=write)
-        self.packed = rows.mapInArrow(pack, PACKED_SCHEMA).persist(_LEVEL)
+
+        def pack(frame: DataFrame, kind: str) -> DataFrame:
+            if frame.rdd.getNumPartitions() > slots:
+                frame = frame.coalesce(slots)  # fewer partial blobs, same parallelism
+            return frame.mapInArrow(_udf(pack_partition, kind=kind, seed=p.seed, B=B, K=K, run_id=write), PACKED_SCHEMA)
+
+        # the one pass over the ratings, map side only: partial sub-blocks with global ids (single
+        # task: also written to the store); their readers merge them into rows of the inner blocks
+        packed = pack(train, "R")
+        if validation is not None:
+            packed = packed.unionByName(pack(cols(validation), "V"))
+        self.packed = packed.persist(_LEVEL)
         self._persisted.append(self.packed)
         t_pack = time.monotonic()
         # one small row per partial blob (no shuffle), summed here in a fixed order
@@ -272,6 +284,8 @@ class DSGD:
                 n_val += int(n)
         if n_train == 0:
             raise ValueError("SGDMatrixFactorization: no training ratings")
+        # n_val counts validation ratings of users/items unknown to training too: merging drops them,
+        # and the exact count comes back from the first epoch
         self.n_train, self.n_validation, self.mu = n_train, n_val, rsum / n_train
         self.info["partials"] = {kind: sum(c for k, c in part_counts.items() if k[0] == kind) for kind in ("R", "V")}
         self.info["packed_bytes"] = packed_bytes  # |R| as blobs: 12 bytes per rating + 64 per partial
@@ -326,6 +340,7 @@ class DSGD:
         history: list[dict[str, Any]] = []
         streamed = not (p.resident and self.info["store_written_at_setup"])
         misses, first = 0, True
+        always_stream = not p.resident
         jobs = []
         while True:
             plan = SinglePlan(
@@ -345,14 +360,19 @@ class DSGD:
                                                                                                  "streamed": streamed})
             if stats["missing"]:
                 out.unpersist()
+                if streamed:
+                    raise RuntimeError(f"DSGD: blocks missing although streamed: {stats.get('missing_example')}")
                 misses += 1
+                # the task ran where the store is not (or it was lost): stream the blocks into a new
+                # task, which writes its store and starts over (deterministic: the same result)
                 log.warning("DSGD single task missed %d blocks (%s): streaming the blocks and starting over",
                             stats["missing"], stats.get("missing_example"))
-                if misses > 3:
-                    raise RuntimeError(f"DSGD: blocks missing after {misses} attempts: {stats.get('missing_example')}")
                 streamed, progress, history = True, Progress(lr=p.step_size), []
+                always_stream = misses > 1  # missed twice: this cluster moves tasks around, keep streaming
                 continue
             epochs = stats["history"]
+            if "n_validation" in stats:
+                self.n_validation = stats["n_validation"]
             overhead = job_s - sum(h["task_seconds"] for h in epochs)
             for k, h in enumerate(epochs):
                 # the job's own costs (scheduling, kernel loading, streamed blocks) go to its first epoch
@@ -363,7 +383,7 @@ class DSGD:
                 log.info("epoch %d/%d train_rmse=%.4f val_rmse=%s step=%.5f", h["epoch"], p.max_iter, h["train_rmse"],
                          "-" if h["val_rmse"] is None else f"{h['val_rmse']:.4f}", h["step_size"])
             progress = Progress(**stats["progress"])
-            streamed = not p.resident  # the store is now where the task ran
+            streamed = always_stream  # else the store is now where the task ran
             if stats["finished"]:
                 started = time.monotonic()
                 users, items = self._factor_frames(out.filter(F.col("kind") != "S"))
@@ -372,6 +392,7 @@ class DSGD:
                 break
             out.unpersist()
         self.info["single_jobs"] = jobs
+        self.info["misses"] = misses
         best_epoch = progress.best_epoch if early else progress.epoch
         return self._result(users, items, history, best_epoch)
 
@@ -449,6 +470,7 @@ class DSGD:
         best = state
         live = [state]
         streamed = True  # the first epoch streams the blocks; tasks write them to their stores
+        always_stream = not p.resident
         misses = 0
         fail = self._fail_partition(self.plan.tasks)
         while not progress.stopped and progress.epoch < p.max_iter:
@@ -464,11 +486,13 @@ class DSGD:
             self.info["jobs"] += 1
             if any(s["missing"] for s in parts):
                 out.unpersist()
+                if streamed:
+                    raise RuntimeError(f"DSGD epoch {epoch + 1}: blocks missing although streamed")
                 misses += 1
-                log.warning("DSGD epoch %d: a task missed its blocks; redoing the epoch with streamed blocks", epoch + 1)
-                if misses > 3:
-                    raise RuntimeError("DSGD: blocks missing although streamed")
-                streamed = True
+                # a task ran where its store is not (tasks are placed by host, not by executor):
+                # redo the epoch streaming each stratum's blocks, and keep streaming from now on
+                log.warning("DSGD epoch %d: a task missed its blocks; streaming blocks from now on (|R| per epoch)", epoch + 1)
+                streamed = always_stream = True
                 continue
             sums = {k: v for s in parts for k, v in s["sums"].items()}
             vsums = {k: v for s in parts for k, v in s.get("val_sums", {}).items()}
@@ -476,6 +500,8 @@ class DSGD:
             if n != self.n_train:
                 raise AssertionError(f"epoch {epoch + 1} visited {n} ratings, expected {self.n_train}")
             vsse, vn = total(vsums)
+            if self.n_validation:
+                self.n_validation = int(vn)  # the exact count, unknown ids dropped
             train_rmse = math.sqrt(sse / n)
             val_rmse = math.sqrt(vsse / vn) if vn else None
             nxt, improved = bk.advance(progress, train_rmse, val_rmse, early_rounds=p.early_stopping_rounds if early else 0,
@@ -498,7 +524,7 @@ class DSGD:
             if improved:
                 best = out
             progress = nxt
-            streamed = not p.resident
+            streamed = always_stream
             live.append(out)
             keep = [out, best]
             for r in live:
@@ -506,6 +532,7 @@ class DSGD:
                     r.unpersist()
             live = [r for r in live if any(r is k for k in keep)]
             state = out
+        self.info["misses"] = misses
         users, items = self._factor_frames(self.spark.createDataFrame(best.mapPartitions(state_blobs), BLOB_SCHEMA,
                                                                       verifySchema=False))
         for r in live:

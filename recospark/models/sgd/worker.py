@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
@@ -28,6 +28,7 @@ from recospark.models.sgd import blocks as bk
 from recospark.models.sgd.blocks import FactorBlock, Progress, Store, SubBlock
 from recospark.models.sgd.kernel import NO_ORDER, sgd_block, sse_block, warm_up
 
+USER_SALT, ITEM_SALT = 1, 2  # blocks.hash_blocks salts
 PACKED_SCHEMA = "kind string, G int, J int, a int, b int, part int, n long, rsum double, blob binary"
 BLOB_SCHEMA = "kind string, grp int, blob binary"
 
@@ -96,8 +97,8 @@ class TaskConfig:
     mu: float
     threads: int
     tasks: int
-    users: bk.Index  # every user's (group, inner block, row)
-    items: bk.Index
+    users: bk.Index | None  # every user's (group, inner block, row); None: the single task builds it
+    items: bk.Index | None
     # (kind, G, J, a, b) -> n for every non-empty train ("R") / validation ("V") sub-block
     sub_counts: dict = field(default_factory=dict)
     # (kind, G, J, a, b) -> number of partial blobs the setup pass wrote for it
@@ -115,51 +116,47 @@ class TaskConfig:
 # setup: the one packing pass (Arrow, map side only)
 
 
-def pack_partition(batches: Iterator, *, users: bk.Index, items: bk.Index, B: int, K: int,
-                   run_id: str | None, part: int | None = None) -> Iterator:
-    """mapInArrow, the one setup pass: the ratings of one input partition (columns user, item, r,
-    v = is validation) -> one partial blob per sub-block (G, J, a, b) and kind ("R" training, "V"
-    validation), sorted by (user, item). Rows whose user or item has no training rating are
-    dropped. No shuffle: whoever reads a sub-block merges its partials (blocks.merge_subs). With
-    `run_id`, the partials also go to this executor's store. Output: PACKED_SCHEMA rows."""
+def pack_partition(batches: Iterator, *, kind: str, seed: int, B: int, K: int, run_id: str | None,
+                   part: int | None = None) -> Iterator:
+    """mapInArrow, the one setup pass: the ratings of one input partition (columns user, item, r)
+    -> one partial blob of kind `kind` ("R" training, "V" validation) per sub-block (G, J, a, b),
+    with global ids. Blocks are hashes of the ids, so this needs no index and no shuffle; whoever
+    reads a sub-block merges its partials (blocks.merge_subs: ids to rows, sorted). With `run_id`,
+    the partials also go to this executor's store. Output: PACKED_SCHEMA rows."""
     import pyarrow as pa
     from pyspark import TaskContext
 
     if part is None:
         ctx = TaskContext.get()
         part = ctx.partitionId() if ctx is not None else 0
-    cols: dict[str, list] = {"user": [], "item": [], "r": [], "v": []}
+    cols: dict[str, list] = {"user": [], "item": [], "r": []}
     for batch in batches:
         for c in cols:
             cols[c].append(batch.column(c).to_numpy(zero_copy_only=False))
     if not cols["r"]:
         return
-    user, item = np.concatenate(cols["user"]), np.concatenate(cols["item"])
-    r, v = np.concatenate(cols["r"]).astype(np.float32), np.concatenate(cols["v"]).astype(bool)
-    uk, G, a, ul = users.lookup(user)
-    ik, J, b, il = items.lookup(item)
-    keep = uk & ik
-    kind = v[keep].astype(np.int64)
-    sb = ((G[keep] * B + J[keep]) * K + a[keep]) * K + b[keep]
-    ul, il, r = ul[keep].astype(np.int32), il[keep].astype(np.int32), r[keep]
-    order = np.lexsort((r, il, ul, sb, kind))
-    kind, sb, ul, il, r = kind[order], sb[order], ul[order], il[order], r[order]
-    key = kind * (B * B * K * K) + sb
+    user, item = np.concatenate(cols["user"]).astype(np.int64), np.concatenate(cols["item"]).astype(np.int64)
+    r = np.concatenate(cols["r"]).astype(np.float32)
+    ub = bk.hash_blocks(user, seed, B * K, USER_SALT)
+    ib = bk.hash_blocks(item, seed, B * K, ITEM_SALT)
+    # the sub-block of each row; a stable radix sort on that small key groups the rows
+    key = (((ub // K) * B + ib // K) * K + ub % K) * K + ib % K
+    narrow = np.int16 if (B * K) ** 2 < (1 << 15) else np.int32
+    order = np.argsort(key.astype(narrow), kind="stable")
+    key, user, item, r = key[order], user[order].astype(np.int32), item[order].astype(np.int32), r[order]
     cuts = np.flatnonzero(np.diff(key)) + 1
     store = Store(run_id) if run_id else None
     rows = []
     for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(key)]):
         if hi == lo:
             continue
-        k_, rest = divmod(int(key[lo]), B * B * K * K)
-        rest, b_ = divmod(rest, K)
+        rest, b_ = divmod(int(key[lo]), K)
         rest, a_ = divmod(rest, K)
         G_, J_ = divmod(rest, B)
-        name = "V" if k_ else "R"
-        blob = bk.encode_sub(name, G_, J_, a_, b_, ul[lo:hi], il[lo:hi], r[lo:hi], part=part)
+        blob = bk.encode_sub(kind, G_, J_, a_, b_, user[lo:hi], item[lo:hi], r[lo:hi], part=part)
         if store is not None:
             store.put(blob_name(blob), blob)
-        rows.append((name, G_, J_, a_, b_, part, int(hi - lo), float(r[lo:hi].astype(np.float64).sum()), blob))
+        rows.append((kind, G_, J_, a_, b_, part, int(hi - lo), float(r[lo:hi].astype(np.float64).sum()), blob))
     if rows:
         types = {"kind": pa.string(), "G": pa.int32(), "J": pa.int32(), "a": pa.int32(), "b": pa.int32(),
                  "part": pa.int32(), "n": pa.int64(), "rsum": pa.float64(), "blob": pa.binary()}
@@ -193,6 +190,16 @@ class Source:
         self._listing: list[str] | None = None
         self._lock = threading.Lock()
 
+    def partials(self, kind: str, G: int, J: int, a: int, b: int) -> list | None:
+        """Every partial blob of a sub-block (None, and recorded as missing, if any is absent)."""
+        name = bk.sub_name(kind, G, J, a, b)
+        parts = self._partials(name)
+        if len(parts) != self.cfg.part_counts.get((kind, G, J, a, b), 0) or not parts:
+            with self._lock:
+                self.missing.append(name)
+            return None
+        return parts
+
     def _partials(self, name: str) -> list:
         prefix = name + ".p"
         found = {n: b for n, b in self.streamed.items() if n.startswith(prefix)}
@@ -216,12 +223,11 @@ class Source:
         if buf is None and self.store is not None:
             buf = self.store.get(name)
         if buf is None:
-            parts = self._partials(name)
-            if len(parts) != self.cfg.part_counts.get((kind, G, J, a, b), 0) or not parts:
-                with self._lock:
-                    self.missing.append(name)
+            parts = self.partials(kind, G, J, a, b)
+            if parts is None:
                 return None
-            buf = bk.merge_subs(parts)
+            cfg = self.cfg
+            buf = bk.merge_subs(parts, cfg.users.block(G, a), cfg.items.block(J, b))
             if self.store is not None:
                 self.store.put(name, buf)
         sub = bk.decode_sub(buf)
@@ -359,6 +365,50 @@ def _rmse(sse: float, n: int) -> float | None:
     return float(np.sqrt(sse / n)) if n else None
 
 
+def build_index(cfg: TaskConfig, source: Source) -> tuple[bk.Index, bk.Index] | None:
+    """The single task's index from every training sub-block's partials: the users of inner block
+    (G, a) are the ids in sub-blocks (G, *, a, *), the items of (J, b) those in (*, J, *, b)."""
+    D = cfg.B * cfg.K
+    users: list[list] = [[] for _ in range(D)]
+    items: list[list] = [[] for _ in range(D)]
+    for kind, G, J, a, b in cfg.part_counts:
+        if kind != "R":
+            continue
+        parts = source.partials(kind, G, J, a, b)
+        if parts is None:
+            return None
+        for buf in parts:
+            sub = bk.decode_sub(buf)
+            users[G * cfg.K + a].append(sub.users)
+            items[J * cfg.K + b].append(sub.items)
+
+    def unique(lists):
+        return np.unique(np.concatenate(lists)).astype(np.int32) if lists else np.zeros(0, np.int32)
+
+    blocks = run_jobs([lambda x=x: unique(x) for x in users + items], cfg.threads)
+    return bk.Index.from_blocks(blocks[:D], cfg.K), bk.Index.from_blocks(blocks[D:], cfg.K)
+
+
+def with_index(cfg: TaskConfig, store: Store | None, source: Source) -> TaskConfig | None:
+    """`cfg` with its index: given, else from the store, else built from the partials (and stored)."""
+    if cfg.users is not None:
+        return cfg
+    bufs = [store.get(f"IX-{kind}") for kind in "UI"] if store is not None else [None, None]
+    if all(b is not None for b in bufs):
+        users, items = (bk.Index.decode(b) for b in bufs)
+    else:
+        built = build_index(cfg, source)
+        if built is None:
+            return None
+        users, items = built
+        if store is not None:
+            store.put("IX-U", users.encode())
+            store.put("IX-I", items.encode())
+    out = replace(cfg, users=users, items=items)
+    source.cfg = out
+    return out
+
+
 def group_factors(cfg: TaskConfig, kind: str, group: int) -> FactorBlock:
     """The initial factors of one user ("U") or item ("I") group, its rows ordered by (inner block, id)."""
     index = cfg.users if kind == "U" else cfg.items
@@ -488,13 +538,26 @@ def single_task(index: int, records: Iterable, *, plan: SinglePlan) -> Iterator[
     store.forget_other_runs()
     blobs, _, streamed_bytes = absorb(records, store)
     source = Source(cfg, store, blobs)
-    users, items = _load_version(store, cfg, plan.progress.epoch, source)
+    t_index = time.perf_counter()
+    indexed = with_index(cfg, store, source)
+    index_s = time.perf_counter() - t_index
+    if indexed is not None:
+        cfg = indexed
+        plan = replace(plan, cfg=cfg)
+        users, items = _load_version(store, cfg, plan.progress.epoch, source)
+    else:
+        users = items = None
     stats: dict[str, Any] = {"compile_seconds": compile_s, "streamed_bytes": streamed_bytes["R"],
-                             "streamed_val_bytes": streamed_bytes["V"], "pid": os.getpid(), "threads": cfg.threads, "missing": 0}
+                             "streamed_val_bytes": streamed_bytes["V"], "pid": os.getpid(), "threads": cfg.threads, "missing": 0,
+                             "index_seconds": index_s}
     if users is not None:  # merge every sub-block up front, on the task's threads
         t_merge = time.perf_counter()
-        source.prefetch([k for k in cfg.sub_counts if k[0] == "R" or plan.validation], cfg.threads)
+        keys = [k for k in cfg.sub_counts if k[0] == "R" or plan.validation]
+        source.prefetch(keys, cfg.threads)
         stats["merge_seconds"] = time.perf_counter() - t_merge
+        if not source.missing:  # ratings kept after merging (validation rows of unknown ids dropped)
+            stats["n_train"] = sum(len(source.merged[bk.sub_name(*k)].ratings) for k in keys if k[0] == "R")
+            stats["n_validation"] = sum(len(source.merged[bk.sub_name(*k)].ratings) for k in keys if k[0] == "V")
     if users is None or source.missing:
         stats.update(missing=len(source.missing), missing_example=source.missing[:3], history=[],
                      task_seconds=time.perf_counter() - started)
@@ -726,7 +789,9 @@ __all__ = [
     "extract_stats",
     "group_factors",
     "initial_state",
+    "build_index",
     "pack_partition",
+    "with_index",
     "run_epochs",
     "run_jobs",
     "single_task",
