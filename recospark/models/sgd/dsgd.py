@@ -91,7 +91,7 @@ from recospark.models.sgd.worker import (
     extract_stats,
     initial_state,
     pack_partition,
-    single_task,
+    single_task_arrow,
     state_blobs,
     stratum_task,
     total,
@@ -302,13 +302,18 @@ class DSGD:
     # -- shared helpers ----------------------------------------------------------------------
 
     def _with_profile(self, rdd: RDD) -> RDD:
-        if not self.plan.use_profile:
-            return rdd
-        from pyspark.resource import ResourceProfileBuilder, TaskResourceRequests
+        profile = self._profile_or_none()
+        return rdd if profile is None else rdd.withResources(profile)
 
+    def _profile_or_none(self):
+        """The TaskResourceProfile asking `threads` CPUs per DSGD task, when the plan uses one."""
+        if not self.plan.use_profile:
+            return None
         if not hasattr(self, "_profile"):
+            from pyspark.resource import ResourceProfileBuilder, TaskResourceRequests
+
             self._profile = ResourceProfileBuilder().require(TaskResourceRequests().cpus(self.plan.threads)).build
-        return rdd.withResources(self._profile)
+        return self._profile
 
     def _fail_partition(self, partitions: int) -> int | None:
         fail = faults.partition_for("sgd")
@@ -329,9 +334,9 @@ class DSGD:
 
     # -- the single-task plan ----------------------------------------------------------------
 
-    def _streamed_all(self) -> RDD:
+    def _streamed_all(self) -> DataFrame:
         """Every blob of the cached setup frame in one partition (the single task's fallback)."""
-        return self.packed.select("blob").rdd.coalesce(1)
+        return self.packed.select("blob").coalesce(1)
 
     def _fit_single(self) -> DSGDResult:
         p = self.p
@@ -349,15 +354,16 @@ class DSGD:
                 validation=self.n_validation > 0, keep_best=early, fail_partition=self._fail_partition(1) if first else None,
             )
             first = False
-            src = self._streamed_all() if streamed else self.sc.parallelize([(0, ("T", None))], 1)
-            rdd = self._with_profile(src.mapPartitionsWithIndex(partial(single_task, plan=plan)))
-            started = time.monotonic()
-            out = self.spark.createDataFrame(rdd, BLOB_SCHEMA, verifySchema=False).persist(_LEVEL)
+            # a DataFrame job (mapInArrow): it runs in the setup pass's Python workers, already warm
+            src = self._streamed_all() if streamed else self.spark.range(0, 1, 1, numPartitions=1)
+            started, submitted_at = time.monotonic(), time.time()
+            out = src.mapInArrow(_udf(single_task_arrow, plan=plan), BLOB_SCHEMA, profile=self._profile_or_none()).persist(_LEVEL)
             stats = json.loads(bytes(out.filter(F.col("kind") == "S").select("blob").first()["blob"]))
             job_s = time.monotonic() - started
             self.info["jobs"] += 1
-            jobs.append({k: v for k, v in stats.items() if k not in ("history", "progress")} | {"job_seconds": round(job_s, 3),
-                                                                                                 "streamed": streamed})
+            jobs.append({k: v for k, v in stats.items() if k not in ("history", "progress", "started_at")}
+                        | {"job_seconds": round(job_s, 3), "streamed": streamed,
+                           "task_start_delay": round(stats["started_at"] - submitted_at, 3)})
             if stats["missing"]:
                 out.unpersist()
                 if streamed:

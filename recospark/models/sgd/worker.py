@@ -20,7 +20,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -157,6 +157,8 @@ def pack_partition(batches: Iterator, *, kind: str, seed: int, B: int, K: int, r
         if store is not None:
             store.put(blob_name(blob), blob)
         rows.append((kind, G_, J_, a_, b_, part, int(hi - lo), float(r[lo:hi].astype(np.float64).sum()), blob))
+    if run_id:
+        ensure_warm()  # the single task's job runs in these Python workers next
     if rows:
         types = {"kind": pa.string(), "G": pa.int32(), "J": pa.int32(), "a": pa.int32(), "b": pa.int32(),
                  "part": pa.int32(), "n": pa.int64(), "rsum": pa.float64(), "blob": pa.binary()}
@@ -530,7 +532,7 @@ def single_task(index: int, records: Iterable, *, plan: SinglePlan) -> Iterator[
     """
     from recospark import faults
 
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     faults.fail_first_attempt(plan.fail_partition, "DSGD single-task epochs")
     compile_s = ensure_warm()
     cfg = plan.cfg
@@ -549,7 +551,7 @@ def single_task(index: int, records: Iterable, *, plan: SinglePlan) -> Iterator[
         users = items = None
     stats: dict[str, Any] = {"compile_seconds": compile_s, "streamed_bytes": streamed_bytes["R"],
                              "streamed_val_bytes": streamed_bytes["V"], "pid": os.getpid(), "threads": cfg.threads, "missing": 0,
-                             "index_seconds": index_s}
+                             "index_seconds": index_s, "started_at": started_at}
     if users is not None:  # merge every sub-block up front, on the task's threads
         t_merge = time.perf_counter()
         keys = [k for k in cfg.sub_counts if k[0] == "R" or plan.validation]
@@ -598,6 +600,28 @@ def single_task(index: int, records: Iterable, *, plan: SinglePlan) -> Iterator[
                  task_seconds=time.perf_counter() - started)
     yield ("S", 0, json.dumps(stats).encode())
     yield from rows
+
+
+class _Blob(NamedTuple):
+    blob: bytes
+
+
+def single_task_arrow(batches: Iterator, *, plan: SinglePlan) -> Iterator:
+    """`single_task` as a mapInArrow function (the setup pass's Python workers run it, already
+    warm): input batches carry streamed blobs in a `blob` column, or anything (resident); output
+    batches have BLOB_SCHEMA's columns."""
+    import pyarrow as pa
+
+    def records():
+        for batch in batches:
+            if "blob" in batch.schema.names:
+                for blob in batch.column("blob").to_pylist():
+                    yield _Blob(blob)
+
+    rows = list(single_task(0, records(), plan=plan))
+    yield pa.RecordBatch.from_arrays(
+        [pa.array([r[0] for r in rows], pa.string()), pa.array([r[1] for r in rows], pa.int32()),
+         pa.array([r[2] for r in rows], pa.binary())], names=["kind", "grp", "blob"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -795,6 +819,7 @@ __all__ = [
     "run_epochs",
     "run_jobs",
     "single_task",
+    "single_task_arrow",
     "state_blobs",
     "stratum_task",
     "total",
