@@ -95,10 +95,10 @@ def test_store_deleted_after_success_and_after_failure(spark, ratings, monkeypat
     driver.fit()
     assert not os.path.exists(_store_dir(driver.run_id))
 
-    def boom(self, blobs):
+    def boom(self, *args):
         raise RuntimeError("export failed")
 
-    monkeypatch.setattr(DSGD, "_factor_frames", boom)
+    monkeypatch.setattr(DSGD, "_entry", boom)  # fails on the driver after the first training job
     failing = DSGD(spark, DSGDParams(**PARAMS))
     failing.prepare(train, None)
     assert os.path.isdir(_store_dir(failing.run_id))

@@ -72,7 +72,7 @@ from pyspark import StorageLevel
 from pyspark.rdd import RDD
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import StringType, StructField, StructType
+from pyspark.sql.types import BinaryType, StringType, StructField, StructType
 
 from recospark import faults
 from recospark.models.sgd import blocks as bk
@@ -194,6 +194,11 @@ def plan_execution(spark: SparkSession, p: DSGDParams) -> ExecutionPlan:
                          f"{executors} executor(s), spark.executor.cores={executor_cores}, spark.task.cpus={task_cpus}: "
                          f"{tasks} task(s) x {threads} thread(s)"
                          + (" (TaskResourceProfile)" if use_profile else ""))
+
+
+# the single task's output: one stats row (kind "S", JSON in blob), then factor rows (kind "U"/"I")
+_SINGLE_OUT = StructType([StructField("kind", StringType(), False)] + BIASED_FACTORS.fields
+                         + [StructField("blob", BinaryType(), False)])
 
 
 def _udf(fn, **kwargs):
@@ -357,7 +362,7 @@ class DSGD:
             # a DataFrame job (mapInArrow): it runs in the setup pass's Python workers, already warm
             src = self._streamed_all() if streamed else self.spark.range(0, 1, 1, numPartitions=1)
             started, submitted_at = time.monotonic(), time.time()
-            out = src.mapInArrow(_udf(single_task_arrow, plan=plan), BLOB_SCHEMA, profile=self._profile_or_none()).persist(_LEVEL)
+            out = src.mapInArrow(_udf(single_task_arrow, plan=plan), _SINGLE_OUT, profile=self._profile_or_none()).persist(_LEVEL)
             stats = json.loads(bytes(out.filter(F.col("kind") == "S").select("blob").first()["blob"]))
             job_s = time.monotonic() - started
             self.info["jobs"] += 1
@@ -390,9 +395,11 @@ class DSGD:
                          "-" if h["val_rmse"] is None else f"{h['val_rmse']:.4f}", h["step_size"])
             progress = Progress(**stats["progress"])
             streamed = always_stream  # else the store is now where the task ran
-            if stats["finished"]:
+            if stats["finished"]:  # `out` holds the best factors as rows: cut them loose from training
                 started = time.monotonic()
-                users, items = self._factor_frames(out.filter(F.col("kind") != "S"))
+                rows = out.filter(F.col("kind") != "S").drop("blob")
+                both = rows.checkpoint(eager=True) if self.sc.getCheckpointDir() else rows.localCheckpoint(eager=True)
+                users, items = (both.filter(F.col("kind") == kind).drop("kind") for kind in ("U", "I"))
                 self.info["export_seconds"] = round(time.monotonic() - started, 3)
                 out.unpersist()
                 break

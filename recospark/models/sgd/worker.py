@@ -606,10 +606,11 @@ class _Blob(NamedTuple):
     blob: bytes
 
 
-def single_task_arrow(batches: Iterator, *, plan: SinglePlan) -> Iterator:
+def single_task_arrow(batches: Iterator, *, plan: SinglePlan, chunk: int = 8192) -> Iterator:
     """`single_task` as a mapInArrow function (the setup pass's Python workers run it, already
-    warm): input batches carry streamed blobs in a `blob` column, or anything (resident); output
-    batches have BLOB_SCHEMA's columns."""
+    warm). Input batches carry streamed blobs in a `blob` column, or anything (resident). Output:
+    SINGLE_OUT_SCHEMA rows, the stats row (kind "S", JSON in `blob`) then, when training ended,
+    the best factors as rows (kind "U"/"I", id, features, bias), ready to be checkpointed."""
     import pyarrow as pa
 
     def records():
@@ -619,9 +620,14 @@ def single_task_arrow(batches: Iterator, *, plan: SinglePlan) -> Iterator:
                     yield _Blob(blob)
 
     rows = list(single_task(0, records(), plan=plan))
+    empty = pa.array([[]], pa.list_(pa.float32()))
     yield pa.RecordBatch.from_arrays(
-        [pa.array([r[0] for r in rows], pa.string()), pa.array([r[1] for r in rows], pa.int32()),
-         pa.array([r[2] for r in rows], pa.binary())], names=["kind", "grp", "blob"])
+        [pa.array(["S"]), pa.array([0], pa.int32()), empty, pa.array([0.0], pa.float32()), pa.array([rows[0][2]], pa.binary())],
+        names=["kind", "id", "features", "bias", "blob"])
+    for kind, _, blob in rows[1:]:
+        for batch in blobs_to_factor_rows(iter([pa.RecordBatch.from_pydict({"blob": [blob]})]), chunk=chunk, with_kind=True):
+            yield pa.RecordBatch.from_arrays(
+                [*batch.columns, pa.array([b""] * batch.num_rows, pa.binary())], names=["kind", "id", "features", "bias", "blob"])
 
 
 # ---------------------------------------------------------------------------------------------
