@@ -27,7 +27,7 @@ import numpy as np
 from numba import njit
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ml-100k"
+DEFAULT_DATA = Path(os.environ.get("RECOSPARK_ML100K", ROOT.parent / "shared" / "data" / "ml-100k"))
 TARGET = 3.0  # M updates/s per core at rank 32
 
 _WARM = "import time; t = time.perf_counter(); from recospark.models.sgd.kernel import warm_up; " \

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ML100K = ROOT.parent / "shared" / "data" / "ml-100k"
+ML100K = Path(os.environ.get("RECOSPARK_ML100K", ROOT.parent / "shared" / "data" / "ml-100k"))
 
 # MovieLens shapes: (users, items, ratings, layout)
 SIZES = {

@@ -12,6 +12,7 @@ reach the target (ALS's validation RMSE on the same carve with --als, else --tar
 from __future__ import annotations
 
 import argparse
+import os
 import itertools
 import sys
 import time
@@ -32,7 +33,8 @@ GRIDS = {
 
 def load(data: str):
     if data == "u1":
-        raw = np.loadtxt(ROOT.parent / "shared" / "data" / "ml-100k" / "u1.base", dtype=np.int64)[:, :3]
+        ml100k = Path(os.environ.get("RECOSPARK_ML100K", ROOT.parent / "shared" / "data" / "ml-100k"))
+        raw = np.loadtxt(ml100k / "u1.base", dtype=np.int64)[:, :3]
         return raw[:, 0], raw[:, 1], raw[:, 2].astype(np.float32)
     import pyarrow.parquet as pq
 
@@ -43,8 +45,6 @@ def load(data: str):
 
 def als_validation_rmse(u, i, r, v) -> tuple[float, float]:
     """MLlib ALS at the pipeline's setting (rank 10, 20 iterations, reg 0.1) on the carve."""
-    import os
-
     import pandas as pd
 
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
