@@ -7,7 +7,7 @@ K = `inner_blocks` inner blocks. An epoch visits B outer strata (user group G wi
 on (seed, B, K, epoch) only, never on how many tasks or threads run it: for a given seed and
 layout the factors are bit-identical in local mode, on a cluster, with 1 or 8 threads.
 
-Data contract for kernels (SGD here, ranking losses in ranking.py): a sub-block (G, J, a, b) is
+Data contract for kernels (SGD here, ranking losses in ranking.py): a sub-block (G, J, a, b) is a
 `blocks.SubBlock`: `users`, `items` (int32) and `ratings` (float32) sorted by (user, item), with
 `indptr(n_users)` giving a CSR over its users. `users` index rows of the user inner block's view
 P_G[lo_a:lo_(a+1)] and `items` rows of Q_J[lo_b:lo_(b+1)], where `FactorBlock.lo` holds the row
@@ -16,41 +16,47 @@ factor matrix, owned by exactly one thread during a step, so a kernel may read a
 of it (e.g. sample negatives) without touching another thread's rows. `worker.train_stratum` is
 where a kernel runs; it passes the views, so a kernel sees rows [0, n) of its own blocks.
 
-Execution plans (`plan_execution`):
+Per fit, in Spark jobs:
 
-Setup (`DSGD.prepare`): two Spark jobs. The distinct user and item ids come to the driver (4
-bytes per id; no ratings, no factors) and become the `blocks.Index`; then one map-only pass
-(`mapInArrow`, no shuffle) cuts every input partition into partial sub-blocks, cached as a
-DataFrame (the fallback copy of the ratings) and, for the single-task plan, also written to the
-executor-local store. Whoever reads a sub-block first merges its partials.
+1. Setup, one map-only pass (`mapInArrow`, no shuffle, no JVM sort): every input partition of
+   the training (and validation) ratings is cut into partial sub-blocks with global ids; blocks
+   are hashes of the ids, so no index is needed yet. The partials are cached as a DataFrame (the
+   fallback copy of the ratings, |R| bytes in the JVM) and, for the single-task plan, written to
+   the executor-local store. Their reader merges them: ids to rows, sorted (blocks.merge_subs).
+2. Training, by one of two plans (`plan_execution`):
 
-* single task (tasks = 1; local mode): one fat task runs every epoch of a Spark job, its threads
-  running each inner step's sub-blocks. Ratings and factors stay resident in an executor-local
-  store (memory-mapped files under SparkFiles' root directory), so per epoch nothing crosses
-  JVM<->Python: the job's input is one token and its output one stats row, plus the best
-  factors once at the end. Validation RMSE,
-  the step schedule and early stopping run inside the task after every epoch (no driver round
-  trip per epoch). Fallback: when the task finds a block missing (it landed on another executor,
-  files lost) it reports it; the driver then streams the cached setup frame (|R| bytes, once)
-  into a new task, which writes the store and starts over; results are identical.
+* single task (tasks = 1; local mode): ONE fat task (a mapInArrow job, so it reuses the setup
+  pass's warm Python workers) runs every epoch, its threads running each inner step's
+  sub-blocks. It builds the index from the blocks, keeps ratings and factors in memory and in
+  the executor-local store (memory-mapped files under SparkFiles' root directory), computes the
+  validation RMSE after every epoch and applies the step schedule and early stopping itself, so
+  per epoch nothing crosses JVM<->Python and the driver is not involved. Its output is one stats
+  row (per-epoch history) and the best factors as BIASED_FACTORS rows, checkpointed.
+  `epochs_per_job` > 0 splits training into several jobs (factors kept in the store between
+  them) so a retry redoes at most one job. Fallback: when the task finds a block missing (it
+  landed on another executor, files lost) it reports it; the driver streams the cached setup
+  frame (|R| bytes) into a new task, which writes its store and starts over; same result.
 * multi task (tasks > 1; a cluster): one fat task per executor, one Spark stage per outer
-  stratum; user groups stay in their task, item groups move to the next stratum's task through
-  a shuffle of factor records, the epoch ends with a stage computing validation RMSE against all
-  item groups. Ratings are streamed in the first epoch (one cached RDD per shift: each stage
-  reads only its own sub-blocks, |R| bytes per epoch) and written to each executor's store;
-  later epochs read the store, falling back to streaming when a task misses its blocks.
+  stratum; user groups stay in their task, item groups move to the next stratum's task through a
+  shuffle of factor records; the epoch ends with a stage computing validation RMSE against all
+  item groups (replicated). The tasks agree on an index built once on the driver from the
+  distinct ids (4 bytes per id; no ratings, no factors). Ratings are streamed in the first epoch
+  (one cached RDD per shift: each stage reads only its own sub-blocks, |R| bytes per epoch) and
+  written to each executor's store; later epochs read the stores, and if a task misses its
+  blocks (Spark places tasks by host, not executor) the epoch is redone and blocks are streamed
+  from then on.
 
 Threads: a task runs `threads` threads. On standalone/YARN/Kubernetes with static allocation a
 TaskResourceProfile asks Spark for that many CPUs per DSGD task (spark.executor.cores by
-default: one fat task per executor). Local mode rejects TaskResourceProfiles ("only supported for
-Standalone, Yarn and Kubernetes") and a barrier stage reserving the cores cost ~1 s per job here,
-so in local mode the single task uses all local[N] cores while Spark accounts it one: fine when
-fit() is the only job running, else set `threads` (e.g. 1) explicitly.
+default: one fat task per executor). Local mode rejects TaskResourceProfiles ("only supported
+for Standalone, Yarn and Kubernetes") and a barrier stage reserving the cores cost ~1 s per job
+here, so in local mode the single task uses all local[N] cores while Spark accounts it one: fine
+when fit() is the only job running, else set `threads` (e.g. 1) explicitly.
 
-Cleanup: every run writes under `<root>/recospark-dsgd/<run_id>/`; `fit` deletes it on success
-and on failure (driver-side in local mode, a cleanup job on executors otherwise). The driver sees
-scalars only: counts, sums, timings, never factors or ratings; losses come back as task results,
-not accumulators, so a retried task cannot count twice.
+Cleanup: every run writes under `<SparkFiles root>/recospark-dsgd/<run_id>/`; `fit` deletes it on
+success and on failure (driver-side in local mode, a cleanup job on executors otherwise) and
+unpersists what it cached. The driver sees scalars only: counts, sums, timings, never factors or
+ratings; losses come back as task results, not accumulators, so a retried task cannot count twice.
 """
 
 from __future__ import annotations
