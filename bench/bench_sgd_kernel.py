@@ -1,30 +1,66 @@
-"""Micro-benchmark of the compiled SGD kernel alone (one core, no Spark) on MovieLens 100K.
+"""Micro-benchmark of the compiled SGD kernel alone (no Spark) on MovieLens 100K.
 
-    .venv/bin/python bench/bench_sgd_kernel.py [--data ../shared/data/ml-100k] [--epochs 5]
+    .venv/bin/python bench/bench_sgd_kernel.py [--data ../shared/data/ml-100k] [--epochs 5] [--ranks 10,32,128]
 
-For rank 10, 32 and 50: rating updates per second of `sgd_block` over all 100K ratings in a
-seeded random order (the order the DSGD worker uses), best of --epochs passes. Compile cost is
-measured in fresh subprocesses: once with numba's on-disk cache removed (cold compile) and once
-with the cache in place (cache hit), which is what each Spark Python worker pays on first use.
-Target: >= 3 M updates/s per core at rank 32.
+Per rank: rating updates per second, best of --epochs passes, of
+* `float64 ref`: the previous kernel (float64 arithmetic, fastmath off), kept here for comparison;
+* `sorted 1 core`: the current float32/fastmath kernel over ratings sorted by (user, item), the
+  order the DSGD worker uses, on one core;
+* `random 1 core`: the same kernel visiting a random permutation (the old worker's order);
+* `blocked N threads`: the DSGD worker's inner steps (B=2 x K=2 layout) on N threads, so the
+  threads' speed-up is visible (on a shared machine it is bounded by the load).
+Compile cost is measured in fresh subprocesses: once with numba's on-disk cache removed (cold
+compile) and once with the cache in place (a cache hit: what each new Spark Python worker pays).
+Prints the machine's load (`uptime`) next to the numbers. Target: >= 3 M updates/s per core at rank 32.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from numba import njit
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ml-100k"
+DEFAULT_DATA = Path(os.environ.get("RECOSPARK_ML100K", ROOT.parent / "shared" / "data" / "ml-100k"))
 TARGET = 3.0  # M updates/s per core at rank 32
 
 _WARM = "import time; t = time.perf_counter(); from recospark.models.sgd.kernel import warm_up; " \
         "c = warm_up(); print(time.perf_counter() - t, c)"
+
+
+@njit(cache=True, fastmath=False, nogil=True)
+def float64_kernel(users_idx, items_idx, ratings, order, P, Q, bu, bi, mu, lr, reg, bias_reg):
+    """The kernel before issue #12 (float64 arithmetic, fastmath off), for comparison only."""
+    n = ratings.shape[0]
+    k = P.shape[1]
+    m = order.shape[0]
+    count = m if m > 0 else n
+    sse = 0.0
+    for t in range(count):
+        pos = order[t] if m > 0 else t
+        u = users_idx[pos]
+        i = items_idx[pos]
+        dot = 0.0
+        for f in range(k):
+            dot += np.float64(P[u, f]) * np.float64(Q[i, f])
+        e = np.float64(ratings[pos]) - (mu + np.float64(bu[u]) + np.float64(bi[i]) + dot)
+        sse += e * e
+        bu_old = np.float64(bu[u])
+        bi_old = np.float64(bi[i])
+        bu[u] = bu_old + lr * (e - bias_reg * bu_old)
+        bi[i] = bi_old + lr * (e - bias_reg * bi_old)
+        for f in range(k):
+            pu = np.float64(P[u, f])
+            qi = np.float64(Q[i, f])
+            P[u, f] = pu + lr * (e * qi - reg * pu)
+            Q[i, f] = qi + lr * (e * pu - reg * qi)
+    return sse
 
 
 def compile_seconds() -> tuple[float, float]:
@@ -48,42 +84,75 @@ def load(path: Path):
     return users.astype(np.int32), items.astype(np.int32), raw[:, 2].astype(np.float32)
 
 
+def best_rate(fn, args, P, Q, bu, bi, mu, epochs: int) -> float:
+    best = np.inf
+    for _ in range(epochs):
+        t0 = time.perf_counter()
+        fn(*args, P, Q, bu, bi, mu, 0.005, 0.05, 0.01)
+        best = min(best, time.perf_counter() - t0)
+    return len(args[2]) / best / 1e6
+
+
+def blocked_rate(u, i, r, rank: int, threads: int, epochs: int) -> float:
+    """The DSGD worker's inner steps over a B=2 x K=2 layout on `threads` threads."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from inprocess import blocked
+
+    from recospark.models.sgd import blocks as bk
+    from recospark.models.sgd import worker as W
+
+    cfg, source, users, items = blocked(u, i, r, B=2, K=2, rank=rank, reg=0.05, init_std=0.05, seed=1, threads=threads)
+    best = np.inf
+    for epoch in range(epochs):
+        sums: dict = {}
+        t0 = time.perf_counter()
+        for shift in bk.strata_order(1, epoch, cfg.B):
+            W.train_stratum(cfg, shift, list(range(cfg.B)), users, items, source, lr=0.005, epoch=epoch, sums=sums)
+        best = min(best, time.perf_counter() - t0)
+    return len(r) / best / 1e6
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--epochs", type=int, default=5)
-    ap.add_argument("--ranks", default="10,32,50")
+    ap.add_argument("--ranks", default="10,32,64,128")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args(argv)
     path = Path(args.data) / "u.data"
     if not path.is_file():
         print(f"skipped: {path} not found (MovieLens 100K)")
         return 0
+    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     cold, hit = compile_seconds()
-    from recospark.models.sgd.kernel import sgd_block, warm_up
+    from recospark.models.sgd.kernel import NO_ORDER, sgd_block, warm_up
 
     warm_up()
     u, i, r = load(path)
+    order = np.lexsort((i, u))
+    us, is_, rs = u[order].copy(), i[order].copy(), r[order].copy()
     n_users, n_items, n = int(u.max()) + 1, int(i.max()) + 1, len(r)
     mu = float(r.mean())
-    print(f"ML-100K: {n} ratings, {n_users} users, {n_items} items; best of {args.epochs} epochs, one core")
+    perm = np.random.default_rng(0).permutation(n).astype(np.int64)
+    print(f"ML-100K: {n} ratings, {n_users} users, {n_items} items; best of {args.epochs} epochs; load: {uptime.split('load average:')[-1].strip()}")
     print(f"compile: cold {cold:.2f} s, cache hit {hit:.2f} s (fresh process, warm_up())")
-    print(f"{'rank':>5} {'M updates/s':>12} {'ns/update':>10} {'epoch ms':>9}")
+    print(f"{'rank':>5} {'float64 ref':>12} {'sorted 1 core':>14} {'random 1 core':>14} {'blocked ' + str(args.threads) + ' thr':>13}   M updates/s")
     ok = True
     for rank in [int(x) for x in args.ranks.split(",")]:
         rng = np.random.default_rng(rank)
-        P = (rng.standard_normal((n_users, rank)) * 0.05).astype(np.float32)
-        Q = (rng.standard_normal((n_items, rank)) * 0.05).astype(np.float32)
-        bu, bi = np.zeros(n_users, np.float32), np.zeros(n_items, np.float32)
-        best = np.inf
-        for _ in range(args.epochs):
-            order = rng.permutation(n).astype(np.int64)
-            t0 = time.perf_counter()
-            sgd_block(u, i, r, order, P, Q, bu, bi, mu, 0.01, 0.05, 0.01)
-            best = min(best, time.perf_counter() - t0)
-        rate = n / best / 1e6
-        print(f"{rank:>5} {rate:>12.2f} {best / n * 1e9:>10.1f} {best * 1e3:>9.2f}")
+
+        def fresh(rng=rng, rank=rank):
+            return ((rng.standard_normal((n_users, rank)) * 0.05).astype(np.float32),
+                    (rng.standard_normal((n_items, rank)) * 0.05).astype(np.float32),
+                    np.zeros(n_users, np.float32), np.zeros(n_items, np.float32))
+
+        ref = best_rate(float64_kernel, (u, i, r, perm), *fresh(), mu, args.epochs)
+        srt = best_rate(sgd_block, (us, is_, rs, NO_ORDER), *fresh(), mu, args.epochs)
+        rnd = best_rate(sgd_block, (u, i, r, perm), *fresh(), mu, args.epochs)
+        blk = blocked_rate(u, i, r, rank, args.threads, args.epochs)
+        print(f"{rank:>5} {ref:>12.2f} {srt:>14.2f} {rnd:>14.2f} {blk:>13.2f}")
         if rank == 32:
-            ok = rate >= TARGET
+            ok = srt >= TARGET
     print(f"target >= {TARGET} M updates/s per core at rank 32: {'met' if ok else 'NOT met'}")
     return 0
 

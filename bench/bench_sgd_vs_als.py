@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ml-100k"
+DEFAULT_DATA = Path(os.environ.get("RECOSPARK_ML100K", ROOT.parent / "shared" / "data" / "ml-100k"))
 
 
 def read_u(path: Path) -> pd.DataFrame:
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     n_train, n_test = train.count(), test.count()
     print(f"ML-100K u1: {n_train} train, {n_test} test ratings; local[2]")
     rmse = RegressionEvaluator(metricName="rmse", labelCol="rating", predictionCol="prediction")
-    cols = dict(userCol="user_id", itemCol="movie_id", ratingCol="rating")
+    cols = {"userCol": "user_id", "itemCol": "movie_id", "ratingCol": "rating"}
 
     best_als = None
     if not args.skip_als:
@@ -131,8 +131,8 @@ def main(argv=None) -> int:
             print(f"SGD does not reach ALS's best test RMSE {best_als[1]:.4f} within {epochs} epochs; ALS fit {best_als[2]:.1f} s")
 
     if not args.skip_pipeline:
-        from recospark.split import with_validation_flag
         from recospark.schema import IS_VALIDATION
+        from recospark.split import with_validation_flag
 
         flagged = with_validation_flag(train.withColumn("rated_at", F.current_timestamp()), 0.1, 42)
         est = SGDMatrixFactorization(**{**params, "validationIndicatorCol": IS_VALIDATION, "earlyStoppingRounds": 3})

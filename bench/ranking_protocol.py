@@ -47,7 +47,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from recospark.models.sgd import ranking as R
+from recospark.models.sgd import ranking as R  # noqa: E402 - after the sys.path insert
 
 DATA = ROOT.parent / "shared" / "data" / "ml-100k"
 K = 10
@@ -330,9 +330,9 @@ def dsgd_ranking(split: Split, cfg: RankSGD, eval_split: Split | None = None, ev
 def _assemble(split, P, Q, bi, u_members, i_members) -> np.ndarray:
     Pg = np.zeros((split.n_users, P[0].shape[1]), np.float64)
     Qg = np.zeros((split.n_items, P[0].shape[1] + 1), np.float64)
-    for m, p in zip(u_members, P):
+    for m, p in zip(u_members, P, strict=False):
         Pg[m] = p
-    for m, q, b in zip(i_members, Q, bi):
+    for m, q, b in zip(i_members, Q, bi, strict=False):
         Qg[m, :-1] = q
         if len(b):
             Qg[m, -1] = b
@@ -353,12 +353,12 @@ def tune_sgd(val: Split, grid: dict[str, list], base: RankSGD, eval_every: int, 
     rows = []
     keys = list(grid)
     for values in itertools.product(*(grid[k] for k in keys)):
-        cfg = RankSGD(**{**asdict(base), **dict(zip(keys, values))})
+        cfg = RankSGD(**{**asdict(base), **dict(zip(keys, values, strict=False))})
         t0 = time.perf_counter()
         _, curve = dsgd_ranking(val, cfg, val, eval_every)
         epoch, ndcg = _best_epoch(curve)
         row = {
-            **dict(zip(keys, values)),
+            **dict(zip(keys, values, strict=False)),
             "epochs": epoch,
             "val_ndcg@10": round(ndcg, 4),
             "seconds": round(time.perf_counter() - t0, 1),
@@ -500,7 +500,7 @@ def tune_blend(parts: dict[str, np.ndarray], val: Split, step: float = 0.1, log=
         if sum(combo) > n:
             continue
         w = {
-            **dict(zip(names[:-1], (c * step for c in combo))),
+            **dict(zip(names[:-1], (c * step for c in combo), strict=False)),
             names[-1]: (n - sum(combo)) * step,
         }
         ndcg = evaluate(blend(parts, w), val)["ndcg@10"]
@@ -555,7 +555,7 @@ BLEND_OF = ("als", "bpr", "warp", "puresvd")  # distributed models only; a weigh
 def _grid(grid: dict[str, list]):
     keys = list(grid)
     for values in itertools.product(*(grid[k] for k in keys)):
-        yield dict(zip(keys, values))
+        yield dict(zip(keys, values, strict=False))
 
 
 def _pick(rows: list[dict]) -> dict:

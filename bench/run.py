@@ -23,7 +23,8 @@ COLUMNS = (
     ("size", "{}"), ("ratings", "{:,}"), ("ingest_s", "{:.1f}"), ("split_s", "{:.1f}"), ("als_fit_s", "{:.1f}"),
     ("sgd_fit_s", "{:.1f}"), ("sgd_reach_als_s", "{:.1f}"), ("evaluate_s", "{:.1f}"), ("topn_ours_s", "{:.1f}"),
     ("topn_mllib_s", "{:.1f}"), ("als_rmse", "{:.4f}"), ("sgd_rmse", "{:.4f}"), ("sgd_epochs", "{}"),
-    ("sgd_updates_per_s", "{:,}"), ("driver_python_mb", "{}"), ("jvm_mb", "{}"), ("python_workers_mb", "{}"),
+    ("sgd_updates_per_s", "{:,}"), ("sgd_kernel_s", "{:.1f}"), ("sgd_outside_s", "{:.1f}"), ("sgd_ratings_mb", "{:.1f}"),
+    ("driver_python_mb", "{}"), ("jvm_mb", "{}"), ("python_workers_mb", "{}"), ("load", "{}"),
 )
 
 
@@ -78,7 +79,7 @@ def plot(rows: list[dict], path: Path) -> None:
     for s in STAGES:
         pts = [(r["ratings"], r[s]) for r in rows if r.get(s)]
         if pts:
-            ax.plot(*zip(*pts), marker="o", label=s[:-2])
+            ax.plot(*zip(*pts, strict=False), marker="o", label=s[:-2])
     xs = [r["ratings"] for r in rows]
     if len(xs) > 1:
         ax.plot(xs, [rows[0]["sgd_fit_s"] * x / xs[0] for x in xs], "k:", label="linear")
@@ -110,6 +111,7 @@ def main(argv=None) -> int:
             continue
         row = json.loads(proc.stdout.strip().splitlines()[-1])
         row["wall_s"] = round(time.monotonic() - t0, 1)
+        row["load"] = Path("/proc/loadavg").read_text().split()[0]  # the machine may be shared
         rows.append(row)
         (out / "results.json").write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2) + "\n")
     print(f"\nmachine: {machine()}\n")

@@ -8,6 +8,8 @@ with rated items excluded: ours (blocked, broadcast items) vs MLlib's `recommend
 (asked for N + the most any user rated, then rated items removed and re-ranked), both on the
 same ALS model. SGD's time to reach ALS's test RMSE comes from its per-epoch history: the test
 rows ride along as validation rows (early stopping off, never trained on), scored every epoch.
+SGD's time is also split into kernel seconds and the rest, with the ratings bytes that crossed
+JVM<->Python (bench/bench_dsgd.py has the per-epoch view and ALS at SGD's rank).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ML100K = ROOT.parent / "shared" / "data" / "ml-100k"
+ML100K = Path(os.environ.get("RECOSPARK_ML100K", ROOT.parent / "shared" / "data" / "ml-100k"))
 
 # MovieLens shapes: (users, items, ratings, layout)
 SIZES = {
@@ -99,12 +101,11 @@ def main(argv=None) -> int:
     from pyspark.sql import SparkSession
     from pyspark.sql import functions as F
 
-    from recospark import evaluate, ingest, split
+    from recospark import evaluate, generate, ingest, split
     from recospark.config import load_config
-    from recospark.datasets import generator
-    from recospark.models import registry
-    from recospark.recommend import scoring_factors, top_n
+    from recospark.models import table
     from recospark.schema import IS_VALIDATION, MOVIE_ID, PREDICTION, RANK, RATING, RATINGS, SCORE, USER_ID
+    from recospark.scoring import scoring_factors, top_n
 
     work = Path(args.work) / args.size
     overrides = [f"output.root={work}", f"runtime.checkpoint_dir={work}/_checkpoints"]
@@ -131,7 +132,7 @@ def main(argv=None) -> int:
     spark.sparkContext.setCheckpointDir(cfg.checkpoint_dir)
     r: dict = {"size": args.size}
     if SIZES[args.size] is not None:
-        timed(r, "generate_s", lambda: generator.run(spark, cfg))
+        timed(r, "generate_s", lambda: generate.run(spark, cfg))
     r["ratings"] = timed(r, "ingest_s", lambda: ingest.run(spark, cfg))["ratings"]["rows"]
     timed(r, "split_s", lambda: split.run(spark, cfg))
     from recospark import io
@@ -141,17 +142,22 @@ def main(argv=None) -> int:
     r["train_rows"], r["test_rows"] = train.count(), test.count()
     rmse = RegressionEvaluator(labelCol=RATING, predictionCol=PREDICTION, metricName="rmse")
 
-    als = timed(r, "als_fit_s", lambda: registry.build_estimator("als", cfg, cold_start_strategy="drop").fit(train))
+    als = timed(r, "als_fit_s", lambda: table.spec("als").build(cfg, cold_start_strategy="drop").fit(train))
     r["als_rmse"] = rmse.evaluate(als.transform(test))
     # One SGD fit that also scores the test rows after every epoch (passed as validation rows,
     # early stopping off, never trained on): its fit time includes that scoring, so SGD's times
     # here are upper bounds.
     tracked_data = train.withColumn(IS_VALIDATION, F.lit(False)).unionByName(test.withColumn(IS_VALIDATION, F.lit(True)))
-    sgd = timed(r, "sgd_fit_s", lambda: registry.build_estimator(
-        "sgd", cfg, {"early_stopping_rounds": 0}, cold_start_strategy="drop", validation=True).fit(tracked_data))
+    sgd = timed(r, "sgd_fit_s", lambda: table.spec("sgd").build(
+        cfg, {"early_stopping_rounds": 0}, cold_start_strategy="drop", validation=True).fit(tracked_data))
     r["sgd_rmse"] = rmse.evaluate(sgd.transform(test))
     r["sgd_epochs"] = len(sgd.history)
     r["sgd_updates_per_s"] = round(r["train_rows"] * len(sgd.history) / max(r["sgd_fit_s"], 1e-9))
+    # where SGD's time goes: kernel (threads busy in the compiled loop) vs everything else (setup,
+    # Spark jobs, export), and the ratings crossing JVM<->Python over the whole fit
+    r["sgd_kernel_s"] = round(sum(h.get("kernel_seconds", 0.0) for h in sgd.history), 2)
+    r["sgd_outside_s"] = round(r["sgd_fit_s"] - r["sgd_kernel_s"], 2)
+    r["sgd_ratings_mb"] = round(sum(h.get("streamed_bytes", 0) + h.get("streamed_val_bytes", 0) for h in sgd.history) / 1e6, 1)
     # Setup (blocking the ratings, initial factors) and the final export count against SGD too.
     elapsed, reached = r["sgd_fit_s"] - sum(h["seconds"] for h in sgd.history), None
     for h in sgd.history:
@@ -161,7 +167,7 @@ def main(argv=None) -> int:
             break
     r["sgd_reach_als_epoch"], r["sgd_reach_als_s"] = reached if reached else (None, None)
 
-    timed(r, "evaluate_s", lambda: evaluate.evaluate_model("sgd", sgd, train, test, cfg))
+    timed(r, "evaluate_s", lambda: evaluate.rating_side(sgd, test, None))
 
     n = cfg.recommend.n
     rated = train.select(USER_ID, MOVIE_ID)

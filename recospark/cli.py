@@ -37,7 +37,14 @@ def _parser() -> argparse.ArgumentParser:
     for stage in [*STAGES, "pipeline"]:
         p = sub.add_parser(stage, help=helps[stage])
         p.add_argument("--conf", metavar="FILE", help="YAML config, e.g. conf/local.yaml (defaults apply without one)")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override one key, repeatable: --set als.rank=20")
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override one key, repeatable: --set als.rank=20",
+        )
         p.add_argument("--model", help="models to train/recommend/evaluate: a name, a comma list, or all")
         p.add_argument("--json", action="store_true", help="print the stage's result as JSON")
         p.add_argument("--json-out", metavar="FILE", help="also write the stage's result as JSON to FILE (stdout may carry logs)")

@@ -75,9 +75,7 @@ class SplitConf(_Section):
     cutoff: datetime | None = Field(None, description="chronological: explicit UTC cut; overrides quantile")
     last_k: int = Field(1, ge=1)
     canonical: Literal["u1", "u2", "u3", "u4", "u5", "ua", "ub"] = "u1"
-    validation_fraction: float = Field(
-        0.1, ge=0, lt=1, description="share of train kept aside for early stopping and tuning"
-    )
+    validation_fraction: float = Field(0.1, ge=0, lt=1, description="share of train kept aside for early stopping and tuning")
 
     @property
     def effective_name(self) -> str:
@@ -140,7 +138,10 @@ class SGDConf(ModelSection):
     step_size: float = Field(_sgd("stepSize"), gt=0)
     step_decay: float = Field(_sgd("stepDecay"), gt=0, le=1)
     schedule: Literal["decay", "bold_driver"] = _sgd("schedule")
-    num_blocks: int = Field(_sgd("numBlocks"), ge=1, description="d: d x d rating blocks; at least the cores in use")
+    num_blocks: int = Field(_sgd("numBlocks"), ge=1, description="B: B x B outer rating blocks, Spark-level strata")
+    inner_blocks: int = Field(_sgd("innerBlocks"), ge=1, description="K: inner blocks per outer block; a task's threads run them")
+    threads: int = Field(_sgd("threads"), ge=0, description="kernel threads per task; 0: the executor's cores")
+    tasks: int = Field(_sgd("tasks"), ge=0, description="Spark tasks per stratum; 0: 1 in local mode, else min(B, executors)")
     init_std: float = Field(_sgd("initStd"), gt=0)
     seed: int = _sgd("seed")
     early_stopping_rounds: int = Field(_sgd("earlyStoppingRounds"), ge=0, description="0 disables early stopping")
@@ -162,6 +163,9 @@ class SGDRankConf(ModelSection):
     step_decay: float = Field(1.0, gt=0, le=1)
     schedule: Literal["decay", "bold_driver"] = "decay"
     num_blocks: int = Field(2, ge=1)
+    inner_blocks: int = Field(_sgd("innerBlocks"), ge=1)
+    threads: int = Field(_sgd("threads"), ge=0)
+    tasks: int = Field(_sgd("tasks"), ge=0)
     init_std: float = Field(0.1, gt=0)
     seed: int = 42
     num_negatives: int = Field(5, ge=1, description="bpr: negatives per positive")

@@ -73,9 +73,9 @@ def with_seen_flags(train: DataFrame) -> Callable[[DataFrame], DataFrame]:
 def cold_start_counts(flagged: DataFrame) -> dict[str, int]:
     row = first_row(
         flagged.agg(
-        F.count(F.lit(1)).alias("n_test"),
-        F.countDistinct(F.when(~F.col(_SEEN_USER), F.col(USER_ID))).alias("n_unseen_users"),
-        F.countDistinct(F.when(~F.col(_SEEN_ITEM), F.col(MOVIE_ID))).alias("n_unseen_items"),
+            F.count(F.lit(1)).alias("n_test"),
+            F.countDistinct(F.when(~F.col(_SEEN_USER), F.col(USER_ID))).alias("n_unseen_users"),
+            F.countDistinct(F.when(~F.col(_SEEN_ITEM), F.col(MOVIE_ID))).alias("n_unseen_items"),
             F.sum(F.when(~F.col(_SEEN_USER) | ~F.col(_SEEN_ITEM), 1).otherwise(0)).alias("n_cold_rows"),
         )
     )
@@ -114,7 +114,18 @@ def ranking_side(recs: DataFrame, train: DataFrame, test: DataFrame, cfg: Config
         recs.unpersist()
 
 
-_TABLE_COLUMNS = ("rmse", "mae", "r2", "precision@{k}", "recall@{k}", "ndcg@{k}", "map@{k}", "map_recommenders@{k}", "catalog_coverage", "train_seconds")
+_TABLE_COLUMNS = (
+    "rmse",
+    "mae",
+    "r2",
+    "precision@{k}",
+    "recall@{k}",
+    "ndcg@{k}",
+    "map@{k}",
+    "map_recommenders@{k}",
+    "catalog_coverage",
+    "train_seconds",
+)
 
 
 def summary_table(models: dict[str, dict[str, Any]], k: int) -> str:
@@ -158,13 +169,17 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     for name, src in rec_srcs.items():
         n = int(src.manifest.get("n") or 0)
         if n < k:
-            raise EvaluateError(f"recommendations/{name} holds {n} items per user, fewer than evaluate.k={k}: set recommend.n >= {k} and run recommend again")
+            raise EvaluateError(
+                f"recommendations/{name} holds {n} items per user, fewer than evaluate.k={k}: set recommend.n >= {k} and run recommend again"
+            )
     rating_models = [n for n in cfg.train.models if MODELS[n].objective == "rating"]
     model_srcs = {name: io.source(cfg, f"models/{name}", needed_by="evaluate") for name in cfg.train.models}
     fallback = None
     fallback_src = None
     if cfg.evaluate.cold_start == "fallback" and rating_models:
-        fallback_src = io.source(cfg, "models/bias", needed_by="evaluate (evaluate.cold_start=fallback uses the bias model; add bias to train.models)")
+        fallback_src = io.source(
+            cfg, "models/bias", needed_by="evaluate (evaluate.cold_start=fallback uses the bias model; add bias to train.models)"
+        )
         fallback = MODELS["bias"].load(fallback_src.uri)
 
     train = train_src.read(spark, RATINGS).cache()
@@ -218,7 +233,9 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     table = summary_table(summary["models"], k)
     if summary["recommended"]:
         pick = summary["recommended"]
-        table += f"\nrecommended lists: {pick['model']} (validation ndcg@{k} {pick[f'validation_ndcg@{k}']:.4f}, chosen on a carve of train)"
+        table += (
+            f"\nrecommended lists: {pick['model']} (validation ndcg@{k} {pick[f'validation_ndcg@{k}']:.4f}, chosen on a carve of train)"
+        )
     return {
         "path": published.path,
         "models": {
@@ -242,7 +259,9 @@ def recommended_model(tuning: dict[str, Any] | None, models: list[str], k: int) 
     if not tuning:
         return None
     metric = f"ndcg@{k}"
-    scored = [(entry["best_score"], name) for name, entry in tuning.get("models", {}).items() if entry.get("metric") == metric and name in models]
+    scored = [
+        (entry["best_score"], name) for name, entry in tuning.get("models", {}).items() if entry.get("metric") == metric and name in models
+    ]
     if not scored:
         return None
     score, name = max(scored)

@@ -81,8 +81,7 @@ def check_quality(counts: dict[str, int], ratings_path: str, max_rejected: float
         raise DataQualityError(f"ingest: {ratings_path} has no rating rows (only blank or header lines); nothing published")
     if counts["ok"] == 0:
         raise DataQualityError(
-            f"ingest: all {read} rating lines of {ratings_path} were rejected (wrong layout or columns? "
-            f"see data.layout); nothing published"
+            f"ingest: all {read} rating lines of {ratings_path} were rejected (wrong layout or columns? see data.layout); nothing published"
         )
     fraction = counts["rejected"] / read
     if fraction > max_rejected:
@@ -194,7 +193,12 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             ratings.transform(with_write_order(USER_ID, MOVIE_ID)), cfg, "ratings", inputs=inputs, extra=quality, rows=accepted
         )
         published_movies = io.publish_dataframe(
-            movies.coalesce(1).sortWithinPartitions(MOVIE_ID), cfg, "movies", inputs=[movies_path], extra=quality, rows=len(movies_parse.rows)
+            movies.coalesce(1).sortWithinPartitions(MOVIE_ID),
+            cfg,
+            "movies",
+            inputs=[movies_path],
+            extra=quality,
+            rows=len(movies_parse.rows),
         )
         rejected = rejected_frame(spark, parsed, movies_parse.rejected)
         if canonical is not None:
@@ -236,7 +240,14 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             canonical.unpersist()
 
     for name, c in files_report.items():
-        log.info("ingest %s: read %d = accepted %d + rejected %d + duplicates %d", name, c["read"], c["accepted"], c["rejected"], c["duplicates_resolved"])
+        log.info(
+            "ingest %s: read %d = accepted %d + rejected %d + duplicates %d",
+            name,
+            c["read"],
+            c["accepted"],
+            c["rejected"],
+            c["duplicates_resolved"],
+        )
     if unknown:
         log.warning("ingest: %d ratings refer to movies missing from %s (kept)", unknown, layout.movies_file)
     return {**result, "files": files_report, "ratings_unknown_movie": unknown}

@@ -174,8 +174,7 @@ def prerequisite_error(cfg: Config, relpath: str, needed_by: str = "") -> Prereq
     producer = PRODUCERS.get(relpath.split("/", 1)[0], "the stage that writes it")
     who = f"{needed_by} needs" if needed_by else "needs"
     return PrerequisiteError(
-        f"{who} {relpath}, which is not published under {cfg.output.root}: run `recospark {producer}` first "
-        f"(same --conf and --set)"
+        f"{who} {relpath}, which is not published under {cfg.output.root}: run `recospark {producer}` first (same --conf and --set)"
     )
 
 

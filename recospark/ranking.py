@@ -72,9 +72,7 @@ def with_predicted(recs: DataFrame, k: int):
 
     def transform(relevant: DataFrame) -> DataFrame:
         lists = predicted_lists(recs, k)
-        return relevant.join(lists, USER_ID, "left").withColumn(
-            _PREDICTED, F.coalesce(F.col(_PREDICTED), F.array().cast("array<double>"))
-        )
+        return relevant.join(lists, USER_ID, "left").withColumn(_PREDICTED, F.coalesce(F.col(_PREDICTED), F.array().cast("array<double>")))
 
     return transform
 

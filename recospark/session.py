@@ -60,8 +60,13 @@ JVM_START_ONLY = {
 # Seconds a non-local application waits for its first executor before failing (0: forever).
 EXECUTOR_WAIT_ENV = "RECOSPARK_EXECUTOR_WAIT_SECONDS"
 EXECUTOR_WAIT_DEFAULT = 180.0
-SIZING_KEYS = ("spark.executor.cores", "spark.executor.memory", "spark.executor.memoryOverhead",
-               "spark.cores.max", "spark.executor.instances")
+SIZING_KEYS = (
+    "spark.executor.cores",
+    "spark.executor.memory",
+    "spark.executor.memoryOverhead",
+    "spark.cores.max",
+    "spark.executor.instances",
+)
 
 
 class ExecutorsUnavailable(RuntimeError):

@@ -29,6 +29,7 @@ _HASH_RANGE = 1 << 30
 class SplitError(UserError):
     """The configured split cannot be made from the published ratings."""
 
+
 _TEST = "_is_test"
 
 
@@ -61,9 +62,7 @@ def with_stratified_test_flag(test_fraction: float, seed: int, min_user_ratings:
         order = by_user.orderBy(uniform(seed, "stratified"), F.col(MOVIE_ID))
         n = F.count(F.lit(1)).over(by_user)
         n_test = F.round(n * F.lit(test_fraction))
-        return df.withColumn(
-            _TEST, (n >= F.lit(min_user_ratings)) & (F.row_number().over(order) <= n_test)
-        )
+        return df.withColumn(_TEST, (n >= F.lit(min_user_ratings)) & (F.row_number().over(order) <= n_test))
 
     return transform
 
@@ -75,9 +74,7 @@ def with_leave_last_k_test_flag(k: int, min_user_ratings: int) -> Callable[[Data
         by_user = Window.partitionBy(USER_ID)
         latest_first = by_user.orderBy(F.col(RATED_AT).desc(), F.col(MOVIE_ID).desc())
         n = F.count(F.lit(1)).over(by_user)
-        return df.withColumn(
-            _TEST, (n >= F.lit(max(min_user_ratings, k + 1))) & (F.row_number().over(latest_first) <= F.lit(k))
-        )
+        return df.withColumn(_TEST, (n >= F.lit(max(min_user_ratings, k + 1))) & (F.row_number().over(latest_first) <= F.lit(k)))
 
     return transform
 
@@ -179,7 +176,12 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for side, df in sides.items():
             published = io.publish_dataframe(
-                df.transform(with_write_order(USER_ID, MOVIE_ID)), cfg, f"splits/{name}/{side}", inputs=[src], extra=extra, rows=counts[side]
+                df.transform(with_write_order(USER_ID, MOVIE_ID)),
+                cfg,
+                f"splits/{name}/{side}",
+                inputs=[src],
+                extra=extra,
+                rows=counts[side],
             )
             out[side] = {"path": published.path, "rows": published.rows}
             log.info("split %s/%s: %d rows -> %s", name, side, published.rows, published.path)

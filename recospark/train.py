@@ -128,7 +128,11 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             if covered["users"] < n_users or covered["items"] < n_items:
                 log.warning(
                     "train %s: factors for %d of %d train users and %d of %d train items",
-                    name, covered["users"], n_users, covered["items"], n_items,
+                    name,
+                    covered["users"],
+                    n_users,
+                    covered["items"],
+                    n_items,
                 )
             params = {p.name: v for p, v in model.extractParamMap().items()}
             extra = {

@@ -83,7 +83,9 @@ def _tune_rating(spec: ModelSpec, cfg: Config, train: DataFrame) -> tuple[list[d
             estimator=estimator, estimatorParamMaps=maps, evaluator=evaluator, numFolds=cfg.tune.num_folds, foldCol=_FOLD, seed=seed
         )
         return points, list(search.fit(train.transform(with_fold(cfg.tune.num_folds, seed))).avgMetrics)
-    split = TrainValidationSplit(estimator=estimator, estimatorParamMaps=maps, evaluator=evaluator, trainRatio=cfg.tune.train_ratio, seed=seed)
+    split = TrainValidationSplit(
+        estimator=estimator, estimatorParamMaps=maps, evaluator=evaluator, trainRatio=cfg.tune.train_ratio, seed=seed
+    )
     return points, list(split.fit(train).validationMetrics)
 
 

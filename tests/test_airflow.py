@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import importlib.util
+import itertools
 import json
 import os
 import shutil
@@ -44,7 +45,7 @@ def expected_graph(models: list[str], stages: list[str] | None = None) -> tuple[
     for stage in stages or _local_defaults("pipeline.stages"):
         layers.append([f"train_{m}" for m in models] if stage == "train" else [stage])
     layers.append(["prune_old_runs"])
-    edges = {(a, b) for up, down in zip(layers, layers[1:]) for a in up for b in down}
+    edges = {(a, b) for up, down in itertools.pairwise(layers) for a in up for b in down}
     return {t for layer in layers for t in layer}, edges
 
 
@@ -134,7 +135,7 @@ def test_task_graph_from_the_conf_file(monkeypatch):
         assert Path(task.application) == ROOT / "jobs" / f"{stage}.py" and Path(task.application).is_file()
         args = task.application_args
         assert args[:2] == ["--conf", str(ROOT / "conf" / "cluster.yaml")]
-        assert f"output.root={{{{ var.value.get('recospark_output_base', 'hdfs:///recospark/out') }}}}/{{{{ ds }}}}" in args
+        assert "output.root={{ var.value.get('recospark_output_base', 'hdfs:///recospark/out') }}/{{ ds }}" in args
         expected_cores = str(max(cores_total // len(models) // 4 * 4, 4)) if stage == "train" else str(cores_total)
         assert task.conf["spark.cores.max"] == expected_cores, (task.task_id, task.conf)
     for m in models:
@@ -330,7 +331,7 @@ def test_python_tasks_run(airflow_db, small_source, tmp_path, monkeypatch):
 
     run = dag.test(logical_date=datetime(2024, 5, 3, tzinfo=timezone.utc),
                    mark_success_pattern=r"ingest|split|train_.*|evaluate|recommend|report")
-    assert _states(run) == {t: "success" for t in expected_graph(["als"])[0]}, _states(run)
+    assert _states(run) == dict.fromkeys(expected_graph(["als"])[0], "success"), _states(run)
     assert not old.exists() and recent.exists()
 
 
@@ -360,7 +361,7 @@ def test_dag_test_runs_end_to_end(airflow_db, small_source, tmp_path, monkeypatc
     states = _states(run)
     with capsys.disabled():
         print(f"\n[airflow] db migrate {airflow_db:.0f} s; dag.test() {seconds:.0f} s; run {run.run_id}: {states}", flush=True)
-    assert states == {t: "success" for t in expected_graph(models)[0]}, states
+    assert states == dict.fromkeys(expected_graph(models)[0], "success"), states
     day = out_base / "2024-05-01"
     for output in ("ratings", "splits/random/train", "models/als", "models/sgd", "metrics/als.json",
                    "metrics/sgd.json", "recommendations/als", "recommendations/sgd", "report/index.html"):

@@ -24,6 +24,7 @@ is printed in the test log.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -124,10 +125,8 @@ def cluster(tmp_path_factory):
         # Belt and braces: whatever the script did, none of the recorded processes survives.
         for pid in recorded.values():
             if "org.apache.spark.deploy" in _cmdline(pid):  # still ours, not a reused pid
-                try:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, 9)
-                except (ProcessLookupError, PermissionError):
-                    pass
 
 
 def _overrides(subset: Path, out: Path, events: Path, models: str) -> list[str]:
@@ -436,7 +435,7 @@ def test_worker_dirs_cleaned_after_applications_finish(cluster, runs, capsys):
         time.sleep(2)
         left = _app_dirs(cluster["home"])
     work = cluster["home"] / "work"
-    _say(capsys, f"[cluster] executor work dirs when the pipeline ended: "
+    _say(capsys, "[cluster] executor work dirs when the pipeline ended: "
          + ", ".join(f"{k} {v / 2**20:.0f} MB" for k, v in sorted(sizes.items()))
          + f"; after cleanup: {len(left)} application dirs, {_du(work) / 2**20:.1f} MB under {work}")
     assert left == [], f"work dirs of finished applications still there: {left}"

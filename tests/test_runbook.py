@@ -45,7 +45,7 @@ def test_runnable_blocks_name_existing_targets_and_files():
                 continue
             words = shlex.split(line.rstrip("\\"))
             if words[0] == "make":
-                assert set(w for w in words[1:] if "=" not in w) <= targets, line
+                assert {w for w in words[1:] if "=" not in w} <= targets, line
             for word in words:
                 path = word.split("=", 1)[-1].removeprefix("$PWD/")
                 if re.match(r"^(scripts|jobs|conf|dags|docker)/", path):

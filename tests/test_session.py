@@ -14,8 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from recospark import session as S
 
 ROOT = Path(__file__).resolve().parents[1]

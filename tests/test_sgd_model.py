@@ -16,10 +16,11 @@ from pyspark.sql import functions as F
 from recospark import faults
 from recospark.config import FaultsConf
 from recospark.models.sgd import SGDMatrixFactorization, SGDMatrixFactorizationModel
-from recospark.models.sgd.dsgd import DSGD, DSGDParams
+from recospark.models.sgd import blocks as bk
+from recospark.models.sgd.dsgd import DSGD, RATING_BYTES, DSGDParams
 from recospark.schema import FACTORS, MOVIE_ID, PREDICTION, RATING, USER_ID
 
-COLS = dict(userCol=USER_ID, itemCol=MOVIE_ID, ratingCol=RATING)
+COLS = {"userCol": USER_ID, "itemCol": MOVIE_ID, "ratingCol": RATING}
 
 
 def failed_tasks(spark, group: str) -> int:
@@ -86,27 +87,35 @@ def test_factors_schema_and_coverage(spark, tiny):
     assert m.globalMean == pytest.approx(tiny.agg(F.avg(RATING)).first()[0], rel=1e-6)
 
 
-def test_ratings_never_reshuffled_between_strata(spark, tiny):
-    driver = DSGD(spark, DSGDParams(rank=2, num_blocks=3, max_iter=1))
+def test_ratings_cross_jvm_python_at_most_once_per_epoch(spark, tiny):
+    """Single task (local mode): the setup pass writes the blocks to the executor-local store and
+    no epoch streams a rating again. Multi task: each stratum stage unions only its own shift's
+    cached sub-blocks (never the whole ratings), so an epoch streams at most |R|, and once the
+    stores are written, nothing."""
     rows = tiny.select(F.col(USER_ID).alias("user"), F.col(MOVIE_ID).alias("item"), F.col(RATING).cast("float").alias("r"))
-    driver.prepare(rows, None)
-    try:
-        stratum = driver.stratum_input(driver.state, shift=1)
-        # partitioner-aware union: d partitions, ratings read from cache (not reshuffled)
-        assert stratum.getNumPartitions() == 3
-        plan = stratum.toDebugString().decode()
-        assert "PartitionerAwareUnionRDD" in plan
-        assert "dsgd-ratings" in plan and "CachedPartitions" in plan
-        tags = stratum.mapPartitionsWithIndex(lambda i, it: [(i, sorted(t for _, (t, _) in it))]).collect()
-        assert tags == [(i, ["I", "M", "R", "U"]) for i in range(3)]
-        # item block (i + 1) mod d arrives in partition i
-        moved = stratum.mapPartitionsWithIndex(
-            lambda i, it: [(i, b.block) for _, (t, b) in it if t == "M"]
-        ).collect()
-        assert moved == [(i, (i + 1) % 3) for i in range(3)]
-    finally:
-        driver.ratings.unpersist()
-        driver.state.unpersist()
+    n = rows.count()
+    single = DSGD(spark, DSGDParams(rank=2, num_blocks=3, inner_blocks=2, max_iter=2, seed=7))
+    single.prepare(rows, None)
+    assert single.plan.single and single.info["store_written_at_setup"]
+    budget = single.info["packed_bytes"]["R"]  # |R|: 12 bytes per rating + one 64-byte header per partial blob
+    assert budget == n * RATING_BYTES + 64 * single.info["partials"]["R"]
+    result = single.fit()
+    assert [job["streamed_bytes"] for job in result.info["single_jobs"]] == [0]
+    assert [h["updates"] for h in result.history] == [n, n]
+
+    multi = DSGD(spark, DSGDParams(rank=2, num_blocks=3, inner_blocks=2, max_iter=3, seed=7, tasks=3, threads=1))
+    multi.prepare(rows, None)
+    assert not multi.plan.single
+    epoch, _ = multi.run_epoch(multi._initial_state(), 0, 0.01, 0, streamed=True, fail=None)
+    plan = epoch.toDebugString().decode()
+    assert all(f"dsgd-ratings-shift-{s}" in plan for s in range(3)) and "PartitionerAwareUnionRDD" in plan
+    for shift in range(3):  # each task receives exactly its own sub-blocks of that stratum
+        got = multi._ratings_shift(shift).mapPartitionsWithIndex(
+            lambda t, it: [(t, bk.header(blob).G, bk.header(blob).J) for _, (_, blob) in it]).collect()
+        assert got and all(t == G % 3 and (G + shift) % 3 == J for t, G, J in got)
+    result = multi.fit()
+    streamed = [h["streamed_bytes"] for h in result.history]
+    assert streamed[0] == multi.info["packed_bytes"]["R"] and streamed[1:] == [0, 0], streamed
 
 
 def test_recovers_noisy_low_rank_data(spark):

@@ -35,8 +35,25 @@ from recospark.schema import (
 
 # Genre flag order of ml-100k's u.item (u.genre lists the same names with their index).
 ML100K_GENRES = (
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
-    "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
 )
 NO_GENRES = "(no genres listed)"
 CANONICAL_SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
@@ -174,7 +191,9 @@ def with_parsed_ratings(layout: Layout) -> Callable[[DataFrame], DataFrame]:
         steps = rating / F.lit(layout.rating_step)
         is_header = F.lit(layout.header) & (F.col(LINE_NUMBER) == 1) & F.lower(F.col("_clean")).startswith("userid")
         reason = (
-            F.when(F.size(F.col(_FIELDS)) != 4, F.format_string(f"expected 4 fields separated by {sep_name}, got %d", F.size(F.col(_FIELDS))))
+            F.when(
+                F.size(F.col(_FIELDS)) != 4, F.format_string(f"expected 4 fields separated by {sep_name}, got %d", F.size(F.col(_FIELDS)))
+            )
             .when(~_is_positive_int(f[0]), F.format_string("user_id %s is not a positive integer", f[0]))
             .when(~_is_positive_int(f[1]), F.format_string("movie_id %s is not a positive integer", f[1]))
             .when(~f[2].rlike("^[0-9]+(\\.[0-9]+)?$") | rating.isNull(), F.format_string("rating %s is not a number", f[2]))

@@ -108,9 +108,7 @@ def standardized_blend(parts: Sequence[tuple[DataFrame, DataFrame, float]]) -> t
             FACTORS,
         )
         user_tables.append(scaled.withColumnRenamed(FEATURES, f"_f{m}"))
-        item_tables.append(
-            items.select(F.col(FACTOR_ID).cast("int"), F.col(FEATURES).cast("array<float>").alias(f"_f{m}"))
-        )
+        item_tables.append(items.select(F.col(FACTOR_ID).cast("int"), F.col(FEATURES).cast("array<float>").alias(f"_f{m}")))
 
     def concat(tables: list[DataFrame]) -> DataFrame:
         joined = tables[0]

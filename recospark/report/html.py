@@ -71,7 +71,14 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, id: str | None = None, best: Sequence[Sequence[bool]] | None = None, left: int = 1) -> str:
+def table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    id: str | None = None,
+    best: Sequence[Sequence[bool]] | None = None,
+    left: int = 1,
+) -> str:
     """Cells are escaped; the first `left` columns are left-aligned; `best` marks cells to highlight."""
     head = "".join(f'<th class="l">{esc(h)}</th>' if i < left else f"<th>{esc(h)}</th>" for i, h in enumerate(headers))
     body = []
@@ -95,7 +102,7 @@ def page(title: str, meta: str, sections: Sequence[Section]) -> str:
         # Nothing may be fetched: every resource is inline.
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'\">",
         f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>{esc(title)}</h1><p class=\"meta\">{esc(meta)}</p><nav>{nav}</nav>",
+        f'<h1>{esc(title)}</h1><p class="meta">{esc(meta)}</p><nav>{nav}</nav>',
     ]
     for s in sections:
         parts.append(f'<section id="{esc(s.id)}"><h2>{esc(s.title)}</h2>{s.body}</section>')

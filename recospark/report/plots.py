@@ -105,7 +105,9 @@ def factor_heatmap(name: str, users: np.ndarray, user_ids: Sequence[int], items:
     return _png(fig)
 
 
-def accuracy_vs_novelty(names: Sequence[str], ndcg: Sequence[float], popularity: Sequence[float], coverage: Sequence[float], k: int) -> bytes:
+def accuracy_vs_novelty(
+    names: Sequence[str], ndcg: Sequence[float], popularity: Sequence[float], coverage: Sequence[float], k: int
+) -> bytes:
     """NDCG@k against the lists' mean train popularity and against catalogue coverage, one point per model.
 
     Up and left on the first panel (accurate, less obvious films), up and right on the second

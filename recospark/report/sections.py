@@ -175,9 +175,14 @@ def split_section(inp: Inputs) -> str:
     n_train = [counts.get((p, "train"), 0) for p in periods]
     n_test = [counts.get((p, "test"), 0) for p in periods]
     cutoff = first_test.strftime("%Y-%m-%d %H:%M") if first_test else "–"
-    summary = H.table(["side", "ratings", "months"], [["train", sum(n_train), sum(1 for v in n_train if v)], ["test", sum(n_test), sum(1 for v in n_test if v)]])
-    return H.para(f"Train and test sizes per month of the published split splits/{inp.split}/ (strategy {conf.strategy}).") + summary + H.img(
-        plots.split_over_time(periods, n_train, n_test, cutoff), "train and test ratings per month"
+    summary = H.table(
+        ["side", "ratings", "months"],
+        [["train", sum(n_train), sum(1 for v in n_train if v)], ["test", sum(n_test), sum(1 for v in n_test if v)]],
+    )
+    return (
+        H.para(f"Train and test sizes per month of the published split splits/{inp.split}/ (strategy {conf.strategy}).")
+        + summary
+        + H.img(plots.split_over_time(periods, n_train, n_test, cutoff), "train and test ratings per month")
     )
 
 
@@ -261,12 +266,21 @@ def comparison_section(inp: Inputs) -> str:
     except Missing:
         return out + H.para("No tuning results (tuning/): models use the configured params.")
     trows = [
-        [name, json.dumps(entry.get("best_params", {}), sort_keys=True), entry.get("metric"), entry.get("best_score"), len(entry.get("grid", [])), entry.get("seconds")]
+        [
+            name,
+            json.dumps(entry.get("best_params", {}), sort_keys=True),
+            entry.get("metric"),
+            entry.get("best_score"),
+            len(entry.get("grid", [])),
+            entry.get("seconds"),
+        ]
         for name, entry in tuning.get("models", {}).items()
     ]
-    return out + H.para(
-        f"Tuning ({tuning.get('method')}) on validation data carved from the train split, never from test:"
-    ) + H.table(["model", "best params", "metric", "validation score", "grid points", "seconds"], trows, id="tuning")
+    return (
+        out
+        + H.para(f"Tuning ({tuning.get('method')}) on validation data carved from the train split, never from test:")
+        + H.table(["model", "best params", "metric", "validation score", "grid points", "seconds"], trows, id="tuning")
+    )
 
 
 # --------------------------------------------------------------------------- learning curves
@@ -345,7 +359,9 @@ def factors_section(inp: Inputs) -> str:
         parts.append(H.img(plots.factor_heatmap(name, users, user_ids, items, item_ids), f"{name} factor heat map"))
     if len(missing) == len(parts):
         raise Missing("; ".join(missing) or "no factor model (als, sgd) in train.models")
-    return H.para(f"Up to {n} users and {n} items sampled by hash; one row per user or item, one column per latent dimension.") + "".join(parts)
+    return H.para(f"Up to {n} users and {n} items sampled by hash; one row per user or item, one column per latent dimension.") + "".join(
+        parts
+    )
 
 
 # --------------------------------------------------------------------------- sample users

@@ -44,7 +44,9 @@ def render(spark: SparkSession, cfg: Config) -> tuple[str, dict[str, str], list[
     finally:
         inputs.close()
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    meta = f"data {cfg.data.source} · split {cfg.split.effective_name} ({cfg.split.strategy}) · config {cfg.digest()} · generated {generated}"
+    meta = (
+        f"data {cfg.data.source} · split {cfg.split.effective_name} ({cfg.split.strategy}) · config {cfg.digest()} · generated {generated}"
+    )
     return html.page("recospark report", meta, built), status, list(inputs.sources.values())
 
 

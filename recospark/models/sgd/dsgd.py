@@ -1,48 +1,110 @@
-"""Stratified distributed SGD (DSGD, Gemulla, Nijkamp, Haas, Sismanis, KDD 2011) on RDDs.
+"""Hierarchical stratified distributed SGD (DSGD, Gemulla et al., KDD 2011; inner strata on
+threads as in FPSGD/LIBMF, Chin et al. 2015) for biased matrix factorization, on Spark.
 
-Layout (d = numBlocks):
+Layout and schedule (blocks.py): users and items hashed into B = `num_blocks` outer groups of
+K = `inner_blocks` inner blocks. An epoch visits B outer strata (user group G with item group
+(G + S) mod B), each as K inner steps of pairwise row-disjoint sub-blocks. The schedule depends
+on (seed, B, K, epoch) only, never on how many tasks or threads run it: for a given seed and
+layout the factors are bit-identical in local mode, on a cluster, with 1 or 8 threads.
 
-* users and items are hashed into d blocks each by `xxhash64(seed, salt, id) mod d`, so the
-  assignment depends on (seed, d, id) only, never on how the input happens to be partitioned;
-  within a block, rows of the factor matrix are the block's ids in ascending order.
-* `ratings`: one record per user block i, in partition i, holding the d sub-blocks (i, j) as
-  numpy arrays of local indices; partitioned once by `_block_partition`, persisted, never
-  shuffled again.
-* `users`: one record (user block i, P_i, b_u) per partition i, same partitioner, so it stays
-  where its ratings are.
-* `items`: one record (item block j, Q_j, b_i) per partition. For the stratum with shift s,
-  item block j is re-keyed to user block (j - s) mod d and moved by `partitionBy` with the same
-  partitioner: per stratum only d small item-factor blocks cross the network.
+Data contract for kernels (SGD here, ranking losses in ranking.py): a sub-block (G, J, a, b) is a
+`blocks.SubBlock`: `users`, `items` (int32) and `ratings` (float32) sorted by (user, item), with
+`indptr(n_users)` giving a CSR over its users. `users` index rows of the user inner block's view
+P_G[lo_a:lo_(a+1)] and `items` rows of Q_J[lo_b:lo_(b+1)], where `FactorBlock.lo` holds the row
+offsets: an inner item block is a CONTIGUOUS row range [item_lo, item_hi) of the item group's
+factor matrix, owned by exactly one thread during a step, so a kernel may read and write any row
+of it (e.g. sample negatives) without touching another thread's rows. `worker.train_stratum` is
+where a kernel runs; it passes the views, so a kernel sees rows [0, n) of its own blocks.
 
-Because all three RDDs carry the same JVM partitioner (`PythonPartitioner(d, id(_block_partition))`),
-`ratings.union(users).union(items)` is a `PartitionerAwareUnionRDD` with d partitions: partition i
-holds ratings block i, user block i and item block (i + s) mod d; `mapPartitionsWithIndex` runs the
-compiled kernel on sub-block (i, (i + s) mod d). No two tasks touch the same factor row.
+Per fit, in Spark jobs:
 
-The driver holds scalars only (SSE sums, counts, step size); factors become DataFrames at the end
-without passing through the driver. Losses come back as RDD records, not accumulators, so a task
-retry cannot count twice.
+1. Setup, one map-only pass (`mapInArrow`, no shuffle, no JVM sort): every input partition of
+   the training (and validation) ratings is cut into partial sub-blocks with global ids; blocks
+   are hashes of the ids, so no index is needed yet. The partials are cached as a DataFrame (the
+   fallback copy of the ratings, |R| bytes in the JVM) and, for the single-task plan, written to
+   the executor-local store. Their reader merges them: ids to rows, sorted (blocks.merge_subs).
+2. Training, by one of two plans (`plan_execution`):
+
+* single task (tasks = 1; local mode): ONE fat task (a mapInArrow job, so it reuses the setup
+  pass's warm Python workers) runs every epoch, its threads running each inner step's
+  sub-blocks. It builds the index from the blocks, keeps ratings and factors in memory and in
+  the executor-local store (memory-mapped files under SparkFiles' root directory), computes the
+  validation RMSE after every epoch and applies the step schedule and early stopping itself, so
+  per epoch nothing crosses JVM<->Python and the driver is not involved. Its output is one stats
+  row (per-epoch history) and the best factors as BIASED_FACTORS rows, checkpointed.
+  `epochs_per_job` > 0 splits training into several jobs (factors kept in the store between
+  them) so a retry redoes at most one job. Fallback: when the task finds a block missing (it
+  landed on another executor, files lost) it reports it; the driver streams the cached setup
+  frame (|R| bytes) into a new task, which writes its store and starts over; same result.
+* multi task (tasks > 1; a cluster): one fat task per executor, one Spark stage per outer
+  stratum; user groups stay in their task, item groups move to the next stratum's task through a
+  shuffle of factor records; the epoch ends with a stage computing validation RMSE against all
+  item groups (replicated). The tasks agree on an index built once on the driver from the
+  distinct ids (4 bytes per id; no ratings, no factors). Ratings are streamed in the first epoch
+  (one cached RDD per shift: each stage reads only its own sub-blocks, |R| bytes per epoch) and
+  written to each executor's store; later epochs read the stores, and if a task misses its
+  blocks (Spark places tasks by host, not executor) the epoch is redone and blocks are streamed
+  from then on.
+
+Threads: a task runs `threads` threads. On standalone/YARN/Kubernetes with static allocation a
+TaskResourceProfile asks Spark for that many CPUs per DSGD task (spark.executor.cores by
+default: one fat task per executor). Local mode rejects TaskResourceProfiles ("only supported
+for Standalone, Yarn and Kubernetes") and a barrier stage reserving the cores cost ~1 s per job
+here, so in local mode the single task uses all local[N] cores while Spark accounts it one: fine
+when fit() is the only job running, else set `threads` (e.g. 1) explicitly.
+
+Cleanup: every run writes under `<SparkFiles root>/recospark-dsgd/<run_id>/`; `fit` deletes it on
+success and on failure (driver-side in local mode, a cleanup job on executors otherwise) and
+unpersists what it cached. The driver sees scalars only: counts, sums, timings, never factors or
+ratings; losses come back as task results, not accumulators, so a retried task cannot count twice.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import math
+import os
+import re
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import asdict, dataclass, field
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any
 
-import numpy as np
-import pandas as pd
 from pyspark import StorageLevel
+from pyspark.files import SparkFiles
 from pyspark.rdd import RDD
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.resource import ResourceProfileBuilder, TaskResourceRequests
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import BinaryType, StringType, StructField, StructType
 
 from recospark import faults
-from recospark.models.sgd.kernel import sgd_block, sse_block
+from recospark.frames import first_row
+from recospark.models.sgd import blocks as bk
+from recospark.models.sgd.blocks import FactorBlock, Progress, Store, SubBlock, strata_order
+from recospark.models.sgd.params import SGD_DEFAULTS as _D
+from recospark.models.sgd.worker import (
+    BLOB_SCHEMA,
+    ITEM_SALT,
+    PACKED_SCHEMA,
+    USER_SALT,
+    SinglePlan,
+    StagePlan,
+    TaskConfig,
+    blobs_to_factor_rows,
+    boundary_task,
+    cleanup_task,
+    extract_stats,
+    initial_state,
+    pack_partition,
+    single_task_arrow,
+    state_blobs,
+    stratum_task,
+    total,
+)
 from recospark.schema import BIASED_FACTORS
 
 log = logging.getLogger(__name__)
@@ -52,45 +114,31 @@ USER = "user"
 ITEM = "item"
 RATING = "r"
 
-_USER_SALT = "user"
-_ITEM_SALT = "item"
-_RATINGS, _USERS, _ITEMS, _MOVED, _LOSS = "R", "U", "I", "M", "L"
 _LEVEL = StorageLevel.MEMORY_AND_DISK
-
-_EMPTY_I32 = np.zeros(0, np.int32)
-_EMPTY_F32 = np.zeros(0, np.float32)
-
-
-class RatingsBlock(NamedTuple):
-    """All ratings of one user block: `sub[j]` = (user_local int32, item_local int32, rating float32)."""
-
-    block: int
-    sub: tuple
-
-
-class FactorBlock(NamedTuple):
-    """One block of users or items: sorted ids, factor rows (float32 n x k) and biases (float32 n)."""
-
-    block: int
-    ids: np.ndarray
-    factors: np.ndarray
-    biases: np.ndarray
+RATING_BYTES = 12  # per rating in a sub-block: int32 user, int32 item, float32 rating
 
 
 @dataclass(frozen=True)
 class DSGDParams:
-    rank: int = 128
-    max_iter: int = 40
-    reg: float = 0.08
-    bias_reg: float = 0.01
-    step_size: float = 0.03
-    step_decay: float = 0.93
-    schedule: str = "decay"
-    num_blocks: int = 4
-    init_std: float = 0.02
-    seed: int = 42
-    early_stopping_rounds: int = 3
-    checkpoint_interval: int = 5
+    """The engine's settings; model defaults are the estimator's (`SGD_DEFAULTS`, one source)."""
+
+    rank: int = _D["rank"]
+    max_iter: int = _D["maxIter"]
+    reg: float = _D["regParam"]
+    bias_reg: float = _D["biasRegParam"]
+    step_size: float = _D["stepSize"]
+    step_decay: float = _D["stepDecay"]
+    schedule: str = _D["schedule"]
+    num_blocks: int = _D["numBlocks"]  # B: outer user/item groups; Spark-level strata
+    init_std: float = _D["initStd"]
+    seed: int = _D["seed"]
+    early_stopping_rounds: int = _D["earlyStoppingRounds"]
+    checkpoint_interval: int = _D["checkpointInterval"]
+    inner_blocks: int = _D["innerBlocks"]  # K: inner blocks per group; a task's threads run K*B/tasks sub-blocks per step
+    threads: int = _D["threads"]  # per task; 0: the executor's cores (local[N]: N; cluster: spark.executor.cores)
+    tasks: int = _D["tasks"]  # Spark tasks per stratum; 0: 1 in local mode, else min(B, executors)
+    resident: bool = True  # keep ratings (and, single task, factors) in executor-local files
+    epochs_per_job: int = 0  # single task: epochs per Spark job (0: all; a retry redoes at most one job)
 
 
 @dataclass
@@ -102,372 +150,390 @@ class DSGDResult:
     best_epoch: int = 0
     n_train: int = 0
     n_validation: int = 0
+    info: dict[str, Any] = field(default_factory=dict)  # plan, setup/export seconds, jobs
 
 
-# ---------------------------------------------------------------------------------------------
-# pure helpers (no Spark): these run inside Python workers and are unit-tested directly
+@dataclass(frozen=True)
+class ExecutionPlan:
+    tasks: int
+    threads: int
+    local: bool
+    use_profile: bool
+    reason: str
+
+    @property
+    def single(self) -> bool:
+        return self.tasks == 1
 
 
 def _block_partition(key: int) -> int:
-    """The one partition function of every DSGD RDD: record key = partition index."""
+    """The one partition function of every DSGD RDD: record key = task index."""
     return key
 
 
-def seed_seq(seed: int, *parts: int) -> np.random.SeedSequence:
-    return np.random.SeedSequence([int(seed) % (1 << 63), *[int(p) for p in parts]])
+def local_cores(master: str) -> int | None:
+    """N of local[N] / local[N,F]; os.cpu_count() for local[*]; 1 for local; None otherwise."""
+    if master == "local":
+        return 1
+    m = re.fullmatch(r"local\[(\*|\d+)(,\s*\d+)?\]", master)
+    if not m:
+        return None
+    return (os.cpu_count() or 1) if m.group(1) == "*" else int(m.group(1))
 
 
-def block_order(seed: int, epoch: int, user_block: int, item_block: int, n: int) -> np.ndarray:
-    """The visiting order of sub-block (i, j) in one epoch: a seeded permutation, int64."""
-    rng = np.random.default_rng(seed_seq(seed, 1, epoch, user_block, item_block))
-    return rng.permutation(n).astype(np.int64, copy=False)
-
-
-def strata_order(seed: int, epoch: int, d: int, first: int = 0) -> list[int]:
-    """The shifts s of one epoch (stratum s pairs user block i with item block (i + s) mod d):
-    a seeded permutation, rotated so it starts with `first`, the shift the item blocks already
-    sit at after the previous epoch, which saves one item shuffle per epoch."""
-    rest = [s for s in np.random.default_rng(seed_seq(seed, 2, epoch)).permutation(d).tolist() if s != first % d]
-    return [first % d] + [int(s) for s in rest]
-
-
-def init_factor_block(block: int, ids: np.ndarray, rank: int, init_std: float, seed: int, salt: int) -> FactorBlock:
-    rng = np.random.default_rng(seed_seq(seed, 3, salt, block))
-    ids = np.asarray(ids, dtype=np.int32)
-    factors = (rng.standard_normal((len(ids), rank)) * init_std).astype(np.float32)
-    return FactorBlock(block, ids, factors, np.zeros(len(ids), np.float32))
-
-
-def _fresh(a: np.ndarray, dtype) -> np.ndarray:
-    """A private, writable, C-contiguous copy: the worker never mutates its inputs, so a retried
-    or recomputed task starts from exactly the same factors."""
-    return np.array(a, dtype=dtype, order="C", copy=True)
-
-
-def _split_records(records: Iterable):
-    """(ratings block, user block, moved item blocks, resident item blocks, carried loss) of one
-    partition's records."""
-    ratings, user, moved, resident, loss = None, None, [], [], None
-    for _, (tag, payload) in records:
-        if tag == _RATINGS:
-            ratings = payload
-        elif tag == _USERS:
-            user = payload
-        elif tag == _MOVED:
-            moved.append(payload)
-        elif tag == _ITEMS:
-            resident.append(payload)
-        elif tag == _LOSS:
-            loss = payload
-    return ratings, user, moved, resident, loss
-
-
-def train_stratum_partition(
-    records: Iterable,
-    *,
-    lr: float,
-    reg: float,
-    bias_reg: float,
-    mu: float,
-    seed: int,
-    epoch: int,
-    carry_loss: bool = False,
-) -> Iterator[tuple[int, tuple[str, Any]]]:
-    """The worker of one stratum: SGD over sub-block (i, j) of the ratings of user block i.
-
-    `records` are (key, (tag, payload)) with exactly one ratings block "R" (user block i), one
-    user block "U" and item block j: either moved here for this stratum ("M"; the previous
-    stratum's "I" left here is then ignored) or, with no "M", the resident "I" itself. The
-    previous stratum's "L" may be present. Yields, all keyed by i, the
-    updated user block "U", the updated item block "I" and the epoch's running loss "L" =
-    (sse, n): squared errors before each update and the number of ratings visited, plus the
-    carried "L" of the previous stratum when `carry_loss` (every stratum but an epoch's first).
-    The inputs are never mutated.
-    """
-    ratings, user, moved, resident, loss = _split_records(records)
-    items = moved or resident  # no "M": the stratum uses the item block already resident here
-    if ratings is None or user is None or len(items) != 1:
-        raise ValueError(
-            f"stratum partition needs one ratings, one user and one item block; got "
-            f"{ratings is not None}, {user is not None}, {len(items)}"
+def plan_execution(spark: SparkSession, p: DSGDParams) -> ExecutionPlan:
+    """How many fat tasks and threads: see the module docstring (Threads)."""
+    sc = spark.sparkContext
+    conf = sc.getConf()
+    cores = local_cores(sc.master or "")
+    task_cpus = int(conf.get("spark.task.cpus", "1"))
+    if cores is not None:  # local mode: one executor, the driver
+        tasks = max(1, min(p.num_blocks, p.tasks or 1))
+        threads = p.threads or max(1, cores // tasks)
+        return ExecutionPlan(
+            tasks,
+            threads,
+            True,
+            False,
+            f"local mode ({sc.master}): {tasks} task(s) x {threads} thread(s); no stage-level scheduling in local mode",
         )
-    item = items[0]
-    i, j = ratings.block, item.block
-    u_idx, i_idx, r = ratings.sub[j]
-    P, bu = _fresh(user.factors, np.float32), _fresh(user.biases, np.float32)
-    Q, bi = _fresh(item.factors, np.float32), _fresh(item.biases, np.float32)
-    order = block_order(seed, epoch, i, j, len(r))
-    sse = float(sgd_block(u_idx, i_idx, r, order, P, Q, bu, bi, float(mu), float(lr), float(reg), float(bias_reg)))
-    n = len(r)
-    if carry_loss and loss is not None:
-        sse, n = sse + loss[0], n + loss[1]
-    yield i, (_USERS, FactorBlock(user.block, user.ids, P, bu))
-    yield i, (_ITEMS, FactorBlock(item.block, item.ids, Q, bi))
-    yield i, (_LOSS, (sse, n))
-
-
-def sse_partition(records: Iterable, *, mu: float) -> Iterator[tuple[float, int]]:
-    """(sse, n) of one user block's ratings against its user block and all item blocks ("M", or
-    the resident "I" when d = 1); no update."""
-    ratings, user, moved, resident, _ = _split_records(records)
-    if ratings is None:
-        return
-    by_block = {it.block: it for it in (moved or resident)}
-    sse, n = 0.0, 0
-    for j, (u_idx, i_idx, r) in enumerate(ratings.sub):
-        if len(r) == 0:
-            continue
-        item = by_block[j]
-        sse += float(sse_block(u_idx, i_idx, r, user.factors, item.factors, user.biases, item.biases, float(mu)))
-        n += len(r)
-    yield sse, n
-
-
-def factor_rows(record, tag: str) -> Iterator[tuple[int, list[float], float]]:
-    """Rows (id, features, bias) of a state record of kind `tag` ("U" users, "I" items)."""
-    _, (kind, block) = record
-    if kind != tag:
-        return
-    for row in range(len(block.ids)):
-        yield int(block.ids[row]), block.factors[row].tolist(), float(block.biases[row])
-
-
-# ---------------------------------------------------------------------------------------------
-# building the blocked RDDs
-
-
-def _pack_sub_block(pdf: pd.DataFrame) -> pd.DataFrame:
-    """One (user block, item block) group -> one row of raw arrays, in a canonical sorted order."""
-    pdf = pdf.sort_values(["ul", "il", "r"], kind="mergesort")
-    return pd.DataFrame(
-        {
-            "ub": [int(pdf["ub"].iloc[0])],
-            "ib": [int(pdf["ib"].iloc[0])],
-            "ul": [pdf["ul"].to_numpy(np.int32).tobytes()],
-            "il": [pdf["il"].to_numpy(np.int32).tobytes()],
-            "r": [pdf["r"].to_numpy(np.float32).tobytes()],
-        }
+    executors = max(1, sc._jsc.sc().getExecutorMemoryStatus().size() - 1)
+    tasks = max(1, min(p.num_blocks, p.tasks or executors))
+    executor_cores = conf.get("spark.executor.cores")
+    dynamic = conf.get("spark.dynamicAllocation.enabled", "false").lower() == "true"
+    threads = p.threads or (int(executor_cores) if executor_cores else task_cpus)
+    use_profile = threads > task_cpus and not dynamic
+    if threads > task_cpus and dynamic and not p.threads:
+        threads = task_cpus
+    return ExecutionPlan(
+        tasks,
+        threads,
+        False,
+        use_profile,
+        f"{executors} executor(s), spark.executor.cores={executor_cores}, spark.task.cpus={task_cpus}: "
+        f"{tasks} task(s) x {threads} thread(s)" + (" (TaskResourceProfile)" if use_profile else ""),
     )
 
 
-def _pack_ids(pdf: pd.DataFrame) -> pd.DataFrame:
-    pdf = pdf.sort_values("local")
-    return pd.DataFrame({"block": [int(pdf["block"].iloc[0])], "ids": [pdf["id"].to_numpy(np.int32).tobytes()]})
+# the single task's output: one stats row (kind "S", JSON in blob), then factor rows (kind "U"/"I")
+_SINGLE_OUT = StructType([StructField("kind", StringType(), False), *BIASED_FACTORS.fields, StructField("blob", BinaryType(), False)])
 
 
-def _sub_block_pair(row) -> tuple[int, tuple[int, tuple]]:
-    arrays = (
-        np.frombuffer(row["ul"], np.int32).copy(),
-        np.frombuffer(row["il"], np.int32).copy(),
-        np.frombuffer(row["r"], np.float32).copy(),
-    )
-    return int(row["ub"]), (int(row["ib"]), arrays)
+def _udf(fn, **kwargs):
+    """A plain function for applyInPandas (it inspects type hints, which a functools.partial lacks)."""
 
+    def udf(pdf):
+        return fn(pdf, **kwargs)
 
-def _assemble_ratings(index: int, pairs: Iterable, d: int) -> Iterator:
-    subs: dict[int, tuple] = {}
-    for key, (j, arrays) in pairs:
-        if key != index:
-            raise AssertionError(f"ratings of user block {key} landed in partition {index}")
-        subs[j] = arrays
-    empty = (_EMPTY_I32, _EMPTY_I32, _EMPTY_F32)
-    yield index, (_RATINGS, RatingsBlock(index, tuple(subs.get(j, empty) for j in range(d))))
-
-
-def _assemble_factors(index: int, pairs: Iterable, tag: str, rank: int, init_std: float, seed: int, salt: int) -> Iterator:
-    ids = _EMPTY_I32
-    for key, raw in pairs:
-        ids = np.frombuffer(raw, np.int32).copy()
-    yield index, (tag, init_factor_block(index, ids, rank, init_std, seed, salt))
-
-
-def _identity_partitions(it):
-    return it
-
-
-def _block_col(col: str, seed: int, d: int, salt: str):
-    return F.pmod(F.xxhash64(F.lit(int(seed)), F.lit(salt), F.col(col)), F.lit(d)).cast("int")
-
-
-def _index(ids: DataFrame, seed: int, d: int, salt: str) -> DataFrame:
-    """id -> (block, local row) with rows numbered by ascending id within a block."""
-    w = Window.partitionBy("block").orderBy("id")
-    return ids.distinct().withColumn("block", _block_col("id", seed, d, salt)).withColumn(
-        "local", (F.row_number().over(w) - 1).cast("int")
-    )
-
-
-def _ratings_rdd(indexed: DataFrame, d: int) -> RDD:
-    packed = indexed.groupBy("ub", "ib").applyInPandas(
-        _pack_sub_block, "ub int, ib int, ul binary, il binary, r binary"
-    )
-    return (
-        packed.rdd.map(_sub_block_pair)
-        .partitionBy(d, _block_partition)
-        .mapPartitionsWithIndex(partial(_assemble_ratings, d=d), preservesPartitioning=True)
-    )
-
-
-def _factor_rdd(index: DataFrame, d: int, tag: str, p: DSGDParams, salt: int) -> RDD:
-    packed = index.groupBy("block").applyInPandas(_pack_ids, "block int, ids binary")
-    return (
-        packed.rdd.map(lambda row: (int(row["block"]), row["ids"]))
-        .partitionBy(d, _block_partition)
-        .mapPartitionsWithIndex(
-            partial(_assemble_factors, tag=tag, rank=p.rank, init_std=p.init_std, seed=p.seed, salt=salt),
-            preservesPartitioning=True,
-        )
-    )
-
-
-def _retarget(record, shift: int, d: int) -> list:
-    _, (tag, block) = record
-    if tag != _ITEMS:
-        return []
-    return [((block.block - shift) % d, (_MOVED, block))]
-
-
-def _replicate(record, d: int) -> list:
-    _, (tag, block) = record
-    if tag != _ITEMS:
-        return []
-    return [(i, (_MOVED, block)) for i in range(d)]
-
-
-def move_items(state: RDD, shift: int, d: int) -> RDD:
-    """Item block j of `state` -> partition (j - shift) mod d, as "M"; only factor blocks are shuffled."""
-    return (
-        state.flatMap(partial(_retarget, shift=shift, d=d))
-        .partitionBy(d, _block_partition)
-        .mapPartitions(_identity_partitions, preservesPartitioning=True)
-    )
-
-
-def broadcast_items(state: RDD, d: int) -> RDD:
-    """Every item block to every partition, as "M" (for evaluation: d x the item factors, still small)."""
-    return (
-        state.flatMap(partial(_replicate, d=d))
-        .partitionBy(d, _block_partition)
-        .mapPartitions(_identity_partitions, preservesPartitioning=True)
-    )
-
-
-def _never(_record) -> bool:
-    return False
-
-
-def _stratum_task(index: int, records: Iterable, *, fail_partition: int | None, **kwargs) -> Iterator:
-    faults.fail_first_attempt(fail_partition, "DSGD stratum")
-    return train_stratum_partition(records, **kwargs)
-
-
-def _train_loss(records: Iterable) -> Iterator:
-    for _, (tag, payload) in records:
-        if tag == _LOSS:
-            yield "train", payload[0], payload[1]
-
-
-def _val_loss(records: Iterable, mu: float) -> Iterator:
-    for sse, n in sse_partition(records, mu=mu):
-        yield "val", sse, n
-
-
-# ---------------------------------------------------------------------------------------------
-# the driver
+    return udf
 
 
 class DSGD:
-    """One training run. `fit` returns factors as DataFrames; the driver only sees scalars."""
+    """One training run. `prepare` cuts the data into blocks once; `fit` trains and returns
+    factors as DataFrames. The driver only sees scalars."""
 
     def __init__(self, spark: SparkSession, params: DSGDParams):
         self.spark = spark
         self.sc = spark.sparkContext
         self.p = params
-        self.d = params.num_blocks
+        self.B = params.num_blocks
+        self.K = params.inner_blocks
+        if self.B < 1 or self.K < 1:
+            raise ValueError(f"DSGD needs num_blocks >= 1 and inner_blocks >= 1, got {self.B}, {self.K}")
+        self.run_id = f"{int(time.time())}-{uuid.uuid4().hex[:12]}"
+        self.plan = plan_execution(spark, params)
+        self.info: dict[str, Any] = {"plan": asdict(self.plan), "run_id": self.run_id, "jobs": 0}
+        self._persisted: list = []
+        self._prepared = False
 
     # -- setup -------------------------------------------------------------------------------
 
     def prepare(self, train: DataFrame, validation: DataFrame | None) -> None:
-        """`train`/`validation`: columns user (int), item (int), r (float)."""
-        p, d = self.p, self.d
-        train = train.cache()
-        stats = train.agg(F.count(F.lit(1)).alias("n"), F.avg(RATING).alias("mu")).first()
-        self.n_train = int(stats["n"])
-        if self.n_train == 0:
-            raise ValueError("SGDMatrixFactorization: no training ratings")
-        self.mu = float(stats["mu"])
-        uidx = _index(train.select(F.col(USER).alias("id")), p.seed, d, _USER_SALT).cache()
-        iidx = _index(train.select(F.col(ITEM).alias("id")), p.seed, d, _ITEM_SALT).cache()
-        self._frames = [train, uidx, iidx]
+        """`train`/`validation`: columns user (int), item (int), r (float). One pass over the
+        ratings packs every sub-block (and, for the single-task plan, writes them to the store)."""
+        started = time.monotonic()
+        p, B, K = self.p, self.B, self.K
+        write = self.run_id if (self.plan.single and p.resident) else None
 
-        def indexed(df: DataFrame, how: str) -> DataFrame:
-            u = uidx.select(F.col("id").alias(USER), F.col("block").alias("ub"), F.col("local").alias("ul"))
-            i = iidx.select(F.col("id").alias(ITEM), F.col("block").alias("ib"), F.col("local").alias("il"))
-            return df.join(u, USER, how).join(i, ITEM, how).select("ub", "ib", "ul", "il", F.col(RATING).alias("r"))
-
-        self.ratings = _ratings_rdd(indexed(train, "inner"), d).persist(_LEVEL)
-        self.ratings.setName("dsgd-ratings")
-        users = _factor_rdd(uidx, d, _USERS, p, 0)
-        items = _factor_rdd(iidx, d, _ITEMS, p, 1)
-        # the training state: user block i and (at rest) item block i in partition i
-        self.state = users.union(items).persist(_LEVEL)
-        self.offset = 0  # partition i holds item block (i + offset) mod d
-        self.validation = None
-        self.n_validation = 0
-        if validation is not None:
-            val = indexed(validation, "inner").cache()
-            self.n_validation = val.count()
-            self._frames.append(val)
-            if self.n_validation:
-                self.validation = _ratings_rdd(val, d).persist(_LEVEL)
-        # Materialize the blocked data once; the source frames are then no longer needed.
-        counts = self.sc.union(
-            [self.ratings.filter(_never), self.state.filter(_never)]
-            + ([self.validation.filter(_never)] if self.validation is not None else [])
-        ).count()
-        assert counts == 0
-        for frame in self._frames:
-            frame.unpersist()
-
-    # -- one epoch ---------------------------------------------------------------------------
-
-    def stratum_input(self, state: RDD, shift: int, offset: int = 0) -> RDD:
-        """Partition i: ratings block i + the state's records of partition i (user block i) + item
-        block (i + shift) mod d. A PartitionerAwareUnionRDD: d partitions, no ratings shuffle.
-        `offset`: the state holds item block (i + offset) mod d in partition i; when that is
-        already the stratum's, nothing moves."""
-        if shift % self.d == offset % self.d:
-            return self.ratings.union(state)
-        return self.ratings.union(state).union(move_items(state, shift, self.d))
-
-    def run_epoch(self, epoch: int, state: RDD, lr: float) -> tuple[RDD, list[RDD]]:
-        """Chain the d strata of one epoch lazily; returns the final state and every stratum's output."""
-        p = self.p
-        fail = faults.partition_for("sgd")
-        outs = []
-        for position, shift in enumerate(strata_order(p.seed, epoch, self.d, first=self.offset)):
-            task = partial(
-                _stratum_task,
-                fail_partition=fail if (epoch == 0 and position == 0) else None,
-                lr=lr,
-                reg=p.reg,
-                bias_reg=p.bias_reg,
-                mu=self.mu,
-                seed=p.seed,
-                epoch=epoch,
-                carry_loss=position > 0,
+        def cols(df: DataFrame) -> DataFrame:
+            return df.select(
+                F.col(USER).cast("int").alias("user"), F.col(ITEM).cast("int").alias("item"), F.col(RATING).cast("float").alias("r")
             )
-            state = self.stratum_input(state, shift, self.offset).mapPartitionsWithIndex(task, preservesPartitioning=True)
-            state.persist(_LEVEL)
-            outs.append(state)
-            self.offset = shift
-        return state, outs
 
-    def validation_loss(self, state: RDD) -> RDD:
-        joined = self.validation.union(state)
-        if self.d > 1:
-            joined = joined.union(broadcast_items(state, self.d))
-        return joined.mapPartitions(partial(_val_loss, mu=self.mu))
+        train = cols(train)
+        users = items = None
+        if not self.plan.single:
+            # several tasks must agree on every id's row: the index (4 bytes per id, no ratings, no
+            # factors) is built on the driver from the distinct ids and travels in task closures.
+            # The single task builds its own from the blocks it reads.
+            ids = (
+                train.select(F.lit(0).alias("k"), F.col("user").alias("id"))
+                .union(train.select(F.lit(1).alias("k"), F.col("item").alias("id")))
+                .distinct()
+                .toArrow()
+            )
+            k, idv = ids.column("k").to_numpy(), ids.column("id").to_numpy()
+            users = bk.Index.build(idv[k == 0], p.seed, B, K, USER_SALT)
+            items = bk.Index.build(idv[k == 1], p.seed, B, K, ITEM_SALT)
+            self.info["setup_index_seconds"] = round(time.monotonic() - started, 3)
+        slots = self.plan.tasks * self.plan.threads if self.plan.local else self.sc.defaultParallelism
+
+        def pack(frame: DataFrame, kind: str) -> DataFrame:
+            if frame.rdd.getNumPartitions() > slots:
+                frame = frame.coalesce(slots)  # fewer partial blobs, same parallelism
+            return frame.mapInArrow(_udf(pack_partition, kind=kind, seed=p.seed, B=B, K=K, run_id=write), PACKED_SCHEMA)
+
+        # the one pass over the ratings, map side only: partial sub-blocks with global ids (single
+        # task: also written to the store); their readers merge them into rows of the inner blocks
+        packed = pack(train, "R")
+        if validation is not None:
+            packed = packed.unionByName(pack(cols(validation), "V"))
+        self.packed = packed.persist(_LEVEL)
+        self._persisted.append(self.packed)
+        t_pack = time.monotonic()
+        # one small row per partial blob (no shuffle), summed here in a fixed order
+        meta = sorted(tuple(r) for r in self.packed.select("kind", "G", "J", "a", "b", "part", "n", "rsum", F.length("blob")).collect())
+        self.info["setup_pack_seconds"] = round(time.monotonic() - t_pack, 3)
+        self._prepared = True
+        sub_counts: dict = {}
+        part_counts: dict = {}
+        n_train, rsum, n_val = 0, 0.0, 0
+        packed_bytes = {"R": 0, "V": 0}
+        for kind, G, J, a, b, _part, n, s, nbytes in meta:
+            key = (kind, G, J, a, b)
+            packed_bytes[kind] += int(nbytes)
+            sub_counts[key] = sub_counts.get(key, 0) + int(n)
+            part_counts[key] = part_counts.get(key, 0) + 1
+            if kind == "R":
+                n_train += int(n)
+                rsum += float(s)
+            else:
+                n_val += int(n)
+        if n_train == 0:
+            raise ValueError("SGDMatrixFactorization: no training ratings")
+        # n_val counts validation ratings of users/items unknown to training too: merging drops them,
+        # and the exact count comes back from the first epoch
+        self.n_train, self.n_validation, self.mu = n_train, n_val, rsum / n_train
+        self.info["partials"] = {kind: sum(c for k, c in part_counts.items() if k[0] == kind) for kind in ("R", "V")}
+        self.info["packed_bytes"] = packed_bytes  # |R| as blobs: 12 bytes per rating + 64 per partial
+        self.cfg = TaskConfig(
+            run_id=self.run_id,
+            B=B,
+            K=K,
+            rank=p.rank,
+            reg=p.reg,
+            bias_reg=p.bias_reg,
+            init_std=p.init_std,
+            seed=p.seed,
+            mu=self.mu,
+            threads=self.plan.threads,
+            tasks=self.plan.tasks,
+            users=users,
+            items=items,
+            sub_counts=sub_counts,
+            part_counts=part_counts,
+        )
+        self.info["setup_seconds"] = round(time.monotonic() - started, 3)
+        self.info["store_written_at_setup"] = bool(write)
+        log.info(
+            "DSGD setup: %d train, %d validation ratings, %d x %d blocks, %s, %.1fs",
+            n_train,
+            n_val,
+            B,
+            K,
+            self.plan.reason,
+            self.info["setup_seconds"],
+        )
+
+    # -- shared helpers ----------------------------------------------------------------------
+
+    def _with_profile(self, rdd: RDD) -> RDD:
+        profile = self._profile_or_none()
+        return rdd if profile is None else rdd.withResources(profile)
+
+    def _profile_or_none(self):
+        """The TaskResourceProfile asking `threads` CPUs per DSGD task, when the plan uses one."""
+        if not self.plan.use_profile:
+            return None
+        if not hasattr(self, "_profile"):
+            self._profile = ResourceProfileBuilder().require(TaskResourceRequests().cpus(self.plan.threads)).build
+        return self._profile
+
+    def _fail_partition(self, partitions: int) -> int | None:
+        fail = faults.partition_for("sgd")
+        return None if fail is None else fail % partitions
+
+    def _factor_frames(self, blobs: DataFrame) -> tuple[DataFrame, DataFrame]:
+        """(users, items) BIASED_FACTORS frames from (kind, grp, blob) rows: one Arrow pass and one
+        checkpoint (so the blocks, the store and the training lineage can go)."""
+        schema = StructType([StructField("kind", StringType(), False), *BIASED_FACTORS.fields])
+        rows = blobs.select("blob").mapInArrow(_udf(blobs_to_factor_rows, with_kind=True), schema)
+        both = rows.checkpoint(eager=True) if self.sc.getCheckpointDir() else rows.localCheckpoint(eager=True)
+        return both.filter(F.col("kind") == "U").drop("kind"), both.filter(F.col("kind") == "I").drop("kind")
+
+    def _entry(self, h: dict[str, Any], seconds: float) -> dict[str, Any]:
+        out = dict(h)
+        out["seconds"] = round(seconds, 4)
+        return out
+
+    # -- the single-task plan ----------------------------------------------------------------
+
+    def _streamed_all(self) -> DataFrame:
+        """Every blob of the cached setup frame in one partition (the single task's fallback)."""
+        return self.packed.select("blob").coalesce(1)
+
+    def _fit_single(self) -> DSGDResult:
+        p = self.p
+        early = self.n_validation > 0 and p.early_stopping_rounds > 0
+        progress = Progress(lr=p.step_size)
+        history: list[dict[str, Any]] = []
+        streamed = not (p.resident and self.info["store_written_at_setup"])
+        misses, first = 0, True
+        always_stream = not p.resident
+        jobs = []
+        while True:
+            plan = SinglePlan(
+                cfg=self.cfg,
+                progress=progress,
+                max_iter=p.max_iter,
+                max_epochs=p.epochs_per_job or p.max_iter,
+                early_rounds=p.early_stopping_rounds if early else 0,
+                schedule=p.schedule,
+                step_decay=p.step_decay,
+                validation=self.n_validation > 0,
+                keep_best=early,
+                fail_partition=self._fail_partition(1) if first else None,
+            )
+            first = False
+            # a DataFrame job (mapInArrow): it runs in the setup pass's Python workers, already warm
+            src = self._streamed_all() if streamed else self.spark.range(0, 1, 1, numPartitions=1)
+            started, submitted_at = time.monotonic(), time.time()
+            out = src.mapInArrow(_udf(single_task_arrow, plan=plan), _SINGLE_OUT, profile=self._profile_or_none()).persist(_LEVEL)
+            stats = json.loads(bytes(first_row(out.filter(F.col("kind") == "S").select("blob"))["blob"]))
+            job_s = time.monotonic() - started
+            self.info["jobs"] += 1
+            jobs.append(
+                {k: v for k, v in stats.items() if k not in ("history", "progress", "started_at")}
+                | {"job_seconds": round(job_s, 3), "streamed": streamed, "task_start_delay": round(stats["started_at"] - submitted_at, 3)}
+            )
+            if stats["missing"]:
+                out.unpersist()
+                if streamed:
+                    raise RuntimeError(f"DSGD: blocks missing although streamed: {stats.get('missing_example')}")
+                misses += 1
+                # the task ran where the store is not (or it was lost): stream the blocks into a new
+                # task, which writes its store and starts over (deterministic: the same result)
+                log.warning(
+                    "DSGD single task missed %d blocks (%s): streaming the blocks and starting over",
+                    stats["missing"],
+                    stats.get("missing_example"),
+                )
+                streamed, progress, history = True, Progress(lr=p.step_size), []
+                always_stream = misses > 1  # missed twice: this cluster moves tasks around, keep streaming
+                continue
+            epochs = stats["history"]
+            if "n_validation" in stats:
+                self.n_validation = stats["n_validation"]
+            overhead = job_s - sum(h["task_seconds"] for h in epochs)
+            for k, h in enumerate(epochs):
+                # the job's own costs (scheduling, kernel loading, streamed blocks) go to its first epoch
+                h = {
+                    **h,
+                    "streamed_bytes": stats["streamed_bytes"] if k == 0 else 0,
+                    "streamed_val_bytes": stats["streamed_val_bytes"] if k == 0 else 0,
+                    "factor_bytes": 0,
+                    "compile_seconds": stats["compile_seconds"] if k == 0 else 0.0,
+                    "streamed": streamed and k == 0,
+                }
+                history.append(self._entry(h, h["task_seconds"] + (overhead if k == 0 else 0.0)))
+                log.info(
+                    "epoch %d/%d train_rmse=%.4f val_rmse=%s step=%.5f",
+                    h["epoch"],
+                    p.max_iter,
+                    h["train_rmse"],
+                    "-" if h["val_rmse"] is None else f"{h['val_rmse']:.4f}",
+                    h["step_size"],
+                )
+            progress = Progress(**stats["progress"])
+            streamed = always_stream  # else the store is now where the task ran
+            if stats["finished"]:  # `out` holds the best factors as rows: cut them loose from training
+                started = time.monotonic()
+                rows = out.filter(F.col("kind") != "S").drop("blob")
+                both = rows.checkpoint(eager=True) if self.sc.getCheckpointDir() else rows.localCheckpoint(eager=True)
+                users, items = (both.filter(F.col("kind") == kind).drop("kind") for kind in ("U", "I"))
+                self.info["export_seconds"] = round(time.monotonic() - started, 3)
+                out.unpersist()
+                break
+            out.unpersist()
+        self.info["single_jobs"] = jobs
+        self.info["misses"] = misses
+        best_epoch = progress.best_epoch if early else progress.epoch
+        return self._result(users, items, history, best_epoch)
+
+    # -- the multi-task plan -----------------------------------------------------------------
+
+    def _keyed_blobs(self, frame: DataFrame, key) -> RDD:
+        E = self.plan.tasks
+        return frame.select("G", "blob").rdd.map(lambda row: (key(row), ("B", row.blob))).partitionBy(E, _block_partition)
+
+    def _ratings_shift(self, shift: int) -> RDD:
+        """The training sub-blocks of outer stratum `shift`, each in its user group's task (cached)."""
+        cache = self.__dict__.setdefault("_shift_rdds", {})
+        if shift not in cache:
+            B, E = self.B, self.plan.tasks
+            frame = self.packed.filter((F.col("kind") == "R") & (F.col("J") == F.pmod(F.col("G") + F.lit(shift), F.lit(B))))
+            rdd = self._keyed_blobs(frame, lambda row, E=E: bk.owner(row.G, E)).persist(_LEVEL)
+            rdd.setName(f"dsgd-ratings-shift-{shift}")
+            cache[shift] = rdd
+            self._persisted.append(rdd)
+        return cache[shift]
+
+    def _validation_blobs(self) -> RDD:
+        if not hasattr(self, "_val_rdd"):
+            E = self.plan.tasks
+            rdd = self._keyed_blobs(self.packed.filter(F.col("kind") == "V"), lambda row, E=E: bk.owner(row.G, E)).persist(_LEVEL)
+            rdd.setName("dsgd-validation")
+            self._val_rdd = rdd
+            self._persisted.append(rdd)
+        return self._val_rdd
+
+    def _initial_state(self) -> RDD:
+        E = self.plan.tasks
+        tokens = self.sc.parallelize([(t, ("T", None)) for t in range(E)], E).partitionBy(E, _block_partition)
+        return tokens.mapPartitionsWithIndex(partial(initial_state, cfg=self.cfg, shift=0), preservesPartitioning=True)
+
+    def run_epoch(self, state: RDD, epoch: int, lr: float, offset: int, streamed: bool, fail: int | None) -> tuple[RDD, list[int]]:
+        """The lazy RDD of one multi-task epoch from `state` (item groups at shift `offset`):
+        B stratum stages, then (with validation) the boundary stage."""
+        B, E, cfg = self.B, self.plan.tasks, self.cfg
+        order = strata_order(self.p.seed, epoch, B, first=offset)
+        validation = self.n_validation > 0
+        rdd = state
+        for k, shift in enumerate(order):
+            last = k == B - 1
+            plan = StagePlan(
+                cfg,
+                epoch,
+                shift,
+                next_shift=(order[k + 1] if not last else shift),
+                lr=lr,
+                first=k == 0,
+                replicate=last and validation,
+                fail_partition=fail if k == 0 else None,
+            )
+            inp = rdd if k == 0 else rdd.partitionBy(E, _block_partition)
+            if streamed:
+                inp = inp.union(self._ratings_shift(shift))
+            rdd = self._with_profile(
+                inp.mapPartitionsWithIndex(partial(stratum_task, plan=plan), preservesPartitioning=last and not validation)
+            )
+        if validation:
+            plan = StagePlan(cfg, epoch, order[-1], next_shift=order[-1], lr=lr, first=False, validation=True)
+            inp = rdd.partitionBy(E, _block_partition)
+            if streamed:
+                inp = inp.union(self._validation_blobs())
+            rdd = self._with_profile(inp.mapPartitionsWithIndex(partial(boundary_task, plan=plan), preservesPartitioning=True))
+        return rdd, order
 
     def _cut_lineage(self, rdd: RDD) -> None:
         if self.sc.getCheckpointDir():
@@ -475,110 +541,156 @@ class DSGD:
         else:
             rdd.localCheckpoint()
 
-    # -- the loop ----------------------------------------------------------------------------
-
-    def fit(self) -> DSGDResult:
+    def _fit_multi(self) -> DSGDResult:
         p = self.p
-        state = self.state
-        lr = p.step_size
+        early = self.n_validation > 0 and p.early_stopping_rounds > 0
+        state = self._initial_state().persist(_LEVEL)
+        progress = Progress(lr=p.step_size)
         history: list[dict[str, Any]] = []
-        early = self.validation is not None and p.early_stopping_rounds > 0
-        best_val, best, best_epoch, since_best = math.inf, state, 0, 0
-        last_cut: RDD | None = None
-        live: list[RDD] = [state]  # persisted states that may still be needed
-        prev_train = math.inf
-        for epoch in range(p.max_iter):
+        best = state
+        live = [state]
+        streamed = True  # the first epoch streams the blocks; tasks write them to their stores
+        always_stream = not p.resident
+        misses = 0
+        fail = self._fail_partition(self.plan.tasks)
+        while not progress.stopped and progress.epoch < p.max_iter:
+            epoch = progress.epoch
             started = time.monotonic()
-            state, outs = self.run_epoch(epoch, state, lr)
+            out, order = self.run_epoch(state, epoch, progress.lr, progress.offset, streamed, fail)
+            fail = None
+            out.persist(_LEVEL)
             cut = p.checkpoint_interval > 0 and (epoch + 1) % p.checkpoint_interval == 0
             if cut:
-                self._cut_lineage(state)
-            # one job per epoch: runs the d strata, then the losses (and validation) as scalars
-            parts = [state.mapPartitions(_train_loss)]
-            if self.validation is not None:
-                parts.append(self.validation_loss(state))
-            sums: dict[str, list[float]] = {"train": [0.0, 0], "val": [0.0, 0]}
-            for kind, sse, n in self.sc.union(parts).collect():
-                sums[kind][0] += sse
-                sums[kind][1] += n
-            for out in outs[:-1]:
+                self._cut_lineage(out)
+            parts = out.mapPartitions(extract_stats).collect()
+            self.info["jobs"] += 1
+            if any(s["missing"] for s in parts):
                 out.unpersist()
-            sse, n = sums["train"]
+                if streamed:
+                    raise RuntimeError(f"DSGD epoch {epoch + 1}: blocks missing although streamed")
+                misses += 1
+                # a task ran where its store is not (tasks are placed by host, not by executor):
+                # redo the epoch streaming each stratum's blocks, and keep streaming from now on
+                log.warning("DSGD epoch %d: a task missed its blocks; streaming blocks from now on (|R| per epoch)", epoch + 1)
+                streamed = always_stream = True
+                continue
+            sums = {k: v for s in parts for k, v in s["sums"].items()}
+            vsums = {k: v for s in parts for k, v in s.get("val_sums", {}).items()}
+            sse, n = total(sums)
             if n != self.n_train:
                 raise AssertionError(f"epoch {epoch + 1} visited {n} ratings, expected {self.n_train}")
+            vsse, vn = total(vsums)
+            if self.n_validation:
+                self.n_validation = int(vn)  # the exact count, unknown ids dropped
             train_rmse = math.sqrt(sse / n)
-            val_rmse = math.sqrt(sums["val"][0] / sums["val"][1]) if sums["val"][1] else None
+            val_rmse = math.sqrt(vsse / vn) if vn else None
+            nxt, improved = bk.advance(
+                progress,
+                train_rmse,
+                val_rmse,
+                early_rounds=p.early_stopping_rounds if early else 0,
+                schedule=p.schedule,
+                step_decay=p.step_decay,
+                last_shift=order[-1],
+            )
             seconds = time.monotonic() - started
             history.append(
                 {
                     "epoch": epoch + 1,
                     "train_rmse": train_rmse,
                     "val_rmse": val_rmse,
-                    "step_size": lr,
-                    "seconds": round(seconds, 3),
+                    "step_size": progress.lr,
+                    "seconds": round(seconds, 4),
                     "updates": int(n),
+                    "val_n": int(vn),
+                    "kernel_seconds": max(s["kernel_seconds"] for s in parts),
+                    "kernel_cpu_seconds": sum(s["kernel_cpu_seconds"] for s in parts),
+                    "task_seconds": max(s["task_seconds"] for s in parts),
+                    "streamed_bytes": sum(s["streamed_bytes"] for s in parts),
+                    "streamed_val_bytes": sum(s.get("streamed_val_bytes", 0) for s in parts),
+                    "factor_bytes": sum(s["factor_bytes"] for s in parts),
+                    "compile_seconds": max(s["compile_seconds"] for s in parts),
+                    "stages": max(s["stages"] for s in parts),
+                    "streamed": streamed,
                 }
             )
             log.info(
-                "epoch %d/%d train_rmse=%.4f val_rmse=%.4f step=%.5f %.1fs",
+                "epoch %d/%d train_rmse=%.4f val_rmse=%s step=%.5f %.1fs",
                 epoch + 1,
                 p.max_iter,
                 train_rmse,
-                float("nan") if val_rmse is None else val_rmse,
-                lr,
+                "-" if val_rmse is None else f"{val_rmse:.4f}",
+                progress.lr,
                 seconds,
             )
-            stop = False
-            if early and val_rmse is not None:
-                if val_rmse < best_val:
-                    best_val, best, best_epoch, since_best = val_rmse, state, epoch + 1, 0
-                else:
-                    since_best += 1
-                    stop = since_best >= p.early_stopping_rounds
-            else:
-                best, best_epoch = state, epoch + 1
-            if cut:
-                last_cut = state
-            # keep the current state, the best one and the last lineage cut; drop the rest
-            live.append(state)
-            keep = [r for r in (state, best, last_cut) if r is not None]
+            if improved:
+                best = out
+            progress = nxt
+            streamed = always_stream
+            live.append(out)
+            keep = [out, best]
             for r in live:
                 if all(r is not k for k in keep):
                     r.unpersist()
             live = [r for r in live if any(r is k for k in keep)]
-            if p.schedule == "bold_driver":
-                lr = lr * 1.05 if train_rmse < prev_train else lr * 0.5
-            else:
-                lr = lr * p.step_decay
-            prev_train = train_rmse
-            if stop:
-                log.info("early stopping after epoch %d: best validation RMSE %.4f at epoch %d", epoch + 1, best_val, best_epoch)
-                break
-        user_df = self._factor_frame(best, _USERS)
-        item_df = self._factor_frame(best, _ITEMS)
-        for r in live + [self.ratings] + ([self.validation] if self.validation is not None else []):
+            state = out
+        self.info["misses"] = misses
+        users, items = self._factor_frames(self.spark.createDataFrame(best.mapPartitions(state_blobs), BLOB_SCHEMA, verifySchema=False))
+        for r in live:
             r.unpersist()
+        best_epoch = progress.best_epoch if early else progress.epoch
+        return self._result(users, items, history, best_epoch)
+
+    # -- the run -----------------------------------------------------------------------------
+
+    def _result(self, users: DataFrame, items: DataFrame, history: list, best_epoch: int) -> DSGDResult:
         return DSGDResult(
-            user_factors=user_df,
-            item_factors=item_df,
+            user_factors=users,
+            item_factors=items,
             global_mean=self.mu,
             history=history,
             best_epoch=best_epoch,
             n_train=self.n_train,
             n_validation=self.n_validation,
+            info=self.info,
         )
 
-    def _factor_frame(self, state: RDD, tag: str) -> DataFrame:
-        df = self.spark.createDataFrame(state.flatMap(partial(factor_rows, tag=tag)), BIASED_FACTORS)
-        if self.sc.getCheckpointDir():
-            return df.checkpoint(eager=True)
-        return df.localCheckpoint(eager=True)
+    def fit(self) -> DSGDResult:
+        started = time.monotonic()
+        try:
+            result = self._fit_single() if self.plan.single else self._fit_multi()
+        finally:
+            self.cleanup()
+        self.info["fit_seconds"] = round(time.monotonic() - started, 3)
+        return result
+
+    def cleanup(self) -> None:
+        """Delete this run's store everywhere it may be and drop cached blocks (also on failure)."""
+        for r in self._persisted:
+            with contextlib.suppress(Exception):
+                r.unpersist()
+        self._persisted = []
+        if self.plan.local:
+            try:
+                Store(self.run_id, os.path.join(SparkFiles.getRootDirectory(), "recospark-dsgd")).destroy()
+            except Exception:
+                log.warning("DSGD: could not delete the local store of run %s", self.run_id, exc_info=True)
+            return
+        try:
+            n = max(2, 2 * self.plan.tasks)
+            self.sc.parallelize(range(n), n).mapPartitionsWithIndex(partial(cleanup_task, run_id=self.run_id)).collect()
+        except Exception:
+            log.warning("DSGD: store cleanup job failed for run %s", self.run_id, exc_info=True)
 
 
 def fit_dsgd(spark: SparkSession, train: DataFrame, validation: DataFrame | None, params: DSGDParams) -> DSGDResult:
     """`train`/`validation` with columns USER, ITEM (int) and RATING (float); validation may be None."""
     driver = DSGD(spark, params)
-    driver.prepare(train, validation)
+    try:
+        driver.prepare(train, validation)
+    except BaseException:
+        driver.cleanup()
+        raise
     return driver.fit()
 
 
@@ -586,18 +698,15 @@ __all__ = [
     "DSGD",
     "ITEM",
     "RATING",
+    "RATING_BYTES",
     "USER",
     "DSGDParams",
     "DSGDResult",
+    "ExecutionPlan",
     "FactorBlock",
-    "RatingsBlock",
-    "block_order",
-    "broadcast_items",
-    "factor_rows",
+    "SubBlock",
     "fit_dsgd",
-    "init_factor_block",
-    "move_items",
-    "sse_partition",
+    "local_cores",
+    "plan_execution",
     "strata_order",
-    "train_stratum_partition",
 ]

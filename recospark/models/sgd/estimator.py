@@ -69,6 +69,9 @@ class SGDMatrixFactorization(Estimator, _SGDParams, EstimatorPersistence):
         stepDecay: float = _D["stepDecay"],
         schedule: str = _D["schedule"],
         numBlocks: int = _D["numBlocks"],
+        innerBlocks: int = _D["innerBlocks"],
+        threads: int = _D["threads"],
+        tasks: int = _D["tasks"],
         initStd: float = _D["initStd"],
         seed: int = _D["seed"],
         earlyStoppingRounds: int = _D["earlyStoppingRounds"],
@@ -102,6 +105,9 @@ class SGDMatrixFactorization(Estimator, _SGDParams, EstimatorPersistence):
         stepDecay: float = _D["stepDecay"],
         schedule: str = _D["schedule"],
         numBlocks: int = _D["numBlocks"],
+        innerBlocks: int = _D["innerBlocks"],
+        threads: int = _D["threads"],
+        tasks: int = _D["tasks"],
         initStd: float = _D["initStd"],
         seed: int = _D["seed"],
         earlyStoppingRounds: int = _D["earlyStoppingRounds"],
@@ -146,6 +152,15 @@ class SGDMatrixFactorization(Estimator, _SGDParams, EstimatorPersistence):
 
     def setNumBlocks(self, value: int) -> SGDMatrixFactorization:
         return self._set(numBlocks=value)
+
+    def setInnerBlocks(self, value: int) -> SGDMatrixFactorization:
+        return self._set(innerBlocks=value)
+
+    def setThreads(self, value: int) -> SGDMatrixFactorization:
+        return self._set(threads=value)
+
+    def setTasks(self, value: int) -> SGDMatrixFactorization:
+        return self._set(tasks=value)
 
     def setInitStd(self, value: float) -> SGDMatrixFactorization:
         return self._set(initStd=value)
@@ -209,6 +224,9 @@ class SGDMatrixFactorization(Estimator, _SGDParams, EstimatorPersistence):
             "step_decay": self.getStepDecay(),
             "schedule": self.getSchedule(),
             "num_blocks": self.getNumBlocks(),
+            "inner_blocks": self.getInnerBlocks(),
+            "threads": self.getThreads(),
+            "tasks": self.getTasks(),
             "init_std": self.getInitStd(),
             "seed": self.getSeed(),
             "early_stopping_rounds": self.getEarlyStoppingRounds(),
@@ -367,9 +385,9 @@ class SGDMatrixFactorizationModel(Model, _SGDModelParams, _RecommenderModelSette
         return (
             ranked.groupBy(USER_ID)
             .agg(
-                F.transform(
-                    F.array_sort(F.collect_list("r")), lambda s: F.struct(s[item].alias(item), s["rating"].alias("rating"))
-                ).alias("recommendations")
+                F.transform(F.array_sort(F.collect_list("r")), lambda s: F.struct(s[item].alias(item), s["rating"].alias("rating"))).alias(
+                    "recommendations"
+                )
             )
             .withColumnRenamed(USER_ID, user)
         )

@@ -27,6 +27,9 @@ SGD_DEFAULTS: dict[str, Any] = {
     "stepDecay": 0.93,
     "schedule": "decay",
     "numBlocks": 2,
+    "innerBlocks": 2,
+    "threads": 0,
+    "tasks": 0,
     "initStd": 0.02,
     "seed": 42,
     "earlyStoppingRounds": 3,
@@ -76,16 +79,31 @@ class _SGDParams(
     schedule: Param[str] = Param(
         Params._dummy(),
         "schedule",
-        "step size schedule: 'decay' (step *= stepDecay per epoch) or 'bold_driver' "
-        "(x1.05 when the training loss fell, x0.5 when it rose)",
+        "step size schedule: 'decay' (step *= stepDecay per epoch) or 'bold_driver' (x1.05 when the training loss fell, x0.5 when it rose)",
         TypeConverters.toString,
     )
     numBlocks: Param[int] = Param(
         Params._dummy(), "numBlocks", "d: users and items are hashed into d blocks; d tasks per stratum", TypeConverters.toInt
     )
-    initStd: Param[float] = Param(
-        Params._dummy(), "initStd", "standard deviation of the initial factors (> 0)", TypeConverters.toFloat
+    innerBlocks: Param[int] = Param(
+        Params._dummy(),
+        "innerBlocks",
+        "K: inner blocks per block; a task's threads run disjoint inner sub-blocks (hierarchical DSGD)",
+        TypeConverters.toInt,
     )
+    threads: Param[int] = Param(
+        Params._dummy(),
+        "threads",
+        "kernel threads per task; 0: the executor's cores (local[N]: N; a cluster: spark.executor.cores)",
+        TypeConverters.toInt,
+    )
+    tasks: Param[int] = Param(
+        Params._dummy(),
+        "tasks",
+        "Spark tasks per stratum; 0: 1 in local mode (one fat task), else min(numBlocks, executors)",
+        TypeConverters.toInt,
+    )
+    initStd: Param[float] = Param(Params._dummy(), "initStd", "standard deviation of the initial factors (> 0)", TypeConverters.toFloat)
     earlyStoppingRounds: Param[int] = Param(
         Params._dummy(),
         "earlyStoppingRounds",
@@ -121,11 +139,12 @@ class _SGDParams(
         TypeConverters.toBoolean,
     )
     margin: Param[float] = Param(Params._dummy(), "margin", "warp: the margin a negative must beat", TypeConverters.toFloat)
-    maxTrials: Param[int] = Param(
-        Params._dummy(), "maxTrials", "warp: negatives tried per positive before giving up", TypeConverters.toInt
-    )
+    maxTrials: Param[int] = Param(Params._dummy(), "maxTrials", "warp: negatives tried per positive before giving up", TypeConverters.toInt)
     maxNorm: Param[float] = Param(
-        Params._dummy(), "maxNorm", "warp: factor rows are projected back to this L2 norm after each update; 0 disables", TypeConverters.toFloat
+        Params._dummy(),
+        "maxNorm",
+        "warp: factor rows are projected back to this L2 norm after each update; 0 disables",
+        TypeConverters.toFloat,
     )
 
     def __init__(self, *args: Any) -> None:
@@ -146,6 +165,15 @@ class _SGDParams(
 
     def getNumBlocks(self) -> int:
         return self.getOrDefault(self.numBlocks)
+
+    def getInnerBlocks(self) -> int:
+        return self.getOrDefault(self.innerBlocks)
+
+    def getThreads(self) -> int:
+        return self.getOrDefault(self.threads)
+
+    def getTasks(self) -> int:
+        return self.getOrDefault(self.tasks)
 
     def getInitStd(self) -> float:
         return self.getOrDefault(self.initStd)
@@ -181,6 +209,9 @@ class _SGDParams(
             ("rank", self.getRank() >= 1, ">= 1"),
             ("maxIter", self.getMaxIter() >= 1, ">= 1"),
             ("numBlocks", self.getNumBlocks() >= 1, ">= 1"),
+            ("innerBlocks", self.getInnerBlocks() >= 1, ">= 1"),
+            ("threads", self.getThreads() >= 0, ">= 0 (0: the executor's cores)"),
+            ("tasks", self.getTasks() >= 0, ">= 0 (0: automatic)"),
             ("stepSize", self.getStepSize() > 0, "> 0"),
             ("stepDecay", 0 < self.getStepDecay() <= 1, "in (0, 1]"),
             ("regParam", self.getRegParam() >= 0, ">= 0"),

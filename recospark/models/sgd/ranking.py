@@ -442,11 +442,7 @@ def reference_bpr(
         w = free / (block_share * float(user_neg_total[u])) if len(user_neg_total) else 1.0
         for j in range(n_neg):
             neg = next(
-                (
-                    c
-                    for a in range(max_tries)
-                    if (c := reference_draw(seed, (pos * n_neg + j) * max_tries + a, item_lo, span)) not in rated
-                ),
+                (c for a in range(max_tries) if (c := reference_draw(seed, (pos * n_neg + j) * max_tries + a, item_lo, span)) not in rated),
                 -1,
             )
             if neg < 0:
