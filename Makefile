@@ -58,7 +58,7 @@ test: setup cluster-artifacts
 
 # ruff (lint + format check) and mypy over the package; CI runs this next to the tests.
 lint: setup
-	$(BIN)/ruff check recospark tests bench jobs scripts conftest.py
+	$(BIN)/ruff check recospark tests bench jobs scripts dags conftest.py
 	$(BIN)/ruff format --check recospark
 	$(BIN)/mypy
 

@@ -2,7 +2,8 @@
 
     wait_for_data >> <the conf's pipeline.stages, in order> >> prune_old_runs
     e.g. wait_for_data >> ingest >> split >> [train_<model> for each model in train.models]
-        >> evaluate >> recommend >> report >> prune_old_runs
+        >> recommend >> evaluate >> report >> prune_old_runs
+    (train_blend after the training tasks of its components: it loads what they published)
 
 Every Spark task runs `spark-submit jobs/<stage>.py --conf <conf> --set output.root=<base>/<ds> ...`
 through the Spark provider's SparkSubmitOperator (the subclass below). The Spark master (and
@@ -140,8 +141,20 @@ def configured_stages(conf: dict) -> list[str]:
     return stages
 
 
+def configured_components(conf: dict, models: list[str]) -> dict[str, list[str]]:
+    """model -> the models of this DAG it is built from (blend.components): their training tasks
+    run first, so the blend task loads what they published instead of fitting them again."""
+    if "blend" not in models:
+        return {}
+    components = (conf.get("blend") or {}).get("components")
+    if components is None:
+        components = _defaults("blend", "components")
+    return {"blend": [m for m in _model_list(components) if m in models]}
+
+
 CONF_DATA = _read_yaml(CONF)
 MODELS = configured_models(CONF_DATA)
+COMPONENTS = configured_components(CONF_DATA, MODELS)
 STAGES = configured_stages(CONF_DATA)
 SPARK_CONF = {str(k): v for k, v in (CONF_DATA.get("spark") or {}).items()}
 
@@ -284,7 +297,7 @@ def data_arrived(source: str) -> bool:
         return False
     path = Path(source.removeprefix("file://"))
     if path.exists():
-        return path.is_file() and path.suffix == ".zip" or any((path / name).exists() for name in RATINGS_FILES)
+        return (path.is_file() and path.suffix == ".zip") or any((path / name).exists() for name in RATINGS_FILES)
     return re.fullmatch(r"ml-[a-z0-9-]+", source) is not None  # a MovieLens name: ingest downloads it
 
 
@@ -363,7 +376,11 @@ with DAG(
     previous = [wait_for_data(DATA_SOURCE)]
     for stage in STAGES:  # the conf's pipeline.stages, in order
         if stage == "train":
-            current = [_submit(f"train_{m}", "train", f"train.models={m}", cores_max=TRAIN_CORES_MAX) for m in MODELS]
+            trains = {m: _submit(f"train_{m}", "train", f"train.models={m}", cores_max=TRAIN_CORES_MAX) for m in MODELS}
+            for model, parts in COMPONENTS.items():  # the blend loads its components' published models
+                for part in parts:
+                    trains[part] >> trains[model]
+            current = list(trains.values())
         else:
             current = [_submit(stage, stage, *([models] if stage in ("tune", "recommend", "evaluate", "report") else []))]
         for task_ in previous:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -96,6 +97,27 @@ def coverage(model: Model, train_users: int, train_items: int) -> dict[str, int]
     }
 
 
+def published_components(
+    cfg: Config, names: Sequence[str], src: io.Source, tuned: Mapping[str, Mapping[str, Any]], fitted: Mapping[str, Model]
+) -> dict[str, Model]:
+    """Components of a composite model that an earlier `train` run (e.g. its own Airflow task)
+    published from this very split version with the same tuned params: loaded, not refitted.
+    The others are fitted by the composite's own `fit`."""
+    out: dict[str, Model] = {}
+    for name in names:
+        if name in fitted:
+            continue
+        try:
+            published = io.source(cfg, f"models/{name}")
+        except io.PrerequisiteError:
+            continue
+        manifest = published.manifest
+        if manifest.get("split_version") == src.version and manifest.get("tuned_overrides", {}) == dict(tuned.get(name, {})):
+            log.info("train: component %s loaded from %s", name, published.uri)
+            out[name] = MODELS[name].load(published.uri)
+    return out
+
+
 @stage_run("train")
 def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     """Fit every model of `train.models` on splits/<name>/train and publish models/<model>/.
@@ -121,6 +143,8 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         for name in cfg.train.models:
             spec = MODELS[name]
             overrides = tuned.get(name, {})
+            if spec.components is not None:
+                fitted.update(published_components(cfg, spec.components(cfg), src, tuned, fitted))
             log.info("train %s%s", name, f" with tuned params {overrides}" if overrides else "")
             model, info = fit_model(spec, cfg, train, overrides, tuned=tuned, fitted=fitted)
             fitted[name] = model
@@ -137,6 +161,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             params = {p.name: v for p, v in model.extractParamMap().items()}
             extra = {
                 "model": name,
+                "split_version": src.version,
                 "objective": spec.objective,
                 "score": spec.score,
                 "tuned_overrides": overrides,

@@ -369,3 +369,15 @@ def test_dag_test_runs_end_to_end(airflow_db, small_source, tmp_path, monkeypatc
     manifest = json.loads((day / "ratings" / "_manifest.json").read_text())
     assert str(small_source) in json.dumps(manifest), "ingest did not read the Variable's data source"
     assert not old.exists() and recent.exists(), "prune_old_runs: 2024-03-01 (> 30 days) removed, 2024-04-20 kept"
+
+
+def test_blend_trains_after_its_components(tmp_path, monkeypatch):
+    """train_blend loads the models its components' tasks publish, so it runs after them; a
+    component that is not trained in this DAG is fitted by the blend task itself (no edge)."""
+    conf = tmp_path / "blend.yaml"
+    conf.write_text("train:\n  models: [als_implicit, puresvd, blend, global_mean]\nblend:\n  components: [als_implicit, sgd_rank, puresvd]\n  weights: [0.3, 0.6, 0.1]\n")
+    monkeypatch.setenv("RECOSPARK_CONF", str(conf))
+    dag = _dagbag().dags["recospark"]
+    assert set(dag.get_task("train_blend").upstream_task_ids) == {"split", "train_als_implicit", "train_puresvd"}
+    assert "train_blend" in dag.get_task("train_als_implicit").downstream_task_ids
+    assert set(dag.get_task("train_global_mean").upstream_task_ids) == {"split"}

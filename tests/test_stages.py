@@ -162,3 +162,36 @@ def test_summary_json_is_valid_and_complete(published):
     summary = json.loads((Path(cfg.output.root) / "metrics" / "summary.json").read_text())
     assert set(summary["models"]) == set(cfg.train.models)
     assert all(summary["models"][m]["model"] == m for m in cfg.train.models)
+
+
+def test_blend_loads_its_published_components_instead_of_refitting(spark, published, tmp_path, monkeypatch):
+    """Airflow trains each model in its own task: the blend task then loads the components
+    published from the same split version (with the same tuned params) and fits none of them."""
+    import shutil
+
+    from pyspark.ml.recommendation import ALS
+
+    from recospark import train
+    from recospark.models.baselines import GlobalMean
+
+    cfg, _ = published
+    root = tmp_path / "out"
+    shutil.copytree(cfg.output.root, root, symlinks=True)
+
+    def refit(*_args, **_kwargs):
+        raise AssertionError("a published component was fitted again")
+
+    monkeypatch.setattr(ALS, "_fit", refit)
+    monkeypatch.setattr(GlobalMean, "_fit", refit)
+    blend_cfg = cfg.with_overrides(
+        {
+            "output.root": str(root),
+            "train.models": ["blend"],
+            "blend.components": ["als_implicit", "global_mean"],
+            "blend.weights": [0.5, 0.5],
+        }
+    )
+    out = train.run(spark, blend_cfg)
+    manifest = io.read_manifest(blend_cfg, "models/blend")
+    assert out["models"]["blend"]["path"] and manifest is not None
+    assert manifest["split_version"] == io.read_manifest(blend_cfg, "splits/random/train")["version"]

@@ -9,7 +9,7 @@ plus its config section.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
@@ -46,6 +46,8 @@ class ModelSpec:
     early_stopping: bool = False  # takes validationIndicatorCol; `train` then refits on all of train
     # builds the estimator when Params alone cannot (a blend of other models): see `build`
     builder: Callable[..., Estimator] | None = None
+    # the models it is built from (`train` fits or loads them first; the DAG orders their tasks)
+    components: Callable[[Config], Sequence[str]] | None = None
     # (estimator, fit rows, validation rows, config section) -> learning-curve records, for models
     # whose fitted object keeps no history of its own
     curve: Callable[[Estimator, DataFrame, DataFrame, ModelSection], list[dict[str, Any]]] | None = None
@@ -195,6 +197,7 @@ MODELS: dict[str, ModelSpec] = {
             "the weighted sum of the components' per-user standardized scores: higher ranks first; not a rating",
             settings=("components",),
             builder=lambda cfg, tuned, fitted: _build_blend(cfg, tuned, fitted),
+            components=lambda cfg: list(cfg.blend.components),
         ),
         ModelSpec(
             "bias",
