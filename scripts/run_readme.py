@@ -40,6 +40,7 @@ README = ROOT / "README.md"
 # First command line of the block (a regex, searched) -> why it is not run here.
 NOT_RUN: list[tuple[str, str]] = [
     (r"^make bench\b", "about 20 minutes (ML-1M and ML-10M shapes); its measured results are in README"),
+    (r"^\.venv/bin/python bench/bench_dsgd\.py --size 10m", "about 10 minutes (ML-10M shape); its measured results are in README"),
     (r"^hdfs dfs ", "needs HDFS"),
     (r"--master spark://master-host", "needs a real standalone master (master-host); the 'Try it on one machine' block runs the same submission against 127.0.0.1"),
     (r"--master yarn", "needs a YARN cluster"),
