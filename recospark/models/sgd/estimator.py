@@ -240,8 +240,6 @@ class SGDMatrixFactorization(Estimator, _SGDParams, EstimatorPersistence):
             "max_norm": self.getMaxNorm(),
         }
         fields = {f.name for f in dataclasses.fields(DSGDParams)}
-        if self.getLoss() != "squared" and "loss" not in fields:
-            raise NotImplementedError(f"loss={self.getLoss()!r} is not available in this build's DSGD engine")
         return DSGDParams(**{k: v for k, v in values.items() if k in fields})
 
     def _fit(self, dataset: DataFrame) -> SGDMatrixFactorizationModel:
