@@ -97,32 +97,6 @@ def test_planted_preferences_are_learned_through_the_estimator(spark, planted, l
     pd.testing.assert_frame_equal(loaded.itemBiasedFactors.orderBy("id").toPandas(), i.sort_values("id").reset_index(drop=True))
 
 
-def _factors(result) -> list[np.ndarray]:
-    u = result.user_factors.orderBy("id").toPandas()
-    i = result.item_factors.orderBy("id").toPandas()
-    return [np.stack(u.features), u.bias.to_numpy(), np.stack(i.features), i.bias.to_numpy()]
-
-
-@pytest.mark.parametrize("loss", ["bpr", "warp"])
-def test_ranking_fit_is_deterministic_and_plan_independent(spark, planted, loss):
-    """Same seed twice: identical factors; one fat task with 2 threads vs 2 tasks x 1 thread
-    (item groups moving between tasks, |N_u| from the driver's counts): identical too."""
-    df, _, _ = planted
-    train = df.select(F.col("user_id").alias("user"), F.col("movie_id").alias("item"), F.col("rating").alias("r"))
-    extra = {"max_norm": 1.5, "reg": 0.0} if loss == "warp" else {"num_negatives": 2}
-    params = {"rank": 4, "max_iter": 3, "num_blocks": 2, "inner_blocks": 2, "seed": 9, "step_size": 0.05, "loss": loss, **extra}
-    one = fit_dsgd(spark, train, None, DSGDParams(**params, threads=2))
-    again = fit_dsgd(spark, train, None, DSGDParams(**params, threads=1))
-    multi = fit_dsgd(spark, train, None, DSGDParams(**params, tasks=2, threads=1))
-    assert one.info["plan"]["tasks"] == 1 and multi.info["plan"]["tasks"] == 2
-    for a, b, c in zip(_factors(one), _factors(again), _factors(multi), strict=True):
-        np.testing.assert_array_equal(a, b)
-        np.testing.assert_array_equal(a, c)
-    assert [h["train_loss"] for h in one.history] == [h["train_loss"] for h in multi.history]
-    assert [h["updates"] for h in one.history] == [h["updates"] for h in multi.history]
-    assert one.global_mean == 0.0
-
-
 def _task_setup(loss: str, B: int = 2, K: int = 2, seed: int = 1):
     """A tiny problem cut by the worker's own setup pass, for the worker functions without Spark."""
     train, _ = _planted(seed=7)

@@ -16,6 +16,18 @@ factor matrix, owned by exactly one thread during a step, so a kernel may read a
 of it (e.g. sample negatives) without touching another thread's rows. `worker.train_stratum` is
 where a kernel runs; it passes the views, so a kernel sees rows [0, n) of its own blocks.
 
+Losses: `loss="squared"` runs kernel.py's biased-MF SGD on the ratings. The ranking losses
+("bpr", "warp"; ranking.py) run where the squared kernel would, one kernel call per sub-block:
+positives (ratings >= `positive_threshold`; 0: every rated item, a repeated pair once) against
+negatives drawn from the sub-block's own item inner block, so the no-conflict rule holds for
+the sampled rows too. Negatives and the visiting order (a permutation of the sub-block) are
+seeded by (seed, epoch, G, J, a, b) (`worker.sub_seed`), so ranking fits are bit-identical across
+plans like squared ones. The block weight needs |N_u| (catalogue minus the user's rated items)
+per user: the single task counts it from the blocks it holds; the multi-task plan's driver
+aggregates one count per user next to its index (no ratings, no factors). Ranking models have
+mu = 0 and no user bias (score b_i + p_u . q_i; warp: no item bias either, p_u . q_i), and no
+validation metric: validation rows are ignored, early stopping with them is an error.
+
 Per fit, in Spark jobs:
 
 1. Setup, one map-only pass (`mapInArrow`, no shuffle, no JVM sort): every input partition of
