@@ -14,6 +14,7 @@ from recospark.models.sgd import SGDMatrixFactorization, SGDMatrixFactorizationM
 from recospark.models.sgd import blocks as bk
 from recospark.models.sgd import worker as W
 from recospark.models.sgd.dsgd import DSGDParams, fit_dsgd
+from recospark.models.sgd.ranking import NO_TRACE, bpr_block
 from recospark.scoring import scoring_factors
 
 N_USERS, N_ITEMS = 80, 40  # items 1..20: group A, 21..40: group B; odd users like A, even users B
@@ -182,3 +183,27 @@ def test_invalid_ranking_combinations_fail_clearly_before_any_job(spark, planted
         fit_dsgd(spark, train, None, DSGDParams(loss="hinge"))
     # without a validation column the default earlyStoppingRounds is inert: no error
     assert SGDMatrixFactorization(loss="bpr", maxIter=1, rank=2).fit(df).numEpochs == 1
+
+
+def test_one_block_engine_equals_the_kernel_called_directly():
+    """B = K = 1: the worker's epoch is one bpr_block call over the whole matrix with the
+    sub-block's seed, a seeded permutation, |N_u| and share 1: the data path adds nothing else."""
+    cfg, source, train = _task_setup("bpr", B=1, K=1)
+    totals = W.user_neg_totals(cfg, source)
+    n_items = train.movie_id.nunique()
+    cfg = W.TaskConfig(**{**cfg.__dict__, "n_items": n_items, "neg_total": totals})
+    source.cfg = cfg
+    users, items = {0: W.group_factors(cfg, "U", 0)}, {0: W.group_factors(cfg, "I", 0)}
+    P, Q, bi = users[0].factors.copy(), items[0].factors.copy(), items[0].biases.copy()
+    sub = source.sub("R", 0, 0, 0, 0)
+    u, i, r, indptr = source.ranking_sub(sub, len(P))
+    for epoch in range(3):
+        W.train_stratum(cfg, 0, [0], users, items, source, lr=0.05, epoch=epoch, sums={})
+        seed, ss = W.sub_seed(cfg.seed, epoch, 0, 0, 0, 0)
+        order = np.random.default_rng(ss).permutation(len(r)).astype(np.int64)
+        bpr_block(u, i, r, indptr, order, P, Q, bi, 0, len(Q), 3, 0.05, cfg.reg, cfg.reg, cfg.bias_reg, -np.inf, totals[0], 1.0,
+                  seed, W.MAX_TRIES, NO_TRACE)  # fmt: skip
+    np.testing.assert_array_equal(users[0].factors, P)
+    np.testing.assert_array_equal(items[0].factors, Q)
+    np.testing.assert_array_equal(items[0].biases, bi)
+    assert not users[0].biases.any()
