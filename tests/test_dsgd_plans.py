@@ -69,6 +69,29 @@ def test_single_and_multi_task_plans_give_identical_factors(spark, ratings):
     assert [h["streamed_bytes"] + h["streamed_val_bytes"] for h in multi.history[1:]] == [0, 0]
 
 
+@pytest.mark.parametrize("loss", ["bpr", "warp"])
+def test_ranking_losses_give_identical_factors_across_plans_and_runs(spark, ratings, loss):
+    """The ranking kernels keep the promise: negatives are seeded by (seed, epoch, sub-block) and
+    |N_u| is the same whether the single task counts it from its blocks or the driver from
+    per-user counts, so one fat task, the same again with 1 thread, and 2 tasks agree bit for bit.
+    The validation rows are ignored (no validation metric for ranking losses)."""
+    train, val = ratings
+    extra = {"reg": 0.0, "max_norm": 1.5} if loss == "warp" else {"num_negatives": 2}
+    params = {**PARAMS, "loss": loss, **extra}
+    single = dsgd.fit_dsgd(spark, train, val, DSGDParams(**params))
+    again = dsgd.fit_dsgd(spark, train, None, DSGDParams(**params, threads=1))
+    multi = dsgd.fit_dsgd(spark, train, val, DSGDParams(**params, tasks=2, threads=1))
+    assert multi.info["plan"]["tasks"] == 2
+    for a, b, c in zip(_arrays(single), _arrays(again), _arrays(multi), strict=True):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+    for key in ("train_loss", "updates", "ratings", "step_size"):
+        assert [h[key] for h in single.history] == [h[key] for h in multi.history], key
+    assert all(h["val_loss"] is None and h["val_n"] == 0 for h in single.history + multi.history)
+    assert single.global_mean == 0.0 and single.n_validation == 0
+    assert not _arrays(single)[1].any()  # no user biases
+
+
 def test_missing_blocks_fall_back_to_streaming_with_the_same_result(spark, ratings):
     train, val = ratings
     reference = dsgd.fit_dsgd(spark, train, val, DSGDParams(**PARAMS))

@@ -319,7 +319,14 @@ def curves_section(inp: Inputs) -> str:
             else "per epoch on its train rows and the validation rows carved from train (early stopping watches the latter)"
         )
         refit = f"; then refit on all of train for {manifest['refit_epochs']} epochs" if manifest.get("refit_epochs") else ""
-        parts.append(H.para(f"{name}: RMSE {how}{refit}."))
+        objective = next((h.get("objective") for h in history if isinstance(h, dict) and h.get("objective")), None)
+        if objective:  # a ranking loss: its training loss per epoch, no validation metric
+            series = {k: v for k, v in series.items() if any(x is not None for x in v)}
+            parts.append(
+                H.para(f"{name}: mean {objective} loss per update on its train rows, per epoch (ranking losses have no validation metric).")
+            )
+        else:
+            parts.append(H.para(f"{name}: RMSE {how}{refit}."))
         parts.append(H.img(plots.learning_curve(epochs, series, f"{name} learning curve", xlabel=xlabel), f"{name} learning curve"))
         drawn += 1
     if not drawn:

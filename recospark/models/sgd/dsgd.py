@@ -16,6 +16,18 @@ factor matrix, owned by exactly one thread during a step, so a kernel may read a
 of it (e.g. sample negatives) without touching another thread's rows. `worker.train_stratum` is
 where a kernel runs; it passes the views, so a kernel sees rows [0, n) of its own blocks.
 
+Losses: `loss="squared"` runs kernel.py's biased-MF SGD on the ratings. The ranking losses
+("bpr", "warp"; ranking.py) run where the squared kernel would, one kernel call per sub-block:
+positives (ratings >= `positive_threshold`; 0: every rated item, a repeated pair once) against
+negatives drawn from the sub-block's own item inner block, so the no-conflict rule holds for
+the sampled rows too. Negatives and the visiting order (a permutation of the sub-block) are
+seeded by (seed, epoch, G, J, a, b) (`worker.sub_seed`), so ranking fits are bit-identical across
+plans like squared ones. The block weight needs |N_u| (catalogue minus the user's rated items)
+per user: the single task counts it from the blocks it holds; the multi-task plan's driver
+aggregates one count per user next to its index (no ratings, no factors). Ranking models have
+mu = 0 and no user bias (score b_i + p_u . q_i; warp: no item bias either, p_u . q_i), and no
+validation metric: validation rows are ignored, early stopping with them is an error.
+
 Per fit, in Spark jobs:
 
 1. Setup, one map-only pass (`mapInArrow`, no shuffle, no JVM sort): every input partition of
@@ -73,6 +85,7 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
 
+import numpy as np
 from pyspark import StorageLevel
 from pyspark.files import SparkFiles
 from pyspark.rdd import RDD
@@ -90,6 +103,7 @@ from recospark.models.sgd.worker import (
     BLOB_SCHEMA,
     ITEM_SALT,
     PACKED_SCHEMA,
+    RANKING,
     USER_SALT,
     SinglePlan,
     StagePlan,
@@ -97,8 +111,10 @@ from recospark.models.sgd.worker import (
     blobs_to_factor_rows,
     boundary_task,
     cleanup_task,
+    epoch_fields,
     extract_stats,
     initial_state,
+    neg_totals_from_counts,
     pack_partition,
     single_task_arrow,
     state_blobs,
@@ -137,6 +153,13 @@ class DSGDParams:
     inner_blocks: int = _D["innerBlocks"]  # K: inner blocks per group; a task's threads run K*B/tasks sub-blocks per step
     threads: int = _D["threads"]  # per task; 0: the executor's cores (local[N]: N; cluster: spark.executor.cores)
     tasks: int = _D["tasks"]  # Spark tasks per stratum; 0: 1 in local mode, else min(B, executors)
+    loss: str = _D["loss"]  # squared | bpr | warp (ranking.py): ranking losses have mu = 0, no user bias, no validation
+    num_negatives: int = _D["numNegatives"]  # bpr: negatives per positive
+    positive_threshold: float = _D["positiveThreshold"]  # ranking: ratings >= this are positives; 0: every rated item
+    block_weighting: bool = _D["blockWeighting"]  # ranking: unbiased block-restricted negatives (catalogue-wide |N_u|)
+    margin: float = _D["margin"]  # warp
+    max_trials: int = _D["maxTrials"]  # warp
+    max_norm: float = _D["maxNorm"]  # warp: row norm projection; 0 disables
     resident: bool = True  # keep ratings (and, single task, factors) in executor-local files
     epochs_per_job: int = 0  # single task: epochs per Spark job (0: all; a retry redoes at most one job)
 
@@ -219,6 +242,13 @@ def plan_execution(spark: SparkSession, p: DSGDParams) -> ExecutionPlan:
 _SINGLE_OUT = StructType([StructField("kind", StringType(), False), *BIASED_FACTORS.fields, StructField("blob", BinaryType(), False)])
 
 
+def _metrics_text(h: dict[str, Any]) -> str:
+    """An epoch's training/validation metrics for the progress log."""
+    if "train_loss" in h:
+        return f"{h['objective']} train_loss={h['train_loss']:.4f} updates={h['updates']}"
+    return f"train_rmse={h['train_rmse']:.4f} val_rmse=" + ("-" if h["val_rmse"] is None else f"{h['val_rmse']:.4f}")
+
+
 def _udf(fn, **kwargs):
     """A plain function for applyInPandas (it inspects type hints, which a functools.partial lacks)."""
 
@@ -240,6 +270,9 @@ class DSGD:
         self.K = params.inner_blocks
         if self.B < 1 or self.K < 1:
             raise ValueError(f"DSGD needs num_blocks >= 1 and inner_blocks >= 1, got {self.B}, {self.K}")
+        if params.loss != "squared" and params.loss not in RANKING:
+            raise ValueError(f"DSGD: loss must be 'squared' or one of {RANKING}, got {params.loss!r}")
+        self.ranking = params.loss in RANKING
         self.run_id = f"{int(time.time())}-{uuid.uuid4().hex[:12]}"
         self.plan = plan_execution(spark, params)
         self.info: dict[str, Any] = {"plan": asdict(self.plan), "run_id": self.run_id, "jobs": 0}
@@ -261,7 +294,13 @@ class DSGD:
             )
 
         train = cols(train)
+        if self.ranking and validation is not None:
+            if p.early_stopping_rounds > 0:
+                raise ValueError(f"DSGD: early_stopping_rounds must be 0 with loss={p.loss!r} (no validation metric for ranking losses)")
+            log.info("DSGD loss=%s: no validation metric for ranking losses; the validation rows are not used", p.loss)
+            validation = None
         users = items = None
+        neg_total = None
         if not self.plan.single:
             # several tasks must agree on every id's row: the index (4 bytes per id, no ratings, no
             # factors) is built on the driver from the distinct ids and travels in task closures.
@@ -275,6 +314,11 @@ class DSGD:
             k, idv = ids.column("k").to_numpy(), ids.column("id").to_numpy()
             users = bk.Index.build(idv[k == 0], p.seed, B, K, USER_SALT)
             items = bk.Index.build(idv[k == 1], p.seed, B, K, ITEM_SALT)
+            if self.ranking:  # |N_u| needs each user's number of rated items: one int per user, like the index
+                counts = train.groupBy("user").agg(F.countDistinct("item").alias("n")).toArrow()
+                neg_total = neg_totals_from_counts(
+                    users, len(items.ids), B, K, counts.column("user").to_numpy(), counts.column("n").to_numpy().astype(np.int64)
+                )
             self.info["setup_index_seconds"] = round(time.monotonic() - started, 3)
         slots = self.plan.tasks * self.plan.threads if self.plan.local else self.sc.defaultParallelism
 
@@ -313,7 +357,8 @@ class DSGD:
             raise ValueError("SGDMatrixFactorization: no training ratings")
         # n_val counts validation ratings of users/items unknown to training too: merging drops them,
         # and the exact count comes back from the first epoch
-        self.n_train, self.n_validation, self.mu = n_train, n_val, rsum / n_train
+        # ranking losses score b_i + p_u . q_i: no global mean (and no user bias: their kernels leave b_u at 0)
+        self.n_train, self.n_validation, self.mu = n_train, n_val, (0.0 if self.ranking else rsum / n_train)
         self.info["partials"] = {kind: sum(c for k, c in part_counts.items() if k[0] == kind) for kind in ("R", "V")}
         self.info["packed_bytes"] = packed_bytes  # |R| as blobs: 12 bytes per rating + 64 per partial
         self.cfg = TaskConfig(
@@ -332,6 +377,15 @@ class DSGD:
             items=items,
             sub_counts=sub_counts,
             part_counts=part_counts,
+            loss=p.loss,
+            num_negatives=p.num_negatives,
+            pos_threshold=p.positive_threshold if p.positive_threshold > 0 else float("-inf"),
+            block_weighting=p.block_weighting,
+            margin=p.margin,
+            max_trials=p.max_trials,
+            max_norm=p.max_norm,
+            n_items=len(items.ids) if items is not None else 0,
+            neg_total=neg_total,
         )
         self.info["setup_seconds"] = round(time.monotonic() - started, 3)
         self.info["store_written_at_setup"] = bool(write)
@@ -446,14 +500,7 @@ class DSGD:
                     "streamed": streamed and k == 0,
                 }
                 history.append(self._entry(h, h["task_seconds"] + (overhead if k == 0 else 0.0)))
-                log.info(
-                    "epoch %d/%d train_rmse=%.4f val_rmse=%s step=%.5f",
-                    h["epoch"],
-                    p.max_iter,
-                    h["train_rmse"],
-                    "-" if h["val_rmse"] is None else f"{h['val_rmse']:.4f}",
-                    h["step_size"],
-                )
+                log.info("epoch %d/%d %s step=%.5f", h["epoch"], p.max_iter, _metrics_text(h), h["step_size"])
             progress = Progress(**stats["progress"])
             streamed = always_stream  # else the store is now where the task ran
             if stats["finished"]:  # `out` holds the best factors as rows: cut them loose from training
@@ -576,17 +623,17 @@ class DSGD:
                 continue
             sums = {k: v for s in parts for k, v in s["sums"].items()}
             vsums = {k: v for s in parts for k, v in s.get("val_sums", {}).items()}
-            sse, n = total(sums)
+            _, n = total(sums)
             if n != self.n_train:
                 raise AssertionError(f"epoch {epoch + 1} visited {n} ratings, expected {self.n_train}")
             vsse, vn = total(vsums)
             if self.n_validation:
                 self.n_validation = int(vn)  # the exact count, unknown ids dropped
-            train_rmse = math.sqrt(sse / n)
             val_rmse = math.sqrt(vsse / vn) if vn else None
+            train_metric, fields = epoch_fields(p.loss, sums, val_rmse)
             nxt, improved = bk.advance(
                 progress,
-                train_rmse,
+                train_metric,
                 val_rmse,
                 early_rounds=p.early_stopping_rounds if early else 0,
                 schedule=p.schedule,
@@ -597,11 +644,9 @@ class DSGD:
             history.append(
                 {
                     "epoch": epoch + 1,
-                    "train_rmse": train_rmse,
-                    "val_rmse": val_rmse,
+                    **fields,
                     "step_size": progress.lr,
                     "seconds": round(seconds, 4),
-                    "updates": int(n),
                     "val_n": int(vn),
                     "kernel_seconds": max(s["kernel_seconds"] for s in parts),
                     "kernel_cpu_seconds": sum(s["kernel_cpu_seconds"] for s in parts),
@@ -614,15 +659,7 @@ class DSGD:
                     "streamed": streamed,
                 }
             )
-            log.info(
-                "epoch %d/%d train_rmse=%.4f val_rmse=%s step=%.5f %.1fs",
-                epoch + 1,
-                p.max_iter,
-                train_rmse,
-                "-" if val_rmse is None else f"{val_rmse:.4f}",
-                progress.lr,
-                seconds,
-            )
+            log.info("epoch %d/%d %s step=%.5f %.1fs", epoch + 1, p.max_iter, _metrics_text(fields), progress.lr, seconds)
             if improved:
                 best = out
             progress = nxt

@@ -38,8 +38,10 @@ class SGDMatrixFactorization(Estimator, _SGDParams, EstimatorPersistence):
     Ratings are hashed into `numBlocks` x `numBlocks` blocks; each stratum updates disjoint
     user and item blocks in parallel, so factors stay distributed and never reach the driver.
     `loss='squared'` fits the ratings (Funk/Koren biased MF, predictions are ratings); the
-    ranking losses fit positives against sampled negatives for top-N lists (scores rank items,
-    they are not ratings).
+    ranking losses ('bpr', 'warp') fit positives against negatives sampled inside the stratum's
+    item block for top-N lists (scores rank items, they are not ratings). Ranking losses have no
+    validation metric: with `validationIndicatorCol` set, `earlyStoppingRounds` must be 0 (the
+    validation rows are then left out of training and unused).
 
     Examples
     --------
@@ -240,8 +242,6 @@ class SGDMatrixFactorization(Estimator, _SGDParams, EstimatorPersistence):
             "max_norm": self.getMaxNorm(),
         }
         fields = {f.name for f in dataclasses.fields(DSGDParams)}
-        if self.getLoss() != "squared" and "loss" not in fields:
-            raise NotImplementedError(f"loss={self.getLoss()!r} is not available in this build's DSGD engine")
         return DSGDParams(**{k: v for k, v in values.items() if k in fields})
 
     def _fit(self, dataset: DataFrame) -> SGDMatrixFactorizationModel:
@@ -269,7 +269,8 @@ class SGDMatrixFactorizationModel(Model, _SGDModelParams, _RecommenderModelSette
     """Fitted DSGD model: biased factors (id, features, bias), the global mean and the training history.
 
     `transform` adds `mu + b_u + b_i + p_u . q_i`: the predicted rating for `loss='squared'`,
-    a ranking score (higher = recommended first) for the ranking losses.
+    a ranking score (higher = recommended first) for the ranking losses, whose models have
+    mu = 0 and b_u = 0 (score `b_i + p_u . q_i`; warp also trains no item bias).
     """
 
     _TABLES: ClassVar[Mapping[str, StructType | None]] = {_USERS_TABLE: BIASED_FACTORS, _ITEMS_TABLE: BIASED_FACTORS}

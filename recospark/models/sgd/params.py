@@ -14,7 +14,8 @@ from pyspark.ml.param.shared import HasCheckpointInterval, HasMaxIter, HasRegPar
 from recospark.models.params import _RecommenderModelParams, _RecommenderParams
 from recospark.schema import MOVIE_ID, PREDICTION, RATING, USER_ID
 
-LOSSES = ("squared", "bpr", "logistic", "warp")
+LOSSES = ("squared", "bpr", "warp")
+RANKING_LOSSES = ("bpr", "warp")
 SCHEDULES = ("decay", "bold_driver")
 
 # Param name -> default. Chosen in development runs on a validation carve of ML-100K's u1.base.
@@ -115,13 +116,14 @@ class _SGDParams(
         Params._dummy(),
         "loss",
         "objective: 'squared' (explicit ratings, predicts the rating) or a top-N ranking loss over "
-        "positives vs sampled negatives: 'bpr', 'logistic', 'warp'",
+        "positives vs sampled negatives: 'bpr' (item biases, L2) or 'warp' (no biases; use maxNorm, "
+        "regParam 0); ranking losses have no user bias, no global mean and no validation metric",
         TypeConverters.toString,
     )
     numNegatives: Param[int] = Param(
         Params._dummy(),
         "numNegatives",
-        "ranking losses: negatives sampled per positive (warp: the most tries per positive)",
+        "bpr: negatives sampled per positive (warp samples up to maxTrials per positive instead)",
         TypeConverters.toInt,
     )
     positiveThreshold: Param[float] = Param(
@@ -226,5 +228,11 @@ class _SGDParams(
         ):
             if not ok:
                 problems.append(f"{name} must be {need}, got {self.getOrDefault(name)!r}")
+        validating = self.isDefined(self.validationIndicatorCol) and bool(self.getOrDefault(self.validationIndicatorCol))
+        if self.getLoss() in RANKING_LOSSES and validating and self.getEarlyStoppingRounds() > 0:
+            problems.append(
+                f"earlyStoppingRounds must be 0 with loss={self.getLoss()!r} (no validation metric for ranking losses; "
+                f"choose maxIter on a ranking metric instead), got {self.getEarlyStoppingRounds()}"
+            )
         if problems:
             raise ValueError("SGDMatrixFactorization: " + "; ".join(problems))

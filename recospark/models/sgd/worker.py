@@ -31,10 +31,15 @@ from recospark import faults
 from recospark.models.sgd import blocks as bk
 from recospark.models.sgd.blocks import FactorBlock, Progress, Store, SubBlock
 from recospark.models.sgd.kernel import NO_ORDER, sgd_block, sse_block, warm_up
+from recospark.models.sgd.ranking import NO_TRACE, NO_WEIGHTS, bpr_block, csr_indptr, warp_block
+from recospark.models.sgd.ranking import warm_up as ranking_warm_up
 
 USER_SALT, ITEM_SALT = 1, 2  # blocks.hash_blocks salts
 PACKED_SCHEMA = "kind string, G int, J int, a int, b int, part int, n long, rsum double, blob binary"
 BLOB_SCHEMA = "kind string, grp int, blob binary"
+RANKING = ("bpr", "warp")  # the ranking losses (ranking.py); "squared" runs kernel.py
+MAX_TRIES = 32  # ranking: redraws of a negative the user rated before it is skipped
+NO_BIAS = np.zeros(0, np.float32)  # warp trains without item biases (score p_u . q_i)
 
 # ---------------------------------------------------------------------------------------------
 # per-process state: compiled kernels and a thread pool, both created once per Python worker
@@ -44,12 +49,16 @@ _POOLS: dict[int, ThreadPoolExecutor] = {}
 _POOL_LOCK = threading.Lock()
 
 
-def ensure_warm() -> float:
-    """Load/compile the kernels once per Python worker; returns the seconds this call took."""
-    if "s" in _WARM:
-        return 0.0
-    s = warm_up()
-    _WARM["s"] = s
+def ensure_warm(ranking: bool = False) -> float:
+    """Load/compile the kernels (with `ranking`, the ranking kernels too) once per Python worker;
+    returns the seconds this call took."""
+    s = 0.0
+    if "s" not in _WARM:
+        _WARM["s"] = warm_up()
+        s += _WARM["s"]
+    if ranking and "r" not in _WARM:
+        _WARM["r"] = ranking_warm_up()
+        s += _WARM["r"]
     return s
 
 
@@ -108,6 +117,21 @@ class TaskConfig:
     # (kind, G, J, a, b) -> number of partial blobs the setup pass wrote for it
     part_counts: dict = field(default_factory=dict)
     root: str | None = None  # the store's root directory; None: blocks.store_root() (tests pass a tmp dir)
+    # ranking losses (ranking.py); "squared" ignores these
+    loss: str = "squared"
+    num_negatives: int = 1
+    pos_threshold: float = float("-inf")  # a rating >= this is a positive
+    block_weighting: bool = True
+    margin: float = 1.0
+    max_trials: int = 100
+    max_norm: float = 0.0
+    n_items: int = 0  # the catalogue: items with training ratings
+    # user group -> |N_u| (n_items minus the user's rated items) per row of P_G; set before training
+    neg_total: dict | None = None
+
+    @property
+    def ranking(self) -> bool:
+        return self.loss in RANKING
 
     def store(self) -> Store:
         return Store(self.run_id, self.root)
@@ -199,6 +223,7 @@ class Source:
         self.store = store
         self.streamed = streamed or {}
         self.merged: dict[str, SubBlock] = {}
+        self.csr: dict[str, tuple] = {}  # ranking: (users, items, ratings, indptr) per sub-block
         self.missing: list[str] = []
         self._listing: list[str] | None = None
         self._lock = threading.Lock()
@@ -249,6 +274,26 @@ class Source:
             self.merged[name] = sub
         return sub
 
+    def ranking_sub(self, sub: SubBlock, n_users: int) -> tuple:
+        """(users, items, ratings, indptr) of a training sub-block as the ranking kernels take
+        them: writable copies, a repeated (user, item) pair kept once (its highest rating, which
+        merge_subs sorts last), indptr the CSR over the inner block's `n_users` users. Cached."""
+        name = bk.sub_name("R", sub.G, sub.J, sub.a, sub.b)
+        with self._lock:
+            got = self.csr.get(name)
+        if got is not None:
+            return got
+        u, i, r = np.array(sub.users, np.int32), np.array(sub.items, np.int32), np.array(sub.ratings, np.float32)
+        if len(u) > 1:
+            key = (u.astype(np.int64) << 32) | i.astype(np.int64)
+            last = np.r_[np.diff(key) != 0, True]
+            if not last.all():
+                u, i, r = u[last], i[last], r[last]
+        got = (u, i, r, csr_indptr(u, n_users))
+        with self._lock:
+            self.csr[name] = got
+        return got
+
     def prefetch(self, keys: list[tuple], threads: int) -> None:
         """Merge the sub-blocks `keys` ((kind, G, J, a, b)) on `threads` threads."""
         run_jobs([lambda k=k: self.sub(*k) for k in keys], threads)
@@ -294,10 +339,14 @@ def train_stratum(
     epoch: int,
     sums: dict[tuple[int, int], list[float]],
     trace: list | None = None,
+    neg_trace: dict | None = None,
 ) -> Timer:
     """One outer stratum for the user groups `groups`: K inner steps, each running its disjoint
-    sub-blocks on `cfg.threads` threads. Adds (sse, n) per outer block (G, J) into `sums`, summed
-    in a fixed order so any plan gives identical floats. Factors are updated in place."""
+    sub-blocks on `cfg.threads` threads. Adds (loss, ratings, updates) per outer block (G, J) into
+    `sums` (squared: loss = sse, updates = ratings), summed in a fixed order so any plan gives
+    identical floats. Factors are updated in place. Ranking losses: `neg_trace` (tests), when
+    given, receives (epoch, G, J, a, b) -> the first negatives each sub-block's kernel drew, as
+    rows of the item inner block's view."""
     timer = Timer()
     for t, step in enumerate(bk.step_blocks(cfg.seed, epoch, shift, groups, cfg.B, cfg.K)):
         jobs, keys = [], []
@@ -309,7 +358,13 @@ def train_stratum(
                 continue
             P, bu = _views(users[G], a)
             Q, bi = _views(items[J], b)
-            jobs.append(_kernel_job(sub, P, Q, bu, bi, cfg.mu, lr, cfg.reg, cfg.bias_reg))
+            if cfg.ranking:
+                rtrace = NO_TRACE
+                if neg_trace is not None:
+                    rtrace = neg_trace[(epoch, G, J, a, b)] = np.full(4096, -1, np.int64)
+                jobs.append(_ranking_job(cfg, source.ranking_sub(sub, P.shape[0]), users[G], a, P, Q, bi, lr, epoch, (G, J, a, b), rtrace))
+            else:
+                jobs.append(_kernel_job(sub, P, Q, bu, bi, cfg.mu, lr, cfg.reg, cfg.bias_reg))
             keys.append((G, J, len(sub.ratings)))
             if trace is not None:  # (step, G, J, a, b, user rows of P_G, item rows of Q_J, ratings)
                 ul, il = users[G].lo, items[J].lo
@@ -323,10 +378,11 @@ def train_stratum(
         results: list[Any] = [None] * len(jobs)
         for x, res in zip(order, done, strict=False):
             results[x] = res
-        for (G, J, n), (sse, secs) in zip(keys, results, strict=False):
-            acc = sums.setdefault((G, J), [0.0, 0])
-            acc[0] += sse
+        for (G, J, n), (loss, updates, secs) in zip(keys, results, strict=False):
+            acc = sums.setdefault((G, J), [0.0, 0, 0])
+            acc[0] += loss
             acc[1] += n
+            acc[2] += updates
             timer.cpu += secs
             timer.calls += 1
     return timer
@@ -336,9 +392,86 @@ def _kernel_job(sub: SubBlock, P, Q, bu, bi, mu, lr, reg, bias_reg):
     def job():
         t0 = time.perf_counter()
         sse = sgd_block(sub.users, sub.items, sub.ratings, NO_ORDER, P, Q, bu, bi, mu, lr, reg, bias_reg)
-        return sse, time.perf_counter() - t0
+        return sse, len(sub.ratings), time.perf_counter() - t0
 
     return job
+
+
+def sub_seed(seed: int, epoch: int, G: int, J: int, a: int, b: int) -> tuple[int, np.random.SeedSequence]:
+    """(negative-sampling seed in [0, 2^63), the seeded generator of the visiting order) of one
+    sub-block in one epoch: functions of (seed, epoch, sub-block) only, never of the plan."""
+    ss = bk.seed_seq(seed, 5, epoch, G, J, a, b)
+    return int(ss.generate_state(1, np.uint64)[0] >> np.uint64(1)), ss
+
+
+def _ranking_job(cfg: TaskConfig, csr: tuple, fb: FactorBlock, a: int, P, Q, bi, lr: float, epoch: int, key: tuple, trace):
+    """A ranking kernel over one sub-block: negatives from the item inner block's rows only (the
+    view Q: rows [0, len(Q))), positions visited in a seeded permutation, the block weight
+    |N_u ∩ B_b| / (share * |N_u|) with share = the item block's part of the catalogue."""
+    users_idx, items_idx, ratings, indptr = csr
+    seed, ss = sub_seed(cfg.seed, epoch, *key)
+    order = np.random.default_rng(ss).permutation(len(ratings)).astype(np.int64)
+    span = Q.shape[0]
+    if cfg.block_weighting:
+        assert cfg.neg_total is not None, "ranking: neg_total must be set before training"
+        neg_total = cfg.neg_total[fb.group][int(fb.lo[a]) : int(fb.lo[a + 1])]
+    else:
+        neg_total = NO_WEIGHTS
+    share = span / cfg.n_items if cfg.n_items else 1.0
+
+    def job():
+        t0 = time.perf_counter()
+        if cfg.loss == "bpr":
+            loss, updates, _ = bpr_block(
+                users_idx, items_idx, ratings, indptr, order, P, Q, bi, 0, span,
+                cfg.num_negatives, lr, cfg.reg, cfg.reg, cfg.bias_reg, cfg.pos_threshold, neg_total, share,
+                seed, MAX_TRIES, trace,
+            )  # fmt: skip
+        else:
+            loss, updates, _ = warp_block(
+                users_idx, items_idx, ratings, indptr, order, P, Q, NO_BIAS, 0, span,
+                lr, cfg.reg, cfg.reg, 0.0, cfg.pos_threshold, neg_total, cfg.margin, cfg.max_trials,
+                cfg.max_norm, seed, MAX_TRIES, trace,
+            )  # fmt: skip
+        return loss, updates, time.perf_counter() - t0
+
+    return job
+
+
+def user_neg_totals(cfg: TaskConfig, source: Source) -> dict[int, np.ndarray]:
+    """|N_u| = catalogue size minus the user's rated items (all item blocks), per row of every
+    user group's P_G: from the training sub-blocks this task holds (every one, single task)."""
+    assert cfg.users is not None and cfg.items is not None
+    n_items = len(cfg.items.ids)
+    out = {}
+    for G in range(cfg.B):
+        sizes = [cfg.users.size(G, a) for a in range(cfg.K)]
+        lo = np.r_[0, np.cumsum(sizes)].astype(np.int64)
+        count = np.zeros(int(lo[-1]), np.int64)
+        for J in range(cfg.B):
+            for a, b in cfg.subs("R", G, J):
+                sub = source.sub("R", G, J, a, b)
+                if sub is None:
+                    return {}
+                u = source.ranking_sub(sub, sizes[a])[0]
+                count[lo[a] : lo[a + 1]] += np.bincount(u, minlength=sizes[a])
+        out[G] = n_items - count
+    return out
+
+
+def neg_totals_from_counts(users: bk.Index, n_items: int, B: int, K: int, ids: np.ndarray, counts: np.ndarray) -> dict[int, np.ndarray]:
+    """`user_neg_totals` from (user id, distinct rated items) pairs (the multi-task plan's driver
+    aggregates these next to its index: one int per user, no ratings, no factors)."""
+    known, group, inner, row = users.lookup(ids)
+    out = {}
+    for G in range(B):
+        sizes = [users.size(G, a) for a in range(K)]
+        lo = np.r_[0, np.cumsum(sizes)].astype(np.int64)
+        count = np.zeros(int(lo[-1]), np.int64)
+        sel = known & (group == G)
+        count[lo[inner[sel]] + row[sel]] = counts[sel]
+        out[G] = n_items - count
+    return out
 
 
 def validation_sums(
@@ -384,6 +517,20 @@ def total(sums: dict[tuple[int, int], list[float]]) -> tuple[float, int]:
         sse += sums[key][0]
         n += int(sums[key][1])
     return sse, n
+
+
+def epoch_fields(loss: str, sums: dict[tuple[int, int], list[float]], val_rmse: float | None) -> tuple[float, dict[str, Any]]:
+    """(the training metric the step schedule watches, history fields) of one epoch from the
+    training `sums` (loss, ratings, updates per outer block). Squared: RMSE over the ratings and
+    validation RMSE. Ranking: the objective's mean loss per update (bpr: -log sigmoid per pair;
+    warp: H(rank)-weighted hinge per update) and no validation metric (val_loss None)."""
+    value, n = total(sums)
+    updates = sum(int(sums[key][2]) for key in sorted(sums))
+    if loss in RANKING:
+        train_loss = value / updates if updates else float("nan")
+        return train_loss, {"objective": loss, "train_loss": train_loss, "val_loss": None, "updates": updates, "ratings": int(n)}
+    train_rmse = float(np.sqrt(value / n)) if n else float("nan")
+    return train_rmse, {"train_rmse": train_rmse, "val_rmse": val_rmse, "updates": int(n)}
 
 
 def _rmse(sse: float, n: int) -> float | None:
@@ -521,7 +668,6 @@ def run_epochs(plan: SinglePlan, users, items, source: Source):
             timer.add(train_stratum(cfg, shift, groups, users, items, source, lr=pr.lr, epoch=pr.epoch, sums=sums))
             if source.missing:
                 return history, pr, best
-        sse, n = total(sums)
         val_rmse, val_n = None, 0
         if plan.validation:
             vsums, vt = validation_sums(cfg, groups, users, items, source)
@@ -530,10 +676,10 @@ def run_epochs(plan: SinglePlan, users, items, source: Source):
             vsse, val_n = total(vsums)
             val_rmse = _rmse(vsse, val_n)
             timer.add(vt)
-        train_rmse = float(np.sqrt(sse / n)) if n else float("nan")
+        train_metric, fields = epoch_fields(cfg.loss, sums, val_rmse)
         nxt, _ = bk.advance(
             pr,
-            train_rmse,
+            train_metric,
             val_rmse,
             early_rounds=plan.early_rounds,
             schedule=plan.schedule,
@@ -543,10 +689,8 @@ def run_epochs(plan: SinglePlan, users, items, source: Source):
         history.append(
             {
                 "epoch": pr.epoch + 1,
-                "train_rmse": train_rmse,
-                "val_rmse": val_rmse,
+                **fields,
                 "step_size": pr.lr,
-                "updates": int(n),
                 "val_n": int(val_n),
                 "task_seconds": time.perf_counter() - t0,
                 "kernel_seconds": timer.wall,
@@ -574,7 +718,7 @@ def single_task(index: int, records: Iterable, *, plan: SinglePlan) -> Iterator[
 
     started, started_at = time.perf_counter(), time.time()
     faults.fail_first_attempt(plan.fail_partition, "DSGD single-task epochs")
-    compile_s = ensure_warm()
+    compile_s = ensure_warm(plan.cfg.ranking)
     cfg = plan.cfg
     store = cfg.store()
     store.forget_other_runs()
@@ -607,6 +751,10 @@ def single_task(index: int, records: Iterable, *, plan: SinglePlan) -> Iterator[
         if not source.missing:  # ratings kept after merging (validation rows of unknown ids dropped)
             stats["n_train"] = sum(len(source.merged[bk.sub_name(*k)].ratings) for k in keys if k[0] == "R")
             stats["n_validation"] = sum(len(source.merged[bk.sub_name(*k)].ratings) for k in keys if k[0] == "V")
+            if cfg.ranking and cfg.neg_total is None:  # |N_u| from every training sub-block, here in the task
+                assert cfg.items is not None
+                cfg = replace(cfg, n_items=len(cfg.items.ids), neg_total=user_neg_totals(cfg, source))
+                plan = replace(plan, cfg=cfg)
     if users is None or source.missing:
         stats.update(
             missing=len(source.missing), missing_example=source.missing[:3], history=[], task_seconds=time.perf_counter() - started
@@ -753,7 +901,7 @@ def stratum_task(index: int, records: Iterable, *, plan: StagePlan) -> Iterator[
 
     started = time.perf_counter()
     faults.fail_first_attempt(plan.fail_partition, "DSGD stratum")
-    compile_s = ensure_warm()
+    compile_s = ensure_warm(plan.cfg.ranking)
     cfg = plan.cfg
     store = cfg.store()
     store.forget_other_runs()
@@ -888,9 +1036,11 @@ __all__ = [
     "build_index",
     "cleanup_task",
     "ensure_warm",
+    "epoch_fields",
     "extract_stats",
     "group_factors",
     "initial_state",
+    "neg_totals_from_counts",
     "pack_partition",
     "run_epochs",
     "run_jobs",
@@ -898,8 +1048,10 @@ __all__ = [
     "single_task_arrow",
     "state_blobs",
     "stratum_task",
+    "sub_seed",
     "total",
     "train_stratum",
+    "user_neg_totals",
     "validation_sums",
     "with_index",
 ]
