@@ -102,9 +102,9 @@ class ALSConf(ModelSection):
     num_blocks: int = Field(4, ge=1)
     checkpoint_interval: int = Field(5, ge=1)
     curve_iters: tuple[int, ...] = Field(
-        (1, 5, 10),
-        description="train records ALS's RMSE curve by refitting at these maxIter values on train minus "
-        "the validation carve (the last point is the model itself); [] skips it",
+        (),
+        description="train records ALS's RMSE curve by refitting at these maxIter values (and at max_iter) on "
+        "train minus the validation carve, e.g. [1, 5, 10]: one extra ALS fit per point; () skips it",
     )
 
 

@@ -28,7 +28,7 @@ from recospark import io, ranking
 from recospark.config import Config
 from recospark.frames import first_row
 from recospark.models.table import MODELS
-from recospark.runtime import stage_run
+from recospark.runtime import for_each_model, stage_run
 from recospark.schema import MOVIE_ID, PREDICTION, RATING, RATINGS, RECOMMENDATIONS, USER_ID
 
 __all__ = ["RATING_METRICS", "cold_start_counts", "predict", "rating_metrics", "run", "summary_table", "with_seen_flags"]
@@ -190,7 +190,8 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         test = flagged.drop(_SEEN_USER, _SEEN_ITEM)
         warm = flagged.filter(F.col(_SEEN_USER) & F.col(_SEEN_ITEM)).drop(_SEEN_USER, _SEEN_ITEM)
         n_items = train.select(MOVIE_ID).distinct().count()
-        for name in cfg.train.models:
+
+        def evaluate_one(name: str) -> dict[str, Any]:
             spec = MODELS[name]
             manifest = dict(model_srcs[name].manifest)
             metrics: dict[str, Any] = {"model": name, "objective": spec.objective, **dict.fromkeys(RATING_METRICS), "n_scored": None}
@@ -212,8 +213,11 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
                 history=manifest.get("history", []),
                 score=spec.score,
             )
-            results[name] = metrics
             log.info("evaluate %s: rmse=%s ndcg@%d=%s", name, _fmt(metrics["rmse"]), k, _fmt(metrics.get(f"ndcg@{k}")))
+            return metrics
+
+        names = list(cfg.train.models)
+        results = dict(zip(names, for_each_model(spark, evaluate_one, names), strict=True))
     finally:
         flagged.unpersist()
         train.unpersist()

@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 from recospark import io
 from recospark.config import Config
 from recospark.models.table import MODELS
-from recospark.runtime import stage_run
+from recospark.runtime import for_each_model, stage_run
 from recospark.schema import FACTOR_ID, MOVIE_ID, MOVIES, RANK, RATINGS, RECOMMENDATIONS, TITLE, USER_ID
 from recospark.scoring import scoring_factors, top_n
 
@@ -67,28 +67,31 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     rated = train_src.read(spark, RATINGS).select(USER_ID, MOVIE_ID).cache()
     movies = movies_src.read(spark, MOVIES).cache()
     catalogued = bool(movies_src.manifest.get("rows"))
-    out: dict[str, Any] = {}
+
+    def recommend_one(name: str) -> dict[str, Any]:
+        src, spec = model_srcs[name], MODELS[name]
+        users, items = scoring_factors(spec.load(src.uri))
+        excluded = 0
+        if catalogued:
+            excluded = items.join(F.broadcast(movies.select(F.col(MOVIE_ID).alias(FACTOR_ID))), FACTOR_ID, "left_anti").count()
+            items = items.transform(filter_catalogued(movies))
+            if excluded:
+                log.warning("recommend %s: %d items with factors are not in movies/ and are never recommended", name, excluded)
+        recs = top_n(users, items, rated, cfg.recommend.n, cfg.recommend.user_block_size).transform(with_titles(movies))
+        published = io.publish_dataframe(
+            recs.orderBy(USER_ID, RANK),
+            cfg,
+            f"recommendations/{name}",
+            inputs=[src, train_src, movies_src],
+            extra={"n": cfg.recommend.n, "score": spec.score, "objective": spec.objective, "uncatalogued_items_excluded": excluded},
+        )
+        n_users = spark.read.parquet(published.path).select(USER_ID).distinct().count()
+        log.info("recommend %s: %d rows for %d users -> %s", name, published.rows, n_users, published.path)
+        return {"path": published.path, "rows": published.rows, "users": n_users}
+
     try:
-        for name, src in model_srcs.items():
-            spec = MODELS[name]
-            users, items = scoring_factors(spec.load(src.uri))
-            excluded = 0
-            if catalogued:
-                excluded = items.join(F.broadcast(movies.select(F.col(MOVIE_ID).alias(FACTOR_ID))), FACTOR_ID, "left_anti").count()
-                items = items.transform(filter_catalogued(movies))
-                if excluded:
-                    log.warning("recommend %s: %d items with factors are not in movies/ and are never recommended", name, excluded)
-            recs = top_n(users, items, rated, cfg.recommend.n, cfg.recommend.user_block_size).transform(with_titles(movies))
-            published = io.publish_dataframe(
-                recs.orderBy(USER_ID, RANK),
-                cfg,
-                f"recommendations/{name}",
-                inputs=[src, train_src, movies_src],
-                extra={"n": cfg.recommend.n, "score": spec.score, "objective": spec.objective, "uncatalogued_items_excluded": excluded},
-            )
-            n_users = spark.read.parquet(published.path).select(USER_ID).distinct().count()
-            out[name] = {"path": published.path, "rows": published.rows, "users": n_users}
-            log.info("recommend %s: %d rows for %d users -> %s", name, published.rows, n_users, published.path)
+        names = list(model_srcs)
+        out = dict(zip(names, for_each_model(spark, recommend_one, names), strict=True))
     finally:
         rated.unpersist()
         movies.unpersist()

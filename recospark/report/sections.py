@@ -310,6 +310,10 @@ def curves_section(inp: Inputs) -> str:
             continue
         history = manifest.get("history") or []
         if not history:
+            if MODELS[name].curve is not None:  # ALS records one only when asked: each point is an extra fit
+                parts.append(
+                    H.note(f"{name}: no learning curve recorded (set {name}.curve_iters, e.g. [1, 5, 10]: one extra fit per point)")
+                )
             continue
         epochs, series = history_series(history)
         xlabel = "maxIter" if MODELS[name].curve is not None else "epoch"
