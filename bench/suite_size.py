@@ -91,6 +91,7 @@ def main(argv=None) -> int:
     ap.add_argument("--size", choices=SIZES, required=True)
     ap.add_argument("--work", default="/tmp/recospark-bench")
     ap.add_argument("--driver-memory", default="12g")
+    ap.add_argument("--skip-mllib-topn", action="store_true")
     args = ap.parse_args(argv)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -184,7 +185,8 @@ def main(argv=None) -> int:
         ranked = kept.withColumn(RANK, F.row_number().over(Window.partitionBy(USER_ID).orderBy(F.desc(SCORE), MOVIE_ID)))
         ranked.filter(F.col(RANK) <= n).write.format("noop").mode("overwrite").save()
 
-    timed(r, "topn_mllib_s", mllib_top_n)
+    if not args.skip_mllib_topn:
+        timed(r, "topn_mllib_s", mllib_top_n)
     spark.stop()
     sampler.stop.set()
     sampler.join()
