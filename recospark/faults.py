@@ -14,11 +14,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-import pandas as pd
 from pyspark import TaskContext
 from pyspark.sql import DataFrame
 
 if TYPE_CHECKING:  # config imports the models' Params, which import nothing from here
+    import pandas as pd  # types only: Python workers import this module and need not load pandas
+
     from recospark.config import FaultsConf
 
 # where -> partition whose first attempt fails; set on the driver by `armed`

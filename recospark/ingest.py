@@ -45,16 +45,23 @@ _STATUSES = ("ok", "rejected", "blank", "header")
 _KNOWN = "_known_movie"
 
 
-def rating_counts(parsed: DataFrame, catalogue: DataFrame | None = None, by_file: bool = False) -> dict[Any, dict[str, int]]:
-    """Everything ingest reports about parsed lines, in one Spark job (per source file when `by_file`):
-    lines per status, `accepted` = distinct (user, movie) pairs among the ok lines (duplicates keep
-    one), and with a `catalogue` (movie_id) `unknown` = accepted pairs whose movie is not in it."""
+def rating_counts(
+    parsed: DataFrame, catalogue: DataFrame | None = None, by_file: bool = False, pairs: bool = True
+) -> dict[Any, dict[str, int]]:
+    """What ingest reports about parsed lines, in one Spark job (per source file when `by_file`):
+    lines per status and, with `pairs`, `accepted` = distinct (user, movie) pairs among the ok
+    lines (duplicates keep one) and with a `catalogue` (movie_id) `unknown` = accepted pairs whose
+    movie is not in it. The distinct counts cost a shuffle of every line: for the big ratings
+    file ingest reads them back from the published files instead (`pairs=False`)."""
     ok = F.col(ml.STATUS) == "ok"
     pair = F.struct(USER_ID, MOVIE_ID)
-    rows = parsed if catalogue is None else parsed.join(F.broadcast(catalogue.withColumn(_KNOWN, F.lit(True))), MOVIE_ID, "left")
+    rows = (
+        parsed if catalogue is None or not pairs else parsed.join(F.broadcast(catalogue.withColumn(_KNOWN, F.lit(True))), MOVIE_ID, "left")
+    )
     aggs = [F.sum(F.when(F.col(ml.STATUS) == s, 1).otherwise(0)).alias(s) for s in _STATUSES]
-    aggs.append(F.count_distinct(F.when(ok, pair)).alias("accepted"))
-    if catalogue is not None:
+    if pairs:
+        aggs.append(F.count_distinct(F.when(ok, pair)).alias("accepted"))
+    if pairs and catalogue is not None:
         aggs.append(F.count_distinct(F.when(ok & F.col(_KNOWN).isNull(), pair)).alias("unknown"))
     grouped = rows.groupBy(SOURCE_FILE).agg(*aggs) if by_file else rows.agg(*aggs)
     out: dict[Any, dict[str, int]] = {}
@@ -164,11 +171,10 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     split_files = canonical_files(cfg, layout, files)
     canonical = None
     try:
-        counts = rating_counts(parsed, catalogue)[None]
+        counts = rating_counts(parsed, pairs=False)[None]
         check_quality(counts, ratings_path, cfg.data.max_rejected_fraction)
-        accepted, unknown = counts["accepted"], counts.get("unknown", 0)
-        files_report = {
-            layout.ratings_file: _file_report(counts, accepted),
+        files_report: dict[str, Any] = {
+            layout.ratings_file: None,  # filled from the published ratings (see measure_ratings)
             layout.movies_file: {
                 "read": movies_parse.read,
                 "accepted": len(movies_parse.rows),
@@ -186,12 +192,22 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
                 files_report[name] = _file_report(c, c["accepted"])
                 rejected_rows += c["rejected"]
 
-        quality = {"layout": layout.name, "files": files_report, "ratings_unknown_movie": unknown, "rating_scale": layout.scale}
+        quality: dict[str, Any] = {"layout": layout.name, "files": files_report, "ratings_unknown_movie": 0, "rating_scale": layout.scale}
+
+        def measure_ratings(written: DataFrame) -> dict[str, Any]:
+            """accepted = the deduplicated rows written, unknown = those whose movie is not catalogued:
+            two cheap jobs over the written files instead of distinct counts over every line."""
+            files_report[layout.ratings_file] = _file_report(counts, written.count())
+            if catalogue is not None:
+                quality["ratings_unknown_movie"] = written.join(F.broadcast(catalogue), MOVIE_ID, "left_anti").count()
+            return quality
+
         inputs = [ratings_path, movies_path]
         ratings = parsed.transform(ml.filter_accepted).transform(ml.filter_latest_per_pair).transform(ml.as_ratings)
         published_ratings = io.publish_dataframe(
-            ratings.transform(with_write_order(USER_ID, MOVIE_ID)), cfg, "ratings", inputs=inputs, extra=quality, rows=accepted
+            ratings.transform(with_write_order(USER_ID, MOVIE_ID)), cfg, "ratings", inputs=inputs, extra=quality, measure=measure_ratings
         )
+        unknown = quality["ratings_unknown_movie"]
         published_movies = io.publish_dataframe(
             movies.coalesce(1).sortWithinPartitions(MOVIE_ID),
             cfg,

@@ -342,21 +342,26 @@ def publish_dataframe(
     inputs: Iterable[Source | str] = (),
     extra: Mapping[str, Any] | None = None,
     rows: int | None = None,
+    measure: Callable[[DataFrame], Mapping[str, Any]] | None = None,
 ) -> Published:
     """Write `df` as Parquet (timestamps as TIMESTAMP_MICROS) and publish it.
 
     `rows`: the row count when the caller already knows it (saves a Spark job); otherwise
-    the written files are counted (from their Parquet footers).
+    the written files are counted (from their Parquet footers). `measure(written)`: facts read
+    back from the written files (cheaper there than computed beforehand), added to the manifest.
     """
     spark = df.sparkSession
     # INT96 is deprecated in Parquet; every reader understands TIMESTAMP_MICROS.
     spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+    manifest_extra = dict(extra or {})  # `publish` builds the manifest after `write` returns
 
     def write(path: str) -> int:
         df.write.mode("errorifexists").parquet(path)
+        if measure is not None:
+            manifest_extra.update(measure(spark.read.parquet(path)))
         return rows if rows is not None else spark.read.parquet(path).count()
 
-    return publish(spark, cfg, relpath, write, inputs=inputs, schema=df.schema, extra=extra)
+    return publish(spark, cfg, relpath, write, inputs=inputs, schema=df.schema, extra=manifest_extra)
 
 
 def publish_files(

@@ -15,9 +15,9 @@ from pyspark.sql import functions as F
 
 from recospark import faults
 from recospark.config import FaultsConf
-from recospark.models.sgd import SGDMatrixFactorization, SGDMatrixFactorizationModel
 from recospark.models.sgd import blocks as bk
 from recospark.models.sgd.dsgd import DSGD, RATING_BYTES, DSGDParams
+from recospark.models.sgd.estimator import SGDMatrixFactorization, SGDMatrixFactorizationModel
 from recospark.schema import FACTORS, MOVIE_ID, PREDICTION, RATING, USER_ID
 
 COLS = {"userCol": USER_ID, "itemCol": MOVIE_ID, "ratingCol": RATING}

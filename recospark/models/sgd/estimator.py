@@ -45,7 +45,7 @@ class SGDMatrixFactorization(Estimator, _SGDParams, EstimatorPersistence):
 
     Examples
     --------
-    >>> from recospark.models.sgd import SGDMatrixFactorization
+    >>> from recospark.models.sgd.estimator import SGDMatrixFactorization
     >>> df = spark.createDataFrame(
     ...     [(1, 10, 5.0), (1, 11, 1.0), (2, 10, 4.0), (2, 12, 2.0), (3, 11, 1.0), (3, 12, 3.0)],
     ...     ["user_id", "movie_id", "rating"])
