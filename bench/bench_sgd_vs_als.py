@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     from pyspark.sql import SparkSession
     from pyspark.sql import functions as F
 
-    from recospark.models.sgd import SGDMatrixFactorization
+    from recospark.models.sgd.estimator import SGDMatrixFactorization
     from recospark.models.sgd.kernel import warm_up
 
     spark = (

@@ -10,10 +10,10 @@ import pyarrow as pa
 import pytest
 from pyspark.sql import functions as F
 
-from recospark.models.sgd import SGDMatrixFactorization, SGDMatrixFactorizationModel
 from recospark.models.sgd import blocks as bk
 from recospark.models.sgd import worker as W
 from recospark.models.sgd.dsgd import DSGDParams, fit_dsgd
+from recospark.models.sgd.estimator import SGDMatrixFactorization, SGDMatrixFactorizationModel
 from recospark.models.sgd.ranking import NO_TRACE, bpr_block
 from recospark.scoring import scoring_factors
 
