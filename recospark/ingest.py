@@ -194,10 +194,10 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
 
         quality: dict[str, Any] = {"layout": layout.name, "files": files_report, "ratings_unknown_movie": 0, "rating_scale": layout.scale}
 
-        def measure_ratings(written: DataFrame) -> dict[str, Any]:
+        def measure_ratings(written: DataFrame, accepted: int) -> dict[str, Any]:
             """accepted = the deduplicated rows written, unknown = those whose movie is not catalogued:
             two cheap jobs over the written files instead of distinct counts over every line."""
-            files_report[layout.ratings_file] = _file_report(counts, written.count())
+            files_report[layout.ratings_file] = _file_report(counts, accepted)
             if catalogue is not None:
                 quality["ratings_unknown_movie"] = written.join(F.broadcast(catalogue), MOVIE_ID, "left_anti").count()
             return quality

@@ -342,13 +342,14 @@ def publish_dataframe(
     inputs: Iterable[Source | str] = (),
     extra: Mapping[str, Any] | None = None,
     rows: int | None = None,
-    measure: Callable[[DataFrame], Mapping[str, Any]] | None = None,
+    measure: Callable[[DataFrame, int], Mapping[str, Any]] | None = None,
 ) -> Published:
     """Write `df` as Parquet (timestamps as TIMESTAMP_MICROS) and publish it.
 
     `rows`: the row count when the caller already knows it (saves a Spark job); otherwise
     the written files are counted (from their Parquet footers). `measure(written)`: facts read
-    back from the written files (cheaper there than computed beforehand), added to the manifest.
+    back from the written files and their row count (cheaper there than computed beforehand),
+    added to the manifest.
     """
     spark = df.sparkSession
     # INT96 is deprecated in Parquet; every reader understands TIMESTAMP_MICROS.
@@ -357,9 +358,13 @@ def publish_dataframe(
 
     def write(path: str) -> int:
         df.write.mode("errorifexists").parquet(path)
+        if rows is not None and measure is None:
+            return rows
+        written = spark.read.parquet(path)
+        n = rows if rows is not None else written.count()
         if measure is not None:
-            manifest_extra.update(measure(spark.read.parquet(path)))
-        return rows if rows is not None else spark.read.parquet(path).count()
+            manifest_extra.update(measure(written, n))
+        return n
 
     return publish(spark, cfg, relpath, write, inputs=inputs, schema=df.schema, extra=manifest_extra)
 
