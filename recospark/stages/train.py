@@ -60,7 +60,7 @@ def fit_model(
     context: dict[str, Any] = {"tuned": tuned or {}, "fitted": fitted or {}}
     started = time.monotonic()
     info: dict[str, Any] = {}
-    if spec.uses_validation(cfg):
+    if spec.uses_validation(cfg.model_values(spec.name), cfg.split.validation_fraction):
         carved = with_validation_flag(train, cfg.split.validation_fraction, cfg.split.seed)
         selector = spec.build(cfg, overrides, validation=True, **context).fit(carved)
         best = max(1, int(getattr(selector, "bestEpoch", 0) or len(selector.history)))
@@ -75,7 +75,7 @@ def fit_model(
             try:
                 fit_rows = carved.filter(~F.col(IS_VALIDATION)).drop(IS_VALIDATION)
                 val_rows = carved.filter(F.col(IS_VALIDATION)).drop(IS_VALIDATION)
-                history = spec.curve(spec.build(cfg, overrides), fit_rows, val_rows, cfg.model_conf(spec.name))
+                history = spec.curve(spec.build(cfg, overrides), fit_rows, val_rows, {**cfg.model_values(spec.name), **overrides})
             finally:
                 carved.unpersist()
         info.update(history=history)
@@ -145,7 +145,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             spec = MODELS[name]
             overrides = tuned.get(name, {})
             if spec.components is not None:
-                fitted.update(published_components(cfg, spec.components(cfg), src, tuned, fitted))
+                fitted.update(published_components(cfg, spec.components(cfg.model_values(name)), src, tuned, fitted))
             log.info("train %s%s", name, f" with tuned params {overrides}" if overrides else "")
             model, info = fit_model(spec, cfg, train, overrides, tuned=tuned, fitted=fitted)
             fitted[name] = model
