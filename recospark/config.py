@@ -116,6 +116,11 @@ MODEL_SECTIONS: dict[str, type[ModelSection]] = {name: model_section(spec) for n
 class TrainConf(_Section):
     models: tuple[str, ...] = ("als", "sgd", "global_mean", "bias")
     use_tuned: bool = Field(False, description="start from tuning/tuning.json's best params when present")
+    validation: bool = Field(
+        True,
+        description="fit each model once more on train minus the validation carve (split.validation_fraction) and score "
+        "its lists on the carve: the validation metrics `recommend` picks the recommended lists by (never the test split)",
+    )
 
     @field_validator("models", mode="before")
     @classmethod

@@ -29,6 +29,7 @@ from pyspark.sql import functions as F
 
 from recospark.frames import first_row
 from recospark.schema import MOVIE_ID, RANK, RATING, USER_ID
+from recospark.scoring import scoring_factors, top_n
 
 _PREDICTED = "predicted"
 _RELEVANT = "relevant"
@@ -120,6 +121,16 @@ def ranking_metrics(recs: DataFrame, test: DataFrame, k: int, threshold: float |
     out: dict[str, Any] = {f"{n}@{k}": (float(row[n]) if n_users else None) for n in names}
     out["n_ranking_users"] = n_users
     return out
+
+
+def validation_metrics(
+    model: Any, fit_rows: DataFrame, validation: DataFrame, k: int, threshold: float | None, user_block_size: int = 2048
+) -> dict[str, Any]:
+    """Ranking metrics of `model`'s top-k lists (the items of `fit_rows` excluded, as `recommend`
+    excludes train) against `validation`: how `tune` and `train` judge a model without the test split."""
+    users, items = scoring_factors(model)
+    recs = top_n(users, items, fit_rows.select(USER_ID, MOVIE_ID), k, user_block_size)
+    return ranking_metrics(recs, validation, k, threshold)
 
 
 def catalog_coverage(recs: DataFrame, n_items: int) -> float:
