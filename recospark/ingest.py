@@ -26,7 +26,7 @@ from recospark import io
 from recospark.config import Config, UserError
 from recospark.datasets import movielens as ml
 from recospark.datasets.download import resolve_source
-from recospark.faults import partition_for, with_fault_on_first_attempt
+from recospark.faults import with_fault_on_first_attempt
 from recospark.frames import with_write_order
 from recospark.paths import is_local, join_path
 from recospark.runtime import stage_run
@@ -164,7 +164,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
 
     parsed = (
         ml.read_lines(spark, ratings_path)
-        .transform(with_fault_on_first_attempt(partition_for("dataframe"), "ingest"))
+        .transform(with_fault_on_first_attempt(cfg.faults.dataframe_partition, "ingest"))
         .transform(ml.with_parsed_ratings(layout))
         .cache()
     )
