@@ -5,6 +5,9 @@ in as `step`: the single-task plan trains every stratum inside its task, the mul
 driver launches one Spark stage per stratum. What the loop sees of an epoch is an
 `EpochOutcome`: sums per outer block (scalars), the last stratum's shift and the costs.
 
+Each epoch leaves an `EpochRecord` (its `EpochMetrics` and `EpochCosts`): typed inside the
+engine, a plain dict (`to_dict`) only in a fitted model's history and the train manifest.
+
 `Progress` is the whole training state between epochs (step size, early-stopping counters, the
 shift the item groups sit at): a pure value, so a single-task job can hand it to the next job
 and a retried job starts from the same place.
