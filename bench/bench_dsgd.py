@@ -74,32 +74,36 @@ def kernel_alone(train, params, cores: int) -> dict:
     """The compiled kernel over the same sub-blocks DSGD builds, in this process, without Spark:
     one epoch on 1 thread (the 'single-core kernel rate at the same rank') and on `cores` threads,
     best of 3 epochs each."""
+    import dataclasses
+
     import numpy as np
     from inprocess import blocked
 
-    from recospark.models.sgd import blocks as bk
-    from recospark.models.sgd import worker as W
+    from recospark.models.sgd.epochs import total
+    from recospark.models.sgd.layout import strata_order
+    from recospark.models.sgd.pool import Timer, ensure_warm
+    from recospark.models.sgd.stratum import train_stratum
     from recospark.schema import MOVIE_ID, RATING, USER_ID
 
     table = train.select(USER_ID, MOVIE_ID, RATING).toArrow()
     u, i, r = (table.column(c).to_numpy() for c in (USER_ID, MOVIE_ID, RATING))
-    cfg, source, users, items = blocked(u, i, r, B=params["num_blocks"], K=params["inner_blocks"], rank=params["rank"],
-                                        reg=params["reg"], bias_reg=params["bias_reg"], init_std=params["init_std"],
-                                        seed=params["seed"], threads=cores)
-    W.ensure_warm()
+    cfg, source, users, items = blocked(u, i, r, B=params.numBlocks, K=params.innerBlocks, rank=params.rank,
+                                        reg=params.regParam, bias_reg=params.biasRegParam, init_std=params.initStd,
+                                        seed=params.seed, threads=cores)
+    ensure_warm()
     out = {}
     for threads in sorted({1, cores}):
-        cfg = W.TaskConfig(**{**cfg.__dict__, "threads": threads})
+        cfg = dataclasses.replace(cfg, threads=threads)
         best = None
         for epoch in range(3):  # the first touches every page
             sums: dict = {}
             t0 = time.perf_counter()
-            timer = W.Timer()
-            for shift in bk.strata_order(cfg.seed, epoch, cfg.B):
-                timer.add(W.train_stratum(cfg, shift, list(range(cfg.B)), users, items, source,
-                                          lr=params["step_size"] * 0.1, epoch=epoch, sums=sums))
+            timer = Timer()
+            for shift in strata_order(cfg.params.seed, epoch, cfg.B):
+                timer.add(train_stratum(cfg, shift, list(range(cfg.B)), users, items, source,
+                                        lr=params.stepSize * 0.1, epoch=epoch, sums=sums))
             wall = time.perf_counter() - t0
-            n = W.total(sums)[1]
+            n = total(sums)[1]
             if best is None or wall < best["wall"]:
                 best = {"updates": n, "wall": wall, "kernel_cpu": timer.cpu, "rate": n / wall}
         out[threads] = best
@@ -111,7 +115,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", choices=list(SIZES), required=True)
     ap.add_argument("--work", default="/tmp/recospark-dsgd-bench")
-    ap.add_argument("--sgd", action="append", default=[], help="DSGDParams override, e.g. rank=32 (repeatable)")
+    ap.add_argument("--sgd", action="append", default=[], help="sgd conf override, e.g. rank=32 or step_size=0.02 (repeatable)")
     ap.add_argument("--driver-memory", default="12g")
     ap.add_argument("--master", default="local[2]")
     ap.add_argument("--skip-als-same-rank", action="store_true")
@@ -127,6 +131,9 @@ def main(argv=None) -> int:
     from pyspark.sql import functions as F
 
     from recospark.models.sgd import dsgd
+    from recospark.models.sgd.run import local_cores
+    from recospark.models.sgd.settings import engine_params
+    from recospark.models.table import MODELS
     from recospark.schema import MOVIE_ID, PREDICTION, RATING, USER_ID
 
     spark = (
@@ -146,17 +153,11 @@ def main(argv=None) -> int:
     train, test, cfg = prepare_data(spark, args.size, work)
     n_train, n_test = train.count(), test.count()
     rmse = RegressionEvaluator(labelCol=RATING, predictionCol=PREDICTION, metricName="rmse")
-    sgd_conf = {**cfg.sgd.model_dump()}
-    params = {f.name: getattr(dsgd.DSGDParams(), f.name) for f in dsgd.DSGDParams.__dataclass_fields__.values()}
-    rename = {"reg_param": "reg", "bias_reg_param": "bias_reg"}
-    for k, v in sgd_conf.items():
-        if rename.get(k, k) in params:
-            params[rename.get(k, k)] = v
-    params.update(parse_sets(args.sgd))
-    params["early_stopping_rounds"] = 0
-    cores = dsgd.local_cores(args.master) or os.cpu_count() or 1
+    # the sgd model's settings as the pipeline builds them (conf + overrides by conf key), by Param name
+    params = engine_params(MODELS["sgd"].build(cfg, {**parse_sets(args.sgd), "early_stopping_rounds": 0}))
+    cores = local_cores(args.master) or os.cpu_count() or 1
     result: dict = {"size": args.size, "n_train": n_train, "n_test": n_test, "master": args.master, "load_before": load_before,
-                    "sgd_params": params}
+                    "sgd_params": {k: v for k, v in vars(params).items() if k != "extra"}}
     print(f"{args.size}: {n_train:,} train / {n_test:,} test ratings, {args.master}; load before: {load_before}", flush=True)
 
     def fit_als(rank: int, iters: int, reg: float) -> tuple[float, float]:
@@ -172,10 +173,10 @@ def main(argv=None) -> int:
     als_s, als_rmse = fit_als(cfg.als.rank, cfg.als.max_iter, cfg.als.reg_param)
     result["als"] = {"rank": cfg.als.rank, "iters": cfg.als.max_iter, "reg": cfg.als.reg_param, "fit_s": round(als_s, 2), "rmse": als_rmse}
     print(f"ALS rank {cfg.als.rank}, {cfg.als.max_iter} iterations, reg {cfg.als.reg_param}: fit {als_s:.1f} s, test RMSE {als_rmse:.4f}", flush=True)
-    if not args.skip_als_same_rank and params["rank"] != cfg.als.rank:
-        s2, r2 = fit_als(params["rank"], cfg.als.max_iter, cfg.als.reg_param)
-        result["als_same_rank"] = {"rank": params["rank"], "fit_s": round(s2, 2), "rmse": r2}
-        print(f"ALS rank {params['rank']} (SGD's rank), {cfg.als.max_iter} iterations: fit {s2:.1f} s, test RMSE {r2:.4f}", flush=True)
+    if not args.skip_als_same_rank and params.rank != cfg.als.rank:
+        s2, r2 = fit_als(params.rank, cfg.als.max_iter, cfg.als.reg_param)
+        result["als_same_rank"] = {"rank": params.rank, "fit_s": round(s2, 2), "rmse": r2}
+        print(f"ALS rank {params.rank} (SGD's rank), {cfg.als.max_iter} iterations: fit {s2:.1f} s, test RMSE {r2:.4f}", flush=True)
 
     if not args.skip_kernel:
         k = kernel_alone(train, params, cores)
@@ -185,7 +186,7 @@ def main(argv=None) -> int:
 
     cols = lambda df: df.select(F.col(USER_ID).alias(dsgd.USER), F.col(MOVIE_ID).alias(dsgd.ITEM), F.col(RATING).cast("float").alias(dsgd.RATING))  # noqa: E731
     t0 = time.monotonic()
-    res = dsgd.fit_dsgd(spark, cols(train), cols(test), dsgd.DSGDParams(**params))
+    res = dsgd.fit_dsgd(spark, cols(train), cols(test), params)
     res.user_factors.count()
     fit_s = time.monotonic() - t0
     info = res.info
@@ -193,7 +194,7 @@ def main(argv=None) -> int:
     epoch_s = sum(h["seconds"] for h in res.history)
     kernel_s = sum(h["kernel_seconds"] for h in res.history)
     updates = n_train * epochs
-    print(f"\nSGD { {k: params[k] for k in ('rank', 'step_size', 'step_decay', 'reg', 'num_blocks', 'inner_blocks', 'init_std')} }")
+    print(f"\nSGD { {k: getattr(params, k) for k in ('rank', 'stepSize', 'stepDecay', 'regParam', 'numBlocks', 'innerBlocks', 'initStd')} }")
     print(f"plan: {info['plan']['reason']}")
     print(f"{'epoch':>5} {'train':>7} {'test':>7} {'step':>7} {'sec':>6} {'kernel':>6} {'outside':>7} {'cum s':>6} "
           f"{'ratings B':>10} {'factor B':>9}")

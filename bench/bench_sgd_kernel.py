@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("RECOSPARK_ML100K", ROOT.parent / "shared" / "data" / "ml-100k"))
 TARGET = 3.0  # M updates/s per core at rank 32
 
-_WARM = "import time; t = time.perf_counter(); from recospark.models.sgd.kernel import warm_up; " \
+_WARM = "import time; t = time.perf_counter(); from recospark.models.sgd.kernel_squared import warm_up; " \
         "c = warm_up(); print(time.perf_counter() - t, c)"
 
 
@@ -65,10 +65,10 @@ def float64_kernel(users_idx, items_idx, ratings, order, P, Q, bu, bi, mu, lr, r
 
 def compile_seconds() -> tuple[float, float]:
     """(cold compile, cache hit) seconds of `warm_up()` in fresh interpreters (import excluded)."""
-    from recospark.models.sgd import kernel
+    from recospark.models.sgd import kernel_squared
 
-    cache_dir = Path(kernel.__file__).parent / "__pycache__"
-    for f in cache_dir.glob("kernel.*.nb*"):
+    cache_dir = Path(kernel_squared.__file__).parent / "__pycache__"
+    for f in cache_dir.glob("kernel_squared.*.nb*"):
         f.unlink()
     out = []
     for _ in range(2):
@@ -98,16 +98,16 @@ def blocked_rate(u, i, r, rank: int, threads: int, epochs: int) -> float:
     sys.path.insert(0, str(ROOT / "bench"))
     from inprocess import blocked
 
-    from recospark.models.sgd import blocks as bk
-    from recospark.models.sgd import worker as W
+    from recospark.models.sgd.layout import strata_order
+    from recospark.models.sgd.stratum import train_stratum
 
     cfg, source, users, items = blocked(u, i, r, B=2, K=2, rank=rank, reg=0.05, init_std=0.05, seed=1, threads=threads)
     best = np.inf
     for epoch in range(epochs):
         sums: dict = {}
         t0 = time.perf_counter()
-        for shift in bk.strata_order(1, epoch, cfg.B):
-            W.train_stratum(cfg, shift, list(range(cfg.B)), users, items, source, lr=0.005, epoch=epoch, sums=sums)
+        for shift in strata_order(1, epoch, cfg.B):
+            train_stratum(cfg, shift, list(range(cfg.B)), users, items, source, lr=0.005, epoch=epoch, sums=sums)
         best = min(best, time.perf_counter() - t0)
     return len(r) / best / 1e6
 
@@ -125,7 +125,7 @@ def main(argv=None) -> int:
         return 0
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     cold, hit = compile_seconds()
-    from recospark.models.sgd.kernel import NO_ORDER, sgd_block, warm_up
+    from recospark.models.sgd.kernel_squared import NO_ORDER, sgd_block, warm_up
 
     warm_up()
     u, i, r = load(path)

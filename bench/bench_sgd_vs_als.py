@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     from pyspark.sql import functions as F
 
     from recospark.models.sgd.estimator import SGDMatrixFactorization
-    from recospark.models.sgd.kernel import warm_up
+    from recospark.models.sgd.kernel_squared import warm_up
 
     spark = (
         SparkSession.builder.master("local[2]")

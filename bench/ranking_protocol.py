@@ -13,7 +13,7 @@ Protocol (the published ML-100K table: ALS 0.044 NDCG@10 ... BiVAE 0.475):
   sum_{hits} (hits@i / i) / |relevant|, and ``map_spark`` = Spark's MAP@k, the same sum over
   min(k, |relevant|) (what Recommenders' current ``map_at_k`` computes).
 
-Models: popularity; DSGD with a ranking loss (`recospark.models.sgd.ranking`, simulated here
+Models: popularity; DSGD with a ranking loss (`recospark.models.sgd.kernel_ranking`, simulated here
 with the engine's blocking: users and items hashed into d blocks, an epoch = d strata, each
 sub-block trained by the compiled kernel with negatives from its own item block only);
 PureSVD (numpy, and ``puresvd_spark``: recospark's Spark estimator at the chosen rank); EASE
@@ -46,8 +46,11 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the kernels' plain references live with the tests
 
-from recospark.models.sgd import ranking as R  # noqa: E402 - after the sys.path insert
+from sgd_reference import reference_draw  # noqa: E402 - after the sys.path insert
+
+from recospark.models.sgd import kernel_ranking as R  # noqa: E402 - after the sys.path insert
 
 DATA = ROOT.parent / "shared" / "data" / "ml-100k"
 K = 10
@@ -192,7 +195,7 @@ def ease(split: Split, lam: float) -> np.ndarray:
 
 def _hash_blocks(n: int, d: int, seed: int, salt: int) -> np.ndarray:
     """Seeded, data-independent block of each id (the engine uses xxhash64(seed, salt, id) mod d)."""
-    return np.array([R.reference_draw(seed * 1_000_003 + salt, x, 0, d) for x in range(n)], np.int64)
+    return np.array([reference_draw(seed * 1_000_003 + salt, x, 0, d) for x in range(n)], np.int64)
 
 
 @dataclass(frozen=True)

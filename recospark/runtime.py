@@ -1,6 +1,6 @@
 """What every stage's `run` shares, however it is called (console, spark-submit, pipeline, Python).
 
-`@stage_run("train")` arms the configured faults, gives the stage its own checkpoint folder
+`@stage_run("train")` gives the stage its own checkpoint folder
 and removes that folder when the stage ends, on success and on failure (so a run leaves no
 `_checkpoints/<uuid>/` behind), logs start and end, and adds `seconds` to the result.
 """
@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from pyspark import inheritable_thread_target
 from pyspark.sql import SparkSession
 
-from recospark import faults, io
+from recospark import io
 from recospark.config import Config
 from recospark.paths import join_path
 
@@ -92,7 +92,7 @@ def stage_run(name: str) -> Callable[[F], F]:
         def wrapper(spark: SparkSession, cfg: Config) -> Result:
             started = time.monotonic()
             log.info("%s: start", name)
-            with faults.armed(cfg.faults), checkpoint_scope(spark, cfg, name):
+            with checkpoint_scope(spark, cfg, name):
                 result = run(spark, cfg)
             result = {"stage": name, **result, "seconds": round(time.monotonic() - started, 2)}
             log.info("%s: done in %.1f s", name, result["seconds"])

@@ -18,6 +18,7 @@ from pyspark.ml.param import Param, TypeConverters
 from recospark.config import Config, ModelSection, model_names, model_section
 from recospark.models.params import conf_key, knob
 from recospark.models.sgd.estimator import SGDMatrixFactorization
+from recospark.models.sgd.settings import engine_params
 from recospark.models.table import MODELS
 
 PACKAGE = Path(__file__).resolve().parents[1] / "recospark"
@@ -32,7 +33,7 @@ def _module_name(path: Path) -> str:
 
 
 MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
-STAGE_MODULES = {m for m in MODULES if m.startswith("recospark.stages")} | {"recospark.cli"}
+STAGE_MODULES = {m for m in MODULES if m.startswith("recospark.stages")} | {"recospark.cli", "recospark.__main__"}
 
 
 def _imports(tree: ast.AST) -> list[tuple[str, ast.AST]]:
@@ -208,8 +209,7 @@ def test_a_new_param_is_declared_once_and_reaches_config_table_and_engine():
 
     estimator = spec.build(Values())
     assert estimator.getOrDefault("fooBar") == 3.0
-    engine = estimator.dsgd_params()
-    assert getattr(engine, "extra", {}).get("fooBar", getattr(engine, "fooBar", None)) == 3.0
+    assert engine_params(estimator).extra["fooBar"] == 3.0
 
 
 def test_a_renamed_or_unknown_key_is_an_error_not_a_silent_default():

@@ -11,9 +11,12 @@ import pytest
 from pyspark.files import SparkFiles
 from pyspark.sql import functions as F
 
-from recospark.models.sgd import dsgd
-from recospark.models.sgd.blocks import Store
-from recospark.models.sgd.dsgd import DSGD, RATING_BYTES, DSGDParams, local_cores
+from recospark.models.sgd import dsgd, plan_single
+from recospark.models.sgd.dsgd import DSGD, RATING_BYTES
+from recospark.models.sgd.estimator import SGDMatrixFactorization
+from recospark.models.sgd.run import local_cores
+from recospark.models.sgd.settings import engine_params
+from recospark.models.sgd.store import Store
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +32,12 @@ def ratings(spark):
     return train, val
 
 
-PARAMS = {"rank": 3, "max_iter": 3, "num_blocks": 4, "inner_blocks": 2, "seed": 11, "step_size": 0.02, "early_stopping_rounds": 0}
+PARAMS = {"rank": 3, "maxIter": 3, "numBlocks": 4, "innerBlocks": 2, "seed": 11, "stepSize": 0.02, "earlyStoppingRounds": 0}
+
+
+def settings(**params):
+    """The engine's settings from the estimator's Params (its defaults for the rest)."""
+    return engine_params(SGDMatrixFactorization(**params))
 
 
 def _store_dir(run_id: str) -> str:
@@ -52,8 +60,8 @@ def test_single_and_multi_task_plans_give_identical_factors(spark, ratings):
     """One fat task with 2 threads, and 2 tasks x 1 thread with item groups moving between
     them: the schedule is the same, so are the factors (bit for bit) and the losses."""
     train, val = ratings
-    single = dsgd.fit_dsgd(spark, train, val, DSGDParams(**PARAMS))
-    multi = dsgd.fit_dsgd(spark, train, val, DSGDParams(**PARAMS, tasks=2, threads=1))
+    single = dsgd.fit_dsgd(spark, train, val, settings(**PARAMS))
+    multi = dsgd.fit_dsgd(spark, train, val, settings(**PARAMS, tasks=2, threads=1))
     assert single.info["plan"]["tasks"] == 1 and single.info["plan"]["threads"] == local_cores(spark.sparkContext.master)
     assert multi.info["plan"]["tasks"] == 2
     for a, b in zip(_arrays(single), _arrays(multi)):
@@ -76,11 +84,11 @@ def test_ranking_losses_give_identical_factors_across_plans_and_runs(spark, rati
     per-user counts, so one fat task, the same again with 1 thread, and 2 tasks agree bit for bit.
     The validation rows are ignored (no validation metric for ranking losses)."""
     train, val = ratings
-    extra = {"reg": 0.0, "max_norm": 1.5} if loss == "warp" else {"num_negatives": 2}
+    extra = {"regParam": 0.0, "maxNorm": 1.5} if loss == "warp" else {"numNegatives": 2}
     params = {**PARAMS, "loss": loss, **extra}
-    single = dsgd.fit_dsgd(spark, train, val, DSGDParams(**params))
-    again = dsgd.fit_dsgd(spark, train, None, DSGDParams(**params, threads=1))
-    multi = dsgd.fit_dsgd(spark, train, val, DSGDParams(**params, tasks=2, threads=1))
+    single = dsgd.fit_dsgd(spark, train, val, settings(**params))
+    again = dsgd.fit_dsgd(spark, train, None, settings(**params, threads=1))
+    multi = dsgd.fit_dsgd(spark, train, val, settings(**params, tasks=2, threads=1))
     assert multi.info["plan"]["tasks"] == 2
     for a, b, c in zip(_arrays(single), _arrays(again), _arrays(multi), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -94,8 +102,8 @@ def test_ranking_losses_give_identical_factors_across_plans_and_runs(spark, rati
 
 def test_missing_blocks_fall_back_to_streaming_with_the_same_result(spark, ratings):
     train, val = ratings
-    reference = dsgd.fit_dsgd(spark, train, val, DSGDParams(**PARAMS))
-    driver = DSGD(spark, DSGDParams(**PARAMS))
+    reference = dsgd.fit_dsgd(spark, train, val, settings(**PARAMS))
+    driver = DSGD(spark, settings(**PARAMS))
     driver.prepare(train, val)
     assert os.path.isdir(_store_dir(driver.run_id))
     Store(driver.run_id, os.path.dirname(_store_dir(driver.run_id))).destroy()  # as if the task ran elsewhere
@@ -112,17 +120,17 @@ def test_missing_blocks_fall_back_to_streaming_with_the_same_result(spark, ratin
 
 def test_store_deleted_after_success_and_after_failure(spark, ratings, monkeypatch):
     train, _ = ratings
-    driver = DSGD(spark, DSGDParams(**PARAMS))
+    driver = DSGD(spark, settings(**PARAMS))
     driver.prepare(train, None)
     assert os.listdir(_store_dir(driver.run_id))
     driver.fit()
     assert not os.path.exists(_store_dir(driver.run_id))
 
-    def boom(self, *args):
+    def boom(*args):
         raise RuntimeError("export failed")
 
-    monkeypatch.setattr(DSGD, "_entry", boom)  # fails on the driver after the first training job
-    failing = DSGD(spark, DSGDParams(**PARAMS))
+    monkeypatch.setattr(plan_single, "_job_epochs", boom)  # fails on the driver after the first training job
+    failing = DSGD(spark, settings(**PARAMS))
     failing.prepare(train, None)
     assert os.path.isdir(_store_dir(failing.run_id))
     with pytest.raises(RuntimeError, match="export failed"):

@@ -10,11 +10,17 @@ import pyarrow as pa
 import pytest
 from pyspark.sql import functions as F
 
-from recospark.models.sgd import blocks as bk
-from recospark.models.sgd import worker as W
-from recospark.models.sgd.dsgd import DSGDParams, fit_dsgd
+from recospark.models.sgd import layout as bk
+from recospark.models.sgd import stratum as W
+from recospark.models.sgd.dsgd import fit_dsgd
+from recospark.models.sgd.epochs import total
 from recospark.models.sgd.estimator import SGDMatrixFactorization, SGDMatrixFactorizationModel
-from recospark.models.sgd.ranking import NO_TRACE, bpr_block
+from recospark.models.sgd.kernel_ranking import NO_TRACE, bpr_block
+from recospark.models.sgd.layout import ITEM_SALT, USER_SALT
+from recospark.models.sgd.settings import TaskConfig, engine_params
+from recospark.models.sgd.setup_pass import pack_partition
+from recospark.models.sgd.source import Source
+from recospark.models.sgd.store import blob_name
 from recospark.scoring import scoring_factors
 
 N_USERS, N_ITEMS = 80, 40  # items 1..20: group A, 21..40: group B; odd users like A, even users B
@@ -105,30 +111,24 @@ def _task_setup(loss: str, B: int = 2, K: int = 2, seed: int = 1):
         {"user": train.user_id.to_numpy(np.int32), "item": train.movie_id.to_numpy(np.int32), "r": train.rating.to_numpy(np.float32)}
     )
     rows = []
-    for out in W.pack_partition(iter([batch]), kind="R", seed=seed, B=B, K=K, run_id=None, part=0):
+    for out in pack_partition(iter([batch]), kind="R", seed=seed, B=B, K=K, run_id=None, part=0):
         rows.extend(out.to_pylist())
-    blobs = {W.blob_name(r["blob"]): r["blob"] for r in rows}
-    cfg = W.TaskConfig(
+    blobs = {blob_name(r["blob"]): r["blob"] for r in rows}
+    params = SGDMatrixFactorization(loss=loss, rank=4, regParam=0.01, biasRegParam=0.01, initStd=0.1, seed=seed, numNegatives=3, maxNorm=1.5)
+    cfg = TaskConfig(
+        params=engine_params(params),
         run_id="t",
         B=B,
         K=K,
-        rank=4,
-        reg=0.01,
-        bias_reg=0.01,
-        init_std=0.1,
-        seed=seed,
         mu=0.0,
         threads=2,
         tasks=1,
-        users=bk.Index.build(train.user_id.to_numpy(), seed, B, K, W.USER_SALT),
-        items=bk.Index.build(train.movie_id.to_numpy(), seed, B, K, W.ITEM_SALT),
+        users=bk.Index.build(train.user_id.to_numpy(), seed, B, K, USER_SALT),
+        items=bk.Index.build(train.movie_id.to_numpy(), seed, B, K, ITEM_SALT),
         sub_counts={(r["kind"], r["G"], r["J"], r["a"], r["b"]): r["n"] for r in rows},
         part_counts={(r["kind"], r["G"], r["J"], r["a"], r["b"]): 1 for r in rows},
-        loss=loss,
-        num_negatives=3,
-        max_norm=1.5,
     )
-    return cfg, W.Source(cfg, None, blobs), train
+    return cfg, Source(cfg, None, blobs), train
 
 
 @pytest.mark.parametrize("loss", ["bpr", "warp"])
@@ -145,12 +145,12 @@ def test_negatives_stay_in_the_strata_item_block_and_neg_totals_count_the_catalo
     from_counts = W.neg_totals_from_counts(cfg.users, n_items, cfg.B, cfg.K, rated.index.to_numpy(), rated.to_numpy())
     for G in range(cfg.B):
         np.testing.assert_array_equal(from_counts[G], totals[G])
-    cfg = W.TaskConfig(**{**cfg.__dict__, "n_items": n_items, "neg_total": totals})
+    cfg = TaskConfig(**{**cfg.__dict__, "n_items": n_items, "neg_total": totals})
     source.cfg = cfg
     neg_trace: dict = {}
     sums: dict = {}
     for epoch in range(2):
-        for shift in bk.strata_order(cfg.seed, epoch, cfg.B):
+        for shift in bk.strata_order(cfg.params.seed, epoch, cfg.B):
             W.train_stratum(cfg, shift, list(range(cfg.B)), users, items, source, lr=0.05, epoch=epoch, sums=sums, neg_trace=neg_trace)
     assert not source.missing and len(neg_trace) == 2 * sum(1 for k in cfg.sub_counts if k[0] == "R")
     rated_sets = train.groupby("movie_id").user_id.apply(set)
@@ -160,12 +160,12 @@ def test_negatives_stay_in_the_strata_item_block_and_neg_totals_count_the_catalo
         lo, hi = int(items[J].lo[b]), int(items[J].lo[b + 1])
         assert len(rows) and rows.max() < hi - lo  # rows of the inner item block's view only
         ids = items[J].ids[lo + rows]
-        np.testing.assert_array_equal(bk.hash_blocks(ids, cfg.seed, cfg.B * cfg.K, W.ITEM_SALT), J * cfg.K + b)
+        np.testing.assert_array_equal(bk.hash_blocks(ids, cfg.params.seed, cfg.B * cfg.K, ITEM_SALT), J * cfg.K + b)
         block_users = set(users[G].ids[int(users[G].lo[a]) : int(users[G].lo[a + 1])].tolist())
         assert all(not (rated_sets[i] >= block_users) for i in ids)  # never an item every user of the block rated
         drawn += len(rows)
     assert drawn > 0
-    _, n = W.total(sums)
+    _, n = total(sums)
     assert n == 2 * len(train)  # every rating visited once per epoch
 
 
@@ -178,9 +178,9 @@ def test_invalid_ranking_combinations_fail_clearly_before_any_job(spark, planted
         SGDMatrixFactorization(loss="bpr", earlyStoppingRounds=3, validationIndicatorCol="v").fit(flagged)
     train = df.select(F.col("user_id").alias("user"), F.col("movie_id").alias("item"), F.col("rating").alias("r"))
     with pytest.raises(ValueError, match="early_stopping_rounds must be 0"):
-        fit_dsgd(spark, train, train, DSGDParams(loss="warp", early_stopping_rounds=2))
+        fit_dsgd(spark, train, train, engine_params(SGDMatrixFactorization(loss="warp", earlyStoppingRounds=2)))
     with pytest.raises(ValueError, match="loss must be"):
-        fit_dsgd(spark, train, None, DSGDParams(loss="hinge"))
+        fit_dsgd(spark, train, None, engine_params(SGDMatrixFactorization(loss="hinge")))
     # without a validation column the default earlyStoppingRounds is inert: no error
     assert SGDMatrixFactorization(loss="bpr", maxIter=1, rank=2).fit(df).numEpochs == 1
 
@@ -191,7 +191,7 @@ def test_one_block_engine_equals_the_kernel_called_directly():
     cfg, source, train = _task_setup("bpr", B=1, K=1)
     totals = W.user_neg_totals(cfg, source)
     n_items = train.movie_id.nunique()
-    cfg = W.TaskConfig(**{**cfg.__dict__, "n_items": n_items, "neg_total": totals})
+    cfg = TaskConfig(**{**cfg.__dict__, "n_items": n_items, "neg_total": totals})
     source.cfg = cfg
     users, items = {0: W.group_factors(cfg, "U", 0)}, {0: W.group_factors(cfg, "I", 0)}
     P, Q, bi = users[0].factors.copy(), items[0].factors.copy(), items[0].biases.copy()
@@ -199,9 +199,9 @@ def test_one_block_engine_equals_the_kernel_called_directly():
     u, i, r, indptr = source.ranking_sub(sub, len(P))
     for epoch in range(3):
         W.train_stratum(cfg, 0, [0], users, items, source, lr=0.05, epoch=epoch, sums={})
-        seed, ss = W.sub_seed(cfg.seed, epoch, 0, 0, 0, 0)
+        seed, ss = W.sub_seed(cfg.params.seed, epoch, 0, 0, 0, 0)
         order = np.random.default_rng(ss).permutation(len(r)).astype(np.int64)
-        bpr_block(u, i, r, indptr, order, P, Q, bi, 0, len(Q), 3, 0.05, cfg.reg, cfg.reg, cfg.bias_reg, -np.inf, totals[0], 1.0,
+        bpr_block(u, i, r, indptr, order, P, Q, bi, 0, len(Q), 3, 0.05, cfg.params.regParam, cfg.params.regParam, cfg.params.biasRegParam, -np.inf, totals[0], 1.0,
                   seed, W.MAX_TRIES, NO_TRACE)  # fmt: skip
     np.testing.assert_array_equal(users[0].factors, P)
     np.testing.assert_array_equal(items[0].factors, Q)

@@ -6,8 +6,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import sgd_reference as ref
 
-from recospark.models.sgd import ranking as R
+from recospark.models.sgd import kernel_ranking as R
 
 INF = -np.inf
 
@@ -38,8 +39,8 @@ def _warp_args(neg_total, threshold=3.0, seed=7):
 
 
 LOSSES = {
-    "bpr": (R.bpr_block, R.reference_bpr, _bpr_args),
-    "warp": (R.warp_block, R.reference_warp, _warp_args),
+    "bpr": (R.bpr_block, ref.reference_bpr, _bpr_args),
+    "warp": (R.warp_block, ref.reference_warp, _warp_args),
 }
 
 
@@ -478,7 +479,7 @@ def test_harmonic_numbers():
 
 
 def test_reference_generator_is_uniform_over_the_range():
-    draws = np.array([R.reference_draw(9, c, 100, 7) for c in range(7000)])
+    draws = np.array([ref.reference_draw(9, c, 100, 7) for c in range(7000)])
     assert draws.min() == 100 and draws.max() == 106
     counts = np.bincount(draws - 100)
     assert counts.min() > 850 and counts.max() < 1150
@@ -490,7 +491,7 @@ def test_csr_indptr():
 
 def test_warm_up_compiles_both_kernels():
     """warm_up calls each kernel with its full signature (a missing argument would raise here)."""
-    from recospark.models.sgd import ranking
+    from recospark.models.sgd import kernel_ranking as ranking
 
     seconds = ranking.warm_up()
     assert seconds > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -10,13 +11,20 @@ import uuid
 import numpy as np
 import pandas as pd
 import pytest
+import sgd_reference as ref
 
-from recospark.models.sgd import blocks as bk
-from recospark.models.sgd import kernel as K
-from recospark.models.sgd import worker as W
-from recospark.models.sgd.blocks import Progress, Store
+from recospark.models.sgd import codec, layout, plan_multi, plan_single, pool, setup_pass, stratum
+from recospark.models.sgd import kernel_squared as K
+from recospark.models.sgd import store as store_module
+from recospark.models.sgd.epochs import Progress, advance, total
+from recospark.models.sgd.estimator import SGDMatrixFactorization
+from recospark.models.sgd.export import blobs_to_factor_rows
+from recospark.models.sgd.run import cleanup_task
+from recospark.models.sgd.settings import TaskConfig, engine_params
+from recospark.models.sgd.source import Source, build_index
+from recospark.models.sgd.store import Store, blob_name
 
-ATOL, RTOL = K.KERNEL_TOLERANCE
+ATOL, RTOL = ref.KERNEL_TOLERANCE
 
 
 def _problem(seed=0, n=3000, nu=60, ni=45, k=8):
@@ -42,7 +50,7 @@ def test_kernel_equals_float64_reference_within_tolerance(with_order):
     reference = [a.astype(np.float64) for a in (P, Q, bu, bi)]
     for _ in range(3):  # a few passes so differences would compound
         s1 = K.sgd_block(u, i, r, order, *compiled, 3.5, 0.02, 0.05, 0.01)
-        s2 = K.reference_sgd(u, i, r, order if with_order else None, *reference, 3.5, 0.02, 0.05, 0.01)
+        s2 = ref.reference_sgd(u, i, r, order if with_order else None, *reference, 3.5, 0.02, 0.05, 0.01)
         assert s1 == pytest.approx(s2, rel=RTOL)
     for a, b in zip(compiled, reference):
         np.testing.assert_allclose(a, b, atol=ATOL, rtol=0)
@@ -79,7 +87,7 @@ def test_sse_block_matches_reference_and_does_not_update():
     u, i, r, P, Q, bu, bi = _problem()
     before = [x.copy() for x in (P, Q, bu, bi)]
     s = K.sse_block(u, i, r, P, Q, bu, bi, 3.2)
-    assert s == pytest.approx(K.reference_sse(u, i, r, P, Q, bu, bi, 3.2), rel=1e-5)
+    assert s == pytest.approx(ref.reference_sse(u, i, r, P, Q, bu, bi, 3.2), rel=1e-5)
     for x, y in zip(before, (P, Q, bu, bi)):
         np.testing.assert_array_equal(x, y)
 
@@ -102,7 +110,7 @@ def test_sgd_reduces_error_on_learnable_data():
 
 def test_warm_up_returns_seconds():
     assert K.warm_up() >= 0
-    assert W.ensure_warm() >= 0 and W.ensure_warm() == 0.0  # once per process
+    assert pool.ensure_warm() >= 0 and pool.ensure_warm() == 0.0  # once per process
 
 
 # --- layout, blobs, schedule ------------------------------------------------------------------
@@ -112,34 +120,34 @@ def test_sub_block_blob_round_trip_and_csr():
     users = np.array([0, 0, 2, 2, 2, 3], np.int32)
     items = np.array([1, 4, 0, 2, 3, 1], np.int32)
     ratings = np.arange(6, dtype=np.float32)
-    sub = bk.decode_sub(bk.encode_sub("R", 1, 2, 0, 1, users, items, ratings))
+    sub = codec.decode_sub(codec.encode_sub("R", 1, 2, 0, 1, users, items, ratings))
     assert (sub.G, sub.J, sub.a, sub.b) == (1, 2, 0, 1)
     np.testing.assert_array_equal(sub.users, users)
     np.testing.assert_array_equal(sub.items, items)
     np.testing.assert_array_equal(sub.ratings, ratings)
     indptr = sub.indptr(5)
     assert indptr.tolist() == [0, 2, 2, 5, 6, 6]
-    fb = bk.init_factors("I", 3, [np.array([5, 9], np.int32), np.array([], np.int32), np.array([1], np.int32)], 4, 0.1, 7)
+    fb = layout.init_factors("I", 3, [np.array([5, 9], np.int32), np.array([], np.int32), np.array([1], np.int32)], 4, 0.1, 7)
     assert fb.lo.tolist() == [0, 2, 2, 3] and fb.ids.tolist() == [5, 9, 1] and fb.factors.shape == (3, 4)
-    back = bk.decode_factors(bk.encode_factors(fb))
+    back = codec.decode_factors(codec.encode_factors(fb))
     for x, y in zip(fb[2:], back[2:]):
         np.testing.assert_array_equal(x, y)
     assert back.kind == "I" and back.group == 3
-    again = bk.init_factors("I", 3, [np.array([5, 9], np.int32), np.array([], np.int32), np.array([1], np.int32)], 4, 0.1, 7)
+    again = layout.init_factors("I", 3, [np.array([5, 9], np.int32), np.array([], np.int32), np.array([1], np.int32)], 4, 0.1, 7)
     np.testing.assert_array_equal(fb.factors, again.factors)
 
 
 def test_schedule_is_seeded_and_each_step_is_row_disjoint():
-    assert bk.strata_order(1, 3, 5) == bk.strata_order(1, 3, 5)
-    assert sorted(bk.strata_order(1, 3, 5)) == list(range(5))
-    assert len({tuple(bk.strata_order(1, e, 5)) for e in range(10)}) > 1
+    assert layout.strata_order(1, 3, 5) == layout.strata_order(1, 3, 5)
+    assert sorted(layout.strata_order(1, 3, 5)) == list(range(5))
+    assert len({tuple(layout.strata_order(1, e, 5)) for e in range(10)}) > 1
     for first in range(5):  # rotated to start where the item groups already are
-        order = bk.strata_order(1, 3, 5, first=first)
+        order = layout.strata_order(1, 3, 5, first=first)
         assert order[0] == first and sorted(order) == list(range(5))
     B, Kb = 3, 4
     seen = []
-    for shift in bk.strata_order(9, 0, B):
-        for step in bk.step_blocks(9, 0, shift, range(B), B, Kb):
+    for shift in layout.strata_order(9, 0, B):
+        for step in layout.step_blocks(9, 0, shift, range(B), B, Kb):
             users = [(G, a) for G, J, a, b in step]
             items = [(J, b) for G, J, a, b in step]
             assert len(set(users)) == len(users) and len(set(items)) == len(items)
@@ -150,16 +158,16 @@ def test_schedule_is_seeded_and_each_step_is_row_disjoint():
 
 def test_progress_matches_the_schedules():
     pr = Progress(lr=0.1)
-    pr, best = bk.advance(pr, 1.0, 0.9, early_rounds=2, schedule="decay", step_decay=0.5, last_shift=3)
+    pr, best = advance(pr, 1.0, 0.9, early_rounds=2, schedule="decay", step_decay=0.5, last_shift=3)
     assert best and pr.epoch == 1 and pr.lr == pytest.approx(0.05) and pr.offset == 3 and pr.best_epoch == 1
-    pr, best = bk.advance(pr, 0.8, 0.95, early_rounds=2, schedule="decay", step_decay=0.5, last_shift=0)
+    pr, best = advance(pr, 0.8, 0.95, early_rounds=2, schedule="decay", step_decay=0.5, last_shift=0)
     assert not best and not pr.stopped and pr.best_epoch == 1
-    pr, best = bk.advance(pr, 0.7, 0.96, early_rounds=2, schedule="decay", step_decay=0.5, last_shift=0)
+    pr, best = advance(pr, 0.7, 0.96, early_rounds=2, schedule="decay", step_decay=0.5, last_shift=0)
     assert pr.stopped and pr.best_epoch == 1
     b = Progress(lr=0.1)
-    b, _ = bk.advance(b, 1.0, None, early_rounds=0, schedule="bold_driver", step_decay=1.0, last_shift=0)
+    b, _ = advance(b, 1.0, None, early_rounds=0, schedule="bold_driver", step_decay=1.0, last_shift=0)
     assert b.lr == pytest.approx(0.105)
-    b, _ = bk.advance(b, 1.2, None, early_rounds=0, schedule="bold_driver", step_decay=1.0, last_shift=0)
+    b, _ = advance(b, 1.2, None, early_rounds=0, schedule="bold_driver", step_decay=1.0, last_shift=0)
     assert b.lr == pytest.approx(0.0525) and b.best_epoch == 2
 
 
@@ -176,7 +184,7 @@ def _pack(users, items, r, v, seed, B, Kb, parts=3):
         for part, chunk in enumerate(np.array_split(idx, parts)):
             batch = pa.RecordBatch.from_pydict({"user": users[chunk].astype(np.int32), "item": items[chunk].astype(np.int32),
                                                 "r": r[chunk].astype(np.float32)})
-            for res in W.pack_partition(iter([batch]), kind=kind, seed=seed, B=B, K=Kb, run_id=None, part=part):
+            for res in setup_pass.pack_partition(iter([batch]), kind=kind, seed=seed, B=B, K=Kb, run_id=None, part=part):
                 out.append(res.to_pandas())
     return pd.concat(out, ignore_index=True)
 
@@ -190,19 +198,21 @@ def _blocked(tmp_path, B=2, Kb=2, n=2500, nu=70, ni=50, rank=6, val_share=0.1, s
     r = np.clip(3.5 + np.sum(U[users] * V[items], axis=1) + rng.normal(0, 0.3, len(users)), 1, 5).astype(np.float32)
     v = rng.random(len(users)) < val_share
     # the index as the driver builds it for several tasks (the single task builds the same itself)
-    uidx = bk.Index.build(users[~v], seed, B, Kb, W.USER_SALT)
-    iidx = bk.Index.build(items[~v], seed, B, Kb, W.ITEM_SALT)
+    uidx = layout.Index.build(users[~v], seed, B, Kb, layout.USER_SALT)
+    iidx = layout.Index.build(items[~v], seed, B, Kb, layout.ITEM_SALT)
     packed = _pack(users, items, r, v, seed, B, Kb, parts)
     run_id = uuid.uuid4().hex
     store = Store(run_id, str(tmp_path))
     for blob in packed.blob:
-        store.put(W.blob_name(blob), blob)
+        store.put(blob_name(blob), blob)
     meta = packed.groupby(["kind", "G", "J", "a", "b"]).agg(n=("n", "sum"), rsum=("rsum", "sum"), parts=("n", "size"))
     sub_counts = {k: int(x) for k, x in meta.n.items()}
     part_counts = {k: int(x) for k, x in meta.parts.items()}
     r_rows = meta.loc["R"]
     n_train = int(r_rows.n.sum())
-    cfg = W.TaskConfig(run_id=run_id, B=B, K=Kb, rank=rank, reg=0.02, bias_reg=0.01, init_std=0.1, seed=seed,
+    params = engine_params(SGDMatrixFactorization(rank=rank, regParam=0.02, biasRegParam=0.01, initStd=0.1, seed=seed, numBlocks=B,
+                                                  innerBlocks=Kb))
+    cfg = TaskConfig(params=params, run_id=run_id, B=B, K=Kb,
                        mu=float(r_rows.rsum.sum() / n_train), threads=threads, tasks=tasks, users=uidx, items=iidx,
                        sub_counts=sub_counts, part_counts=part_counts, root=str(tmp_path))
     df = pd.DataFrame({"user": users, "item": items, "r": r, "v": v})
@@ -219,15 +229,15 @@ def test_index_and_setup_pass_cut_every_rating_into_sorted_sub_blocks(tmp_path):
         for inner in range(cfg.K):
             ids = cfg.users.block(g, inner)
             assert np.all(np.diff(ids) > 0)
-            assert np.all(bk.hash_blocks(ids, cfg.seed, cfg.B * cfg.K, W.USER_SALT) == g * cfg.K + inner)
+            assert np.all(layout.hash_blocks(ids, cfg.params.seed, cfg.B * cfg.K, layout.USER_SALT) == g * cfg.K + inner)
     # the single task builds the same index from the training sub-blocks alone
-    built = W.build_index(W.TaskConfig(**{**cfg.__dict__, "users": None, "items": None}), W.Source(cfg, cfg.store()))
+    built = build_index(TaskConfig(**{**cfg.__dict__, "users": None, "items": None}), Source(cfg, cfg.store()))
     for mine, theirs in zip(built, (cfg.users, cfg.items)):
         np.testing.assert_array_equal(mine.ids, theirs.ids)
         np.testing.assert_array_equal(mine.starts, theirs.starts)
-    again = bk.Index.decode(cfg.users.encode())
+    again = codec.decode_index(codec.encode_index(cfg.users))
     np.testing.assert_array_equal(again.ids, cfg.users.ids) and np.testing.assert_array_equal(again.starts, cfg.users.starts)
-    source = W.Source(cfg, cfg.store())
+    source = Source(cfg, cfg.store())
     seen = 0
     for (kind, G_, J_, a_, b_), n in cfg.sub_counts.items():
         if kind != "R":
@@ -244,7 +254,7 @@ def test_index_and_setup_pass_cut_every_rating_into_sorted_sub_blocks(tmp_path):
     assert seen == n_train and not source.missing
     # the merged sub-blocks do not depend on how the input was partitioned
     cfg1, packed1, *_ = _blocked(tmp_path, parts=1)
-    one = W.Source(cfg1, None, {W.blob_name(b): b for b in packed1.blob})
+    one = Source(cfg1, None, {blob_name(b): b for b in packed1.blob})
     for key in cfg.sub_counts:
         x, y = one.sub(*key), source.sub(*key)
         for p_, q_ in zip(x[4:], y[4:]):
@@ -256,9 +266,9 @@ def test_index_and_setup_pass_cut_every_rating_into_sorted_sub_blocks(tmp_path):
 
 
 def _load(cfg):
-    source = W.Source(cfg, cfg.store())
-    users = {G: W.group_factors(cfg, "U", G) for G in range(cfg.B)}
-    items = {J: W.group_factors(cfg, "I", J) for J in range(cfg.B)}
+    source = Source(cfg, cfg.store())
+    users = {G: stratum.group_factors(cfg, "U", G) for G in range(cfg.B)}
+    items = {J: stratum.group_factors(cfg, "I", J) for J in range(cfg.B)}
     return users, items, source
 
 
@@ -268,7 +278,7 @@ def test_threaded_inner_strata_visit_every_rating_once_on_disjoint_rows(tmp_path
     cfg, _packed, _, n_train = _blocked(tmp_path, B=2, Kb=3, threads=4)
     users, items, source = _load(cfg)
     calls, lock = [], threading.Lock()
-    real = W.sgd_block
+    real = stratum.sgd_block
 
     def spy(u, i, r, order, P, Q, bu, bi, *args):
         t0 = time.perf_counter()
@@ -280,12 +290,12 @@ def test_threaded_inner_strata_visit_every_rating_once_on_disjoint_rows(tmp_path
             calls.append((t0, time.perf_counter(), threading.get_ident(), (pbase, pbase + P.nbytes), (qbase, qbase + Q.nbytes), len(r)))
         return sse
 
-    monkeypatch.setattr(W, "sgd_block", spy)
+    monkeypatch.setattr(stratum, "sgd_block", spy)
     sums, trace = {}, []
-    for shift in bk.strata_order(cfg.seed, 0, cfg.B):
-        W.train_stratum(cfg, shift, list(range(cfg.B)), users, items, source, lr=0.01, epoch=0, sums=sums, trace=trace)
+    for shift in layout.strata_order(cfg.params.seed, 0, cfg.B):
+        stratum.train_stratum(cfg, shift, list(range(cfg.B)), users, items, source, lr=0.01, epoch=0, sums=sums, trace=trace)
     # visits: each non-empty sub-block once, every training rating once
-    assert sum(c[5] for c in calls) == n_train == W.total(sums)[1]
+    assert sum(c[5] for c in calls) == n_train == total(sums)[1]
     assert sorted((G, J, a, b) for _, _, G, J, a, b, *_ in trace) == sorted(k[1:] for k in cfg.sub_counts if k[0] == "R")
     # per inner step, the user row ranges and item row ranges are pairwise disjoint
     by_step = {}
@@ -311,23 +321,24 @@ def test_threaded_inner_strata_visit_every_rating_once_on_disjoint_rows(tmp_path
     assert overlapping > 0
 
 
-def _plan(cfg, **kw):
-    base = {"cfg": cfg, "progress": Progress(lr=0.03), "max_iter": 3, "max_epochs": 3, "early_rounds": 0, "schedule": "decay",
-                "step_decay": 0.9, "validation": True, "keep_best": False}
-    return W.SinglePlan(**{**base, **kw})
+def _plan(cfg, progress=None, max_iter=3, max_epochs=3, early_rounds=0, schedule="decay", step_decay=0.9, validation=True):
+    """The single task's plan; the epoch loop's knobs are the settings' (it keeps the best epoch when early_rounds > 0)."""
+    params = dataclasses.replace(cfg.params, maxIter=max_iter, earlyStoppingRounds=early_rounds, schedule=schedule, stepDecay=step_decay)
+    return plan_single.SinglePlan(cfg=dataclasses.replace(cfg, params=params), progress=progress or Progress(lr=0.03),
+                                  max_epochs=max_epochs, validation=validation)
 
 
 def _run_single(cfg, records=(), **kw):
-    cfg = W.TaskConfig(**{**cfg.__dict__, "users": None, "items": None})  # as in Spark: the task builds its index
-    rows = list(W.single_task(0, iter(records), plan=_plan(cfg, **kw)))
+    cfg = TaskConfig(**{**cfg.__dict__, "users": None, "items": None})  # as in Spark: the task builds its index
+    rows = list(plan_single.single_task(0, iter(records), plan=_plan(cfg, **kw)))
     stats = json.loads(rows[0][2])
-    return stats, {(k, g): bk.decode_factors(b) for k, g, b in rows[1:]}
+    return stats, {(k, g): codec.decode_factors(b) for k, g, b in rows[1:]}
 
 
 def test_single_task_is_deterministic_across_threads_and_jobs(tmp_path):
     cfg, *_ = _blocked(tmp_path, threads=1)
     s1, f1 = _run_single(cfg)
-    s4, f4 = _run_single(W.TaskConfig(**{**cfg.__dict__, "threads": 4}))
+    s4, f4 = _run_single(TaskConfig(**{**cfg.__dict__, "threads": 4}))
     assert s1["missing"] == 0 and s1["finished"] and len(s1["history"]) == 3
     assert [h["train_rmse"] for h in s1["history"]] == [h["train_rmse"] for h in s4["history"]]
     for key in f1:
@@ -365,7 +376,7 @@ def test_single_task_reports_missing_blocks_and_accepts_them_streamed(tmp_path):
 
 def test_single_task_early_stopping_keeps_the_best_epoch(tmp_path):
     cfg, *_ = _blocked(tmp_path, val_share=0.3)
-    stats, factors = _run_single(cfg, max_iter=30, max_epochs=30, early_rounds=2, keep_best=True,
+    stats, factors = _run_single(cfg, max_iter=30, max_epochs=30, early_rounds=2,
                                  progress=Progress(lr=0.1), step_decay=1.0)
     h = stats["history"]
     best = min(h, key=lambda x: x["val_rmse"])
@@ -380,24 +391,24 @@ def test_multi_task_stages_equal_the_single_task(tmp_path):
     """Two tasks, one stage per stratum, item groups moving between them: bit-identical factors."""
     cfg1, _packed, _, n_train = _blocked(tmp_path, B=4, Kb=2, threads=2)
     _, single = _run_single(cfg1, validation=False)
-    cfg = W.TaskConfig(**{**cfg1.__dict__, "tasks": 2, "threads": 1})
+    cfg = TaskConfig(**{**cfg1.__dict__, "tasks": 2, "threads": 1})
     E = cfg.tasks
-    state = {t: list(W.initial_state(t, [], cfg=cfg, shift=0)) for t in range(E)}
+    state = {t: list(plan_multi.initial_state(t, [], cfg=cfg, shift=0)) for t in range(E)}
     pr = Progress(lr=0.03)
     for epoch in range(3):
-        order = bk.strata_order(cfg.seed, epoch, cfg.B, first=pr.offset)
+        order = layout.strata_order(cfg.params.seed, epoch, cfg.B, first=pr.offset)
         for k, shift in enumerate(order):
             nxt = order[k + 1] if k + 1 < len(order) else shift
-            plan = W.StagePlan(cfg, epoch, shift, next_shift=nxt, lr=pr.lr, first=k == 0)
-            out = [rec for t in range(E) for rec in W.stratum_task(t, state[t], plan=plan)]
+            plan = plan_multi.StagePlan(cfg, epoch, shift, next_shift=nxt, lr=pr.lr, first=k == 0)
+            out = [rec for t in range(E) for rec in plan_multi.stratum_task(t, state[t], plan=plan)]
             state = {t: [rec for rec in out if rec[0] == t] for t in range(E)}  # the shuffle
-        stats = [s for t in range(E) for s in W.extract_stats(state[t])]
-        sse, n = W.total({k: v for s in stats for k, v in s["sums"].items()})
-        assert n == n_train and all(s["missing"] == 0 for s in stats)
-        pr, _ = bk.advance(pr, float(np.sqrt(sse / n)), None, early_rounds=0, schedule="decay", step_decay=0.9,
+        stats = [s for t in range(E) for s in plan_multi.extract_stats(state[t])]
+        sse, n = total({k: v for s in stats for k, v in s.sums.items()})
+        assert n == n_train and all(s.missing == 0 for s in stats)
+        pr, _ = advance(pr, float(np.sqrt(sse / n)), None, early_rounds=0, schedule="decay", step_decay=0.9,
                            last_shift=order[-1])
-    blobs = [row for t in range(E) for row in W.state_blobs(state[t])]
-    multi = {(k, g): bk.decode_factors(b) for k, g, b in blobs}
+    blobs = [row for t in range(E) for row in plan_multi.state_blobs(state[t])]
+    multi = {(k, g): codec.decode_factors(b) for k, g, b in blobs}
     assert multi.keys() == single.keys()
     for key in single:
         np.testing.assert_array_equal(single[key].factors, multi[key].factors)
@@ -406,9 +417,9 @@ def test_multi_task_stages_equal_the_single_task(tmp_path):
 
 def test_blobs_to_factor_rows_gives_biased_factor_rows(tmp_path):
     pa = pytest.importorskip("pyarrow")
-    fb = bk.init_factors("U", 0, [np.array([3, 8], np.int32), np.array([5], np.int32)], 3, 0.1, 1)
-    batch = pa.RecordBatch.from_pydict({"blob": [bk.encode_factors(fb)]})
-    out = list(W.blobs_to_factor_rows(iter([batch]), chunk=2))
+    fb = layout.init_factors("U", 0, [np.array([3, 8], np.int32), np.array([5], np.int32)], 3, 0.1, 1)
+    batch = pa.RecordBatch.from_pydict({"blob": [codec.encode_factors(fb)]})
+    out = list(blobs_to_factor_rows(iter([batch]), chunk=2))
     table = pa.Table.from_batches(out)
     assert table.column("id").to_pylist() == [3, 8, 5]
     np.testing.assert_array_equal(np.array(table.column("features").to_pylist(), np.float32), fb.factors)
@@ -416,9 +427,9 @@ def test_blobs_to_factor_rows_gives_biased_factor_rows(tmp_path):
 
 
 def test_cleanup_task_deletes_the_run_directory(tmp_path, monkeypatch):
-    monkeypatch.setattr(bk, "store_root", lambda: str(tmp_path))
+    monkeypatch.setattr(store_module, "store_root", lambda: str(tmp_path))
     store = Store("run-x")
     store.put("R-0-0-0-0", b"x")
     assert store.get("R-0-0-0-0") is not None
-    [(path, existed)] = list(W.cleanup_task(0, iter([1, 2]), run_id="run-x"))
+    [(path, existed)] = list(cleanup_task(0, iter([1, 2]), run_id="run-x"))
     assert existed and path == store.dir and not store.has("R-0-0-0-0")

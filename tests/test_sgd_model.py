@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -9,15 +10,17 @@ import pandas as pd
 import pytest
 from chispa import assert_df_equality
 from pyspark.ml.evaluation import RegressionEvaluator
+from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.recommendation import ALS
 from pyspark.ml.tuning import ParamGridBuilder, TrainValidationSplit
 from pyspark.sql import functions as F
 
-from recospark import faults
-from recospark.config import FaultsConf
-from recospark.models.sgd import blocks as bk
-from recospark.models.sgd.dsgd import DSGD, RATING_BYTES, DSGDParams
+from recospark.models.sgd import codec as bk
+from recospark.models.sgd import estimator as estimator_module
+from recospark.models.sgd.dsgd import DSGD, RATING_BYTES
 from recospark.models.sgd.estimator import SGDMatrixFactorization, SGDMatrixFactorizationModel
+from recospark.models.sgd.plan_multi import MultiTask
+from recospark.models.sgd.settings import DSGDParams, engine_params
 from recospark.schema import FACTORS, MOVIE_ID, PREDICTION, RATING, USER_ID
 
 COLS = {"userCol": USER_ID, "itemCol": MOVIE_ID, "ratingCol": RATING}
@@ -47,9 +50,13 @@ def tiny(spark):
     return spark.createDataFrame(_synthetic(60, 40, 2, 1800, 0.1, seed=1)).cache()
 
 
-def _fit(df, **params):
+def _estimator(**params):
     base = dict(rank=4, maxIter=2, stepSize=0.02, regParam=0.02, numBlocks=2, seed=7, **COLS)
-    return SGDMatrixFactorization(**{**base, **params}).fit(df)
+    return SGDMatrixFactorization(**{**base, **params})
+
+
+def _fit(df, **params):
+    return _estimator(**params).fit(df)
 
 
 def _factors(model):
@@ -94,7 +101,7 @@ def test_ratings_cross_jvm_python_at_most_once_per_epoch(spark, tiny):
     stores are written, nothing."""
     rows = tiny.select(F.col(USER_ID).alias("user"), F.col(MOVIE_ID).alias("item"), F.col(RATING).cast("float").alias("r"))
     n = rows.count()
-    single = DSGD(spark, DSGDParams(rank=2, num_blocks=3, inner_blocks=2, max_iter=2, seed=7))
+    single = DSGD(spark, engine_params(SGDMatrixFactorization(rank=2, numBlocks=3, innerBlocks=2, maxIter=2, seed=7)))
     single.prepare(rows, None)
     assert single.plan.single and single.info["store_written_at_setup"]
     budget = single.info["packed_bytes"]["R"]  # |R|: 12 bytes per rating + one 64-byte header per partial blob
@@ -103,14 +110,15 @@ def test_ratings_cross_jvm_python_at_most_once_per_epoch(spark, tiny):
     assert [job["streamed_bytes"] for job in result.info["single_jobs"]] == [0]
     assert [h["updates"] for h in result.history] == [n, n]
 
-    multi = DSGD(spark, DSGDParams(rank=2, num_blocks=3, inner_blocks=2, max_iter=3, seed=7, tasks=3, threads=1))
+    multi = DSGD(spark, engine_params(SGDMatrixFactorization(rank=2, numBlocks=3, innerBlocks=2, maxIter=3, seed=7, tasks=3, threads=1)))
     multi.prepare(rows, None)
     assert not multi.plan.single
-    epoch, _ = multi.run_epoch(multi._initial_state(), 0, 0.01, 0, streamed=True, fail=None)
+    stages = MultiTask(multi)
+    epoch, _ = stages.run_epoch(stages.initial_state(), 0, 0.01, 0, streamed=True, fail=None)
     plan = epoch.toDebugString().decode()
     assert all(f"dsgd-ratings-shift-{s}" in plan for s in range(3)) and "PartitionerAwareUnionRDD" in plan
     for shift in range(3):  # each task receives exactly its own sub-blocks of that stratum
-        got = multi._ratings_shift(shift).mapPartitionsWithIndex(
+        got = stages.ratings_shift(shift).mapPartitionsWithIndex(
             lambda t, it: [(t, bk.header(blob).G, bk.header(blob).J) for _, (_, blob) in it]).collect()
         assert got and all(t == G % 3 and (G + shift) % 3 == J for t, G, J in got)
     result = multi.fit()
@@ -263,10 +271,63 @@ def test_fault_injection_retry_gives_identical_factors(spark, tiny):
     sc = spark.sparkContext
     sc.setJobGroup("sgd-fault", "injected DSGD fault")
     try:
-        with faults.armed(FaultsConf(sgd_partition=1)):
-            faulty = _fit(tiny, maxIter=1)
+        faulty = _estimator(maxIter=1).setFaultPartition(1).fit(tiny)
     finally:
         sc.setLocalProperty("spark.jobGroup.id", None)
     assert failed_tasks(spark, "sgd-fault") >= 1, "the injected fault never fired: no task attempt failed"
     _same(_factors(clean), _factors(faulty))
     assert [h["train_rmse"] for h in clean.history] == [h["train_rmse"] for h in faulty.history]
+
+
+class _WithFooBar(SGDMatrixFactorization):
+    """A test-only subclass declaring a Param the engine knows nothing about."""
+
+    fooBar = Param(Params._dummy(), "fooBar", "a knob only this subclass has", TypeConverters.toInt)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._setDefault(fooBar=3)
+
+
+class _ParamMap:
+    """Anything with extractParamMap(): here a chosen map, to build settings the estimator would not."""
+
+    def __init__(self, values):
+        self.values = values
+
+    def extractParamMap(self, extra=None):
+        return self.values
+
+
+def test_engine_settings_are_the_params_by_name_and_drop_nothing(spark, tiny, monkeypatch):
+    """Every Param lands in the engine's settings under its own name (a subclass's new Param in
+    `extra`, set or default); a field no Param fills, a wrong type, an unknown option raise."""
+    seen = []
+
+    def capture(spark, train, validation, params, fault_partition=None):
+        seen.append((params, fault_partition))
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(estimator_module, "fit_dsgd", capture)
+    for est, foo in ((_WithFooBar(**COLS), 3), (_WithFooBar(regParam=0.25, **COLS).setFaultPartition(1), 7)):
+        if foo == 7:
+            est.set(est.fooBar, 7)
+        with pytest.raises(RuntimeError, match="captured"):
+            est.fit(tiny)
+        params, fault = seen[-1]
+        assert params.extra["fooBar"] == foo and fault == (1 if foo == 7 else None)
+        for f in dataclasses.fields(DSGDParams):
+            if f.name not in ("extra", "resident", "epochs_per_job"):
+                assert getattr(params, f.name) == est.getOrDefault(f.name), f.name
+        assert {k: v for k, v in params.extra.items() if k != "fooBar"} == {
+            p.name: v for p, v in est.extractParamMap().items() if p.name not in {f.name for f in dataclasses.fields(DSGDParams)} | {"fooBar"}
+        }
+    assert seen[-1][0].regParam == 0.25 and seen[0][0].regParam == SGDMatrixFactorization().getRegParam()
+    full = SGDMatrixFactorization().extractParamMap()
+    with pytest.raises(ValueError, match="no value for margin"):
+        engine_params(_ParamMap({p: v for p, v in full.items() if p.name != "margin"}))
+    with pytest.raises(TypeError, match="rank must be int"):
+        engine_params(_ParamMap({p: ("high" if p.name == "rank" else v) for p, v in full.items()}))
+    with pytest.raises(TypeError, match="unknown engine options resdent"):
+        engine_params(SGDMatrixFactorization(), resdent=False)
+    assert engine_params(SGDMatrixFactorization(), epochs_per_job=2).epochs_per_job == 2

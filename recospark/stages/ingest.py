@@ -27,7 +27,7 @@ from recospark.config import Config
 from recospark.datasets import movielens as ml
 from recospark.datasets.download import resolve_source
 from recospark.errors import DataQualityError
-from recospark.faults import partition_for, with_fault_on_first_attempt
+from recospark.faults import with_fault_on_first_attempt
 from recospark.frames import with_write_order
 from recospark.paths import is_local, join_path
 from recospark.runtime import stage_run
@@ -161,7 +161,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
 
     parsed = (
         ml.read_lines(spark, ratings_path)
-        .transform(with_fault_on_first_attempt(partition_for("dataframe"), "ingest"))
+        .transform(with_fault_on_first_attempt(cfg.faults.dataframe_partition, "ingest"))
         .transform(ml.with_parsed_ratings(layout))
         .cache()
     )

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
-from pyspark.ml import Model
+from pyspark.ml import Estimator, Model
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -46,6 +46,15 @@ def tuned_params(cfg: Config) -> dict[str, dict[str, Any]]:
     src = io.source(cfg, "tuning", needed_by="train (train.use_tuned=true)")
     tuning = io.read_json(src.file("tuning.json")) or {}
     return {name: dict(entry.get("best_params", {})) for name, entry in tuning.get("models", {}).items()}
+
+
+def _estimator(spec: ModelSpec, cfg: Config, overrides: Mapping[str, Any], **kwargs: Any) -> Estimator:
+    """The configured estimator, with the configured fault (faults.sgd_partition) handed to the
+    estimators that can inject one: passed in, never a process-wide switch."""
+    estimator = spec.build(cfg, overrides, **kwargs)
+    if cfg.faults.sgd_partition is not None and hasattr(estimator, "setFaultPartition"):
+        estimator.setFaultPartition(cfg.faults.sgd_partition)
+    return estimator
 
 
 def fit_model(
@@ -80,14 +89,14 @@ def fit_model(
             val_rows = carved.filter(F.col(IS_VALIDATION)).drop(IS_VALIDATION)
             context: dict[str, Any] = {"tuned": tuned or {}, "fitted": carve_fitted or {}}
             if early_stops:
-                carve_model = spec.build(cfg, overrides, validation=True, **context).fit(carved)
+                carve_model = _estimator(spec, cfg, overrides, validation=True, **context).fit(carved)
                 history = list(getattr(carve_model, "history", []))
                 best = max(1, int(getattr(carve_model, "bestEpoch", 0) or len(history)))
                 log.info("train %s: early stopping chose %d epochs on the validation carve; refitting on all of train", spec.name, best)
                 overrides = {**overrides, "max_iter": best, "early_stopping_rounds": 0}
                 info.update(history=history, refit_epochs=best)
             elif validate:
-                carve_model = spec.build(cfg, overrides, **context).fit(fit_rows)
+                carve_model = _estimator(spec, cfg, overrides, **context).fit(fit_rows)
             if spec.curve is not None:
                 info.update(history=spec.curve(spec.build(cfg, overrides), fit_rows, val_rows, values))
             if validate and carve_model is not None:
@@ -97,7 +106,7 @@ def fit_model(
                 log.info("train %s: validation ndcg@%d=%s (fit on train minus the carve)", spec.name, k, metrics.get(f"ndcg@{k}"))
         finally:
             carved.unpersist()
-    model = spec.build(cfg, overrides, tuned=tuned or {}, fitted=fitted or {}).fit(train)
+    model = _estimator(spec, cfg, overrides, tuned=tuned or {}, fitted=fitted or {}).fit(train)
     if early_stops:
         info["final_history"] = list(getattr(model, "history", []))
     elif "history" not in info:

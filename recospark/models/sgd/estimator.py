@@ -7,7 +7,6 @@ history) plus user/item factors (id, features, bias) as Parquet; no pickle.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -20,14 +19,14 @@ from pyspark.sql.types import StructType
 from recospark.models.params import _RecommenderModelSetters
 from recospark.models.persistence import EstimatorPersistence, TablesPersistence
 from recospark.models.sgd import dsgd
-from recospark.models.sgd.dsgd import DSGDParams, fit_dsgd
-from recospark.models.sgd.params import SGD_DEFAULTS, _SGDModelParams, _SGDParams
+from recospark.models.sgd.dsgd import fit_dsgd
+from recospark.models.sgd.params import _SGDModelParams, _SGDParams
+from recospark.models.sgd.settings import engine_params
 from recospark.schema import BIAS, BIASED_FACTORS, FACTOR_ID, FEATURES, MOVIE_ID, RANK, SCORE, USER_ID
 from recospark.scoring import top_n
 
 __all__ = ["SGDMatrixFactorization", "SGDMatrixFactorizationModel"]
 
-_D = SGD_DEFAULTS
 _USERS_TABLE = "userFactors"
 _ITEMS_TABLE = "itemFactors"
 
@@ -63,34 +62,34 @@ class SGDMatrixFactorization(Estimator, _SGDParams, EstimatorPersistence):
     def __init__(
         self,
         *,
-        rank: int = _D["rank"],
-        maxIter: int = _D["maxIter"],
-        regParam: float = _D["regParam"],
-        biasRegParam: float = _D["biasRegParam"],
-        stepSize: float = _D["stepSize"],
-        stepDecay: float = _D["stepDecay"],
-        schedule: str = _D["schedule"],
-        numBlocks: int = _D["numBlocks"],
-        innerBlocks: int = _D["innerBlocks"],
-        threads: int = _D["threads"],
-        tasks: int = _D["tasks"],
-        initStd: float = _D["initStd"],
-        seed: int = _D["seed"],
-        earlyStoppingRounds: int = _D["earlyStoppingRounds"],
-        checkpointInterval: int = _D["checkpointInterval"],
-        loss: str = _D["loss"],
-        numNegatives: int = _D["numNegatives"],
-        positiveThreshold: float = _D["positiveThreshold"],
-        blockWeighting: bool = _D["blockWeighting"],
-        margin: float = _D["margin"],
-        maxTrials: int = _D["maxTrials"],
-        maxNorm: float = _D["maxNorm"],
+        rank: int | None = None,
+        maxIter: int | None = None,
+        regParam: float | None = None,
+        biasRegParam: float | None = None,
+        stepSize: float | None = None,
+        stepDecay: float | None = None,
+        schedule: str | None = None,
+        numBlocks: int | None = None,
+        innerBlocks: int | None = None,
+        threads: int | None = None,
+        tasks: int | None = None,
+        initStd: float | None = None,
+        seed: int | None = None,
+        earlyStoppingRounds: int | None = None,
+        checkpointInterval: int | None = None,
+        loss: str | None = None,
+        numNegatives: int | None = None,
+        positiveThreshold: float | None = None,
+        blockWeighting: bool | None = None,
+        margin: float | None = None,
+        maxTrials: int | None = None,
+        maxNorm: float | None = None,
         validationIndicatorCol: str | None = None,
-        coldStartStrategy: str = _D["coldStartStrategy"],
-        userCol: str = _D["userCol"],
-        itemCol: str = _D["itemCol"],
-        ratingCol: str = _D["ratingCol"],
-        predictionCol: str = _D["predictionCol"],
+        coldStartStrategy: str | None = None,
+        userCol: str | None = None,
+        itemCol: str | None = None,
+        ratingCol: str | None = None,
+        predictionCol: str | None = None,
     ) -> None:
         super().__init__()
         self.setParams(**self._input_kwargs)
@@ -99,34 +98,34 @@ class SGDMatrixFactorization(Estimator, _SGDParams, EstimatorPersistence):
     def setParams(
         self,
         *,
-        rank: int = _D["rank"],
-        maxIter: int = _D["maxIter"],
-        regParam: float = _D["regParam"],
-        biasRegParam: float = _D["biasRegParam"],
-        stepSize: float = _D["stepSize"],
-        stepDecay: float = _D["stepDecay"],
-        schedule: str = _D["schedule"],
-        numBlocks: int = _D["numBlocks"],
-        innerBlocks: int = _D["innerBlocks"],
-        threads: int = _D["threads"],
-        tasks: int = _D["tasks"],
-        initStd: float = _D["initStd"],
-        seed: int = _D["seed"],
-        earlyStoppingRounds: int = _D["earlyStoppingRounds"],
-        checkpointInterval: int = _D["checkpointInterval"],
-        loss: str = _D["loss"],
-        numNegatives: int = _D["numNegatives"],
-        positiveThreshold: float = _D["positiveThreshold"],
-        blockWeighting: bool = _D["blockWeighting"],
-        margin: float = _D["margin"],
-        maxTrials: int = _D["maxTrials"],
-        maxNorm: float = _D["maxNorm"],
+        rank: int | None = None,
+        maxIter: int | None = None,
+        regParam: float | None = None,
+        biasRegParam: float | None = None,
+        stepSize: float | None = None,
+        stepDecay: float | None = None,
+        schedule: str | None = None,
+        numBlocks: int | None = None,
+        innerBlocks: int | None = None,
+        threads: int | None = None,
+        tasks: int | None = None,
+        initStd: float | None = None,
+        seed: int | None = None,
+        earlyStoppingRounds: int | None = None,
+        checkpointInterval: int | None = None,
+        loss: str | None = None,
+        numNegatives: int | None = None,
+        positiveThreshold: float | None = None,
+        blockWeighting: bool | None = None,
+        margin: float | None = None,
+        maxTrials: int | None = None,
+        maxNorm: float | None = None,
         validationIndicatorCol: str | None = None,
-        coldStartStrategy: str = _D["coldStartStrategy"],
-        userCol: str = _D["userCol"],
-        itemCol: str = _D["itemCol"],
-        ratingCol: str = _D["ratingCol"],
-        predictionCol: str = _D["predictionCol"],
+        coldStartStrategy: str | None = None,
+        userCol: str | None = None,
+        itemCol: str | None = None,
+        ratingCol: str | None = None,
+        predictionCol: str | None = None,
     ) -> SGDMatrixFactorization:
         return self._set(**{k: v for k, v in self._input_kwargs.items() if v is not None})
 
@@ -215,34 +214,15 @@ class SGDMatrixFactorization(Estimator, _SGDParams, EstimatorPersistence):
     def setPredictionCol(self, value: str) -> SGDMatrixFactorization:
         return self._set(predictionCol=value)
 
-    def dsgd_params(self) -> DSGDParams:
-        """The engine's parameters from this estimator's Params."""
-        values: dict[str, Any] = {
-            "rank": self.getRank(),
-            "max_iter": self.getMaxIter(),
-            "reg": self.getRegParam(),
-            "bias_reg": self.getBiasRegParam(),
-            "step_size": self.getStepSize(),
-            "step_decay": self.getStepDecay(),
-            "schedule": self.getSchedule(),
-            "num_blocks": self.getNumBlocks(),
-            "inner_blocks": self.getInnerBlocks(),
-            "threads": self.getThreads(),
-            "tasks": self.getTasks(),
-            "init_std": self.getInitStd(),
-            "seed": self.getSeed(),
-            "early_stopping_rounds": self.getEarlyStoppingRounds(),
-            "checkpoint_interval": self.getCheckpointInterval(),
-            "loss": self.getLoss(),
-            "num_negatives": self.getNumNegatives(),
-            "positive_threshold": self.getPositiveThreshold(),
-            "block_weighting": self.getBlockWeighting(),
-            "margin": self.getMargin(),
-            "max_trials": self.getMaxTrials(),
-            "max_norm": self.getMaxNorm(),
-        }
-        fields = {f.name for f in dataclasses.fields(DSGDParams)}
-        return DSGDParams(**{k: v for k, v in values.items() if k in fields})
+    # fault injection, not a Param: never saved, tuned or copied into the model
+    faultPartition: int | None = None
+
+    def setFaultPartition(self, partition: int | None) -> SGDMatrixFactorization:
+        """Make the first attempt of training task `partition` fail (None: off), to prove that
+        Spark's retry gives the fault-free factors; the train stage sets it from
+        `faults.sgd_partition`. A plain attribute, not a Param: it is not saved with the estimator."""
+        self.faultPartition = partition
+        return self
 
     def _fit(self, dataset: DataFrame) -> SGDMatrixFactorizationModel:
         self._check()
@@ -258,7 +238,7 @@ class SGDMatrixFactorization(Estimator, _SGDParams, EstimatorPersistence):
         ).where(F.col(dsgd.USER).isNotNull() & F.col(dsgd.ITEM).isNotNull() & F.col(dsgd.RATING).isNotNull() & ~F.isnan(dsgd.RATING))
         train = rows.where(~F.col(is_val)).drop(is_val)
         validation = rows.where(F.col(is_val)).drop(is_val) if validation_col else None
-        result = fit_dsgd(dataset.sparkSession, train, validation, self.dsgd_params())
+        result = fit_dsgd(dataset.sparkSession, train, validation, engine_params(self), fault_partition=self.faultPartition)
         model = SGDMatrixFactorizationModel(
             result.user_factors, result.item_factors, result.global_mean, result.history, result.best_epoch, self.getLoss()
         )

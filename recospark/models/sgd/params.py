@@ -1,7 +1,8 @@
 """Params of the DSGD estimator and model, and their defaults: the one source of every SGD default.
 
-`SGD_DEFAULTS` feeds the estimator's `_setDefault`, its keyword signatures (tests check they
-agree) and the `sgd` section of the pipeline's config, so a default is written once.
+`SGD_DEFAULTS` feeds the estimator's `_setDefault` (its keyword signatures take None and set
+only what is given) and the `sgd` section of the pipeline's config, so a default is written
+once. The engine reads the values by Param name (`settings.engine_params`).
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ class _SGDParams(
     blockWeighting: Param[bool] = knob(
         "blockWeighting",
         "ranking losses: weight each pair so that negatives drawn inside the stratum's item block "
-        "estimate the catalogue-wide objective without bias (see ranking.py)",
+        "estimate the catalogue-wide objective without bias (see kernel_ranking.py)",
         TypeConverters.toBoolean,
     )
     margin: Param[float] = knob("margin", "warp: the margin a negative must beat", TypeConverters.toFloat, ge=0)

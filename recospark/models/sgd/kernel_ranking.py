@@ -1,6 +1,6 @@
-"""Ranking losses for the DSGD engine: BPR and WARP over ONE sub-block, with block-local negatives.
+"""The ranking kernels: BPR and WARP over ONE sub-block, with block-local negatives.
 
-Imports nothing from Spark. The squared-error kernel (`kernel.py`) fits ratings; these fit the
+Imports nothing from Spark. The squared-error kernel (`kernel_squared.py`) fits ratings; these fit the
 *order* of items per user, which is what a top-N list is judged on. Both are SGD over the
 positives of one (user block, item block) sub-block, each positive paired with negatives drawn
 from the caller's item row range ``[item_lo, item_hi)`` only, so that threads or tasks working on
@@ -16,7 +16,8 @@ ratings of local user ``u`` are positions ``indptr[u]:indptr[u + 1]``. Every ite
 rejection test needs the user's full list there). Violations raise ``ValueError``.
 ``P`` (user block rows x k) and ``Q`` (item rows x k) are float32, ``bi`` float32 item biases
 (pass a zero-length array to train without biases), all updated in place. Arithmetic is float64
-per update, stored as float32; ``fastmath`` is off so the kernels equal the references to rounding.
+per update, stored as float32; ``fastmath`` is off so the kernels equal the plain sequential
+references in tests/sgd_reference.py to rounding.
 
 A positive is a rating ``>= pos_threshold`` (``-inf``: every rated item). ``order`` (int64) lists
 the positions to visit (``NO_ORDER``: 0..n-1); non-positive positions are skipped.
@@ -30,7 +31,7 @@ Draw ``a`` for negative ``m`` of position ``pos`` uses counter ``(pos * n_neg + 
 ``item_lo + floor(h_hi32 * (item_hi - item_lo) / 2**32)``. A draw that the user rated is rejected
 and redrawn, at most ``max_tries`` times, after which that negative is skipped (counted).
 Callers derive ``seed`` from (model seed, epoch, user block, item block) so every sub-block and
-epoch gets fresh, reproducible negatives. `reference_draw` is the same generator in Python.
+epoch gets fresh, reproducible negatives (tests/sgd_reference.py has the same generator in Python).
 
 What block-restricted sampling does to the gradient
 ---------------------------------------------------
@@ -89,9 +90,6 @@ __all__ = [
     "bpr_block",
     "csr_indptr",
     "harmonic",
-    "reference_bpr",
-    "reference_draw",
-    "reference_warp",
     "warm_up",
     "warp_block",
 ]
@@ -100,14 +98,11 @@ NO_ORDER = np.zeros(0, dtype=np.int64)
 NO_WEIGHTS = np.zeros(0, dtype=np.int64)
 NO_TRACE = np.zeros(0, dtype=np.int64)
 
-_MASK = (1 << 64) - 1
-_GAMMA = 0x9E3779B97F4A7C15
-_M1 = 0xBF58476D1CE4E5B9
-_M2 = 0x94D049BB133111EB
-# numba freezes globals as typed constants; every operand is uint64 so no op promotes to float.
-_U_GAMMA = np.uint64(_GAMMA)
-_U_M1 = np.uint64(_M1)
-_U_M2 = np.uint64(_M2)
+# SplitMix64's constants. numba freezes globals as typed constants; every operand is uint64 so
+# no op promotes to float.
+_U_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+_U_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_U_M2 = np.uint64(0x94D049BB133111EB)
 _U30 = np.uint64(30)
 _U27 = np.uint64(27)
 _U31 = np.uint64(31)
@@ -378,151 +373,6 @@ def warp_block(
             _clip_row(P, u, max_norm)
             _clip_row(Q, p, max_norm)
             _clip_row(Q, neg, max_norm)
-        updates += 1
-    return loss, updates, missed
-
-
-# ---------------------------------------------------------------------------------------------
-# sequential references (tests only): same arithmetic, plain Python
-
-
-def reference_draw(seed: int, counter: int, lo: int, span: int) -> int:
-    """The kernels' counter-based generator in Python: an item in [lo, lo + span)."""
-
-    def mix(z: int) -> int:
-        z = ((z ^ (z >> 30)) * _M1) & _MASK
-        z = ((z ^ (z >> 27)) * _M2) & _MASK
-        return z ^ (z >> 31)
-
-    h = mix((seed & _MASK) ^ mix((counter + _GAMMA) & _MASK))
-    return lo + (((h >> 32) * span) >> 32)
-
-
-def _ref_dot(P, u, Q, i) -> float:
-    s = 0.0
-    for f in range(P.shape[1]):
-        s += float(P[u, f]) * float(Q[i, f])
-    return s
-
-
-def _ref_update(P, u, Q, p, n, bi, g, lr, reg_user, reg_item, reg_bias) -> None:
-    pu = P[u].astype(np.float64)
-    qp = Q[p].astype(np.float64)
-    qn = Q[n].astype(np.float64)
-    P[u] = pu + lr * (g * (qp - qn) - reg_user * pu)
-    Q[p] = qp + lr * (g * pu - reg_item * qp)
-    Q[n] = qn + lr * (-g * pu - reg_item * qn)
-    if len(bi):
-        bp, bn = float(bi[p]), float(bi[n])
-        bi[p] = bp + lr * (g - reg_bias * bp)
-        bi[n] = bn + lr * (-g - reg_bias * bn)
-
-
-def _ref_positions(order, n):
-    return range(n) if order is None or len(order) == 0 else [int(x) for x in order]
-
-
-def reference_bpr(
-    users_idx, items_idx, ratings, indptr, order, P, Q, bi, item_lo, item_hi,
-    n_neg, lr, reg_user, reg_item, reg_bias, pos_threshold, user_neg_total, block_share,
-    seed, max_tries, trace=None,
-):  # fmt: skip
-    """Sequential twin of `bpr_block` (no validation); `trace`, when a list, gets every negative used."""
-    span = item_hi - item_lo
-    loss, pairs, skipped = 0.0, 0, 0
-    for pos in _ref_positions(order, len(ratings)):
-        if ratings[pos] < pos_threshold:
-            continue
-        u, p = int(users_idx[pos]), int(items_idx[pos])
-        rated = {int(x) for x in items_idx[indptr[u] : indptr[u + 1]]}
-        free = span - len(rated)
-        if free <= 0:
-            skipped += n_neg
-            continue
-        w = free / (block_share * float(user_neg_total[u])) if len(user_neg_total) else 1.0
-        for j in range(n_neg):
-            neg = next(
-                (c for a in range(max_tries) if (c := reference_draw(seed, (pos * n_neg + j) * max_tries + a, item_lo, span)) not in rated),
-                -1,
-            )
-            if neg < 0:
-                skipped += 1
-                continue
-            if trace is not None:
-                trace.append(neg)
-            x = _ref_dot(P, u, Q, p) - _ref_dot(P, u, Q, neg)
-            if len(bi):
-                x += float(bi[p]) - float(bi[neg])
-            loss += w * (math.log1p(math.exp(-x)) if x > 0 else -x + math.log1p(math.exp(x)))
-            _ref_update(
-                P,
-                u,
-                Q,
-                p,
-                neg,
-                bi,
-                w / (1.0 + math.exp(x)),
-                lr,
-                reg_user,
-                reg_item,
-                reg_bias,
-            )
-            pairs += 1
-    return loss, pairs, skipped
-
-
-def reference_warp(
-    users_idx, items_idx, ratings, indptr, order, P, Q, bi, item_lo, item_hi,
-    lr, reg_user, reg_item, reg_bias, pos_threshold, user_neg_total, margin, max_trials,
-    max_norm, seed, max_tries, trace=None,
-):  # fmt: skip
-    """Sequential twin of `warp_block` (no validation); `trace`, when a list, gets every sampled negative."""
-    span = item_hi - item_lo
-    loss, updates, missed = 0.0, 0, 0
-    for pos in _ref_positions(order, len(ratings)):
-        if ratings[pos] < pos_threshold:
-            continue
-        u, p = int(users_idx[pos]), int(items_idx[pos])
-        rated = {int(x) for x in items_idx[indptr[u] : indptr[u + 1]]}
-        free = span - len(rated)
-        if free <= 0:
-            missed += 1
-            continue
-        x_p = _ref_dot(P, u, Q, p) + (float(bi[p]) if len(bi) else 0.0)
-        neg, trials, x_n = -1, 0, 0.0
-        for trial in range(max_trials):
-            base = (pos * max_trials + trial) * max_tries
-            cand = next(
-                (c for a in range(max_tries) if (c := reference_draw(seed, base + a, item_lo, span)) not in rated),
-                -1,
-            )
-            if cand < 0:
-                continue
-            if trace is not None:
-                trace.append(cand)
-            trials = trial + 1
-            x_c = _ref_dot(P, u, Q, cand) + (float(bi[cand]) if len(bi) else 0.0)
-            if x_c > x_p - margin:
-                neg, x_n = cand, x_c
-                break
-        if neg < 0:
-            missed += 1
-            continue
-        total = int(user_neg_total[u]) if len(user_neg_total) else free
-        rank = (total - 1) // trials
-        if rank < 1:
-            continue
-        g = harmonic(rank)
-        loss += g * (margin - x_p + x_n)
-        _ref_update(P, u, Q, p, neg, bi, g, lr, reg_user, reg_item, reg_bias)
-        if max_norm > 0:
-            for M, row in ((P, u), (Q, p), (Q, neg)):
-                sq = 0.0
-                for f in range(M.shape[1]):
-                    sq += float(M[row, f]) * float(M[row, f])
-                if sq > max_norm * max_norm:
-                    scale = max_norm / math.sqrt(sq)
-                    M[row] = [float(x) * scale for x in M[row]]
         updates += 1
     return loss, updates, missed
 

@@ -1,4 +1,4 @@
-"""The hot loops of the SGD matrix factorization: one pass of SGD over one block of ratings.
+"""The squared-loss kernels: one pass of SGD over one block of ratings, and its squared error.
 
 Imports nothing from Spark. Biased MF: prediction = mu + b_u + b_i + p_u . q_i, squared error
 plus L2 on factors (`reg`) and on biases (`bias_reg`), the classic Funk/Koren update:
@@ -11,13 +11,13 @@ plus L2 on factors (`reg`) and on biases (`bias_reg`), the classic Funk/Koren up
 
 The compiled kernels compute in float32 with `fastmath` on, so LLVM may reassociate the rank-k
 dot product: the dot and both row updates become 8-wide AVX2 FMA loops (float64 arithmetic
-with fastmath off, the old kernel, did not vectorize the reduction and ran 2-3x slower at rank
-128). The squared error is accumulated in float64. They are `nogil`, so the DSGD worker runs
-disjoint blocks on threads, and `cache=True`: a fresh Python worker loads the machine code from
-numba's on-disk cache instead of compiling (see `warm_up`).
+with fastmath off does not vectorize the reduction). The squared error is accumulated in
+float64. They are `nogil`, so a task's threads run disjoint sub-blocks at once, and
+`cache=True`: a fresh Python worker loads the machine code from numba's on-disk cache instead of
+compiling (see `warm_up`).
 
-Tolerance against the plain float64 references (`reference_sgd`, `reference_sse`), checked in
-tests/test_sgd_kernel.py: after 3 passes over 3,000 ratings at rank 8, factors and biases agree
+Tolerance against the plain float64 references (tests/sgd_reference.py, checked in
+tests/test_sgd_kernel.py): after 3 passes over 3,000 ratings at rank 8, factors and biases agree
 within 1e-4 absolute and the SSE within 1e-4 relative; `sse_block` within 1e-5 relative.
 A given build is deterministic: the same inputs give bit-identical outputs, whatever thread
 runs them.
@@ -30,20 +30,10 @@ import time
 import numpy as np
 from numba import njit
 
-__all__ = [
-    "KERNEL_TOLERANCE",
-    "NO_ORDER",
-    "reference_sgd",
-    "reference_sse",
-    "sgd_block",
-    "sse_block",
-    "warm_up",
-]
+__all__ = ["NO_ORDER", "sgd_block", "sse_block", "warm_up"]
 
 # Pass as `order` to visit ratings in their stored order (sorted by user, then item).
 NO_ORDER = np.zeros(0, dtype=np.int64)
-# (absolute on factors/biases, relative on SSE) against the float64 references; see the docstring
-KERNEL_TOLERANCE = (1e-4, 1e-4)
 
 
 @njit(cache=True, fastmath=True, nogil=True, boundscheck=False, error_model="numpy")
@@ -106,34 +96,6 @@ def sse_block(users_idx, items_idx, ratings, P, Q, bu, bi, mu):
     return sse
 
 
-def reference_sgd(users_idx, items_idx, ratings, order, P, Q, bu, bi, mu, lr, reg, bias_reg) -> float:
-    """Sequential pure-Python/numpy twin of `sgd_block` in float64 arithmetic, for tests only (slow)."""
-    positions = range(len(ratings)) if order is None or len(order) == 0 else order
-    sse = 0.0
-    for pos in positions:
-        u, i = int(users_idx[pos]), int(items_idx[pos])
-        pu = P[u].astype(np.float64)
-        qi = Q[i].astype(np.float64)
-        e = float(ratings[pos]) - (mu + float(bu[u]) + float(bi[i]) + float(sum(pu * qi)))
-        sse += e * e
-        bu_old, bi_old = float(bu[u]), float(bi[i])
-        bu[u] = bu_old + lr * (e - bias_reg * bu_old)
-        bi[i] = bi_old + lr * (e - bias_reg * bi_old)
-        P[u] = pu + lr * (e * qi - reg * pu)
-        Q[i] = qi + lr * (e * pu - reg * qi)
-    return sse
-
-
-def reference_sse(users_idx, items_idx, ratings, P, Q, bu, bi, mu) -> float:
-    pred = (
-        mu
-        + bu[users_idx].astype(np.float64)
-        + bi[items_idx]
-        + np.einsum("nk,nk->n", P[users_idx].astype(np.float64), Q[items_idx].astype(np.float64))
-    )
-    return float(np.sum((ratings.astype(np.float64) - pred) ** 2))
-
-
 def _readonly(a: np.ndarray) -> np.ndarray:
     a = a.copy()
     a.setflags(write=False)
@@ -141,10 +103,10 @@ def _readonly(a: np.ndarray) -> np.ndarray:
 
 
 def warm_up() -> float:
-    """Compile (or load from numba's on-disk cache) the signatures the DSGD worker calls: read-only
+    """Compile (or load from numba's on-disk cache) the signatures the DSGD tasks call: read-only
     rating arrays (memory-mapped blocks or streamed bytes) and writable float32 factor blocks.
     Other signatures (writable ratings, as in tests) compile on first use. Returns the seconds it
-    took; the worker calls it once per Python process."""
+    took; `stratum.ensure_warm` calls it once per Python process."""
     started = time.perf_counter()
     u = _readonly(np.zeros(2, np.int32))
     r = _readonly(np.ones(2, np.float32))
