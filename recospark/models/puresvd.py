@@ -87,8 +87,8 @@ class PureSVD(Estimator, _PureSVDParams, EstimatorPersistence):
     Parameters
     ----------
     rank : int, default 10
-        Number of singular vectors kept. On ML-100K's top-N protocol a small rank wins
-        (chosen on validation in ``bench/ranking_protocol.py``).
+        Number of singular vectors kept (`conf/ml100k-benchmark.yaml` lets `recospark tune`
+        choose it on the validation carve).
     binary : bool, default True
         Cells of R are 1 for rated items (True) or the rating (False).
     userCol, itemCol, ratingCol, predictionCol, coldStartStrategy : str
