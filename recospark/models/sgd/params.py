@@ -19,7 +19,8 @@ LOSSES = ("squared", "bpr", "warp")
 RANKING_LOSSES = ("bpr", "warp")
 SCHEDULES = ("decay", "bold_driver")
 
-# Param name -> default. Chosen in development runs on a validation carve of ML-100K's u1.base.
+# Param name -> default. Chosen in development runs on a validation carve of ML-100K's u1.base;
+# `recospark pipeline --conf conf/ml100k-u1-tune-sgd.yaml` runs that search with the tune stage.
 SGD_DEFAULTS: dict[str, Any] = {
     "rank": 128,
     "maxIter": 40,
