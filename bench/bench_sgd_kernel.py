@@ -30,8 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("RECOSPARK_ML100K", ROOT.parent / "shared" / "data" / "ml-100k"))
 TARGET = 3.0  # M updates/s per core at rank 32
 
-_WARM = "import time; t = time.perf_counter(); from recospark.models.sgd.kernel_squared import warm_up; " \
-        "c = warm_up(); print(time.perf_counter() - t, c)"
+_WARM = (
+    "import time; t = time.perf_counter(); from recospark.models.sgd.kernel_squared import warm_up; "
+    "c = warm_up(); print(time.perf_counter() - t, c)"
+)
 
 
 @njit(cache=True, fastmath=False, nogil=True)
@@ -98,10 +100,15 @@ def blocked_rate(u, i, r, rank: int, threads: int, epochs: int) -> float:
     sys.path.insert(0, str(ROOT / "bench"))
     from inprocess import blocked
 
+    from recospark.config import load_config
     from recospark.models.sgd.layout import strata_order
+    from recospark.models.sgd.settings import engine_params
     from recospark.models.sgd.stratum import train_stratum
+    from recospark.models.table import MODELS
 
-    cfg, source, users, items = blocked(u, i, r, B=2, K=2, rank=rank, reg=0.05, init_std=0.05, seed=1, threads=threads)
+    sgd = {"rank": rank, "reg_param": 0.05, "init_std": 0.05, "seed": 1, "num_blocks": 2, "inner_blocks": 2, "early_stopping_rounds": 0}
+    params = engine_params(MODELS["sgd"].build(load_config(None), sgd))
+    cfg, source, users, items = blocked(u, i, r, params=params, threads=threads)
     best = np.inf
     for epoch in range(epochs):
         sums: dict = {}
@@ -134,17 +141,24 @@ def main(argv=None) -> int:
     n_users, n_items, n = int(u.max()) + 1, int(i.max()) + 1, len(r)
     mu = float(r.mean())
     perm = np.random.default_rng(0).permutation(n).astype(np.int64)
-    print(f"ML-100K: {n} ratings, {n_users} users, {n_items} items; best of {args.epochs} epochs; load: {uptime.split('load average:')[-1].strip()}")
+    print(
+        f"ML-100K: {n} ratings, {n_users} users, {n_items} items; best of {args.epochs} epochs; load: {uptime.split('load average:')[-1].strip()}"
+    )
     print(f"compile: cold {cold:.2f} s, cache hit {hit:.2f} s (fresh process, warm_up())")
-    print(f"{'rank':>5} {'float64 ref':>12} {'sorted 1 core':>14} {'random 1 core':>14} {'blocked ' + str(args.threads) + ' thr':>13}   M updates/s")
-    ok = True
+    print(
+        f"{'rank':>5} {'float64 ref':>12} {'sorted 1 core':>14} {'random 1 core':>14} {'blocked ' + str(args.threads) + ' thr':>13}   M updates/s"
+    )
+    ok = None  # rank 32 not in --ranks: not measured
     for rank in [int(x) for x in args.ranks.split(",")]:
         rng = np.random.default_rng(rank)
 
         def fresh(rng=rng, rank=rank):
-            return ((rng.standard_normal((n_users, rank)) * 0.05).astype(np.float32),
-                    (rng.standard_normal((n_items, rank)) * 0.05).astype(np.float32),
-                    np.zeros(n_users, np.float32), np.zeros(n_items, np.float32))
+            return (
+                (rng.standard_normal((n_users, rank)) * 0.05).astype(np.float32),
+                (rng.standard_normal((n_items, rank)) * 0.05).astype(np.float32),
+                np.zeros(n_users, np.float32),
+                np.zeros(n_items, np.float32),
+            )
 
         ref = best_rate(float64_kernel, (u, i, r, perm), *fresh(), mu, args.epochs)
         srt = best_rate(sgd_block, (us, is_, rs, NO_ORDER), *fresh(), mu, args.epochs)
@@ -153,7 +167,8 @@ def main(argv=None) -> int:
         print(f"{rank:>5} {ref:>12.2f} {srt:>14.2f} {rnd:>14.2f} {blk:>13.2f}")
         if rank == 32:
             ok = srt >= TARGET
-    print(f"target >= {TARGET} M updates/s per core at rank 32: {'met' if ok else 'NOT met'}")
+    verdict = "not measured (add 32 to --ranks)" if ok is None else "met" if ok else "NOT met"
+    print(f"target >= {TARGET} M updates/s per core at rank 32: {verdict}")
     return 0
 
 

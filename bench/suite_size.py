@@ -2,14 +2,16 @@
 
     .venv/bin/python bench/suite_size.py --size 1m --work /tmp/recospark-bench
 
-Stages are the pipeline's own code on a local[2] session: generate (not counted), ingest, split,
-ALS fit, SGD fit, evaluate (rating + ranking metrics of the SGD model), and top-N for all users
-with rated items excluded: ours (blocked, broadcast items) vs MLlib's `recommendForAllUsers`
-(asked for N + the most any user rated, then rated items removed and re-ranked), both on the
-same ALS model. SGD's time to reach ALS's test RMSE comes from its per-epoch history: the test
-rows ride along as validation rows (early stopping off, never trained on), scored every epoch.
-SGD's time is also split into kernel seconds and the rest, with the ratings bytes that crossed
-JVM<->Python (bench/bench_dsgd.py has the per-epoch view and ALS at SGD's rank).
+The pipeline's own code on a local[2] session built by `recospark.session` from conf/local.yaml:
+the stages generate (not counted), ingest and split, then the model table's ALS and SGD
+estimators fitted on the split's train side, the evaluate stage's rating metrics of the SGD
+model, and top-N for all users with rated items excluded: ours (`recospark.scoring.top_n`, what
+`recommend` runs) vs MLlib's `recommendForAllUsers` (asked for N + the most any user rated, then
+rated items removed and re-ranked), both on the same ALS model. SGD's time to reach ALS's test
+RMSE comes from its per-epoch history: the test rows ride along as validation rows (early
+stopping off, never trained on), scored every epoch. SGD's time is also split into kernel
+seconds and the rest, with the ratings bytes that crossed JVM<->Python (bench/bench_dsgd.py has
+the per-epoch view and ALS at SGD's rank).
 """
 
 from __future__ import annotations
@@ -22,16 +24,9 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-ML100K = Path(os.environ.get("RECOSPARK_ML100K", ROOT.parent / "shared" / "data" / "ml-100k"))
+from harness import ML100K, SIZES, config, generate_missing, session, spark_overrides
 
-# MovieLens shapes: (users, items, ratings, layout)
-SIZES = {
-    "100k": None,  # the real ML-100K
-    "1m": (6040, 3706, 1_000_209, "ml-1m"),
-    "10m": (69878, 10677, 10_000_054, "ml-10m"),
-    "25m": (162541, 59047, 25_000_095, "csv"),
-}
+__all__ = ["ML100K", "SIZES", "MemorySampler"]
 
 
 def _status_kb(pid: int, key: str) -> int:
@@ -86,72 +81,34 @@ def timed(results: dict, key: str, fn):
     return value
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--size", choices=SIZES, required=True)
-    ap.add_argument("--work", default="/tmp/recospark-bench")
-    ap.add_argument("--driver-memory", default="12g")
-    ap.add_argument("--skip-mllib-topn", action="store_true")
-    args = ap.parse_args(argv)
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-
-    sampler = MemorySampler()
-    sampler.start()
-    from pyspark.ml.evaluation import RegressionEvaluator
-    from pyspark.sql import SparkSession
+def measure(spark, cfg, r: dict, skip_mllib_topn: bool) -> None:
+    """Fit ALS and SGD from the model table on the published split and time top-N; results into `r`."""
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    from recospark.config import load_config
-    from recospark.models import table
-    from recospark.schema import IS_VALIDATION, MOVIE_ID, PREDICTION, RANK, RATING, RATINGS, SCORE, USER_ID
-    from recospark.scoring import scoring_factors, top_n
-    from recospark.stages import evaluate, generate, ingest, split
-
-    work = Path(args.work) / args.size
-    overrides = [f"output.root={work}", f"runtime.checkpoint_dir={work}/_checkpoints"]
-    if SIZES[args.size] is None:
-        if not (ML100K / "u.data").is_file():
-            print(json.dumps({"size": args.size, "skipped": f"no ML-100K at {ML100K}"}))
-            return 0
-        overrides.append(f"data.source={ML100K}")
-    else:
-        users, items, n, layout = SIZES[args.size]
-        overrides += [f"generate.users={users}", f"generate.items={items}", f"generate.ratings={n}", f"generate.layout={layout}",
-                      f"data.source={work}/generated"]
-    cfg = load_config(ROOT / "conf" / "local.yaml", overrides)
-    spark = (
-        SparkSession.builder.master("local[2]").appName(f"recospark-bench-{args.size}")
-        .config("spark.driver.memory", args.driver_memory)
-        .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
-        .config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
-        .config("spark.sql.shuffle.partitions", "8").config("spark.sql.session.timeZone", "UTC")
-        .config("spark.pyspark.python", sys.executable)
-        .getOrCreate()
-    )
-    spark.sparkContext.setLogLevel("ERROR")
-    spark.sparkContext.setCheckpointDir(cfg.checkpoint_dir)
-    r: dict = {"size": args.size}
-    if SIZES[args.size] is not None:
-        timed(r, "generate_s", lambda: generate.run(spark, cfg))
-    r["ratings"] = timed(r, "ingest_s", lambda: ingest.run(spark, cfg))["ratings"]["rows"]
-    timed(r, "split_s", lambda: split.run(spark, cfg))
     from recospark import io
+    from recospark.models.table import MODELS
+    from recospark.schema import IS_VALIDATION, MOVIE_ID, RANK, RATINGS, SCORE, USER_ID
+    from recospark.scoring import scoring_factors, top_n
+    from recospark.stages import evaluate
 
-    train = io.read_output(spark, cfg, "splits/random/train", RATINGS).cache()
-    test = io.read_output(spark, cfg, "splits/random/test", RATINGS).cache()
+    name = cfg.split.effective_name
+    train = io.read_output(spark, cfg, f"splits/{name}/train", RATINGS).cache()
+    test = io.read_output(spark, cfg, f"splits/{name}/test", RATINGS).cache()
     r["train_rows"], r["test_rows"] = train.count(), test.count()
-    rmse = RegressionEvaluator(labelCol=RATING, predictionCol=PREDICTION, metricName="rmse")
 
-    als = timed(r, "als_fit_s", lambda: table.spec("als").build(cfg, cold_start_strategy="drop").fit(train))
-    r["als_rmse"] = rmse.evaluate(als.transform(test))
+    def rmse(model) -> float:
+        return evaluate.rating_metrics(model.transform(test))["rmse"]
+
+    als = timed(r, "als_fit_s", lambda: MODELS["als"].build(cfg, cold_start_strategy="drop").fit(train))
+    r["als_rmse"] = rmse(als)
     # One SGD fit that also scores the test rows after every epoch (passed as validation rows,
     # early stopping off, never trained on): its fit time includes that scoring, so SGD's times
     # here are upper bounds.
     tracked_data = train.withColumn(IS_VALIDATION, F.lit(False)).unionByName(test.withColumn(IS_VALIDATION, F.lit(True)))
-    sgd = timed(r, "sgd_fit_s", lambda: table.spec("sgd").build(
-        cfg, {"early_stopping_rounds": 0}, cold_start_strategy="drop", validation=True).fit(tracked_data))
-    r["sgd_rmse"] = rmse.evaluate(sgd.transform(test))
+    sgd_estimator = MODELS["sgd"].build(cfg, {"early_stopping_rounds": 0}, cold_start_strategy="drop", validation=True)
+    sgd = timed(r, "sgd_fit_s", lambda: sgd_estimator.fit(tracked_data))
+    r["sgd_rmse"] = rmse(sgd)
     r["sgd_epochs"] = len(sgd.history)
     r["sgd_updates_per_s"] = round(r["train_rows"] * len(sgd.history) / max(r["sgd_fit_s"], 1e-9))
     # where SGD's time goes: kernel (threads busy in the compiled loop) vs everything else (setup,
@@ -173,20 +130,49 @@ def main(argv=None) -> int:
     n = cfg.recommend.n
     rated = train.select(USER_ID, MOVIE_ID)
     users, items = scoring_factors(als)
-    timed(r, "topn_ours_s", lambda: top_n(users, items, rated, n, cfg.recommend.user_block_size).write.format("noop").mode("overwrite").save())
+    timed(
+        r, "topn_ours_s", lambda: top_n(users, items, rated, n, cfg.recommend.user_block_size).write.format("noop").mode("overwrite").save()
+    )
 
     def mllib_top_n():
+        """MLlib's own top-N (the comparison, not ours): it cannot exclude rated items, so it is asked
+        for n + the most any user rated, then rated items are removed and the rest re-ranked."""
         most = rated.groupBy(USER_ID).count().agg(F.max("count")).first()[0]
         recs = als.recommendForAllUsers(n + most).select(USER_ID, F.posexplode("recommendations").alias("pos", "rec"))
         recs = recs.select(USER_ID, F.col("rec").getField(MOVIE_ID).alias(MOVIE_ID), F.col("rec").getField("rating").alias(SCORE))
-        from pyspark.sql import Window
-
         kept = recs.join(rated, [USER_ID, MOVIE_ID], "left_anti")
         ranked = kept.withColumn(RANK, F.row_number().over(Window.partitionBy(USER_ID).orderBy(F.desc(SCORE), MOVIE_ID)))
         ranked.filter(F.col(RANK) <= n).write.format("noop").mode("overwrite").save()
 
-    if not args.skip_mllib_topn:
+    if not skip_mllib_topn:
         timed(r, "topn_mllib_s", mllib_top_n)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", choices=SIZES, required=True)
+    ap.add_argument("--work", default="/tmp/recospark-bench")
+    ap.add_argument("--driver-memory", default="12g")
+    ap.add_argument("--skip-mllib-topn", action="store_true")
+    args = ap.parse_args(argv)
+    if SIZES[args.size] is None and not (ML100K / "u.data").is_file():
+        print(json.dumps({"size": args.size, "skipped": f"no ML-100K at {ML100K}"}))
+        return 0
+
+    sampler = MemorySampler()
+    sampler.start()
+    from recospark.runtime import checkpoint_scope
+    from recospark.stages import ingest, split
+
+    cfg = config(args.size, Path(args.work) / args.size, overrides=spark_overrides(driver_memory=args.driver_memory))
+    spark = session(cfg, f"recospark-bench-{args.size}")
+    r: dict = {"size": args.size}
+    if SIZES[args.size] is not None:
+        timed(r, "generate_s", lambda: generate_missing(spark, cfg, args.size))
+    r["ratings"] = timed(r, "ingest_s", lambda: ingest.run(spark, cfg))["ratings"]["rows"]
+    timed(r, "split_s", lambda: split.run(spark, cfg))
+    with checkpoint_scope(spark, cfg, "bench"):  # as the train stage fits (ALS with maxIter >= 20 needs one)
+        measure(spark, cfg, r, args.skip_mllib_topn)
     spark.stop()
     sampler.stop.set()
     sampler.join()
