@@ -139,28 +139,25 @@ def main(argv=None) -> int:
         flush=True,
     )
 
-    def rmse(model) -> float:
-        return rating_metrics(model.transform(test))["rmse"]
-
-    def fit_als(overrides: dict) -> tuple[float, float]:
+    als = cfg.model_values("als")
+    ranks = [als["rank"]] + ([params.rank] if not args.skip_als_same_rank and params.rank != als["rank"] else [])
+    for rank in ranks:  # ALS at its own rank, then at SGD's
         with checkpoint_scope(spark, cfg, "bench"):  # ALS with maxIter >= 20 needs a checkpoint dir
             t0 = time.monotonic()
-            model = MODELS["als"].build(cfg, overrides).fit(train)
+            model = MODELS["als"].build(cfg, {"rank": rank}).fit(train)
             model.userFactors.count()
             secs = time.monotonic() - t0
-            return secs, rmse(model)
-
-    als = cfg.model_values("als")
-    als_s, als_rmse = fit_als({})
-    result["als"] = {"rank": als["rank"], "iters": als["max_iter"], "reg": als["reg_param"], "fit_s": round(als_s, 2), "rmse": als_rmse}
-    print(
-        f"ALS rank {als['rank']}, {als['max_iter']} iterations, reg {als['reg_param']}: fit {als_s:.1f} s, test RMSE {als_rmse:.4f}",
-        flush=True,
-    )
-    if not args.skip_als_same_rank and params.rank != als["rank"]:
-        s2, r2 = fit_als({"rank": params.rank})
-        result["als_same_rank"] = {"rank": params.rank, "fit_s": round(s2, 2), "rmse": r2}
-        print(f"ALS rank {params.rank} (SGD's rank), {als['max_iter']} iterations: fit {s2:.1f} s, test RMSE {r2:.4f}", flush=True)
+            error = rating_metrics(model.transform(test))["rmse"]
+        if rank == als["rank"]:
+            als_s, als_rmse = secs, error
+            result["als"] = {"rank": rank, "iters": als["max_iter"], "reg": als["reg_param"], "fit_s": round(secs, 2), "rmse": error}
+            print(
+                f"ALS rank {rank}, {als['max_iter']} iterations, reg {als['reg_param']}: fit {secs:.1f} s, test RMSE {error:.4f}",
+                flush=True,
+            )
+        else:
+            result["als_same_rank"] = {"rank": rank, "fit_s": round(secs, 2), "rmse": error}
+            print(f"ALS rank {rank} (SGD's rank), {als['max_iter']} iterations: fit {secs:.1f} s, test RMSE {error:.4f}", flush=True)
 
     if not args.skip_kernel:
         k = kernel_alone(train, params, cores)
@@ -181,7 +178,7 @@ def main(argv=None) -> int:
         res.user_factors.count()
         fit_s = time.monotonic() - t0
         model = MODELS["sgd"].model(res.user_factors, res.item_factors, res.global_mean, res.history, res.best_epoch, params.loss)
-        final = rmse(model)
+        final = rating_metrics(model.transform(test))["rmse"]
     info = res.info
     epochs = len(res.history)
     epoch_s = sum(h["seconds"] for h in res.history)

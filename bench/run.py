@@ -100,6 +100,7 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="/tmp/recospark-bench")
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--skip-mllib-topn", action="store_true", help="leave out MLlib's recommendForAllUsers comparison (about 10 min at 10M)")
+    ap.add_argument("--driver-memory", default="12g", help="each size's Spark driver memory")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -107,7 +108,7 @@ def main(argv=None) -> int:
     for size in args.sizes.split(","):
         print(f"== {size}", file=sys.stderr, flush=True)
         t0 = time.monotonic()
-        cmd = [sys.executable, str(HERE / "suite_size.py"), "--size", size, "--work", args.work]
+        cmd = [sys.executable, str(HERE / "suite_size.py"), "--size", size, "--work", args.work, "--driver-memory", args.driver_memory]
         proc = subprocess.run(cmd + (["--skip-mllib-topn"] if args.skip_mllib_topn else []), stdout=subprocess.PIPE, text=True)
         if proc.returncode != 0:
             print(f"size {size} failed (exit {proc.returncode})", file=sys.stderr)

@@ -97,18 +97,15 @@ def measure(spark, cfg, r: dict, skip_mllib_topn: bool) -> None:
     test = io.read_output(spark, cfg, f"splits/{name}/test", RATINGS).cache()
     r["train_rows"], r["test_rows"] = train.count(), test.count()
 
-    def rmse(model) -> float:
-        return evaluate.rating_metrics(model.transform(test))["rmse"]
-
     als = timed(r, "als_fit_s", lambda: MODELS["als"].build(cfg, cold_start_strategy="drop").fit(train))
-    r["als_rmse"] = rmse(als)
+    r["als_rmse"] = evaluate.rating_metrics(als.transform(test))["rmse"]
     # One SGD fit that also scores the test rows after every epoch (passed as validation rows,
     # early stopping off, never trained on): its fit time includes that scoring, so SGD's times
     # here are upper bounds.
     tracked_data = train.withColumn(IS_VALIDATION, F.lit(False)).unionByName(test.withColumn(IS_VALIDATION, F.lit(True)))
     sgd_estimator = MODELS["sgd"].build(cfg, {"early_stopping_rounds": 0}, cold_start_strategy="drop", validation=True)
     sgd = timed(r, "sgd_fit_s", lambda: sgd_estimator.fit(tracked_data))
-    r["sgd_rmse"] = rmse(sgd)
+    r["sgd_rmse"] = evaluate.rating_metrics(sgd.transform(test))["rmse"]
     r["sgd_epochs"] = len(sgd.history)
     r["sgd_updates_per_s"] = round(r["train_rows"] * len(sgd.history) / max(r["sgd_fit_s"], 1e-9))
     # where SGD's time goes: kernel (threads busy in the compiled loop) vs everything else (setup,

@@ -225,3 +225,107 @@ def test_fitted_sgd_model_carries_no_training_params():
     model_params = {p.name for p in model().params}
     assert {"stepSize", "maxIter", "regParam", "ratingCol"} <= est_params
     assert model_params == {"userCol", "itemCol", "predictionCol", "coldStartStrategy"}
+
+
+# --------------------------------------------------------------------------- bench/: one harness
+
+BENCH = PACKAGE.parent / "bench"
+# snake_case words (class names are read as snake_case too) that name a split, a metric, a top-N or a
+# model fit: a bench file that defines a function or class named with one of them is a second pipeline.
+# Bench scripts run the stages or the model table and read metrics through recospark (bench/harness.py).
+_PIPELINE_WORDS = {
+    *("split", "splits", "carve", "holdout", "fold", "folds"),
+    *("metric", "metrics", "ndcg", "dcg", "precision", "recall", "rmse", "mae", "map", "mrr", "auc", "evaluate", "evaluation"),
+    *("top", "topn", "topk", "recommend", "recommendations"),
+    *("fit", "train", "tune", "tuner", "predict", "score", "scores", "transform", "model", "estimator"),
+    *("als", "bpr", "warp", "ease", "svd", "puresvd", "popularity", "blend", "bias", "baseline"),
+}
+# Imports that mean a bench file builds its own estimator or evaluator instead of the model table's
+# (`MODELS[name].build(cfg)`) and recospark's metrics.
+_FOREIGN_MODULES = ("pyspark.ml.recommendation", "pyspark.ml.evaluation", "pyspark.ml.tuning")
+_TABLE_CLASSES = {cls.__name__ for spec in MODELS.values() for cls in (spec.estimator, spec.model)}
+# (file, name) -> why it is not a second pipeline. Keep this short: each entry is a reviewed exception.
+_BENCH_ALLOWED = {
+    ("suite_size.py", "mllib_top_n"): "times MLlib's own recommendForAllUsers: the comparison the pipeline's top-N is measured against",
+}
+
+
+def _words(name: str) -> set[str]:
+    snake = "".join(f"_{c.lower()}" if c.isupper() else c for c in name)
+    return {w for w in snake.split("_") if w}
+
+
+def second_pipeline(source: str) -> list[tuple[str, str]]:
+    """(name, why) for everything in `source` that defines or builds what the pipeline owns."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            words = sorted(_words(node.name) & _PIPELINE_WORDS)
+            if words:
+                found.append((node.name, f"line {node.lineno}: defines {node.name} ({', '.join(words)})"))
+        elif (
+            isinstance(node, ast.Attribute)
+            and node.attr == "builder"
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "SparkSession"
+        ):
+            found.append(("SparkSession.builder", f"line {node.lineno}: builds its own session (use recospark.session.build_session)"))
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "SparkContext":
+            found.append(("SparkContext", f"line {node.lineno}: builds its own SparkContext"))
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith(_FOREIGN_MODULES):
+                    found.append((alias.name, f"line {node.lineno}: imports {alias.name} (models and metrics come from recospark)"))
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            if node.module.startswith(_FOREIGN_MODULES):
+                found.append((node.module, f"line {node.lineno}: imports {node.module} (models and metrics come from recospark)"))
+            for alias in node.names:
+                if alias.name in _TABLE_CLASSES:
+                    found.append((alias.name, f"line {node.lineno}: imports {alias.name} (build it from recospark.models.table.MODELS)"))
+    return found
+
+
+def test_no_bench_file_defines_its_own_split_metric_top_n_or_model():
+    """Every bench script measures the pipeline's code: no split, metric, top-N, model or session of its own."""
+    offences = {}
+    for path in sorted(BENCH.glob("*.py")):
+        found = [why for name, why in second_pipeline(path.read_text(encoding="utf-8")) if (path.name, name) not in _BENCH_ALLOWED]
+        if found:
+            offences[path.name] = found
+    assert offences == {}
+
+
+def test_bench_exceptions_name_code_that_exists():
+    """A stale exception would let the next file of that name through unread."""
+    for file, name in _BENCH_ALLOWED:
+        assert name in {n for n, _ in second_pipeline((BENCH / file).read_text(encoding="utf-8"))}, (file, name)
+
+
+def test_bench_check_finds_a_planted_second_pipeline():
+    planted = (
+        "from pyspark.sql import SparkSession\n"
+        "from pyspark.ml.recommendation import ALS\n"
+        "from pyspark.ml.evaluation import RankingEvaluator\n"
+        "import pyspark.ml.tuning\n"
+        "from recospark.models.puresvd import PureSVD\n"
+        "spark = SparkSession.builder.master('local[2]').getOrCreate()\n"
+        "def stratified_split(df, ratio, seed): ...\n"
+        "def ndcg(lists, relevant): ...\n"
+        "def top_k(scores, k): ...\n"
+        "def mllib_als(split, rank): ...\n"
+        "class EaseModel: ...\n"
+        "def run():\n"
+        "    def tune_blend(parts): ...\n"
+    )
+    names = sorted(name for name, _ in second_pipeline(planted))
+    imports = ["pyspark.ml.recommendation", "ALS", "pyspark.ml.evaluation", "pyspark.ml.tuning", "PureSVD", "SparkSession.builder"]
+    assert names == sorted([*imports, "stratified_split", "ndcg", "top_k", "mllib_als", "EaseModel", "tune_blend"])
+    clean = (
+        "from harness import config, session\n"
+        "from recospark.models.table import MODELS\n"
+        "def machine(): return 'x'.split(',')\n"
+        "def table(rows): ...\n"
+        "def kernel_alone(train, params, cores): ...\n"
+        "spark = session(config('100k', '/tmp/x'), 'bench')\n"
+    )
+    assert second_pipeline(clean) == []
