@@ -138,8 +138,13 @@ def hadoop_fs(spark: SparkSession, path: str) -> tuple[Any, Any, Any]:
     return jvm, hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), hpath
 
 
+def _session() -> SparkSession | None:
+    """The application's session, also on threads that have no active session of their own."""
+    return SparkSession.getActiveSession() or SparkSession._instantiatedSession
+
+
 def _active_spark(path: str) -> SparkSession:
-    spark = SparkSession.getActiveSession()
+    spark = _session()
     if spark is None:
         raise OutputError(f"{path}: a non-local path needs an active SparkSession")
     return spark
@@ -332,8 +337,8 @@ class _HadoopStore:
         try:
             self._put(fs, p, text, overwrite=False)
             return True
-        except Exception:
-            if fs.exists(p):  # FileAlreadyExistsException, however the client wraps it
+        except Exception as err:
+            if "FileAlreadyExistsException" in str(err) or fs.exists(p):  # however the client wraps it
                 return False
             raise
 
@@ -540,22 +545,22 @@ def _acquire_claim(store: _Store, root: str, relpath: str, grace: float) -> _Lea
         token = uuid.uuid4().hex
         if store.create_new(path, _lease_text("claim", relpath, None, token)):
             return _hold(_Lease(store, path, token, grace))
-        info = _parse(store.read(path))
-        if _alive(info, store.mtime(path), grace, time.time()):
+        text, mtime = store.read(path), store.mtime(path)
+        if text is None or mtime is None:
+            continue  # released meanwhile
+        info = _parse(text)  # None while its owner is still writing it: then its fresh mtime says alive
+        if _alive(info, mtime, grace, time.time()):
             raise _busy(relpath, root, info)
         # Its owner is gone. Move the claim aside (one of several breakers wins), then make sure the
         # moved claim is the one judged dead and not one created meanwhile by a live run.
         aside = join_path(root, VERSIONS, relpath, f".{CLAIM}.{token[:8]}.dead")
         if not store.rename(path, aside):
             continue
-        moved_text = store.read(aside)
-        moved = _parse(moved_text)
-        if info is not None and moved is not None and moved.get("token") != info.get("token"):
-            if moved_text is not None:
-                store.create_new(path, moved_text)  # put the live claim back
-            store.delete(aside)
-            raise _busy(relpath, root, moved)
+        moved = store.read(aside)
         store.delete(aside)
+        if moved is not None and moved != text:
+            store.create_new(path, moved)  # put the live claim back
+            raise _busy(relpath, root, _parse(moved))
         log.warning("%s: the claim of %s was abandoned; taking it over", relpath, _owner(info))
     raise _busy(relpath, root, info)
 
@@ -571,7 +576,7 @@ def _check_claim(lease: _Lease, relpath: str, root: str) -> None:
 
 def _acquire_pending(run: _Run) -> None:
     """Claims of a non-local root wait for a SparkSession (Hadoop's file systems live in the JVM)."""
-    if not run.pending or SparkSession.getActiveSession() is None:
+    if not run.pending or _session() is None:
         return
     with _LOCK:
         pending, run.pending = run.pending, []
@@ -628,7 +633,7 @@ def claim(cfg: Config, relpaths: Iterable[str]) -> Iterator[None]:
     root, grace = cfg.output.root, float(cfg.output.abandoned_after_seconds)
     outer, run = _SCOPE, _Run()
     wanted = [(root, relpath, grace) for relpath in relpaths]
-    if is_local(root) or SparkSession.getActiveSession() is not None:
+    if is_local(root) or _session() is not None:
         _acquire_all(run, wanted)
     else:
         run.pending = wanted
@@ -752,10 +757,7 @@ def read_json(path: str) -> dict[str, Any] | None:
     if is_local(path):
         p = local_path(path)
         return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
-    spark = SparkSession.getActiveSession()
-    if spark is None:
-        raise OutputError(f"{path}: a non-local path needs an active SparkSession")
-    data = _read_hadoop(spark, path)
+    data = _read_hadoop(_active_spark(path), path)
     return None if data is None else json.loads(data.decode("utf-8"))
 
 
