@@ -193,6 +193,7 @@ class _Store(Protocol):
     def write(self, path: str, text: str) -> None: ...  # replaces atomically
     def rename(self, src: str, dst: str) -> bool: ...  # False when src is gone; dst is always a fresh name
     def delete(self, path: str) -> None: ...  # a file or a folder; a missing one is fine
+    def remove_empty(self, folder: str) -> bool: ...  # remove the folder only if it is empty
     def refresh(self, path: str, token: str) -> None: ...  # the heartbeat of a lease this process holds
     def current(self, root: str, relpath: str) -> str | None: ...  # the version the reader-facing path points at
     def set_current(self, root: str, relpath: str, version: str, manifest_text: str) -> None: ...
@@ -239,14 +240,20 @@ class _LocalStore:
 
     def create_new(self, path: str, text: str) -> bool:
         p = local_path(path)
-        tmp = self._temp(p, text)  # whole content first, so no reader ever sees a half-written lease
-        try:
-            os.link(tmp, p)
-            return True
-        except FileExistsError:
-            return False
-        finally:
-            tmp.unlink(missing_ok=True)
+        for attempt in range(3):
+            try:
+                tmp = self._temp(p, text)  # whole content first, so no reader ever sees a half-written lease
+                try:
+                    os.link(tmp, p)
+                    return True
+                finally:
+                    tmp.unlink(missing_ok=True)
+            except FileExistsError:
+                return False
+            except FileNotFoundError:  # another run removed the empty folder meanwhile
+                if attempt == 2:
+                    raise
+        return False
 
     def write(self, path: str, text: str) -> None:
         p = local_path(path)
@@ -265,6 +272,13 @@ class _LocalStore:
             shutil.rmtree(p, ignore_errors=True)
         else:
             p.unlink(missing_ok=True)
+
+    def remove_empty(self, folder: str) -> bool:
+        try:
+            local_path(folder).rmdir()
+            return True
+        except OSError:
+            return False
 
     def refresh(self, path: str, token: str) -> None:
         with suppress(FileNotFoundError):
@@ -371,6 +385,13 @@ class _HadoopStore:
     def delete(self, path: str) -> None:
         _, fs, p = self._fs(path)
         fs.delete(p, True)
+
+    def remove_empty(self, folder: str) -> bool:
+        _, fs, p = self._fs(folder)
+        try:
+            return bool(fs.delete(p, False))  # refuses a folder with anything in it
+        except Exception:
+            return False
 
     def refresh(self, path: str, token: str) -> None:
         # Object stores ignore setTimes, so the heartbeat rewrites the lease (only while it is still ours).
@@ -594,18 +615,31 @@ def _acquire_all(run: _Run, wanted: list[tuple[str, str, float]]) -> None:
                 run.claims[(root, relpath)] = lease
     except BaseException:
         for key in taken:
-            _release(run.claims.pop(key))
+            _release_claim(run.claims.pop(key), key[0])
         raise
+
+
+def _release_claim(lease: _Lease, root: str) -> None:
+    """Release a claim and remove the output's folders under `_versions/` that it leaves empty
+    (an output claimed but never published)."""
+    _release(lease)
+    folder = lease.path.rsplit("/", 1)[0]
+    top = join_path(root, VERSIONS)
+    while folder.startswith(top + "/") and lease.store.remove_empty(folder):
+        folder = folder.rsplit("/", 1)[0]
 
 
 def _release_run(run: _Run) -> None:
     with _LOCK:
-        leases = [lease for lease, _ in run.pins.values()] + list(run.claims.values())
+        pins = [lease for lease, _ in run.pins.values()]
+        claims = list(run.claims.items())
         run.pins.clear()
         run.claims.clear()
         run.pending.clear()
-    for lease in leases:
+    for lease in pins:
         _release(lease)
+    for (root, _), lease in claims:
+        _release_claim(lease, root)
 
 
 @contextmanager
@@ -898,7 +932,7 @@ def publish(
             log.warning("%s: could not prune old versions: %s", relpath, err)
     finally:
         if own is not None:
-            _release(own)
+            _release_claim(own, root)
     return Published(path=join_path(root, relpath), rows=rows, version=version, manifest=manifest)
 
 

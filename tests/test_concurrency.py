@@ -55,6 +55,8 @@ def check_root(root: Path) -> dict[str, dict]:
     assert not leftovers, leftovers
     folders = [p for p in versions.rglob("*") if p.is_dir() and io.VERSION_RE.match(p.name)]
     assert folders and all((p / io.MANIFEST).is_file() for p in folders), [p for p in folders if not (p / io.MANIFEST).is_file()]
+    empty = [p for p in versions.rglob("*") if p.is_dir() and not any(p.iterdir())]
+    assert not empty, empty  # not even the folder of an output claimed but never published
     manifests = {}
     for relpath in sorted({str(p.parent.relative_to(versions)) for p in folders}):
         version = current_version(root, relpath)
