@@ -246,7 +246,7 @@ def test_two_pipelines_on_one_root_one_runs_the_other_fails_with_one_retryable_l
         f"data.source={source}",
         f"output.root={root}",
         "train.models=global_mean,bias",
-        "spark.spark.master=local[1]",
+        "spark.spark.master=local[2]",
         "spark.spark.driver.memory=1g",
         "spark.spark.sql.shuffle.partitions=2",
         "report.sample_users=2",
