@@ -54,6 +54,9 @@ class DataConf(_Section):
 class OutputConf(_Section):
     root: str = "out/local"
     keep_versions: int = Field(2, ge=1, description="published versions kept per output")
+    abandoned_after_seconds: int = Field(
+        600, ge=1, description="a lease (another run's claim, write or pin) on another host without a heartbeat for this long is abandoned"
+    )
 
 
 class SplitConf(_Section):
