@@ -8,8 +8,9 @@ other file systems (which have no usable symlinks) it is `<root>/<output>/_manif
 copy of the current version's manifest. Small files (manifests, metrics, an HTML page) go
 through `read_text`, `write_text` and `remove_tree`.
 
-Whether a path is local is decided in this module only, so a test can send `file://` roots
-through the Hadoop code path by patching `fs.is_local`.
+Every read and write of publishing and leases decides local vs Hadoop here (io's preflight
+checks `check_writable` and `published` look at local roots only), so a test can send `file://`
+roots through the Hadoop code path by patching `fs.is_local`.
 """
 
 from __future__ import annotations
