@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from recospark import __version__, io
+from recospark import __version__, leases
 from recospark.config import Config, load_config
 from recospark.errors import EXIT_RETRYABLE, EXIT_USER_ERROR, ConfigError, Retryable, UserError
 from recospark.models.table import MODELS, spec
@@ -169,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stages: list[str] = list(cfg.pipeline.stages) if stage == "pipeline" else [stage]
         preflight(cfg, stages)
         # This run's outputs, all or none, before Spark starts: a second run on them fails here.
-        with io.claim(cfg, [relpath for name in stages for relpath in STAGES[name].publishes(cfg)]):
+        with leases.claim(cfg, [relpath for name in stages for relpath in STAGES[name].publishes(cfg)]):
             spark = build_session(cfg, f"recospark-{stage}")
             result = run(spark, cfg) if stage == "pipeline" else run_stage(stage, spark, cfg)
     except UserError as err:

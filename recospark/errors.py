@@ -23,6 +23,7 @@ __all__ = [
     "EvaluateError",
     "ExecutorsUnavailable",
     "LayoutError",
+    "OutputBusy",
     "OutputError",
     "PrerequisiteError",
     "PublishError",
@@ -75,6 +76,10 @@ class Retryable(RuntimeError):
 
 class ExecutorsUnavailable(Retryable):
     """No executor registered in time: the executors asked for fit on no worker, or the cluster is full."""
+
+
+class OutputBusy(Retryable):
+    """Another live run holds an output this run publishes: a later attempt can succeed (exit code 1)."""
 
 
 class PublishError(RuntimeError):

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from pyspark import inheritable_thread_target
 from pyspark.sql import SparkSession
 
-from recospark import io
+from recospark import fs, jvm
 from recospark.config import Config
 from recospark.paths import join_path
 
@@ -45,24 +45,15 @@ def checkpoint_scope(spark: SparkSession, cfg: Config, stage: str) -> Iterator[s
         yield folder
     finally:
         try:
-            io.remove_tree(spark, folder)
+            fs.remove_tree(spark, folder)
         except Exception as err:  # never mask the stage's own error with a cleanup error
             log.warning("could not remove checkpoint folder %s: %s", folder, err)
-        _restore_checkpoint_dir(spark, previous)
-
-
-def _restore_checkpoint_dir(spark: SparkSession, previous: str | None) -> None:
-    """Point the context back at the folder it had. `setCheckpointDir` would add a new uuid
-    folder below it, so the field is set directly; failing that, the deleted folder stays set
-    and Spark recreates it on the next checkpoint."""
-    jvm, jsc = spark.sparkContext._jvm, spark.sparkContext._jsc
-    if jvm is None:
-        return
-    try:
-        value = jvm.scala.Some(previous) if previous else jvm.scala.Option.empty()
-        getattr(jsc.sc(), "checkpointDir_$eq")(value)
-    except Exception as err:
-        log.debug("could not restore the checkpoint dir: %s", err)
+        # Point the context back at the folder it had; failing that, the deleted folder stays
+        # set and Spark recreates it on the next checkpoint.
+        try:
+            jvm.restore_checkpoint_dir(spark, previous)
+        except Exception as err:
+            log.debug("could not restore the checkpoint dir: %s", err)
 
 
 def for_each_model(spark: SparkSession | None, work: Callable[[T], R], models: Iterable[T], threads: int = MODEL_THREADS) -> list[R]:

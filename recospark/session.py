@@ -35,6 +35,7 @@ from pyspark import SparkConf, SparkContext
 from pyspark.find_spark_home import _find_spark_home
 from pyspark.sql import SparkSession
 
+from recospark import jvm
 from recospark.config import Config
 from recospark.errors import ExecutorsUnavailable
 
@@ -84,10 +85,6 @@ def defaults() -> dict[str, str]:
     }
 
 
-def _jvm_running() -> bool:
-    return SparkContext._jvm is not None or "PYSPARK_GATEWAY_PORT" in os.environ
-
-
 def _read_properties(path: Path) -> dict[str, str]:
     """spark-defaults.conf: `key value` or `key=value` per line, # comments."""
     out: dict[str, str] = {}
@@ -135,7 +132,7 @@ def launched_settings() -> tuple[dict[str, str], str]:
     spark-submit flag, --conf, --properties-file and spark-defaults.conf entry. In a bare
     `recospark` run the JVM does not exist yet: spark-defaults.conf and PYSPARK_SUBMIT_ARGS.
     """
-    if _jvm_running():
+    if jvm.jvm_running():
         SparkContext._ensure_initialized()
         return dict(SparkConf().getAll()), "spark-submit"
     path = _spark_defaults_file()
@@ -180,7 +177,7 @@ def build_session(cfg: Config, app_name: str = "recospark") -> SparkSession:
     # spark.pyspark.python (pointing into the shipped archive) takes precedence over this.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     logging.getLogger("py4j").setLevel(logging.WARNING)  # "Closing down clientserver connection"
-    jvm_running = _jvm_running()
+    jvm_running = jvm.jvm_running()
     launched, source = launched_settings()
     options, warnings = resolve_settings(cfg.spark, launched, jvm_running, cfg.runtime.log_level)
     for warning in warnings:
@@ -208,11 +205,6 @@ def configure(spark: SparkSession, cfg: Config) -> None:
     spark.conf.set("spark.sql.session.timeZone", "UTC")
 
 
-def _executor_count(spark: SparkSession) -> int:
-    infos = spark.sparkContext._jsc.sc().statusTracker().getExecutorInfos()
-    return max(len(infos) - 1, 0)  # the driver is listed too
-
-
 def wait_for_executors(spark: SparkSession, timeout: float | None = None) -> None:
     """On a cluster master with static allocation, wait for the first executor; fail after
     `timeout` seconds (RECOSPARK_EXECUTOR_WAIT_SECONDS, default 180; 0 waits forever) instead
@@ -230,7 +222,7 @@ def wait_for_executors(spark: SparkSession, timeout: float | None = None) -> Non
     if timeout <= 0:
         return
     started = time.monotonic()
-    while _executor_count(spark) == 0:
+    while jvm.registered_executors(spark) == 0:
         if time.monotonic() - started > timeout:
             sizing = ", ".join(f"{k}={conf.get(k, '(unset)')}" for k in SIZING_KEYS)
             message = (

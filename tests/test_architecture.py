@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -129,6 +130,26 @@ def test_every_module_imports_first_in_a_fresh_interpreter():
     )
     result = subprocess.run([sys.executable, "-c", code, *sorted(MODULES)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# Py4J internals of pyspark: reached from recospark/jvm.py only (issue 20).
+JVM_INTERNAL = re.compile(r"(?<![A-Za-z0-9_])_(?:jvm|jsc|gateway)(?![A-Za-z0-9_])")
+
+
+def _jvm_internals(text: str) -> list[int]:
+    """Lines that mention `_jvm`, `_jsc` or `_gateway`: attributes, `getattr` strings and comments alike."""
+    return [n for n, line in enumerate(text.splitlines(), 1) if JVM_INTERNAL.search(line)]
+
+
+def test_jvm_internals_live_in_one_module():
+    mentions = {name: _jvm_internals(path.read_text(encoding="utf-8")) for name, path in MODULES.items() if name != "recospark.jvm"}
+    assert {name: lines for name, lines in mentions.items() if lines} == {}
+    assert _jvm_internals(MODULES["recospark.jvm"].read_text(encoding="utf-8"))  # the scan does see them there
+
+
+def test_jvm_internal_scan_finds_planted_uses():
+    planted = 'x = spark.sparkContext._jsc.sc()\ny = getattr(sc, "_gateway")\nz = SparkContext._jvm\nok = jvm_running(); _jvm_running = 1\n'
+    assert _jvm_internals(planted) == [1, 2, 3]
 
 
 # --------------------------------------------------------------------------- the model table

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from chispa import assert_df_equality
 
-from recospark import io
+from recospark import fs, io
 from recospark.schema import RATINGS
 from recospark.stages import ingest
 
@@ -57,7 +57,7 @@ def test_killed_stage_leaves_previous_output_intact(spark, cfg_factory, tmp_path
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     partial = set(versions.iterdir()) - existing  # the version folder, its write lease and the run's claim
-    assert any(p.is_dir() for p in partial) and not any((p / io.MANIFEST).exists() for p in partial)
+    assert any(p.is_dir() for p in partial) and not any((p / fs.MANIFEST).exists() for p in partial)
     after = io.read_output(spark, cfg, "ratings", RATINGS)
     assert_df_equality(after, before, ignore_row_order=True)
     assert io.read_manifest(cfg, "ratings")["rows"] == 600

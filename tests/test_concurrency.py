@@ -18,8 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import small_movielens_ratings, write_movielens
-from recospark import io
+from recospark import fs, io, jvm, leases
 from recospark.config import load_config
+from recospark.errors import OutputBusy
 from recospark.paths import join_path, local_path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,13 +31,13 @@ def root(request, tmp_path, monkeypatch) -> str:
     """An output root on the local code path, or a file:// root forced through the Hadoop FileSystem one."""
     if request.param == "hadoop":
         request.getfixturevalue("spark")
-        monkeypatch.setattr(io, "is_local", lambda uri: False)
+        monkeypatch.setattr(fs, "is_local", lambda uri: False)
         return f"file://{tmp_path / 'out'}"
     return str(tmp_path / "out")
 
 
 def _spark():
-    return io._session()
+    return fs.active_session()
 
 
 def current_version(root: Path, relpath: str) -> str:
@@ -44,7 +45,7 @@ def current_version(root: Path, relpath: str) -> str:
     target = root / relpath
     if target.is_symlink():
         return target.resolve().name
-    return json.loads((target / io.MANIFEST).read_text())["version"]
+    return json.loads((target / fs.MANIFEST).read_text())["version"]
 
 
 def check_root(root: Path) -> dict[str, dict]:
@@ -53,15 +54,15 @@ def check_root(root: Path) -> dict[str, dict]:
     versions = root / "_versions"
     leftovers = [p for p in versions.rglob("*") if p.is_file() and (p.name.endswith((".lease", ".tmp", ".dead")))]
     assert not leftovers, leftovers
-    folders = [p for p in versions.rglob("*") if p.is_dir() and io.VERSION_RE.match(p.name)]
-    assert folders and all((p / io.MANIFEST).is_file() for p in folders), [p for p in folders if not (p / io.MANIFEST).is_file()]
+    folders = [p for p in versions.rglob("*") if p.is_dir() and fs.VERSION_RE.match(p.name)]
+    assert folders and all((p / fs.MANIFEST).is_file() for p in folders), [p for p in folders if not (p / fs.MANIFEST).is_file()]
     empty = [p for p in versions.rglob("*") if p.is_dir() and not any(p.iterdir())]
     assert not empty, empty  # not even the folder of an output claimed but never published
     manifests = {}
     for relpath in sorted({str(p.parent.relative_to(versions)) for p in folders}):
         version = current_version(root, relpath)
         folder = versions / relpath / version
-        manifest = json.loads((folder / io.MANIFEST).read_text())
+        manifest = json.loads((folder / fs.MANIFEST).read_text())
         assert (manifest["output"], manifest["version"]) == (relpath, version)
         files = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith((".", "_")))
         if isinstance(manifest.get("files"), list):  # publish_files lists what it wrote (ingest's `files` are its sources)
@@ -105,8 +106,8 @@ def test_a_second_publisher_of_one_output_fails_while_the_first_publishes(root):
     thread.start()
     try:
         assert inside.wait(60)
-        busy = rf"^metrics under {re.escape(root)} is being published by another run \(run {io.RUN_ID}, host .+, pid {os.getpid()}, since .+\); retry"
-        with pytest.raises(io.OutputBusy, match=busy):
+        busy = rf"^metrics under {re.escape(root)} is being published by another run \(run {leases.RUN_ID}, host .+, pid {os.getpid()}, since .+\); retry"
+        with pytest.raises(OutputBusy, match=busy):
             io.publish_files(_spark(), cfg, "metrics", {"m.json": '{"v": 2}'})
     finally:
         finish.set()
@@ -135,7 +136,7 @@ def _lease(folder: Path, name: str, *, host: str, pid: int, age: float = 0.0) ->
         "token": "t",
         "host": host,
         "pid": pid,
-        "pid_start": io._proc_start(pid),
+        "pid_start": leases._proc_start(pid),
         "heartbeat_at": beat,
     }
     (folder / name).write_text(json.dumps(text))
@@ -146,7 +147,7 @@ def _version(folder: Path, name: str, *, complete: bool, age: float = 0.0) -> No
     (folder / name).mkdir(parents=True)
     (folder / name / "part-0").write_text("x")
     if complete:
-        (folder / name / io.MANIFEST).write_text(json.dumps({"version": name}))
+        (folder / name / fs.MANIFEST).write_text(json.dumps({"version": name}))
     then = time.time() - age
     os.utime(folder / name, (then, then))
 
@@ -159,7 +160,7 @@ def test_pruning_spares_live_writers_and_pins_and_removes_what_is_abandoned(root
     alive = subprocess.Popen(["sleep", "300"])  # another run on this host, still running
     gone = subprocess.Popen(["true"])
     gone.wait()  # a run on this host that has ended (killed, say) without cleaning up
-    here = io._HOST
+    here = leases._HOST
     v = [f"2020010{i}T000000-0000000{i}" for i in range(1, 10)]
     try:
         _version(folder, v[1], complete=True)  # old, unpinned: beyond keep_versions
@@ -203,14 +204,14 @@ def test_a_pinned_reader_reads_its_version_to_the_end_while_two_writers_publish_
             try:
                 published.append(_publish_rows(cfg, "ratings", 10 * w + done).version)
                 done += 1
-            except io.OutputBusy:
+            except OutputBusy:
                 busy.append(w)
                 time.sleep(0.05)
             except Exception as err:  # pragma: no cover - reported below
                 errors.append(err)
                 return
 
-    with io.claim(cfg, []):  # the reader's run: its pins last until it ends
+    with leases.claim(cfg, []):  # the reader's run: its pins last until it ends
         src = io.source(cfg, "ratings")
         assert src.version == pinned
         df = src.read(spark)
@@ -229,7 +230,7 @@ def test_a_pinned_reader_reads_its_version_to_the_end_while_two_writers_publish_
         assert len(published) == 6
         assert sorted(df.collect()) == [(i, 0) for i in range(50)]  # to the end
         # keep_versions=1: only the current version and the pinned one remain.
-        names = sorted(p.name for p in (out / "_versions" / "ratings").iterdir() if io.VERSION_RE.match(p.name))
+        names = sorted(p.name for p in (out / "_versions" / "ratings").iterdir() if fs.VERSION_RE.match(p.name))
         assert names == sorted([pinned, current_version(out, "ratings")])
         assert current_version(out, "ratings") in published
     # The reader's run has ended: the next publish prunes its version.
@@ -292,22 +293,22 @@ def test_two_pipelines_on_one_root_one_runs_the_other_fails_with_one_retryable_l
 def test_publishing_through_hadoop_keeps_versions_in_place_behind_a_pointer(spark, tmp_path, monkeypatch):
     """On hdfs:// and s3a:// the version folder never moves (so it can be pinned): the output's
     `_manifest.json` is the pointer, replaced by one rename, and the data stays under `_versions/`."""
-    monkeypatch.setattr(io, "is_local", lambda uri: False)
+    monkeypatch.setattr(fs, "is_local", lambda uri: False)
     root = f"file://{tmp_path}/out"
     cfg = load_config(None, [f"output.root={root}", "output.keep_versions=1"])
     legacy = tmp_path / "out" / "metrics"  # an output published in place by an older recospark
     legacy.mkdir(parents=True)
     (legacy / "als.json").write_text("{}")
-    (legacy / io.MANIFEST).write_text(json.dumps({"version": "old", "rows": None}))
+    (legacy / fs.MANIFEST).write_text(json.dumps({"version": "old", "rows": None}))
     assert io.source(cfg, "metrics").uri == f"file://{legacy}"  # read in place, unpinned
     versions = [io.publish_files(spark, cfg, "metrics", {"als.json": json.dumps({"rmse": r})}).version for r in (1.0, 0.9)]
-    pointer = json.loads((legacy / io.MANIFEST).read_text())
-    assert pointer["version"] == versions[1] and sorted(p.name for p in legacy.iterdir() if not p.name.startswith(".")) == [io.MANIFEST]
+    pointer = json.loads((legacy / fs.MANIFEST).read_text())
+    assert pointer["version"] == versions[1] and sorted(p.name for p in legacy.iterdir() if not p.name.startswith(".")) == [fs.MANIFEST]
     assert [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith("metrics.replaced-")]  # moved aside, not deleted
-    with io.claim(cfg, []):
+    with leases.claim(cfg, []):
         src = io.source(cfg, "metrics")
         assert src.uri == f"file://{tmp_path}/out/_versions/metrics/{versions[1]}"
         assert io.read_json(src.file("als.json")) == {"rmse": 0.9}
     assert io.read_manifest(cfg, "metrics") == pointer
-    assert io._read_hadoop(spark, join_path(root, "metrics", "missing.json")) is None
+    assert jvm.hadoop_read(spark, join_path(root, "metrics", "missing.json")) is None
     assert not (tmp_path / "out" / "_versions" / "metrics" / versions[0]).exists()  # keep_versions=1

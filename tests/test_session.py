@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from recospark import jvm
 from recospark import session as S
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +67,7 @@ def test_spark_defaults_and_submit_args_are_read(tmp_path, monkeypatch):
     )
     monkeypatch.setenv("SPARK_CONF_DIR", str(tmp_path))
     monkeypatch.setenv("PYSPARK_SUBMIT_ARGS", "--conf spark.ui.enabled=true --conf=spark.a=b pyspark-shell")
-    monkeypatch.setattr(S, "_jvm_running", lambda: False)
+    monkeypatch.setattr(jvm, "jvm_running", lambda: False)
     settings, _ = S.launched_settings()
     assert settings == {"spark.sql.shuffle.partitions": "300", "spark.executor.memory": "3g",
                         "spark.eventLog.dir": "file:///x", "spark.ui.enabled": "true", "spark.a": "b"}

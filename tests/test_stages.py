@@ -11,7 +11,7 @@ import pytest
 from pyspark.ml.base import Estimator
 from pyspark.sql import functions as F
 
-from recospark import io, scoring
+from recospark import fs, io, scoring
 from recospark.config import load_config
 from recospark.errors import PrerequisiteError
 from recospark.schema import MOVIE_ID, MOVIES, RANK, RATINGS, RECOMMENDATIONS, TITLE, USER_ID
@@ -78,7 +78,7 @@ def test_every_output_has_a_manifest_and_no_checkpoint_is_left(published):
     outputs = ["ratings", "movies", "rejected", "splits/random/train", "splits/random/test", "metrics", "report"]
     outputs += [f"{kind}/{m}" for kind in ("models", "recommendations") for m in cfg.train.models]
     for relpath in outputs:
-        assert (root / relpath / io.MANIFEST).is_file(), relpath
+        assert (root / relpath / fs.MANIFEST).is_file(), relpath
     leftovers = [p for p in (root / "_checkpoints").rglob("*") if p.is_file()] if (root / "_checkpoints").exists() else []
     assert leftovers == []
 
@@ -146,7 +146,7 @@ def test_preflight_names_the_stage_to_run_first(tmp_path):
         pipeline.preflight(cfg, ["recommend"])
     for side in ("train", "test"):  # a published split, as `split` leaves it
         (tmp_path / "out" / "splits" / "random" / side).mkdir(parents=True)
-        (tmp_path / "out" / "splits" / "random" / side / io.MANIFEST).write_text("{}")
+        (tmp_path / "out" / "splits" / "random" / side / fs.MANIFEST).write_text("{}")
     with pytest.raises(PrerequisiteError, match=r"evaluate needs models/als.*run `recospark train` first"):
         pipeline.preflight(cfg, ["evaluate"])
 

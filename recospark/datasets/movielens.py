@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from recospark import jvm
 from recospark.errors import LayoutError
-from recospark.io import hadoop_fs
 from recospark.paths import is_local, join_path, local_path
 from recospark.schema import (
     LINE_NUMBER,
@@ -121,7 +121,7 @@ def list_files(spark: SparkSession | None, folder: str) -> list[str]:
         return sorted(p.name for p in path.iterdir() if not p.name.startswith(("_", ".")))
     if spark is None:
         raise LayoutError(f"{folder}: listing a non-local folder needs a SparkSession")
-    _, fs, hpath = hadoop_fs(spark, folder)
+    fs, hpath = jvm.hadoop_fs(spark, folder)
     if not fs.exists(hpath):
         raise LayoutError(f"data.source folder {folder} does not exist")
     return sorted(s.getPath().getName() for s in fs.listStatus(hpath) if not s.getPath().getName().startswith(("_", ".")))
@@ -138,7 +138,7 @@ def file_size(spark: SparkSession | None, path: str) -> int:
         return -1
     if spark is None:
         raise LayoutError(f"{path}: a non-local file needs a SparkSession")
-    _, fs, hpath = hadoop_fs(spark, path)
+    fs, hpath = jvm.hadoop_fs(spark, path)
     return int(fs.getContentSummary(hpath).getLength()) if fs.exists(hpath) else -1
 
 

@@ -24,7 +24,7 @@ from pyspark.ml.evaluation import RegressionEvaluator
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recospark import io, ranking
+from recospark import fs, io, ranking
 from recospark.config import Config
 from recospark.errors import EvaluateError, PrerequisiteError
 from recospark.frames import first_row
@@ -229,8 +229,8 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         "models": {n: {key: v for key, v in m.items() if key not in ("history", "params")} for n, m in results.items()},
         "recommended": _recommended(recommended_src, results, k),
     }
-    files = {f"{name}.json": io.to_json(m) for name, m in results.items()}
-    files["summary.json"] = io.to_json(summary)
+    files = {f"{name}.json": fs.to_json(m) for name, m in results.items()}
+    files["summary.json"] = fs.to_json(summary)
     inputs: list[io.Source] = [train_src, test_src, *rec_srcs.values(), *model_srcs.values()]
     inputs += [s for s in (fallback_src, recommended_src) if s is not None]
     published = io.publish_files(spark, cfg, "metrics", files, inputs=inputs)

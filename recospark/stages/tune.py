@@ -34,7 +34,7 @@ from pyspark.ml.tuning import CrossValidator, ParamGridBuilder, TrainValidationS
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recospark import io, ranking
+from recospark import fs, io, ranking
 from recospark.config import Config
 from recospark.models.table import MODELS, ModelSpec
 from recospark.runtime import stage_run
@@ -178,7 +178,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         "seed": cfg.split.seed,
         "models": models,
     }
-    published = io.publish_files(spark, cfg, "tuning", {"tuning.json": io.to_json(result)}, inputs=[src])
+    published = io.publish_files(spark, cfg, "tuning", {"tuning.json": fs.to_json(result)}, inputs=[src])
     return {
         "path": published.path,
         "models": {n: {"best_params": m["best_params"], m["metric"]: m["best_score"]} for n, m in models.items()},
