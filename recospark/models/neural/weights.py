@@ -5,7 +5,8 @@ shape, byte offsets) and the raw tensor bytes: loading it runs no code, unlike `
 pickle (or a torch.save zip of pickles). `check_safetensors` inspects the header before the bytes
 reach the parser, so a pickle, a zip or a truncated file is refused with a message naming it.
 Weights travel as numpy arrays (`safetensors.numpy`): the driver never needs torch to hold,
-save or broadcast them.
+save or broadcast them. safetensors is part of the optional `neural` extra, so it is imported
+where bytes are made or parsed, not with this module.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ import struct
 from collections.abc import Mapping
 
 import numpy as np
-from safetensors.numpy import load as _load
-from safetensors.numpy import save as _save
 
 __all__ = ["FILE_NAME", "WeightsFormatError", "check_safetensors", "from_bytes", "to_bytes"]
 
@@ -68,13 +67,17 @@ def check_safetensors(data: bytes, where: str = "weights") -> None:
 
 def to_bytes(tensors: Mapping[str, np.ndarray]) -> bytes:
     """safetensors bytes of named numpy arrays (made contiguous)."""
-    return _save({name: np.ascontiguousarray(value) for name, value in tensors.items()})
+    from safetensors.numpy import save
+
+    return save({name: np.ascontiguousarray(value) for name, value in tensors.items()})
 
 
 def from_bytes(data: bytes, where: str = "weights") -> dict[str, np.ndarray]:
     """Named numpy arrays from safetensors bytes, after `check_safetensors`."""
+    from safetensors.numpy import load
+
     check_safetensors(data, where)
     try:
-        return dict(_load(data))
+        return dict(load(data))
     except Exception as err:  # the parser's own checks (dtype, shape vs. offsets)
         raise WeightsFormatError(f"{where}: not a valid safetensors file ({err})") from None
