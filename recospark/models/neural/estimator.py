@@ -334,6 +334,7 @@ class NeuralRecommenderModel(Model, _NeuralModelParams, _RecommenderModelSetters
         history: list[dict[str, Any]] | None = None,
         bestEpoch: int = 0,
         tables: Mapping[str, DataFrame] | None = None,
+        trainingRanks: list[dict[str, Any]] | None = None,
     ) -> None:
         super().__init__()
         self.hyperParameters = dict(hyperParameters or {})
@@ -343,6 +344,7 @@ class NeuralRecommenderModel(Model, _NeuralModelParams, _RecommenderModelSetters
         self.history = list(history or [])
         self.bestEpoch = int(bestEpoch)
         self._tables = dict(tables or {})
+        self.trainingRanks = list(trainingRanks or [])  # where each rank ran (host, pid, working dir, rows)
         self._broadcasts: dict[str, Any] = {}
 
     @classmethod
@@ -387,6 +389,7 @@ class NeuralRecommenderModel(Model, _NeuralModelParams, _RecommenderModelSetters
             "bestEpoch": self.bestEpoch,
             "nUsers": len(self.userIds),
             "nItems": len(self.itemIds),
+            "trainingRanks": self.trainingRanks,
         }
 
     def _saved_tables(self, spark: SparkSession) -> dict[str, DataFrame]:
@@ -421,7 +424,7 @@ class NeuralFactorModel(NeuralRecommenderModel):
     def _fitted(cls, spark, hp, user_ids, item_ids, result, train_rows):
         users_mat, items_mat = result["factors"]
         tables = {"userFactors": _factor_frame(spark, user_ids, users_mat), "itemFactors": _factor_frame(spark, item_ids, items_mat)}
-        return cls(hp, user_ids, item_ids, result["weights"], result["history"], result["best_epoch"], tables)
+        return cls(hp, user_ids, item_ids, result["weights"], result["history"], result["best_epoch"], tables, result["ranks"])
 
     @property
     def userFactors(self) -> DataFrame:
@@ -463,7 +466,9 @@ class NeuralScorerModel(NeuralRecommenderModel):
 
     @classmethod
     def _fitted(cls, spark, hp, user_ids, item_ids, result, train_rows):
-        return cls(hp, user_ids, item_ids, result["weights"], result["history"], result["best_epoch"], {"trainRows": train_rows})
+        return cls(
+            hp, user_ids, item_ids, result["weights"], result["history"], result["best_epoch"], {"trainRows": train_rows}, result["ranks"]
+        )
 
     @property
     def trainRows(self) -> DataFrame:
@@ -531,7 +536,14 @@ class _NeuralReader(MLReader):
         schemas = {"userFactors": FACTORS, "itemFactors": FACTORS, "trainRows": _TRAIN_ROWS}
         tables = {name: spark.read.schema(schemas[name]).parquet(join_path(path, name)) for name in self.cls._TABLES}
         model = self.cls(
-            metadata["hyperParameters"], ids["userIds"], ids["itemIds"], data, metadata.get("history"), metadata.get("bestEpoch", 0), tables
+            metadata["hyperParameters"],
+            ids["userIds"],
+            ids["itemIds"],
+            data,
+            metadata.get("history"),
+            metadata.get("bestEpoch", 0),
+            tables,
+            metadata.get("trainingRanks"),
         )
         model._resetUid(metadata["uid"])
         DefaultParamsReader.getAndSetParams(model, metadata)
