@@ -112,6 +112,17 @@ def test_gmf_forward_and_loss_by_hand():
     assert float(GMF_RECIPE.loss(net, batch, {"regParam": 0.0}, 0).detach()) == pytest.approx(expected, rel=1e-6)
 
 
+def test_gmf_with_item_bias_exports_factors_equal_to_its_logits():
+    torch.manual_seed(0)
+    net = GMFNet(n_users=3, n_items=4, dim=2, init_std=0.5, item_bias=True)
+    with torch.no_grad():
+        net.item_bias.weight.copy_(torch.tensor([[0.5], [-1.0], [0.0], [2.0]]))
+        users, items = net.factors()
+        u, i = torch.meshgrid(torch.arange(3), torch.arange(4), indexing="ij")
+        logits, _ = net(u.reshape(-1), i.reshape(-1))
+    np.testing.assert_allclose((users @ items.T).reshape(-1).numpy(), logits.numpy(), rtol=1e-6, atol=1e-6)
+
+
 # --------------------------------------------------------------------------- sharding (pure functions)
 
 
@@ -166,6 +177,21 @@ def test_shards_read_from_parquet_split_the_rows_and_drop_unknown_validation_ids
         for s in (t, v):
             assert np.all(np.diff(s.users) >= 0)  # sorted by user
             assert s.users.min(initial=0) >= 0 and s.items.max(initial=0) < len(item_ids)
+
+
+def test_an_unpickled_job_hands_its_import_path_to_the_processes_it_starts(monkeypatch):
+    """torchrun's ranks are fresh interpreters: they find the --py-files code through PYTHONPATH."""
+    import pickle
+
+    from recospark.models.neural.job import TrainJob
+
+    monkeypatch.setenv("PYTHONPATH", "/already/there")
+    monkeypatch.setattr(sys, "path", [*sys.path, str(ROOT / "tests")])
+    job = TrainJob(NEURAL_MF, {"seed": 1}, "rows", np.arange(3), np.arange(2), 1, False)
+    copy = pickle.loads(pickle.dumps(job))
+    assert copy.hp == {"seed": 1} and copy.recipe.name == "neural_mf"
+    exported = os.environ["PYTHONPATH"].split(os.pathsep)
+    assert exported[0] == "/already/there" and str(ROOT / "tests") in exported
 
 
 # --------------------------------------------------------------------------- fitted models
