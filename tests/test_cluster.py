@@ -475,8 +475,8 @@ def test_neural_mf_trains_across_both_workers_and_equals_a_local_run(cluster, ar
 
     Executors need torch, which the default environment archive (`make dist`) leaves out. Both
     workers run on this machine, so the executors run the test venv's Python (which has the
-    `neural` extra and recospark) through `spark.pyspark.python`, instead of unpacking the ~800 MB
-    `make dist-neural` archive per executor; the code still ships as --py-files.
+    `neural` extra and recospark) through `spark.pyspark.python`, instead of unpacking the `make
+    dist-neural` archive (over 1 GB unpacked) per executor; the code still ships as --py-files.
     """
     app = tmp_path / "neural_app.py"
     app.write_text(NEURAL_APP)

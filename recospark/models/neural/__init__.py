@@ -62,6 +62,6 @@ def passive_openmp() -> None:
 
     Call before torch is first imported in a process (OpenMP reads it once). Spinning threads on
     a busy machine (other ranks, Spark tasks, other jobs) made small networks' epochs many times
-    slower than with one thread; passive waiting removes that cliff (README, neural models).
+    slower than with one thread; passive waiting removes that cliff.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

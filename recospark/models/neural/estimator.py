@@ -82,7 +82,8 @@ SHARED_DOCS: dict[str, str] = {
     "earlyStoppingRounds": "with validationIndicatorCol: stop after this many epochs without a better validation metric "
     "and keep the best epoch's weights; 0 disables",
 }
-# numProcesses 1: on ML-100K and 2 cores, two ranks were no faster than one (README, neural models)
+# numProcesses 1: on ML-100K and 2 cores, two ranks trained no faster than one (their gradient all-reduce
+# costs more than half an epoch of these small networks saves)
 ENGINE_DEFAULTS: dict[str, Any] = {"seed": 42, "numProcesses": 1, "earlyStoppingRounds": 3}
 _REQUIRED = ("maxIter", "stepSize", "batchSize")
 _COLUMNS = {"userCol": USER_ID, "itemCol": MOVIE_ID, "predictionCol": PREDICTION, "coldStartStrategy": "nan"}
