@@ -296,6 +296,36 @@ def test_block_scorer_lists_equal_a_plain_per_user_reference_ties_included(spark
     assert [m for m, _ in got[4]] == [102, 104, 105]  # unknown user: mu + b_i, ties by movie_id
 
 
+class _ScoredMF(NeuralMFRecipe):
+    """neural_mf's network as if it were not a dot product: its model ranks through blockScorer()."""
+
+    name = "scored_mf"
+    dot_product = False
+
+
+def test_a_scorer_model_ranks_through_its_block_scorer_and_survives_save_load(spark, tmp_path):
+    from recospark.scoring import recommend_for
+
+    scorer, reference, item_ids = _tied_scorer(spark)
+    _, model_cls = neural_pair(_ScoredMF(), "ScoredMF")
+    history = spark.createDataFrame([(1, 103, 4.0), (2, 105, 5.0), (3, 104, 2.0)], "user_id int, movie_id int, rating float")
+    hp = scorer.hp
+    model = model_cls(hp, scorer.user_ids_bc.value, item_ids, scorer.weights_bc.value, [{"epoch": 1}], 1, {"trainRows": history}, [])
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the Python workers cannot import this test module
+    try:
+        assert not hasattr(model, "scoringFactors") and hasattr(model, "blockScorer")
+        recs = {(r.user_id, r.rank): r.movie_id for r in recommend_for(model, history, 2).collect()}
+        assert recs == {(1, 1): 101, (1, 2): 102, (2, 1): 101, (2, 2): 102, (3, 1): 101, (3, 2): 102}
+        model.write().save(str(tmp_path / "m"))
+        loaded = model_cls.load(str(tmp_path / "m"))
+        assert sorted(tuple(r) for r in loaded.trainRows.collect()) == sorted(tuple(r) for r in history.collect())
+        pairs = spark.createDataFrame([(2, 103), (7, 103)], "user_id int, movie_id int")
+        got = {r.user_id: r.prediction for r in loaded.transform(pairs).collect()}
+        assert got[2] == pytest.approx(reference(2, 103)) and math.isnan(got[7])
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
 def test_pair_predictions_run_the_network_and_give_nan_for_unknown_ids(spark):
     scorer, reference, _ = _tied_scorer(spark)
     pairs = spark.createDataFrame([(1, 103), (3, 105), (9, 101), (1, 999)], "user_id int, movie_id int")
