@@ -1,0 +1,522 @@
+"""EASE (Steck, WWW 2019, "Embarrassingly Shallow Autoencoders for Sparse Data") as a pyspark.ml
+Estimator/Model pair shaped like ALS.
+
+With X the user x item matrix of train (1 for every rated cell, or the rating), EASE learns an
+item x item weight matrix with a zero diagonal in closed form:
+
+    P = (X^T X + lambda I)^-1,   B = I - P diag(1 / diag P),   score(u, i) = x_u . B[:, i]
+
+It is a ranking model: the score says how strongly the user's other items point to i, not a rating.
+
+Distributed shape: users' rows of X stay on the executors. Each partition adds its users' outer
+products into a partial Gram matrix (a compiled loop over each user's pairs of items, so the cost
+is the sum of squared history lengths, not users x items x items), cuts it into tiles and a
+`reduceByKey` sums the tiles; only the n x n Gram reaches the driver, where the float64 inverse is
+taken. Nothing of size users x items exists anywhere and no rating is collected on the driver.
+
+The cap (`maxItems`): the inverse is O(n^3) time and holds about three n x n float64 matrices on
+the driver, so only the `maxItems` most-rated items (ties by the smaller movie_id) enter X. The
+rest are left out of every user's x_u and are never recommended; the model's ``summary`` counts
+them. The default keeps the inverse within minutes and about 2.4 GB at the ML-25M shape (59,047
+items) on a 2-core machine; the measurement behind it is in the module's commit and the README's
+scale section, not here.
+
+Scoring goes through `EASEModel.blockScorer()` (recospark.scoring's generic BlockScorer path):
+B is broadcast once as float32 and each block of users is scored from their history, a compiled
+sum of B's rows over the user's items. B is persisted as Parquet rows ``(id, features)`` (row i of
+B, columns in ascending id order) with Spark ML JSON metadata; no pickle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from functools import partial
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+from numba import njit
+from pyspark import keyword_only
+from pyspark.ml import Estimator, Model
+from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import ArrayType, DoubleType, IntegerType, StructField, StructType
+
+from recospark.models.params import _RecommenderModelParams, _RecommenderModelSetters, _RecommenderParams
+from recospark.models.persistence import EstimatorPersistence, TablesPersistence
+from recospark.schema import FACTOR_ID, FEATURES, MOVIE_ID, PREDICTION, RATING, USER_ID
+
+__all__ = ["EASE", "EASEBlockScorer", "EASEModel", "ease_scores", "ease_weights", "gram_tiles", "keep_most_rated"]
+
+_WEIGHTS_TABLE = "itemWeights"
+_WEIGHTS = StructType(
+    [
+        StructField(FACTOR_ID, IntegerType(), False),
+        StructField(FEATURES, ArrayType(DoubleType(), False), False),
+    ]
+)
+_IDX, _VALUE, _CELLS = "_item_index", "_value", "_cells"
+_IDXS, _VALS = "_idxs", "_vals"
+# Gram tiles are TILE x TILE float64 (32 MB): the unit of the shuffle and of the driver's assembly.
+TILE = 2048
+# Users per call of the compiled Gram loop (bounds the worker's concatenated history arrays).
+_USERS_PER_CHUNK = 4096
+# Rows of B per Arrow table when saving (keeps every JVM-side batch far below 2 GB).
+_SAVE_BYTES_PER_CHUNK = 64 << 20
+
+
+class _EASEModelParams(_RecommenderModelParams):
+    """What scoring needs: the columns, coldStartStrategy (ALS parity) and what a cell of x_u holds."""
+
+    binary: Param[bool] = Param(
+        Params._dummy(),
+        "binary",
+        "X holds 1 for every rated item (true) or the rating itself (false), in fitting and in each "
+        "user's x_u when scoring; missing cells are 0 either way",
+        TypeConverters.toBoolean,
+    )
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._setDefault(userCol=USER_ID, itemCol=MOVIE_ID, predictionCol=PREDICTION, coldStartStrategy="nan", binary=True)
+
+    def getBinary(self) -> bool:
+        return self.getOrDefault(self.binary)
+
+
+class _EASEParams(_EASEModelParams, _RecommenderParams):
+    """Fit-time params: the L2 weight lambda and the cap on the catalogue."""
+
+    regParam: Param[float] = Param(
+        Params._dummy(),
+        "regParam",
+        "lambda, the L2 weight added to the diagonal of X^T X (> 0); larger pulls B toward 0 and favours popular items less",
+        TypeConverters.toFloat,
+    )
+    maxItems: Param[int] = Param(
+        Params._dummy(),
+        "maxItems",
+        "cap on the catalogue (>= 1): only the maxItems most-rated items (ties by the smaller item id) "
+        "enter X and can be recommended, because the driver inverts an n x n float64 matrix (O(n^3) "
+        "time, about 24 n^2 bytes); the fitted model's summary counts the items and ratings left out",
+        TypeConverters.toInt,
+    )
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._setDefault(ratingCol=RATING, regParam=200.0, maxItems=10_000)
+
+    def getRegParam(self) -> float:
+        return self.getOrDefault(self.regParam)
+
+    def getMaxItems(self) -> int:
+        return self.getOrDefault(self.maxItems)
+
+
+# --------------------------------------------------------------------------- workers (no Spark)
+
+
+@njit(cache=True, nogil=True)
+def _add_pairs(gram: np.ndarray, indptr: np.ndarray, idx: np.ndarray, vals: np.ndarray) -> None:  # pragma: no cover - compiled
+    """gram[i, j] += v_i v_j for every pair of items i <= j of each user (upper triangle only)."""
+    for u in range(len(indptr) - 1):
+        start, stop = indptr[u], indptr[u + 1]
+        for a in range(start, stop):
+            ia, va = idx[a], vals[a]
+            for b in range(a, stop):
+                ib = idx[b]
+                if ia <= ib:
+                    gram[ia, ib] += va * vals[b]
+                else:
+                    gram[ib, ia] += va * vals[b]
+
+
+def _flatten(chunk: Sequence[tuple[Any, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    lengths = np.fromiter((len(i) for i, _ in chunk), dtype=np.int64, count=len(chunk))
+    indptr = np.zeros(len(chunk) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    idx = np.fromiter((j for i, _ in chunk for j in i), dtype=np.int64, count=int(indptr[-1]))
+    vals = np.fromiter((x for _, values in chunk for x in values), dtype=np.float64, count=int(indptr[-1]))
+    return indptr, idx, vals
+
+
+def gram_tiles(rows: Iterable[tuple[Any, Any]], n: int, tile: int = TILE) -> Iterator[tuple[tuple[int, int], np.ndarray]]:
+    """mapPartitions worker: this partition's X^T X as upper-triangular tiles ((a, b), block), a <= b.
+
+    `rows` are users as (column indices, values), each index in [0, n) at most once per user. The
+    partition's partial Gram is one dense n x n float64 (8 n^2 bytes per task); tiles that are all
+    zero are not emitted. Diagonal tiles hold only their upper triangle (see `assemble_gram`).
+    """
+    gram: np.ndarray | None = None
+    chunk: list[tuple[Any, Any]] = []
+
+    def flush() -> None:
+        nonlocal gram
+        if chunk:
+            gram = np.zeros((n, n)) if gram is None else gram
+            _add_pairs(gram, *_flatten(chunk))
+            chunk.clear()
+
+    for row in rows:
+        chunk.append((row[0], row[1]))
+        if len(chunk) >= _USERS_PER_CHUNK:
+            flush()
+    flush()
+    if gram is None:
+        return
+    for a in range(0, n, tile):
+        for b in range(a, n, tile):
+            block = gram[a : a + tile, b : b + tile]
+            if block.any():
+                yield (a // tile, b // tile), np.ascontiguousarray(block)
+
+
+def _add_into(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    left += right
+    return left
+
+
+def assemble_gram(tiles: Iterable[tuple[tuple[int, int], np.ndarray]], n: int, tile: int = TILE) -> np.ndarray:
+    """The symmetric n x n Gram from summed upper tiles (each key once), mirrored below the diagonal."""
+    gram = np.zeros((n, n))
+    for (a, b), block in tiles:
+        rows, cols = slice(a * tile, a * tile + block.shape[0]), slice(b * tile, b * tile + block.shape[1])
+        if a == b:
+            gram[rows, cols] = block + np.triu(block, 1).T
+        else:
+            gram[rows, cols] = block
+            gram[cols, rows] = block.T
+    return gram
+
+
+def ease_weights(gram: np.ndarray, reg: float) -> np.ndarray:
+    """B = I - P diag(1/diag P) with P = (gram + reg I)^-1, in float64; `gram` is overwritten.
+
+    Column j of B is divided by -P_jj, so B's diagonal is exactly 0.
+    """
+    gram[np.diag_indices_from(gram)] += reg
+    weights = np.linalg.inv(gram)
+    diagonal = np.diag(weights).copy()
+    weights /= -diagonal[None, :]
+    np.fill_diagonal(weights, 0.0)
+    return weights
+
+
+def keep_most_rated(item_ids: np.ndarray, counts: np.ndarray, cap: int) -> np.ndarray:
+    """Boolean mask of the `cap` items with most ratings, ties broken by the smaller item id."""
+    order = np.lexsort((item_ids, -counts))  # last key first: count descending, then id ascending
+    keep = np.zeros(len(item_ids), dtype=bool)
+    keep[order[:cap]] = True
+    return keep
+
+
+@njit(cache=True, nogil=True)
+def _sum_rows(
+    out: np.ndarray, indptr: np.ndarray, pos: np.ndarray, vals: np.ndarray, weights: np.ndarray
+) -> None:  # pragma: no cover - compiled
+    """out[r] = sum over the user's items k of vals[k] * weights[pos[k]] (x_u B for a sparse x_u)."""
+    n = out.shape[1]
+    for r in range(out.shape[0]):
+        row = out[r]
+        for k in range(indptr[r], indptr[r + 1]):
+            src = weights[pos[k]]
+            v = vals[k]
+            for c in range(n):
+                row[c] += v * src[c]
+
+
+def ease_scores(
+    item_ids: np.ndarray,
+    weights: np.ndarray,
+    hist_items: Sequence[np.ndarray],
+    hist_ratings: Sequence[np.ndarray] | None,
+    binary: bool,
+) -> np.ndarray:
+    """x_u B for a block of users: float32 [len(hist_items), len(item_ids)].
+
+    `item_ids` (sorted ascending) label B's rows and columns; history items not among them (beyond
+    the cap, or unseen in fitting) are ignored, so a user without any known item scores 0 everywhere.
+    """
+    n_users = len(hist_items)
+    out = np.zeros((n_users, len(item_ids)), dtype=np.float32)
+    positions, values = [], []
+    indptr = np.zeros(n_users + 1, dtype=np.int64)
+    for r, items in enumerate(hist_items):
+        items = np.asarray(items)
+        pos = np.searchsorted(item_ids, items)
+        inside = pos < len(item_ids)
+        known = np.zeros(len(items), dtype=bool)
+        known[inside] = item_ids[pos[inside]] == items[inside]
+        positions.append(pos[known])
+        if binary or hist_ratings is None:
+            values.append(np.ones(int(known.sum()), dtype=np.float32))
+        else:
+            values.append(np.asarray(hist_ratings[r], dtype=np.float32)[known])
+        indptr[r + 1] = indptr[r] + int(known.sum())
+    if indptr[-1] and len(item_ids):
+        _sum_rows(out, indptr, np.concatenate(positions).astype(np.int64), np.concatenate(values), weights)
+    return out
+
+
+class EASEBlockScorer:
+    """recospark.scoring's BlockScorer for EASE: item ids and B (float32) as Spark broadcasts.
+
+    Pickled into the scoring tasks, so it carries only the two Broadcast handles and the flag;
+    `.value` is read inside `score`, once per Python worker.
+    """
+
+    def __init__(self, item_ids: Any, weights: Any, binary: bool) -> None:
+        self._item_ids = item_ids
+        self._weights = weights
+        self.binary = bool(binary)
+
+    def item_ids(self) -> np.ndarray:
+        return self._item_ids.value
+
+    def score(self, user_ids: np.ndarray, hist_items: Sequence[np.ndarray], hist_ratings: Sequence[np.ndarray]) -> np.ndarray:
+        return ease_scores(self._item_ids.value, self._weights.value, hist_items, hist_ratings, self.binary)
+
+    def unpersist(self) -> None:
+        """Drop the broadcast copies on the executors (the model rebroadcasts on its next blockScorer())."""
+        self._item_ids.unpersist()
+        self._weights.unpersist()
+
+
+# --------------------------------------------------------------------------- distributed pieces
+
+
+def gramian(rows: DataFrame, n: int, tile: int = TILE) -> np.ndarray:
+    """X^T X (float64, n x n) of user rows ``(_idxs array<int>, _vals array<double>)``: partial Grams
+    per partition on the executors, summed tile by tile with `reduceByKey`, streamed to the driver."""
+    sc = rows.sparkSession.sparkContext
+    parallelism = max(1, sc.defaultParallelism)
+    n_tiles = -(-n // tile)
+    users = rows.select(_IDXS, _VALS).rdd.map(tuple)
+    # one partial Gram per task: at most `parallelism` of them, so the shuffle is a few n x n, not one per input split
+    if users.getNumPartitions() > parallelism:
+        users = users.coalesce(parallelism)
+    summed = users.mapPartitions(partial(gram_tiles, n=n, tile=tile)).reduceByKey(
+        _add_into, numPartitions=max(1, min(parallelism, n_tiles * (n_tiles + 1) // 2))
+    )
+    return assemble_gram(summed.toLocalIterator(), n, tile)
+
+
+class EASE(Estimator, _EASEParams, EstimatorPersistence):
+    """EASE top-N recommender: a closed-form item x item model with a zero diagonal.
+
+    Parameters
+    ----------
+    regParam : float, default 200.0
+        lambda, added to the diagonal of X^T X. Chosen on validation carves of train (ML-100K's
+        top-N benchmark protocol and the demo's split), never on test.
+    maxItems : int, default 10000
+        Only the most-rated items (ties by the smaller id) enter the model; see the module docstring.
+    binary : bool, default True
+        X holds 1 for rated items (True) or the rating (False).
+    userCol, itemCol, ratingCol, predictionCol, coldStartStrategy : str
+        As in `pyspark.ml.recommendation.ALS`; ids must fit in an int.
+
+    Examples
+    --------
+    >>> from recospark.models.ease import EASE
+    >>> df = spark.createDataFrame(
+    ...     [(1, 10, 5.0), (1, 20, 3.0), (2, 10, 4.0), (2, 30, 1.0), (3, 20, 2.0), (3, 30, 4.0)],
+    ...     ["user_id", "movie_id", "rating"])
+    >>> model = EASE(regParam=1.0, maxItems=2).fit(df)
+    >>> model.itemIds.tolist(), model.summary["itemsDropped"], model.summary["ratingsDropped"]
+    ([10, 20], 1, 2)
+    >>> [round(float(x), 4) for x in model.weights[0]]  # B[10, 10] is 0: an item never explains itself
+    [0.0, 0.3333]
+    >>> scores = model.blockScorer().score(
+    ...     np.array([2], np.int32), [np.array([10, 30], np.int32)], [np.array([4.0, 1.0], np.float32)])
+    >>> [round(float(x), 4) for x in scores[0]]  # item 30 is beyond the cap: ignored in x_u, never a column
+    [0.0, 0.3333]
+    """
+
+    _input_kwargs: dict[str, Any]  # set by @keyword_only
+
+    @keyword_only
+    def __init__(
+        self,
+        *,
+        regParam: float | None = None,
+        maxItems: int | None = None,
+        binary: bool | None = None,
+        userCol: str | None = None,
+        itemCol: str | None = None,
+        ratingCol: str | None = None,
+        predictionCol: str | None = None,
+        coldStartStrategy: str | None = None,
+    ) -> None:
+        super().__init__()
+        self._set(**{k: v for k, v in self._input_kwargs.items() if v is not None})
+
+    @keyword_only
+    def setParams(
+        self,
+        *,
+        regParam: float | None = None,
+        maxItems: int | None = None,
+        binary: bool | None = None,
+        userCol: str | None = None,
+        itemCol: str | None = None,
+        ratingCol: str | None = None,
+        predictionCol: str | None = None,
+        coldStartStrategy: str | None = None,
+    ) -> EASE:
+        return self._set(**{k: v for k, v in self._input_kwargs.items() if v is not None})
+
+    def setRegParam(self, value: float) -> EASE:
+        return self._set(regParam=value)
+
+    def setMaxItems(self, value: int) -> EASE:
+        return self._set(maxItems=value)
+
+    def setBinary(self, value: bool) -> EASE:
+        return self._set(binary=value)
+
+    def setUserCol(self, value: str) -> EASE:
+        return self._set(userCol=value)
+
+    def setItemCol(self, value: str) -> EASE:
+        return self._set(itemCol=value)
+
+    def setRatingCol(self, value: str) -> EASE:
+        return self._set(ratingCol=value)
+
+    def _fit(self, dataset: DataFrame) -> EASEModel:
+        self._check_cold_start()
+        reg, cap = self.getRegParam(), self.getMaxItems()
+        if not reg > 0:
+            raise ValueError(f"regParam must be > 0 (X^T X is singular without it), got {reg}")
+        if cap < 1:
+            raise ValueError(f"maxItems must be >= 1, got {cap}")
+        value = F.lit(1.0) if self.getBinary() else F.col(self.getRatingCol()).cast("double")
+        cells = (
+            dataset.select(
+                F.col(self.getUserCol()).cast("int").alias(USER_ID),
+                F.col(self.getItemCol()).cast("int").alias(MOVIE_ID),
+                value.alias(_VALUE),
+            )
+            .dropna()
+            # a repeated (user, item) is one cell of X (with the mean rating when not binary)
+            .groupBy(USER_ID, MOVIE_ID)
+            .agg(F.avg(_VALUE).alias(_VALUE))
+            .cache()
+        )
+        spark = dataset.sparkSession
+        try:
+            counts = cells.groupBy(MOVIE_ID).agg(F.count(F.lit(1)).alias("_n")).toPandas()  # one row per item
+            if len(counts) == 0:
+                raise ValueError("cannot fit EASE on an empty dataset")
+            ids = counts[MOVIE_ID].to_numpy(np.int64)
+            n_ratings = counts["_n"].to_numpy(np.int64)
+            keep = keep_most_rated(ids, n_ratings, cap)
+            item_ids = np.sort(ids[keep]).astype(np.int32)
+            n = len(item_ids)
+            index = spark.createDataFrame([(int(i), j) for j, i in enumerate(item_ids.tolist())], f"{MOVIE_ID} int, {_IDX} int")
+            ordered = F.array_sort(F.collect_list(F.struct(F.col(_IDX), F.col(_VALUE))))
+            rows = (
+                cells.join(F.broadcast(index), MOVIE_ID)
+                .groupBy(USER_ID)
+                .agg(ordered.alias(_CELLS))
+                .select(
+                    F.transform(_CELLS, lambda c: c[_IDX]).alias(_IDXS),
+                    F.transform(_CELLS, lambda c: c[_VALUE]).alias(_VALS),
+                )
+                .cache()
+            )
+            try:
+                users_kept = rows.count()
+                users_all = cells.select(USER_ID).distinct().count()
+                weights = ease_weights(gramian(rows, n), reg)
+            finally:
+                rows.unpersist()
+        finally:
+            cells.unpersist()
+        summary = {
+            "items": len(ids),
+            "itemsKept": n,
+            "itemsDropped": int(len(ids) - n),
+            "ratingsKept": int(n_ratings[keep].sum()),
+            "ratingsDropped": int(n_ratings[~keep].sum()),
+            "usersWithoutKeptItems": int(users_all - users_kept),
+        }
+        return self._copyValues(EASEModel(item_ids, weights, summary))
+
+
+class EASEModel(Model, _EASEModelParams, _RecommenderModelSetters, TablesPersistence):
+    """A fitted EASE: ``itemIds`` (int32, ascending) label the rows and columns of ``weights`` (B,
+    float64 n x n, zero diagonal); ``score(u, i) = x_u . B[:, i]`` over the user's known items.
+
+    ``summary`` counts what the cap left out: ``items`` (distinct items in the fit data),
+    ``itemsKept``, ``itemsDropped``, ``ratingsKept``/``ratingsDropped`` (distinct (user, item)
+    cells of kept/dropped items) and ``usersWithoutKeptItems`` (users whose every item was
+    dropped: all their scores are 0).
+
+    ``transform`` is not implemented: the score needs each user's whole history, which the model
+    does not keep (saving it would copy the train split into every model). Ranking goes through
+    ``blockScorer()`` and ``recospark.scoring.top_n_scored`` with the history given there.
+    """
+
+    _TABLES: ClassVar[Mapping[str, StructType | None]] = {_WEIGHTS_TABLE: _WEIGHTS}
+
+    def __init__(
+        self,
+        itemIds: np.ndarray | None = None,
+        weights: np.ndarray | None = None,
+        summary: Mapping[str, int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.itemIds = np.asarray(itemIds if itemIds is not None else [], dtype=np.int32)
+        self.weights = np.asarray(weights if weights is not None else np.zeros((0, 0)), dtype=np.float64)
+        if self.weights.shape != (len(self.itemIds), len(self.itemIds)):
+            raise ValueError(f"EASE weights must be {len(self.itemIds)} x {len(self.itemIds)}, got {self.weights.shape}")
+        self.summary: dict[str, int] = dict(summary or {})
+        self._scorer: EASEBlockScorer | None = None
+
+    def blockScorer(self) -> EASEBlockScorer:
+        """The BlockScorer that ranks every kept item for a block of users (B broadcast once per model)."""
+        if self._scorer is None:
+            sc = SparkSession.active().sparkContext
+            self._scorer = EASEBlockScorer(sc.broadcast(self.itemIds), sc.broadcast(self.weights.astype(np.float32)), self.getBinary())
+        return self._scorer
+
+    def _transform(self, dataset: DataFrame) -> DataFrame:
+        raise NotImplementedError(
+            "EASEModel.transform: an EASE score needs the user's whole history, which the model does not keep; "
+            "rank with recospark.scoring.top_n_scored(users, history, model.blockScorer(), n)"
+        )
+
+    def _tables(self) -> Mapping[str, DataFrame]:
+        spark = SparkSession.active()
+        n = len(self.itemIds)
+        step = max(1, _SAVE_BYTES_PER_CHUNK // max(1, 8 * n))
+        parts = []
+        for start in range(0, max(n, 1), step):
+            block = np.ascontiguousarray(self.weights[start : start + step])
+            features = pa.ListArray.from_arrays(
+                pa.array(np.arange(len(block) + 1, dtype=np.int32) * n), pa.array(block.ravel(), type=pa.float64())
+            )
+            table = pa.Table.from_arrays(
+                [pa.array(self.itemIds[start : start + step], type=pa.int32()), features], names=[FACTOR_ID, FEATURES]
+            )
+            parts.append(spark.createDataFrame(table, _WEIGHTS))
+        out = parts[0]
+        for part in parts[1:]:
+            out = out.unionAll(part)
+        return {_WEIGHTS_TABLE: out}
+
+    def _extra_metadata(self) -> dict[str, Any]:
+        return {"summary": self.summary, "nItems": len(self.itemIds)}
+
+    @classmethod
+    def _from_saved(cls, metadata: dict[str, Any], tables: Mapping[str, DataFrame]) -> EASEModel:
+        table = tables[_WEIGHTS_TABLE].orderBy(FACTOR_ID).toArrow()
+        n = int(metadata["nItems"])
+        ids = table.column(FACTOR_ID).to_numpy().astype(np.int32)
+        values = table.column(FEATURES).combine_chunks().flatten().to_numpy() if n else np.zeros(0)
+        if len(ids) != n or values.size != n * n:
+            raise ValueError(f"saved EASE weights hold {len(ids)} rows and {values.size} values, expected {n} x {n}")
+        return cls(ids, values.reshape(n, n), metadata.get("summary"))
