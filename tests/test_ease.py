@@ -154,3 +154,27 @@ def test_params_defaults_columns_and_refusals(spark, ratings):
         EASE(maxItems=0).fit(ratings)
     with pytest.raises(ValueError, match="empty"):
         EASE().fit(ratings.limit(0))
+
+
+def test_recommend_lists_exclude_rated_items_and_match_a_numpy_reference(spark, ratings):
+    """Through recospark.scoring.recommend_for (the BlockScorer path); user 9 knows only an unseen item,
+    so every score ties at 0 and the list is the smallest ids."""
+    from recospark.scoring import recommend_for
+
+    model = EASE(regParam=2.0, maxItems=5).fit(ratings)
+    history = ratings.union(spark.createDataFrame([(9, 99, 4.0)], ratings.schema))
+    got: dict[int, list[tuple[int, float]]] = {}
+    for r in recommend_for(model, history, 4).orderBy("user_id", "rank").collect():
+        got.setdefault(r.user_id, []).append((r.movie_id, r.score))
+    kept = ITEMS[:5]  # item 60 is beyond the cap
+    B = _closed_form(_matrix(True, kept), 2.0)
+    rated = {u: {i for uu, i, _ in ROWS if uu == u} for u in USERS} | {9: {99}}
+    assert sorted(got) == [*USERS, 9]
+    for u, recs in got.items():
+        x = np.array([1.0 if i in rated[u] else 0.0 for i in kept])
+        scores = x @ B
+        expected = sorted((i for i in kept if i not in rated[u]), key=lambda i: (-scores[kept.index(i)], i))[:4]
+        assert [m for m, _ in recs] == expected, u
+        assert not {m for m, _ in recs} & rated[u]
+        np.testing.assert_allclose([s for _, s in recs], [scores[kept.index(i)] for i in expected], atol=1e-5)
+    assert [m for m, _ in got[9]] == [10, 20, 30, 40]
