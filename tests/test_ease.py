@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from recospark.models.ease import EASE, EASEModel, assemble_gram, ease_scores, gram_tiles, keep_most_rated
+from recospark.scoring import recommend_for
 
 # users 1..5 x items 10..60. Ratings per item: 10:4, 20:3, 30:3, 40:2, 50:1, 60:1 (ties 20/30 and 50/60).
 ROWS = [
@@ -159,8 +160,6 @@ def test_params_defaults_columns_and_refusals(spark, ratings):
 def test_recommend_lists_exclude_rated_items_and_match_a_numpy_reference(spark, ratings):
     """Through recospark.scoring.recommend_for (the BlockScorer path); user 9 knows only an unseen item,
     so every score ties at 0 and the list is the smallest ids."""
-    from recospark.scoring import recommend_for
-
     model = EASE(regParam=2.0, maxItems=5).fit(ratings)
     history = ratings.union(spark.createDataFrame([(9, 99, 4.0)], ratings.schema))
     got: dict[int, list[tuple[int, float]]] = {}

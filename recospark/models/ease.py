@@ -17,9 +17,9 @@ taken. Nothing of size users x items exists anywhere and no rating is collected 
 The cap (`maxItems`): the inverse is O(n^3) time and holds about three n x n float64 matrices on
 the driver, so only the `maxItems` most-rated items (ties by the smaller movie_id) enter X. The
 rest are left out of every user's x_u and are never recommended; the model's ``summary`` counts
-them. The default keeps the inverse within minutes and about 2.4 GB at the ML-25M shape (59,047
-items) on a 2-core machine; the measurement behind it is in the module's commit and the README's
-scale section, not here.
+them. The default, 10,000, keeps the driver's inverse near 24 n^2 bytes = 2.4 GB and a
+partial Gram of 0.8 GB per Gram task at the ML-25M shape (59,047 items) on a 2-core, 24 GiB machine;
+the timings behind the choice are in the commit that set it, not here.
 
 Scoring goes through `EASEModel.blockScorer()` (recospark.scoring's generic BlockScorer path):
 B is broadcast once as float32 and each block of users is scored from their history, a compiled
@@ -29,13 +29,12 @@ B, columns in ascending id order) with Spark ML JSON metadata; no pickle.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
-from numba import njit
 from pyspark import keyword_only
 from pyspark.ml import Estimator, Model
 from pyspark.ml.param import Param, Params, TypeConverters
@@ -43,6 +42,17 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DoubleType, IntegerType, StructField, StructType
 
+from recospark.frames import first_row
+from recospark.models.ease_kernels import (
+    TILE,
+    EASEBlockScorer,
+    _add_into,
+    assemble_gram,
+    ease_scores,
+    ease_weights,
+    gram_tiles,
+    keep_most_rated,
+)
 from recospark.models.params import _RecommenderModelParams, _RecommenderModelSetters, _RecommenderParams
 from recospark.models.persistence import EstimatorPersistence, TablesPersistence
 from recospark.schema import FACTOR_ID, FEATURES, MOVIE_ID, PREDICTION, RATING, USER_ID
@@ -58,10 +68,6 @@ _WEIGHTS = StructType(
 )
 _IDX, _VALUE, _CELLS = "_item_index", "_value", "_cells"
 _IDXS, _VALS = "_idxs", "_vals"
-# Gram tiles are TILE x TILE float64 (32 MB): the unit of the shuffle and of the driver's assembly.
-TILE = 2048
-# Users per call of the compiled Gram loop (bounds the worker's concatenated history arrays).
-_USERS_PER_CHUNK = 4096
 # Rows of B per Arrow table when saving (keeps every JVM-side batch far below 2 GB).
 _SAVE_BYTES_PER_CHUNK = 64 << 20
 
@@ -105,182 +111,13 @@ class _EASEParams(_EASEModelParams, _RecommenderParams):
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        self._setDefault(ratingCol=RATING, regParam=200.0, maxItems=10_000)
+        self._setDefault(ratingCol=RATING, regParam=800.0, maxItems=10_000)
 
     def getRegParam(self) -> float:
         return self.getOrDefault(self.regParam)
 
     def getMaxItems(self) -> int:
         return self.getOrDefault(self.maxItems)
-
-
-# --------------------------------------------------------------------------- workers (no Spark)
-
-
-@njit(cache=True, nogil=True)
-def _add_pairs(gram: np.ndarray, indptr: np.ndarray, idx: np.ndarray, vals: np.ndarray) -> None:  # pragma: no cover - compiled
-    """gram[i, j] += v_i v_j for every pair of items i <= j of each user (upper triangle only)."""
-    for u in range(len(indptr) - 1):
-        start, stop = indptr[u], indptr[u + 1]
-        for a in range(start, stop):
-            ia, va = idx[a], vals[a]
-            for b in range(a, stop):
-                ib = idx[b]
-                if ia <= ib:
-                    gram[ia, ib] += va * vals[b]
-                else:
-                    gram[ib, ia] += va * vals[b]
-
-
-def _flatten(chunk: Sequence[tuple[Any, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    lengths = np.fromiter((len(i) for i, _ in chunk), dtype=np.int64, count=len(chunk))
-    indptr = np.zeros(len(chunk) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=indptr[1:])
-    idx = np.fromiter((j for i, _ in chunk for j in i), dtype=np.int64, count=int(indptr[-1]))
-    vals = np.fromiter((x for _, values in chunk for x in values), dtype=np.float64, count=int(indptr[-1]))
-    return indptr, idx, vals
-
-
-def gram_tiles(rows: Iterable[tuple[Any, Any]], n: int, tile: int = TILE) -> Iterator[tuple[tuple[int, int], np.ndarray]]:
-    """mapPartitions worker: this partition's X^T X as upper-triangular tiles ((a, b), block), a <= b.
-
-    `rows` are users as (column indices, values), each index in [0, n) at most once per user. The
-    partition's partial Gram is one dense n x n float64 (8 n^2 bytes per task); tiles that are all
-    zero are not emitted. Diagonal tiles hold only their upper triangle (see `assemble_gram`).
-    """
-    gram: np.ndarray | None = None
-    chunk: list[tuple[Any, Any]] = []
-
-    def flush() -> None:
-        nonlocal gram
-        if chunk:
-            gram = np.zeros((n, n)) if gram is None else gram
-            _add_pairs(gram, *_flatten(chunk))
-            chunk.clear()
-
-    for row in rows:
-        chunk.append((row[0], row[1]))
-        if len(chunk) >= _USERS_PER_CHUNK:
-            flush()
-    flush()
-    if gram is None:
-        return
-    for a in range(0, n, tile):
-        for b in range(a, n, tile):
-            block = gram[a : a + tile, b : b + tile]
-            if block.any():
-                yield (a // tile, b // tile), np.ascontiguousarray(block)
-
-
-def _add_into(left: np.ndarray, right: np.ndarray) -> np.ndarray:
-    left += right
-    return left
-
-
-def assemble_gram(tiles: Iterable[tuple[tuple[int, int], np.ndarray]], n: int, tile: int = TILE) -> np.ndarray:
-    """The symmetric n x n Gram from summed upper tiles (each key once), mirrored below the diagonal."""
-    gram = np.zeros((n, n))
-    for (a, b), block in tiles:
-        rows, cols = slice(a * tile, a * tile + block.shape[0]), slice(b * tile, b * tile + block.shape[1])
-        if a == b:
-            gram[rows, cols] = block + np.triu(block, 1).T
-        else:
-            gram[rows, cols] = block
-            gram[cols, rows] = block.T
-    return gram
-
-
-def ease_weights(gram: np.ndarray, reg: float) -> np.ndarray:
-    """B = I - P diag(1/diag P) with P = (gram + reg I)^-1, in float64; `gram` is overwritten.
-
-    Column j of B is divided by -P_jj, so B's diagonal is exactly 0.
-    """
-    gram[np.diag_indices_from(gram)] += reg
-    weights = np.linalg.inv(gram)
-    diagonal = np.diag(weights).copy()
-    weights /= -diagonal[None, :]
-    np.fill_diagonal(weights, 0.0)
-    return weights
-
-
-def keep_most_rated(item_ids: np.ndarray, counts: np.ndarray, cap: int) -> np.ndarray:
-    """Boolean mask of the `cap` items with most ratings, ties broken by the smaller item id."""
-    order = np.lexsort((item_ids, -counts))  # last key first: count descending, then id ascending
-    keep = np.zeros(len(item_ids), dtype=bool)
-    keep[order[:cap]] = True
-    return keep
-
-
-@njit(cache=True, nogil=True)
-def _sum_rows(
-    out: np.ndarray, indptr: np.ndarray, pos: np.ndarray, vals: np.ndarray, weights: np.ndarray
-) -> None:  # pragma: no cover - compiled
-    """out[r] = sum over the user's items k of vals[k] * weights[pos[k]] (x_u B for a sparse x_u)."""
-    n = out.shape[1]
-    for r in range(out.shape[0]):
-        row = out[r]
-        for k in range(indptr[r], indptr[r + 1]):
-            src = weights[pos[k]]
-            v = vals[k]
-            for c in range(n):
-                row[c] += v * src[c]
-
-
-def ease_scores(
-    item_ids: np.ndarray,
-    weights: np.ndarray,
-    hist_items: Sequence[np.ndarray],
-    hist_ratings: Sequence[np.ndarray] | None,
-    binary: bool,
-) -> np.ndarray:
-    """x_u B for a block of users: float32 [len(hist_items), len(item_ids)].
-
-    `item_ids` (sorted ascending) label B's rows and columns; history items not among them (beyond
-    the cap, or unseen in fitting) are ignored, so a user without any known item scores 0 everywhere.
-    """
-    n_users = len(hist_items)
-    out = np.zeros((n_users, len(item_ids)), dtype=np.float32)
-    positions, values = [], []
-    indptr = np.zeros(n_users + 1, dtype=np.int64)
-    for r, items in enumerate(hist_items):
-        items = np.asarray(items)
-        pos = np.searchsorted(item_ids, items)
-        inside = pos < len(item_ids)
-        known = np.zeros(len(items), dtype=bool)
-        known[inside] = item_ids[pos[inside]] == items[inside]
-        positions.append(pos[known])
-        if binary or hist_ratings is None:
-            values.append(np.ones(int(known.sum()), dtype=np.float32))
-        else:
-            values.append(np.asarray(hist_ratings[r], dtype=np.float32)[known])
-        indptr[r + 1] = indptr[r] + int(known.sum())
-    if indptr[-1] and len(item_ids):
-        _sum_rows(out, indptr, np.concatenate(positions).astype(np.int64), np.concatenate(values), weights)
-    return out
-
-
-class EASEBlockScorer:
-    """recospark.scoring's BlockScorer for EASE: item ids and B (float32) as Spark broadcasts.
-
-    Pickled into the scoring tasks, so it carries only the two Broadcast handles and the flag;
-    `.value` is read inside `score`, once per Python worker.
-    """
-
-    def __init__(self, item_ids: Any, weights: Any, binary: bool) -> None:
-        self._item_ids = item_ids
-        self._weights = weights
-        self.binary = bool(binary)
-
-    def item_ids(self) -> np.ndarray:
-        return self._item_ids.value
-
-    def score(self, user_ids: np.ndarray, hist_items: Sequence[np.ndarray], hist_ratings: Sequence[np.ndarray]) -> np.ndarray:
-        return ease_scores(self._item_ids.value, self._weights.value, hist_items, hist_ratings, self.binary)
-
-    def unpersist(self) -> None:
-        """Drop the broadcast copies on the executors (the model rebroadcasts on its next blockScorer())."""
-        self._item_ids.unpersist()
-        self._weights.unpersist()
 
 
 # --------------------------------------------------------------------------- distributed pieces
@@ -292,7 +129,7 @@ def gramian(rows: DataFrame, n: int, tile: int = TILE) -> np.ndarray:
     sc = rows.sparkSession.sparkContext
     parallelism = max(1, sc.defaultParallelism)
     n_tiles = -(-n // tile)
-    users = rows.select(_IDXS, _VALS).rdd.map(tuple)
+    users = rows.select(_IDXS, _VALS).rdd
     # one partial Gram per task: at most `parallelism` of them, so the shuffle is a few n x n, not one per input split
     if users.getNumPartitions() > parallelism:
         users = users.coalesce(parallelism)
@@ -307,9 +144,9 @@ class EASE(Estimator, _EASEParams, EstimatorPersistence):
 
     Parameters
     ----------
-    regParam : float, default 200.0
-        lambda, added to the diagonal of X^T X. Chosen on validation carves of train (ML-100K's
-        top-N benchmark protocol and the demo's split), never on test.
+    regParam : float, default 800.0
+        lambda, added to the diagonal of X^T X. Chosen on the validation carves of train of ML-100K's
+        top-N benchmark protocol and of the demo's split (best on both; 500 within noise), never on test.
     maxItems : int, default 10000
         Only the most-rated items (ties by the smaller id) enter the model; see the module docstring.
     binary : bool, default True
@@ -416,11 +253,12 @@ class EASE(Estimator, _EASEParams, EstimatorPersistence):
             item_ids = np.sort(ids[keep]).astype(np.int32)
             n = len(item_ids)
             index = spark.createDataFrame([(int(i), j) for j, i in enumerate(item_ids.tolist())], f"{MOVIE_ID} int, {_IDX} int")
-            ordered = F.array_sort(F.collect_list(F.struct(F.col(_IDX), F.col(_VALUE))))
+            # every user gets a row, with empty arrays when none of their items is kept (counted, scored 0)
+            kept_cell = F.when(F.col(_IDX).isNotNull(), F.struct(F.col(_IDX), F.col(_VALUE)))
             rows = (
-                cells.join(F.broadcast(index), MOVIE_ID)
+                cells.join(F.broadcast(index), MOVIE_ID, "left")
                 .groupBy(USER_ID)
-                .agg(ordered.alias(_CELLS))
+                .agg(F.array_sort(F.collect_list(kept_cell)).alias(_CELLS))
                 .select(
                     F.transform(_CELLS, lambda c: c[_IDX]).alias(_IDXS),
                     F.transform(_CELLS, lambda c: c[_VALUE]).alias(_VALS),
@@ -428,8 +266,7 @@ class EASE(Estimator, _EASEParams, EstimatorPersistence):
                 .cache()
             )
             try:
-                users_kept = rows.count()
-                users_all = cells.select(USER_ID).distinct().count()
+                users_without = int(first_row(rows.agg(F.sum((F.size(_IDXS) == 0).cast("long"))))[0] or 0)
                 weights = ease_weights(gramian(rows, n), reg)
             finally:
                 rows.unpersist()
@@ -441,7 +278,7 @@ class EASE(Estimator, _EASEParams, EstimatorPersistence):
             "itemsDropped": int(len(ids) - n),
             "ratingsKept": int(n_ratings[keep].sum()),
             "ratingsDropped": int(n_ratings[~keep].sum()),
-            "usersWithoutKeptItems": int(users_all - users_kept),
+            "usersWithoutKeptItems": users_without,
         }
         return self._copyValues(EASEModel(item_ids, weights, summary))
 
@@ -457,7 +294,7 @@ class EASEModel(Model, _EASEModelParams, _RecommenderModelSetters, TablesPersist
 
     ``transform`` is not implemented: the score needs each user's whole history, which the model
     does not keep (saving it would copy the train split into every model). Ranking goes through
-    ``blockScorer()`` and ``recospark.scoring.top_n_scored`` with the history given there.
+    ``blockScorer()``: ``recospark.scoring.recommend_for(model, history, n)`` hands it the history.
     """
 
     _TABLES: ClassVar[Mapping[str, StructType | None]] = {_WEIGHTS_TABLE: _WEIGHTS}
@@ -486,7 +323,7 @@ class EASEModel(Model, _EASEModelParams, _RecommenderModelSetters, TablesPersist
     def _transform(self, dataset: DataFrame) -> DataFrame:
         raise NotImplementedError(
             "EASEModel.transform: an EASE score needs the user's whole history, which the model does not keep; "
-            "rank with recospark.scoring.top_n_scored(users, history, model.blockScorer(), n)"
+            "rank with recospark.scoring.recommend_for(model, history, n), which scores through model.blockScorer()"
         )
 
     def _tables(self) -> Mapping[str, DataFrame]:
