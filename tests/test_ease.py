@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recospark.models.ease import EASE, EASEModel, assemble_gram, ease_scores, gram_tiles, keep_most_rated
+from recospark.models.ease import EASE, EASEModel, assemble_gram, ease_scores, gram_tiles, gramian, keep_most_rated
 from recospark.scoring import recommend_for
 
 # users 1..5 x items 10..60. Ratings per item: 10:4, 20:3, 30:3, 40:2, 50:1, 60:1 (ties 20/30 and 50/60).
@@ -71,6 +71,13 @@ def test_gram_tiles_sum_to_x_transpose_x_across_partitions_and_tiles():
     assert sorted(summed) == [(0, 0), (0, 1), (1, 1)]
     np.testing.assert_array_equal(assemble_gram(summed.items(), 6, tile=4), X.T @ X)
     assert list(gram_tiles(iter([]), n=6, tile=4)) == []
+
+
+def test_gramian_on_spark_sums_tiles_across_partitions(spark):
+    X = _matrix(False)
+    rows = [([int(j) for j in np.flatnonzero(row)], [float(v) for v in row[np.flatnonzero(row)]]) for row in X]
+    df = spark.createDataFrame([*rows, ([], [])], "_idxs array<int>, _vals array<double>").repartition(3)
+    np.testing.assert_array_equal(gramian(df, 6, tile=4), X.T @ X)  # 3 tile keys, partials from 3 partitions
 
 
 def test_the_cap_keeps_the_most_rated_items_and_counts_what_it_drops(ratings):

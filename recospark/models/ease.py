@@ -10,9 +10,9 @@ It is a ranking model: the score says how strongly the user's other items point 
 
 Distributed shape: users' rows of X stay on the executors. Each partition adds its users' outer
 products into a partial Gram matrix (a compiled loop over each user's pairs of items, so the cost
-is the sum of squared history lengths, not users x items x items), cuts it into tiles and a
-`reduceByKey` sums the tiles; only the n x n Gram reaches the driver, where the float64 inverse is
-taken. Nothing of size users x items exists anywhere and no rating is collected on the driver.
+is the sum of squared history lengths, not users x items x items) and cuts it into tiles; the tiles
+are shuffled by position and summed on the executors, and only the n x n Gram reaches the driver,
+where the float64 inverse is taken. Nothing of size users x items exists anywhere and no rating is collected on the driver.
 
 The cap (`maxItems`): the inverse is O(n^3) time and holds about three n x n float64 matrices on
 the driver, so only the `maxItems` most-rated items (ties by the smaller movie_id) enter X. The
@@ -46,18 +46,18 @@ from recospark.frames import first_row
 from recospark.models.ease_kernels import (
     TILE,
     EASEBlockScorer,
-    _add_into,
     assemble_gram,
     ease_scores,
     ease_weights,
     gram_tiles,
     keep_most_rated,
+    sum_tiles,
 )
 from recospark.models.params import _RecommenderModelParams, _RecommenderModelSetters, _RecommenderParams
 from recospark.models.persistence import EstimatorPersistence, TablesPersistence
 from recospark.schema import FACTOR_ID, FEATURES, MOVIE_ID, PREDICTION, RATING, USER_ID
 
-__all__ = ["EASE", "EASEBlockScorer", "EASEModel", "ease_scores", "ease_weights", "gram_tiles", "keep_most_rated"]
+__all__ = ["EASE", "EASEBlockScorer", "EASEModel", "ease_scores", "ease_weights", "gram_tiles", "gramian", "keep_most_rated"]
 
 _WEIGHTS_TABLE = "itemWeights"
 _WEIGHTS = StructType(
@@ -125,7 +125,7 @@ class _EASEParams(_EASEModelParams, _RecommenderParams):
 
 def gramian(rows: DataFrame, n: int, tile: int = TILE) -> np.ndarray:
     """X^T X (float64, n x n) of user rows ``(_idxs array<int>, _vals array<double>)``: partial Grams
-    per partition on the executors, summed tile by tile with `reduceByKey`, streamed to the driver."""
+    per partition on the executors, shuffled by tile and summed there, streamed to the driver."""
     sc = rows.sparkSession.sparkContext
     parallelism = max(1, sc.defaultParallelism)
     n_tiles = -(-n // tile)
@@ -133,9 +133,8 @@ def gramian(rows: DataFrame, n: int, tile: int = TILE) -> np.ndarray:
     # one partial Gram per task: at most `parallelism` of them, so the shuffle is a few n x n, not one per input split
     if users.getNumPartitions() > parallelism:
         users = users.coalesce(parallelism)
-    summed = users.mapPartitions(partial(gram_tiles, n=n, tile=tile)).reduceByKey(
-        _add_into, numPartitions=max(1, min(parallelism, n_tiles * (n_tiles + 1) // 2))
-    )
+    partials = users.mapPartitions(partial(gram_tiles, n=n, tile=tile))
+    summed = partials.partitionBy(max(1, min(parallelism, n_tiles * (n_tiles + 1) // 2))).mapPartitions(sum_tiles)
     return assemble_gram(summed.toLocalIterator(), n, tile)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-__all__ = ["TILE", "EASEBlockScorer", "assemble_gram", "ease_scores", "ease_weights", "gram_tiles", "keep_most_rated"]
+__all__ = ["TILE", "EASEBlockScorer", "assemble_gram", "ease_scores", "ease_weights", "gram_tiles", "keep_most_rated", "sum_tiles"]
 
 # Gram tiles are TILE x TILE float64 (32 MB): the unit of the shuffle and of the driver's assembly.
 TILE = 2048
@@ -76,9 +76,19 @@ def gram_tiles(rows: Iterable[tuple[Any, Any]], n: int, tile: int = TILE) -> Ite
                 yield (a // tile, b // tile), np.ascontiguousarray(block)
 
 
-def _add_into(left: np.ndarray, right: np.ndarray) -> np.ndarray:
-    left += right
-    return left
+def sum_tiles(tiles: Iterable[tuple[tuple[int, int], np.ndarray]]) -> Iterator[tuple[tuple[int, int], np.ndarray]]:
+    """mapPartitions worker after the shuffle: one summed block per tile key.
+
+    A plain dict instead of `reduceByKey`: pyspark's merger would spill the partial Grams to disk
+    whenever the worker holds more than spark.python.worker.memory, which one n x n Gram exceeds.
+    """
+    summed: dict[tuple[int, int], np.ndarray] = {}
+    for key, block in tiles:
+        if key in summed:
+            summed[key] += block
+        else:
+            summed[key] = np.array(block, dtype=np.float64)  # own, writable copy
+    yield from summed.items()
 
 
 def assemble_gram(tiles: Iterable[tuple[tuple[int, int], np.ndarray]], n: int, tile: int = TILE) -> np.ndarray:
