@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import recospark.models.ease as ease_module
 from recospark.models.ease import EASE, EASEModel, assemble_gram, ease_scores, gram_tiles, gramian, keep_most_rated
 from recospark.scoring import recommend_for
 
@@ -184,3 +185,17 @@ def test_recommend_lists_exclude_rated_items_and_match_a_numpy_reference(spark, 
         assert not {m for m, _ in recs} & rated[u]
         np.testing.assert_allclose([s for _, s in recs], [scores[kept.index(i)] for i in expected], atol=1e-5)
     assert [m for m, _ in got[9]] == [10, 20, 30, 40]
+
+
+def test_fit_multiple_builds_one_gram_per_cap_and_one_inverse_per_lambda(ratings, monkeypatch):
+    calls = []
+    real = ease_module.gramian
+    monkeypatch.setattr(ease_module, "gramian", lambda rows, n, *a: calls.append(n) or real(rows, n, *a))
+    est = EASE()
+    maps = [{est.regParam: 1.0}, {est.regParam: 4.0}, {est.regParam: 1.0, est.maxItems: 5}]
+    models = dict(est.fitMultiple(ratings, maps))
+    assert calls == [6, 5]  # the two lambdas on the full catalogue share a Gram
+    np.testing.assert_allclose(models[0].weights, _closed_form(_matrix(True), 1.0), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(models[1].weights, _closed_form(_matrix(True), 4.0), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(models[2].weights, _closed_form(_matrix(True, ITEMS[:5]), 1.0), rtol=0, atol=1e-9)
+    assert (models[1].getOrDefault("binary"), models[2].summary["itemsDropped"]) == (True, 1)

@@ -19,7 +19,7 @@ the driver, so only the `maxItems` most-rated items (ties by the smaller movie_i
 rest are left out of every user's x_u and are never recommended; the model's ``summary`` counts
 them. The default, 10,000, keeps the driver's inverse near 24 n^2 bytes = 2.4 GB and a
 partial Gram of 0.8 GB per Gram task at the ML-25M shape (59,047 items) on a 2-core, 24 GiB machine;
-the timings behind the choice are in the commit that set it, not here.
+the inverse timings behind the choice are in this file's git history (`git log`), not here.
 
 Scoring goes through `EASEModel.blockScorer()` (recospark.scoring's generic BlockScorer path):
 B is broadcast once as float32 and each block of users is scored from their history, a compiled
@@ -29,7 +29,7 @@ B, columns in ascending id order) with Spark ML JSON metadata; no pickle.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any, ClassVar
 
@@ -221,13 +221,19 @@ class EASE(Estimator, _EASEParams, EstimatorPersistence):
     def setRatingCol(self, value: str) -> EASE:
         return self._set(ratingCol=value)
 
-    def _fit(self, dataset: DataFrame) -> EASEModel:
+    def _check(self) -> None:
         self._check_cold_start()
-        reg, cap = self.getRegParam(), self.getMaxItems()
-        if not reg > 0:
-            raise ValueError(f"regParam must be > 0 (X^T X is singular without it), got {reg}")
-        if cap < 1:
-            raise ValueError(f"maxItems must be >= 1, got {cap}")
+        if not self.getRegParam() > 0:
+            raise ValueError(f"regParam must be > 0 (X^T X is singular without it), got {self.getRegParam()}")
+        if self.getMaxItems() < 1:
+            raise ValueError(f"maxItems must be >= 1, got {self.getMaxItems()}")
+
+    def _gram_key(self) -> tuple[Any, ...]:
+        """Everything the Gram depends on: param maps equal here share one Gram in `fitMultiple`."""
+        return (self.getMaxItems(), self.getBinary(), self.getUserCol(), self.getItemCol(), self.getRatingCol())
+
+    def _gram(self, dataset: DataFrame) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+        """(kept item ids, their X^T X, the cap's counts): the distributed part of a fit."""
         value = F.lit(1.0) if self.getBinary() else F.col(self.getRatingCol()).cast("double")
         cells = (
             dataset.select(
@@ -248,7 +254,7 @@ class EASE(Estimator, _EASEParams, EstimatorPersistence):
                 raise ValueError("cannot fit EASE on an empty dataset")
             ids = counts[MOVIE_ID].to_numpy(np.int64)
             n_ratings = counts["_n"].to_numpy(np.int64)
-            keep = keep_most_rated(ids, n_ratings, cap)
+            keep = keep_most_rated(ids, n_ratings, self.getMaxItems())
             item_ids = np.sort(ids[keep]).astype(np.int32)
             n = len(item_ids)
             index = spark.createDataFrame([(int(i), j) for j, i in enumerate(item_ids.tolist())], f"{MOVIE_ID} int, {_IDX} int")
@@ -266,7 +272,7 @@ class EASE(Estimator, _EASEParams, EstimatorPersistence):
             )
             try:
                 users_without = int(first_row(rows.agg(F.sum((F.size(_IDXS) == 0).cast("long"))))[0] or 0)
-                weights = ease_weights(gramian(rows, n), reg)
+                gram = gramian(rows, n)
             finally:
                 rows.unpersist()
         finally:
@@ -279,7 +285,26 @@ class EASE(Estimator, _EASEParams, EstimatorPersistence):
             "ratingsDropped": int(n_ratings[~keep].sum()),
             "usersWithoutKeptItems": users_without,
         }
-        return self._copyValues(EASEModel(item_ids, weights, summary))
+        return item_ids, gram, summary
+
+    def _fit(self, dataset: DataFrame) -> EASEModel:
+        self._check()
+        item_ids, gram, summary = self._gram(dataset)
+        return self._copyValues(EASEModel(item_ids, ease_weights(gram, self.getRegParam()), summary))
+
+    def fitMultiple(self, dataset: DataFrame, paramMaps: Sequence[dict[Param, Any]]) -> Iterator[tuple[int, EASEModel]]:
+        """One Gram for consecutive param maps that differ only in regParam (a tuning grid over
+        lambda reads the ratings once), then one inverse per map. One Gram is held at a time."""
+        held: tuple[tuple[Any, ...], tuple[np.ndarray, np.ndarray, dict[str, int]]] | None = None
+        for index, params in enumerate(paramMaps):
+            est = self.copy(dict(params.items()))
+            est._check()
+            key = est._gram_key()
+            if held is None or held[0] != key:
+                held = None  # free the previous Gram before building the next
+                held = (key, est._gram(dataset))
+            item_ids, gram, summary = held[1]
+            yield index, est._copyValues(EASEModel(item_ids, ease_weights(gram.copy(), est.getRegParam()), summary))
 
 
 class EASEModel(Model, _EASEModelParams, _RecommenderModelSetters, TablesPersistence):
