@@ -332,6 +332,8 @@ class EASEModel(Model, _EASEModelParams, _RecommenderModelSetters, TablesPersist
         super().__init__()
         self.itemIds = np.asarray(itemIds if itemIds is not None else [], dtype=np.int32)
         self.weights = np.asarray(weights if weights is not None else np.zeros((0, 0)), dtype=np.float64)
+        if (np.diff(self.itemIds) <= 0).any():
+            raise ValueError("EASE itemIds must be sorted ascending and unique (they label B's rows and columns)")
         if self.weights.shape != (len(self.itemIds), len(self.itemIds)):
             raise ValueError(f"EASE weights must be {len(self.itemIds)} x {len(self.itemIds)}, got {self.weights.shape}")
         self.summary: dict[str, int] = dict(summary or {})
@@ -374,10 +376,14 @@ class EASEModel(Model, _EASEModelParams, _RecommenderModelSetters, TablesPersist
 
     @classmethod
     def _from_saved(cls, metadata: dict[str, Any], tables: Mapping[str, DataFrame]) -> EASEModel:
-        table = tables[_WEIGHTS_TABLE].orderBy(FACTOR_ID).toArrow()
+        table = tables[_WEIGHTS_TABLE].toArrow()  # rows in file order; sorted here, not by a Spark shuffle
         n = int(metadata["nItems"])
         ids = table.column(FACTOR_ID).to_numpy().astype(np.int32)
         values = table.column(FEATURES).combine_chunks().flatten().to_numpy() if n else np.zeros(0)
         if len(ids) != n or values.size != n * n:
             raise ValueError(f"saved EASE weights hold {len(ids)} rows and {values.size} values, expected {n} x {n}")
-        return cls(ids, values.reshape(n, n), metadata.get("summary"))
+        weights = values.reshape(n, n)
+        if (np.diff(ids) <= 0).any():
+            order = np.argsort(ids, kind="stable")
+            ids, weights = ids[order], weights[order]
+        return cls(ids, weights, metadata.get("summary"))
