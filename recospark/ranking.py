@@ -29,7 +29,7 @@ from pyspark.sql import functions as F
 
 from recospark.frames import first_row
 from recospark.schema import MOVIE_ID, RANK, RATING, USER_ID
-from recospark.scoring import scoring_factors, top_n
+from recospark.scoring import recommend_for
 
 _PREDICTED = "predicted"
 _RELEVANT = "relevant"
@@ -128,8 +128,7 @@ def validation_metrics(
 ) -> dict[str, Any]:
     """Ranking metrics of `model`'s top-k lists (the items of `fit_rows` excluded, as `recommend`
     excludes train) against `validation`: how `tune` and `train` judge a model without the test split."""
-    users, items = scoring_factors(model)
-    recs = top_n(users, items, fit_rows.select(USER_ID, MOVIE_ID), k, user_block_size)
+    recs = recommend_for(model, fit_rows, k, user_block_size)
     return ranking_metrics(recs, validation, k, threshold)
 
 

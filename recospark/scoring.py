@@ -9,10 +9,13 @@ dispatches on what the fitted model offers:
 - otherwise the factor path, `top_n`: the dot product of ``scoringFactors()`` (or MLlib's
   ``userFactors``/``itemFactors``), with the item matrix broadcast once.
 
-Both paths end in the same selection (`rank_block`): excluded pairs masked to -inf, the n best
-per user, ties broken by the smaller movie_id everywhere, at the cut too. Users travel to the
-Python workers as Arrow batches (`mapInArrow`) and list columns are read as numpy views; no
-user x item matrix larger than one block ever exists.
+Both paths end in the same selection (`recospark.topn_kernels.scan_tile`, behind `rank_block`):
+the n best per user, excluded pairs and -inf never, ties broken by the smaller movie_id
+everywhere, at the cut too. The scan keeps each user's running n-th best as a threshold, so
+nearly every cell costs one compare. The factor path never holds a user block x catalogue
+matrix: BLAS writes a cache-sized tile of scores and the scan reads it while it is still in
+cache. Users travel to the Python workers as Arrow batches (`mapInArrow`) and list columns are
+read as numpy views.
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pyarrow as pa
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, FloatType, IntegerType
 
+from recospark import topn_kernels as kernels
 from recospark.schema import FACTOR_ID, FEATURES, MOVIE_ID, RANK, RATING, SCORE, TOP_N, USER_ID
 
 __all__ = [
@@ -81,36 +85,31 @@ def scoring_factors(model: Any) -> tuple[DataFrame, DataFrame]:
 
 # --------------------------------------------------------------------------- selection (workers)
 
-
-def _select_top(scores: np.ndarray, k: int) -> np.ndarray:
-    """Column indices of each row's k best scores, ties broken by the smaller column index.
-
-    Columns are items in ascending id order, so "smaller index" is "smaller movie_id". Exact
-    at the cut: where more items tie with the k-th score than places are left, the smallest
-    ids among them win.
-    """
-    n_rows, n_cols = scores.shape
-    if k >= n_cols:
-        return np.tile(np.arange(n_cols), (n_rows, 1))
-    cand = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    kth = np.min(np.take_along_axis(scores, cand, axis=1), axis=1)  # the k-th best score per row
-    above = (scores > kth[:, None]).sum(axis=1)
-    tied = (scores == kth[:, None]).sum(axis=1)
-    # rows where argpartition had to choose among tied items: redo those rows exactly
-    for r in np.flatnonzero(above + tied > k):
-        row = scores[r]
-        better = np.flatnonzero(row > kth[r])
-        same = np.flatnonzero(row == kth[r])[: k - len(better)]  # ascending index = ascending id
-        cand[r] = np.concatenate([better, same])
-    return cand
+# One score tile (users x items, float32) stays within a core's L2 cache (1 MB on the bench machine):
+# the matrix product writes it and the selection scan reads it while it is still there.
+_TILE_CELLS = 131_072
+_TILE_ROWS = 256
 
 
-def _known_positions(item_ids: np.ndarray, items: np.ndarray) -> np.ndarray:
-    items = np.asarray(items)
-    pos = np.searchsorted(item_ids, items)
-    inside = pos < len(item_ids)
-    pos, items = pos[inside], items[inside]
-    return pos[item_ids[pos] == items]
+def _flat(lists: Sequence[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets, values) of a sequence of id arrays (None: empty)."""
+    arrays = [np.zeros(0, np.int32) if x is None else np.asarray(x, np.int32) for x in lists]
+    offsets = np.zeros(len(arrays) + 1, np.int64)
+    offsets[1:] = np.cumsum([len(x) for x in arrays])
+    return offsets, (np.concatenate(arrays) if arrays else np.zeros(0, np.int32))
+
+
+def _ranked(user_ids: np.ndarray, state: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    return kernels.ranked(np.asarray(user_ids, np.int32), state[0], state[1], state[2])
+
+
+def _select(
+    user_ids: np.ndarray, scores: np.ndarray, x_off: np.ndarray, x_val: np.ndarray, item_ids: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    ptr, pos = kernels.excluded_positions(x_off, x_val, item_ids)
+    state = kernels.heaps(len(user_ids), min(n, len(item_ids)))
+    kernels.scan_tile(np.ascontiguousarray(scores, dtype=np.float32), 0, item_ids, ptr, pos, *state)
+    return _ranked(user_ids, state)
 
 
 def rank_block(
@@ -122,37 +121,38 @@ def rank_block(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The one selection rule: each row's n best columns, excluded items left out, ties by smaller id.
 
-    `scores` is [len(user_ids), len(item_ids)] (overwritten: excluded cells become -inf) and
-    `item_ids` is sorted ascending. -inf scores are never recommended. Returns flat
+    `scores` is float32 [len(user_ids), len(item_ids)] and `item_ids` is sorted ascending;
+    `excluded[r]` holds the ids row r must not get (any order; ids not in `item_ids` are
+    ignored). -inf and NaN scores are never recommended. Returns flat
     (user_id, rank, movie_id, score) arrays, ordered by score descending then movie_id
     ascending; a user with fewer than n candidates gets a shorter list.
     """
-    rows, cols = [], []
-    for r, items in enumerate(excluded):
-        if items is None or len(items) == 0:
-            continue
-        pos = _known_positions(item_ids, items)
-        rows.append(np.full(len(pos), r))
-        cols.append(pos)
-    if rows:
-        scores[np.concatenate(rows), np.concatenate(cols)] = -np.inf
-    k = min(n, scores.shape[1])
-    if k == 0 or scores.shape[0] == 0:
-        empty = np.zeros(0, np.int32)
-        return empty, empty, empty, np.zeros(0)
-    cand = _select_top(scores, k)
-    cand_scores = np.take_along_axis(scores, cand, axis=1)
-    order = np.lexsort((item_ids[cand], -cand_scores), axis=1)
-    cand = np.take_along_axis(cand, order, axis=1)
-    cand_scores = np.take_along_axis(cand_scores, order, axis=1)
-    keep = cand_scores != -np.inf
-    ranks = np.cumsum(keep, axis=1)
-    return (
-        np.repeat(np.asarray(user_ids, np.int32), k).reshape(-1, k)[keep],
-        ranks[keep].astype(np.int32),
-        item_ids[cand][keep].astype(np.int32),
-        cand_scores[keep].astype(np.float64),
-    )
+    x_off, x_val = _flat(excluded)
+    return _select(user_ids, scores, x_off, x_val, np.asarray(item_ids, np.int32), n)
+
+
+def _factor_select(
+    user_ids: np.ndarray, user_mat: np.ndarray, x_off: np.ndarray, x_val: np.ndarray, item_ids: np.ndarray, item_mat: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`_select` of `user_mat @ item_mat.T` without ever holding it: cache-sized tiles, each
+    computed by BLAS and scanned at once (positions ascend tile by tile, as `scan_tile` needs)."""
+    n_users, n_items = len(user_ids), len(item_ids)
+    ptr, pos = kernels.excluded_positions(x_off, x_val, item_ids)
+    state = kernels.heaps(n_users, min(n, n_items))
+    user_mat = np.ascontiguousarray(user_mat, dtype=np.float32)
+    rows = min(_TILE_ROWS, max(1, n_users))
+    width = max(64, _TILE_CELLS // rows)
+    buf = np.empty((rows, width), np.float32)
+    for u0 in range(0, n_users, rows):
+        u1 = min(u0 + rows, n_users)
+        part = tuple(a[u0:u1] for a in state)
+        sub_ptr = ptr[u0 : u1 + 1]
+        for i0 in range(0, n_items, width):
+            i1 = min(i0 + width, n_items)
+            tile = buf if (u1 - u0, i1 - i0) == buf.shape else np.empty((u1 - u0, i1 - i0), np.float32)
+            np.matmul(user_mat[u0:u1], item_mat[i0:i1].T, out=tile)
+            kernels.scan_tile(tile, i0, item_ids, sub_ptr, pos, *part)
+    return _ranked(user_ids, state)
 
 
 def top_n_block(
@@ -165,9 +165,10 @@ def top_n_block(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Best n unrated items for each user of one block, scored by `user_mat @ item_mat.T`.
 
-    `item_ids` must be sorted ascending; see `rank_block` for the output.
+    `item_ids` must be sorted ascending; see `rank_block` for the rule and the output.
     """
-    return rank_block(user_ids, user_mat @ item_mat.T, rated, item_ids, n)
+    x_off, x_val = _flat(rated)
+    return _factor_select(user_ids, user_mat, x_off, x_val, np.asarray(item_ids, np.int32), np.asarray(item_mat, np.float32), n)
 
 
 # --------------------------------------------------------------------------- Arrow plumbing (workers)
@@ -188,7 +189,19 @@ def _batch(u: np.ndarray, rk: np.ndarray, m: np.ndarray, s: np.ndarray) -> pa.Re
     return pa.RecordBatch.from_arrays([pa.array(u), pa.array(rk), pa.array(m), pa.array(s)], schema=_TOP_N_ARROW)
 
 
+_WARM = False
+
+
+def _warm() -> None:
+    """Load the selection kernels once per Python worker (numba's on-disk cache, or a compile)."""
+    global _WARM
+    if not _WARM:
+        kernels.warm_up()
+        _WARM = True
+
+
 def _factor_batches(batches: Iterator[pa.RecordBatch], ids_bc: Any, mat_bc: Any, n: int, block: int) -> Iterator[pa.RecordBatch]:
+    _warm()
     item_ids, item_mat = ids_bc.value, mat_bc.value
     for batch in batches:
         user_ids = batch.column(0).to_numpy().astype(np.int32, copy=False)
@@ -200,13 +213,14 @@ def _factor_batches(batches: Iterator[pa.RecordBatch], ids_bc: Any, mat_bc: Any,
             if len(lengths) and (lengths != lengths[0]).any():
                 raise ValueError("user factor vectors of different lengths")
             user_mat = f_val[f_off[start] : f_off[stop]].reshape(stop - start, -1)
-            yield _batch(*top_n_block(user_ids[start:stop], user_mat, _split(x_off, x_val, start, stop), item_ids, item_mat, n))
+            yield _batch(*_factor_select(user_ids[start:stop], user_mat, x_off[start : stop + 1], x_val, item_ids, item_mat, n))
 
 
 def _scored_batches(
     batches: Iterator[pa.RecordBatch], scorer: BlockScorer, dropped_bc: Any, n: int, block: int, separate_exclude: bool
 ) -> Iterator[pa.RecordBatch]:
-    item_ids = np.asarray(scorer.item_ids())
+    _warm()
+    item_ids = np.asarray(scorer.item_ids(), np.int32)
     dropped = None if dropped_bc is None else dropped_bc.value
     for batch in batches:
         user_ids = batch.column(0).to_numpy().astype(np.int32, copy=False)
@@ -221,7 +235,7 @@ def _scored_batches(
                 raise ValueError(f"{type(scorer).__name__}.score returned shape {scores.shape}, expected {(stop - start, len(item_ids))}")
             if dropped is not None:
                 scores[:, dropped] = -np.inf
-            yield _batch(*rank_block(user_ids[start:stop], scores, _split(x_off, x_items, start, stop), item_ids, n))
+            yield _batch(*_select(user_ids[start:stop], scores, x_off[start : stop + 1], x_items, item_ids, n))
 
 
 def _block_size(user_block_size: int, n_items: int) -> int:
@@ -258,7 +272,7 @@ def top_n(
     n : int
         List length; users with fewer candidates get shorter lists.
     user_block_size : int
-        Users scored per matrix product (capped so a block's scores stay near 64 MB).
+        Users per worker call; scores are computed in cache-sized tiles whatever the block.
 
     Returns
     -------
@@ -277,7 +291,7 @@ def top_n(
     item_pdf = items.select(F.col(FACTOR_ID).cast("int"), FEATURES).toPandas().sort_values(FACTOR_ID)
     item_ids = item_pdf[FACTOR_ID].to_numpy(np.int32)
     item_mat = np.stack(item_pdf[FEATURES].to_numpy()).astype(np.float32) if len(item_pdf) else np.zeros((0, 1), np.float32)
-    block = _block_size(user_block_size, len(item_ids))
+    block = max(1, user_block_size)  # scores are tiled: no block ever holds users x all items
     sc = spark.sparkContext
     ids_bc, mat_bc = sc.broadcast(item_ids), sc.broadcast(item_mat)
     user_rows = users.select(F.col(FACTOR_ID).cast("int").alias(USER_ID), F.col(FEATURES).cast(ArrayType(FloatType())))
@@ -373,8 +387,6 @@ def top_n_scored(
 def candidate_items(model: Any) -> DataFrame:
     """Column `id`: the items `model` can rank (its scorer's items or its item factor table)."""
     if hasattr(model, "blockScorer"):
-        from pyspark.sql import SparkSession
-
         spark = SparkSession.getActiveSession()
         assert spark is not None, "candidate_items needs an active SparkSession"
         ids = model.blockScorer().item_ids()

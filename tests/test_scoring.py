@@ -221,3 +221,25 @@ def test_recommend_for_dispatches_both_paths(spark, case, scorer):
     rows = np.searchsorted(user_ids, chosen)
     expected = reference_lists(P[rows] @ Q.T, chosen, item_ids, excluded, N)
     assert got == {u: v for u, v in expected.items() if v}
+
+
+def test_tiled_factor_scan_equals_reference_across_tiles(monkeypatch):
+    """Small tiles force many row blocks and item tiles: ties and exclusions straddle tile edges."""
+    import recospark.scoring as scoring
+
+    monkeypatch.setattr(scoring, "_TILE_ROWS", 4)
+    monkeypatch.setattr(scoring, "_TILE_CELLS", 256)  # 4 users x 64 items per tile
+    rng = np.random.default_rng(5)
+    item_ids = np.sort(rng.choice(np.arange(1, 5000), 300, replace=False)).astype(np.int32)
+    user_ids = np.arange(100, 137, dtype=np.int32)
+    P = rng.integers(-1, 3, size=(37, 2)).astype(np.float32)
+    Q = rng.integers(-2, 3, size=(300, 2)).astype(np.float32)
+    excluded = {int(u): set(rng.choice(item_ids, int(rng.integers(0, 290)), replace=False).tolist()) for u in user_ids}
+    expected = reference_lists(P @ Q.T, user_ids, item_ids, excluded, 12)
+    rated = [np.array([*excluded[int(u)], 7777], np.int32) for u in user_ids]  # 7777: an unknown item
+    u, rk, m, s = scoring.top_n_block(user_ids, P, rated, item_ids, Q, 12)
+    got: dict[int, list[tuple[int, float]]] = {int(x): [] for x in user_ids}
+    for uu, rr, mm, ss in zip(u, rk, m, s, strict=True):
+        got[int(uu)].append((int(mm), float(ss)))
+        assert rr == len(got[int(uu)])
+    assert got == expected

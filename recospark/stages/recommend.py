@@ -5,8 +5,8 @@ a copy of the lists of the model with the best validation NDCG@k that `train` re
 `choose_recommended`); its manifest names the model, so a downstream job reads "the lists"
 without knowing which model won.
 
-Lists come from `recospark.scoring.top_n`, the one ranking code path (ties by the smaller
-movie_id). Only catalogued movies are recommended: when `movies/` lists movies, items with
+Lists come from `recospark.scoring.recommend_for`, the one ranking code path for every model
+(ties by the smaller movie_id). Only catalogued movies are recommended: when `movies/` lists movies, items with
 factors but no catalogue entry (ratings of a movie missing from the movies file) are left out
 and counted in the manifest (`uncatalogued_items_excluded`), so every row has a title.
 """
@@ -24,8 +24,8 @@ from recospark import io
 from recospark.config import Config
 from recospark.models.table import MODELS
 from recospark.runtime import for_each_model, stage_run
-from recospark.schema import FACTOR_ID, MOVIE_ID, MOVIES, RANK, RATINGS, RECOMMENDATIONS, TITLE, USER_ID
-from recospark.scoring import scoring_factors, top_n
+from recospark.schema import FACTOR_ID, MOVIE_ID, MOVIES, RANK, RATING, RATINGS, RECOMMENDATIONS, TITLE, USER_ID
+from recospark.scoring import candidate_items, recommend_for
 
 __all__ = ["filter_catalogued", "run", "with_titles"]
 
@@ -69,20 +69,21 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     train_src = io.source(cfg, f"splits/{split}/train", needed_by="recommend")
     movies_src = io.source(cfg, "movies", needed_by="recommend")
     model_srcs = {name: io.source(cfg, f"models/{name}", needed_by="recommend") for name in cfg.train.models}
-    rated = train_src.read(spark, RATINGS).select(USER_ID, MOVIE_ID).cache()
+    rated = train_src.read(spark, RATINGS).select(USER_ID, MOVIE_ID, RATING).cache()
     movies = movies_src.read(spark, MOVIES).cache()
     catalogued = bool(movies_src.manifest.get("rows"))
 
     def recommend_one(name: str) -> dict[str, Any]:
         src, spec = model_srcs[name], MODELS[name]
-        users, items = scoring_factors(spec.load(src.uri))
+        model = spec.load(src.uri)
         excluded = 0
         if catalogued:
+            items = candidate_items(model)
             excluded = items.join(F.broadcast(movies.select(F.col(MOVIE_ID).alias(FACTOR_ID))), FACTOR_ID, "left_anti").count()
-            items = items.transform(filter_catalogued(movies))
             if excluded:
-                log.warning("recommend %s: %d items with factors are not in movies/ and are never recommended", name, excluded)
-        recs = top_n(users, items, rated, cfg.recommend.n, cfg.recommend.user_block_size).transform(with_titles(movies))
+                log.warning("recommend %s: %d items the model ranks are not in movies/ and are never recommended", name, excluded)
+        candidates = movies.select(MOVIE_ID) if catalogued else None
+        recs = recommend_for(model, rated, cfg.recommend.n, cfg.recommend.user_block_size, items=candidates).transform(with_titles(movies))
         published = io.publish_dataframe(
             recs.orderBy(USER_ID, RANK),
             cfg,

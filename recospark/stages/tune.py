@@ -9,7 +9,7 @@ fits the model (`objective` in the table):
   NaN would make every RMSE NaN.
 * ranking models: NDCG@k (`evaluate.k`, `evaluate.relevance_threshold`) of each user's top-k
   list over items not in the fitting part, on a validation carve of `split.validation_fraction`
-  of train (highest wins). The lists come from `recospark.scoring.top_n`, the same code that
+  of train (highest wins). The lists come from `recospark.scoring.recommend_for`, the same code that
   publishes recommendations.
 
 `CrossValidator` folds and the ranking carve come from a hash of (seed, user, movie), like the
@@ -38,8 +38,7 @@ from recospark import fs, io, ranking
 from recospark.config import Config
 from recospark.models.table import MODELS, ModelSpec
 from recospark.runtime import stage_run
-from recospark.schema import IS_VALIDATION, MOVIE_ID, PREDICTION, RATING, RATINGS, USER_ID
-from recospark.scoring import scoring_factors, top_n
+from recospark.schema import IS_VALIDATION, PREDICTION, RATING, RATINGS
 from recospark.splitting import uniform, with_validation_flag
 
 __all__ = ["models_to_tune", "param_grid", "run", "tune_model", "with_fold"]
@@ -102,9 +101,10 @@ def _tune_ranking(
     try:
         for index, model in estimator.fitMultiple(fit_rows, maps):
             point = points[index]
-            users, items = scoring_factors(model)
-            recs = top_n(users, items, fit_rows.select(USER_ID, MOVIE_ID), k, cfg.recommend.user_block_size)
-            ndcg = ranking.ranking_metrics(recs, validation, k, cfg.evaluate.relevance_threshold)[f"ndcg@{k}"]
+            metrics = ranking.validation_metrics(
+                model, fit_rows, validation, k, cfg.evaluate.relevance_threshold, cfg.recommend.user_block_size
+            )
+            ndcg = metrics[f"ndcg@{k}"]
             scores[index] = float(ndcg or 0.0)
             log.info("tune %s %s: validation ndcg@%d=%.4f", spec.name, point, k, scores[index])
     finally:
