@@ -117,6 +117,16 @@ def hadoop_read(spark: SparkSession, uri: str) -> bytes | None:
         stream.close()
 
 
+def hadoop_write(spark: SparkSession, uri: str, data: bytes) -> None:
+    """Write (or overwrite) a small file on any Hadoop file system."""
+    fs, path = hadoop_fs(spark, uri)
+    out = fs.create(path, True)
+    try:
+        out.write(bytearray(data))
+    finally:
+        out.close()
+
+
 def hadoop_replace(spark: SparkSession, src: Any, dst: Any) -> None:
     """Rename Hadoop Path `src` over `dst` through FileContext with OVERWRITE: one NameNode operation
     on HDFS. Raises on a file system without FileContext support (the caller falls back)."""

@@ -53,7 +53,7 @@ from recospark.models.ease_kernels import (
     keep_most_rated,
     sum_tiles,
 )
-from recospark.models.params import _RecommenderModelParams, _RecommenderModelSetters, _RecommenderParams
+from recospark.models.params import _RecommenderModelParams, _RecommenderModelSetters, _RecommenderParams, check_params, knob
 from recospark.models.persistence import EstimatorPersistence, TablesPersistence
 from recospark.schema import FACTOR_ID, FEATURES, MOVIE_ID, PREDICTION, RATING, USER_ID
 
@@ -94,19 +94,20 @@ class _EASEModelParams(_RecommenderModelParams):
 class _EASEParams(_EASEModelParams, _RecommenderParams):
     """Fit-time params: the L2 weight lambda and the cap on the catalogue."""
 
-    regParam: Param[float] = Param(
-        Params._dummy(),
+    regParam: Param[float] = knob(
         "regParam",
-        "lambda, the L2 weight added to the diagonal of X^T X (> 0); larger pulls B toward 0 and favours popular items less",
+        "lambda, the L2 weight added to the diagonal of X^T X (X^T X is singular without it); larger pulls B toward 0 "
+        "and favours popular items less",
         TypeConverters.toFloat,
+        gt=0,
     )
-    maxItems: Param[int] = Param(
-        Params._dummy(),
+    maxItems: Param[int] = knob(
         "maxItems",
-        "cap on the catalogue (>= 1): only the maxItems most-rated items (ties by the smaller item id) "
+        "cap on the catalogue: only the maxItems most-rated items (ties by the smaller item id) "
         "enter X and can be recommended, because the driver inverts an n x n float64 matrix (O(n^3) "
         "time, about 24 n^2 bytes); the fitted model's summary counts the items and ratings left out",
         TypeConverters.toInt,
+        ge=1,
     )
 
     def __init__(self, *args: Any) -> None:
@@ -222,11 +223,9 @@ class EASE(Estimator, _EASEParams, EstimatorPersistence):
         return self._set(ratingCol=value)
 
     def _check(self) -> None:
-        self._check_cold_start()
-        if not self.getRegParam() > 0:
-            raise ValueError(f"regParam must be > 0 (X^T X is singular without it), got {self.getRegParam()}")
-        if self.getMaxItems() < 1:
-            raise ValueError(f"maxItems must be >= 1, got {self.getMaxItems()}")
+        problems = check_params(self)
+        if problems:
+            raise ValueError("EASE: " + "; ".join(problems))
 
     def _gram_key(self) -> tuple[Any, ...]:
         """Everything the Gram depends on: param maps equal here share one Gram in `fitMultiple`."""

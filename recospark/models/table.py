@@ -27,6 +27,9 @@ from pyspark.sql import DataFrame
 from recospark.models.als import als_curve
 from recospark.models.baselines import BiasBaseline, BiasBaselineModel, GlobalMean, GlobalMeanModel
 from recospark.models.blend import Blend, BlendModel
+from recospark.models.ease import EASE, EASEModel
+from recospark.models.neural import require_torch
+from recospark.models.neural.estimator import GMF, GMFModel, NeuralMF, NeuralMFModel
 from recospark.models.params import Bounds, check_params, conf_key
 from recospark.models.puresvd import PureSVD, PureSVDModel
 from recospark.models.sgd.estimator import SGDMatrixFactorization, SGDMatrixFactorizationModel
@@ -104,6 +107,8 @@ class ModelSpec:
     curve: Callable[[Estimator, DataFrame, DataFrame, Mapping[str, Any]], list[dict[str, Any]]] | None = None
     # cross-knob rules on the configured values (one message per problem), e.g. one weight per component
     rules: Callable[[Mapping[str, Any]], list[str]] | None = None
+    # raises a UserError before Spark starts when something the model needs is not installed
+    requires: Callable[[str], None] | None = None
 
     @property
     def tune_metric(self) -> str:
@@ -340,6 +345,31 @@ MODELS: dict[str, ModelSpec] = {
             builder=_build_blend,
             components=lambda values: list(values["components"]),
             rules=_blend_rules,
+        ),
+        ModelSpec(
+            "ease",
+            EASE,
+            EASEModel,
+            "ranking",
+            "EASE's x_u . B[:, i]: how strongly the user's other train items point to the item; higher ranks first; not a rating",
+        ),
+        ModelSpec(
+            "neural_mf",
+            NeuralMF,
+            NeuralMFModel,
+            "rating",
+            "the predicted rating mu + b_u + b_i + p_u . q_i of the neural MF network (Keras MF tutorial, in PyTorch)",
+            early_stopping=True,
+            requires=require_torch,
+        ),
+        ModelSpec(
+            "gmf",
+            GMF,
+            GMFModel,
+            "ranking",
+            "GMF's logit h . (p_u * q_i) + b: higher ranks first (its sigmoid is the interaction probability); not a rating",
+            early_stopping=True,
+            requires=require_torch,
         ),
         ModelSpec(
             "bias",

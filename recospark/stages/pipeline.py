@@ -19,6 +19,7 @@ from pyspark.sql import SparkSession
 
 from recospark import io
 from recospark.config import Config
+from recospark.models.table import MODELS
 from recospark.stages import evaluate, generate, ingest, recommend, report, split, train, tune
 
 __all__ = ["STAGES", "Stage", "preflight", "run", "run_stage"]
@@ -117,6 +118,11 @@ def preflight(cfg: Config, stages: list[str]) -> None:
     output roots wait for Spark (they need Hadoop's file systems).
     """
     io.check_writable(cfg)
+    if set(stages) & {"tune", "train", "recommend", "evaluate"}:
+        for model in cfg.train.models:
+            requires = MODELS[model].requires
+            if requires is not None:
+                requires(model)
     coming: set[str] = set()
     for name in stages:
         stage = STAGES[name]

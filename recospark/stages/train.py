@@ -31,7 +31,7 @@ from recospark.models.table import MODELS, ModelSpec
 from recospark.ranking import validation_metrics
 from recospark.runtime import stage_run
 from recospark.schema import FACTOR_ID, IS_VALIDATION, MOVIE_ID, RATINGS, USER_ID
-from recospark.scoring import scoring_factors
+from recospark.scoring import candidate_items, scoring_factors
 from recospark.splitting import with_validation_flag
 
 __all__ = ["fit_model", "run", "tuned_params"]
@@ -120,7 +120,20 @@ def _save(model: Model, path: str) -> None:
 
 
 def coverage(model: Model, train_users: int, train_items: int) -> dict[str, int]:
-    """Users and items the model can rank, next to the train split's."""
+    """Users and items the model can rank, next to the train split's.
+
+    A model ranked by its factors covers the users and items with factor rows; a model ranked by a
+    scorer over each user's history (EASE, the neural scorers) covers every train user, less the
+    users its `summary` says it cannot score (EASE's users whose every item fell beyond its cap)."""
+    if hasattr(model, "blockScorer") and model.blockScorer() is not None:
+        summary = getattr(model, "summary", None)
+        blind = int(summary.get("usersWithoutKeptItems", 0)) if isinstance(summary, dict) else 0
+        return {
+            "users": train_users - blind,
+            "items": candidate_items(model).count(),
+            "train_users": train_users,
+            "train_items": train_items,
+        }
     users, items = scoring_factors(model)
     return {
         "users": users.select(FACTOR_ID).distinct().count(),
@@ -195,6 +208,9 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
                     n_items,
                 )
             params = {p.name: v for p, v in model.extractParamMap().items()}
+            summary = getattr(model, "summary", None)  # e.g. EASE's counts of what its item cap left out
+            if isinstance(summary, dict):
+                info["summary"] = summary
             extra = {
                 "model": name,
                 "split_version": src.version,

@@ -44,6 +44,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import FloatType, IntegerType, StructField, StructType
 
+from recospark import fs, jvm
 from recospark.models.neural import data, require_torch, weights
 from recospark.models.neural.job import TrainJob
 from recospark.models.neural.launch import launch, local_master, rank_threads
@@ -294,13 +295,7 @@ def _scratch_folder(spark: SparkSession) -> tuple[str, Any]:
 
 def _remove(spark: SparkSession, uri: str) -> None:
     try:
-        if is_local(uri):
-            shutil.rmtree(local_path(uri), ignore_errors=True)
-            return
-        jvm = spark.sparkContext._jvm
-        assert jvm is not None
-        path = jvm.org.apache.hadoop.fs.Path(uri)
-        path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).delete(path, True)
+        fs.remove_tree(spark, uri)
     except Exception as err:  # never mask the fit's own outcome
         log.warning("could not remove %s: %s", uri, err)
 
@@ -539,38 +534,22 @@ class _NeuralReader(MLReader):
         return model
 
 
-def _hadoop(spark: SparkSession, uri: str) -> tuple[Any, Any]:
-    jvm = spark.sparkContext._jvm
-    assert jvm is not None
-    path = jvm.org.apache.hadoop.fs.Path(uri)
-    return path, path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-
-
 def _write_bytes(spark: SparkSession, uri: str, data: bytes) -> None:
     if is_local(uri):
         target = local_path(uri)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
         return
-    path, fs = _hadoop(spark, uri)
-    out = fs.create(path, True)
-    try:
-        out.write(bytearray(data))
-    finally:
-        out.close()
+    jvm.hadoop_write(spark, uri, data)
 
 
 def _read_bytes(spark: SparkSession, uri: str) -> bytes:
     if is_local(uri):
         return local_path(uri).read_bytes()
-    path, fs = _hadoop(spark, uri)
-    stream = fs.open(path)
-    try:
-        jvm = spark.sparkContext._jvm
-        assert jvm is not None
-        return bytes(jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
-    finally:
-        stream.close()
+    data = jvm.hadoop_read(spark, uri)
+    if data is None:
+        raise FileNotFoundError(uri)
+    return data
 
 
 # --------------------------------------------------------------------------- class generation
