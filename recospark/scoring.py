@@ -6,7 +6,7 @@ dispatches on what the fitted model offers:
 
 - ``blockScorer()`` (a `BlockScorer`: EASE, neural nets, a blend of them): `top_n_scored` asks
   it for a block of users' scores against every candidate item, given their history;
-- otherwise the factor path, `top_n`: the dot product of ``scoringFactors()`` (or MLlib's
+- otherwise (no such method, or it returns None) the factor path, `top_n`: the dot product of ``scoringFactors()`` (or MLlib's
   ``userFactors``/``itemFactors``), with the item matrix broadcast once.
 
 Both paths end in the same selection (`recospark.topn_kernels.scan_tile`, behind `rank_block`):
@@ -34,6 +34,7 @@ from recospark.schema import FACTOR_ID, FEATURES, MOVIE_ID, RANK, RATING, SCORE,
 
 __all__ = [
     "BlockScorer",
+    "block_scorer",
     "candidate_items",
     "rank_block",
     "recommend_for",
@@ -46,6 +47,7 @@ __all__ = [
 _EXCLUDED = "rated"
 _HIST_ITEMS = "_hist_items"
 _HIST_RATINGS = "_hist_ratings"
+_USER_VECTOR = "_user_vector"
 # Cap on one block's score matrix (cells); keeps a block's memory near 64 MB in float32.
 _MAX_BLOCK_CELLS = 16_000_000
 _TOP_N_ARROW = pa.schema([(USER_ID, pa.int32()), (RANK, pa.int32()), (MOVIE_ID, pa.int32()), (SCORE, pa.float64())])
@@ -57,6 +59,11 @@ class BlockScorer(Protocol):
 
     Pickled into the task closure: keep it small, hold heavy arrays as Spark Broadcast objects
     and read ``.value`` lazily inside `score`.
+
+    Optional: a scorer that needs a vector per user (a blend with factor components) defines
+    ``user_factors() -> DataFrame`` (`id, features`, read on the driver and never pickled);
+    `top_n_scored` then joins it to the users and calls ``score(..., user_features=M)`` with
+    M float32 [len(user_ids), f], NaN rows for users without a vector.
     """
 
     def item_ids(self) -> np.ndarray:
@@ -87,8 +94,8 @@ def scoring_factors(model: Any) -> tuple[DataFrame, DataFrame]:
 
 # One score tile (users x items, float32) stays within a core's L2 cache (1 MB on the bench machine):
 # the matrix product writes it and the selection scan reads it while it is still there.
-_TILE_CELLS = 131_072
-_TILE_ROWS = 256
+TILE_CELLS = 131_072
+TILE_ROWS = 256
 
 
 def _flat(lists: Sequence[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
@@ -140,8 +147,8 @@ def _factor_select(
     ptr, pos = kernels.excluded_positions(x_off, x_val, item_ids)
     state = kernels.heaps(n_users, min(n, n_items))
     user_mat = np.ascontiguousarray(user_mat, dtype=np.float32)
-    rows = min(_TILE_ROWS, max(1, n_users))
-    width = max(64, _TILE_CELLS // rows)
+    rows = min(TILE_ROWS, max(1, n_users))
+    width = max(64, TILE_CELLS // rows)
     buf = np.empty((rows, width), np.float32)
     for u0 in range(0, n_users, rows):
         u1 = min(u0 + rows, n_users)
@@ -216,8 +223,22 @@ def _factor_batches(batches: Iterator[pa.RecordBatch], ids_bc: Any, mat_bc: Any,
             yield _batch(*_factor_select(user_ids[start:stop], user_mat, x_off[start : stop + 1], x_val, item_ids, item_mat, n))
 
 
+def _feature_matrix(column: Any) -> np.ndarray:
+    """float32 [rows, f] of an Arrow list<float> column whose non-null rows all have f values; null rows NaN."""
+    offsets = column.offsets.to_numpy()
+    values = column.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    valid = ~np.asarray(column.is_null().to_numpy(zero_copy_only=False), bool)
+    lengths = np.diff(offsets)[valid]
+    width = int(lengths[0]) if len(lengths) else 0
+    if (lengths != width).any():
+        raise ValueError("user factor vectors of different lengths")
+    out = np.full((len(offsets) - 1, width), np.nan, np.float32)
+    out[valid] = values[offsets[:-1][valid][:, None] + np.arange(width)]
+    return out
+
+
 def _scored_batches(
-    batches: Iterator[pa.RecordBatch], scorer: BlockScorer, dropped_bc: Any, n: int, block: int, separate_exclude: bool
+    batches: Iterator[pa.RecordBatch], scorer: BlockScorer, dropped_bc: Any, n: int, block: int, separate_exclude: bool, with_features: bool
 ) -> Iterator[pa.RecordBatch]:
     _warm()
     item_ids = np.asarray(scorer.item_ids(), np.int32)
@@ -227,9 +248,14 @@ def _scored_batches(
         h_off, h_items = _list_parts(batch.column(1), np.int32)
         _, h_ratings = _list_parts(batch.column(2), np.float32)
         x_off, x_items = _list_parts(batch.column(3), np.int32) if separate_exclude else (h_off, h_items)
+        features = _feature_matrix(batch.column(batch.num_columns - 1)) if with_features else None
         for start in range(0, len(user_ids), block):
             stop = min(start + block, len(user_ids))
-            scores = scorer.score(user_ids[start:stop], _split(h_off, h_items, start, stop), _split(h_off, h_ratings, start, stop))
+            args = (user_ids[start:stop], _split(h_off, h_items, start, stop), _split(h_off, h_ratings, start, stop))
+            if features is None:
+                scores = scorer.score(*args)
+            else:
+                scores = scorer.score(*args, user_features=features[start:stop])  # type: ignore[call-arg]
             scores = np.asarray(scores, dtype=np.float32)
             if scores.shape != (stop - start, len(item_ids)):
                 raise ValueError(f"{type(scorer).__name__}.score returned shape {scores.shape}, expected {(stop - start, len(item_ids))}")
@@ -373,10 +399,18 @@ def top_n_scored(
     if exclude is not None:
         rows = rows.join(_pair_lists(exclude, _EXCLUDED), USER_ID, "left")
         columns.append(_non_null_list(_EXCLUDED, IntegerType()))
+    user_factors = scorer.user_factors() if hasattr(scorer, "user_factors") else None
+    if user_factors is not None:
+        vectors = user_factors.select(
+            F.col(FACTOR_ID).cast("int").alias(USER_ID), F.col(FEATURES).cast(ArrayType(FloatType())).alias(_USER_VECTOR)
+        )
+        rows = rows.join(vectors, USER_ID, "left")
+        columns.append(F.col(_USER_VECTOR))
     rows = rows.select(*columns)
+    with_features = user_factors is not None
 
     def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        return _scored_batches(batches, scorer, dropped_bc, n, block, separate)
+        return _scored_batches(batches, scorer, dropped_bc, n, block, separate, with_features)
 
     return rows.mapInArrow(score, TOP_N)
 
@@ -384,13 +418,22 @@ def top_n_scored(
 # --------------------------------------------------------------------------- dispatch
 
 
+def block_scorer(model: Any) -> BlockScorer | None:
+    """The model's `blockScorer()`, or None when its factors rank it (no such method, or it returns None).
+
+    A composite model (the blend) returns None when all its parts are factor models, so it
+    keeps the factor path, the fast one for dot products.
+    """
+    return model.blockScorer() if hasattr(model, "blockScorer") else None
+
+
 def candidate_items(model: Any) -> DataFrame:
     """Column `id`: the items `model` can rank (its scorer's items or its item factor table)."""
-    if hasattr(model, "blockScorer"):
+    scorer = block_scorer(model)
+    if scorer is not None:
         spark = SparkSession.getActiveSession()
         assert spark is not None, "candidate_items needs an active SparkSession"
-        ids = model.blockScorer().item_ids()
-        return spark.createDataFrame([(int(i),) for i in ids], f"{FACTOR_ID} int")
+        return spark.createDataFrame([(int(i),) for i in scorer.item_ids()], f"{FACTOR_ID} int")
     return scoring_factors(model)[1].select(F.col(FACTOR_ID).cast("int"))
 
 
@@ -404,7 +447,7 @@ def recommend_for(
     exclude: DataFrame | None = None,
     items: DataFrame | None = None,
 ) -> DataFrame:
-    """Top-n lists of any fitted model: through its `blockScorer()` if it has one, else its factors.
+    """Top-n lists of any fitted model: through its `blockScorer()` if it gives one, else its factors.
 
     Parameters
     ----------
@@ -436,8 +479,9 @@ def recommend_for(
     >>> [tuple(r)[:3] for r in recs.orderBy("user_id", "rank").collect()]
     [(1, 1, 11), (1, 2, 12), (2, 1, 12), (3, 1, 10), (3, 2, 11)]
     """
-    if hasattr(model, "blockScorer"):
-        return top_n_scored(users, history, model.blockScorer(), n, user_block_size, exclude=exclude, items=items)
+    scorer = block_scorer(model)
+    if scorer is not None:
+        return top_n_scored(users, history, scorer, n, user_block_size, exclude=exclude, items=items)
     if exclude is None:
         exclude = history.select(USER_ID, MOVIE_ID)
     user_factors, item_factors = scoring_factors(model)

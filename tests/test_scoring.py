@@ -227,8 +227,8 @@ def test_tiled_factor_scan_equals_reference_across_tiles(monkeypatch):
     """Small tiles force many row blocks and item tiles: ties and exclusions straddle tile edges."""
     import recospark.scoring as scoring
 
-    monkeypatch.setattr(scoring, "_TILE_ROWS", 4)
-    monkeypatch.setattr(scoring, "_TILE_CELLS", 256)  # 4 users x 64 items per tile
+    monkeypatch.setattr(scoring, "TILE_ROWS", 4)
+    monkeypatch.setattr(scoring, "TILE_CELLS", 256)  # 4 users x 64 items per tile
     rng = np.random.default_rng(5)
     item_ids = np.sort(rng.choice(np.arange(1, 5000), 300, replace=False)).astype(np.int32)
     user_ids = np.arange(100, 137, dtype=np.int32)
