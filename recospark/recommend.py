@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -79,13 +80,18 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
                 log.warning("recommend %s: %d items the model ranks are not in movies/ and are never recommended", name, excluded)
         candidates = movies.select(MOVIE_ID) if catalogued else None
         recs = recommend_for(model, rated, cfg.recommend.n, cfg.recommend.user_block_size, items=candidates).transform(with_titles(movies))
-        published = io.publish_dataframe(
-            recs.orderBy(USER_ID, RANK),
-            cfg,
-            f"recommendations/{name}",
-            inputs=[src, train_src, movies_src],
-            extra={"n": cfg.recommend.n, "score": spec.score, "objective": spec.objective, "uncatalogued_items_excluded": excluded},
-        )
+        # orderBy samples its input in a job of its own: without the cache every user is scored twice
+        recs = recs.persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            published = io.publish_dataframe(
+                recs.orderBy(USER_ID, RANK),
+                cfg,
+                f"recommendations/{name}",
+                inputs=[src, train_src, movies_src],
+                extra={"n": cfg.recommend.n, "score": spec.score, "objective": spec.objective, "uncatalogued_items_excluded": excluded},
+            )
+        finally:
+            recs.unpersist()
         n_users = spark.read.parquet(published.path).select(USER_ID).distinct().count()
         log.info("recommend %s: %d rows for %d users -> %s", name, published.rows, n_users, published.path)
         return {"path": published.path, "rows": published.rows, "users": n_users}
