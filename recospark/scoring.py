@@ -25,6 +25,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pyarrow as pa
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, FloatType, IntegerType
@@ -34,6 +35,7 @@ from recospark.schema import FACTOR_ID, FEATURES, MOVIE_ID, RANK, RATING, SCORE,
 
 __all__ = [
     "BlockScorer",
+    "UserHistory",
     "block_scorer",
     "candidate_items",
     "rank_block",
@@ -268,9 +270,36 @@ def _block_size(user_block_size: int, n_items: int) -> int:
     return max(1, min(user_block_size, _MAX_BLOCK_CELLS // max(1, n_items)))
 
 
-def _pair_lists(pairs: DataFrame, name: str) -> DataFrame:
+class UserHistory:
+    """Each user's history grouped once: `lists` is `user_id, _hist_items array<int>, _hist_ratings
+    array<float>`, sorted by movie_id (ratings NaN when the table has no rating column).
+
+    Ranking several models on the same history (the recommend stage, tune's grid) groups the
+    ratings once instead of once per model: build it, `persist()`, pass it wherever a history or
+    an exclusion table is taken, `unpersist()` when done.
+    """
+
+    def __init__(self, ratings: DataFrame) -> None:
+        rating = F.col(RATING).cast("float") if RATING in ratings.columns else F.lit(float("nan")).cast("float")
+        pairs = F.struct(F.col(MOVIE_ID).cast("int").alias(MOVIE_ID), rating.alias(RATING))
+        grouped = ratings.groupBy(F.col(USER_ID).cast("int").alias(USER_ID)).agg(F.sort_array(F.collect_list(pairs)).alias("_h"))
+        self.lists = grouped.select(USER_ID, F.col(f"_h.{MOVIE_ID}").alias(_HIST_ITEMS), F.col(f"_h.{RATING}").alias(_HIST_RATINGS))
+
+    def persist(self) -> UserHistory:
+        self.lists = self.lists.persist(StorageLevel.MEMORY_AND_DISK)
+        return self
+
+    def unpersist(self) -> None:
+        self.lists.unpersist()
+
+
+def _history(table: DataFrame | UserHistory) -> UserHistory:
+    return table if isinstance(table, UserHistory) else UserHistory(table)
+
+
+def _pair_lists(pairs: DataFrame | UserHistory, name: str) -> DataFrame:
     """user_id, <name> array<int>: each user's movie_ids."""
-    return pairs.groupBy(USER_ID).agg(F.collect_list(F.col(MOVIE_ID).cast("int")).alias(name))
+    return _history(pairs).lists.select(USER_ID, F.col(_HIST_ITEMS).alias(name))
 
 
 def _non_null_list(name: str, element: Any) -> Any:
@@ -283,7 +312,7 @@ def _non_null_list(name: str, element: Any) -> Any:
 def top_n(
     users: DataFrame,
     items: DataFrame,
-    rated: DataFrame | None,
+    rated: DataFrame | UserHistory | None,
     n: int,
     user_block_size: int = 2048,
 ) -> DataFrame:
@@ -293,7 +322,7 @@ def top_n(
     ----------
     users, items : DataFrame
         `id int, features array<float>`; the score of a pair is their dot product.
-    rated : DataFrame or None
+    rated : DataFrame, UserHistory or None
         `user_id, movie_id` pairs never recommended (a user's training items).
     n : int
         List length; users with fewer candidates get shorter lists.
@@ -335,11 +364,11 @@ def top_n(
 
 def top_n_scored(
     users: DataFrame | None,
-    history: DataFrame,
+    history: DataFrame | UserHistory,
     scorer: BlockScorer,
     n: int,
     user_block_size: int = 2048,
-    exclude: DataFrame | None = None,
+    exclude: DataFrame | UserHistory | None = None,
     items: DataFrame | None = None,
 ) -> DataFrame:
     """Top-n per user for a `BlockScorer`: the same selection as `top_n`, another score function.
@@ -348,14 +377,14 @@ def top_n_scored(
     ----------
     users : DataFrame or None
         Column `user_id`: the users to rank for; None: every user in `history`.
-    history : DataFrame
+    history : DataFrame or UserHistory
         `user_id, movie_id, rating` rows handed to the scorer (usually the train split).
     scorer : BlockScorer
     n : int
         List length; users with fewer candidates get shorter lists.
     user_block_size : int
         Users per `score` call (capped so a block's scores stay near 64 MB).
-    exclude : DataFrame or None
+    exclude : DataFrame, UserHistory or None
         `user_id, movie_id` pairs never recommended; None: the history pairs.
     items : DataFrame or None
         Column `movie_id`: only these of the scorer's items may be recommended; None: all.
@@ -377,7 +406,8 @@ def top_n_scored(
     >>> [tuple(r) for r in top_n_scored(None, history, Popular(), 2).orderBy("user_id", "rank").collect()]
     [(1, 1, 12, 3.0), (1, 2, 10, 1.0), (2, 1, 11, 3.0), (2, 2, 12, 3.0)]
     """
-    spark = history.sparkSession
+    hist = _history(history).lists
+    spark = hist.sparkSession
     item_ids = np.asarray(scorer.item_ids())
     if item_ids.ndim != 1 or (np.diff(item_ids) <= 0).any():
         raise ValueError(f"{type(scorer).__name__}.item_ids() must be sorted ascending and unique")
@@ -387,12 +417,6 @@ def top_n_scored(
         dropped = np.flatnonzero(~np.isin(item_ids, keep))
         dropped_bc = spark.sparkContext.broadcast(dropped) if len(dropped) else None
     block = _block_size(user_block_size, len(item_ids))
-    hist = history.groupBy(USER_ID).agg(
-        F.sort_array(
-            F.collect_list(F.struct(F.col(MOVIE_ID).cast("int").alias(MOVIE_ID), F.col(RATING).cast("float").alias(RATING)))
-        ).alias("_h")
-    )
-    hist = hist.select(USER_ID, F.col(f"_h.{MOVIE_ID}").alias(_HIST_ITEMS), F.col(f"_h.{RATING}").alias(_HIST_RATINGS))
     rows = hist if users is None else users.select(F.col(USER_ID).cast("int")).distinct().join(hist, USER_ID, "left")
     columns = [USER_ID, _non_null_list(_HIST_ITEMS, IntegerType()), _non_null_list(_HIST_RATINGS, FloatType())]
     separate = exclude is not None
@@ -439,12 +463,12 @@ def candidate_items(model: Any) -> DataFrame:
 
 def recommend_for(
     model: Any,
-    history: DataFrame,
+    history: DataFrame | UserHistory,
     n: int,
     user_block_size: int = 2048,
     *,
     users: DataFrame | None = None,
-    exclude: DataFrame | None = None,
+    exclude: DataFrame | UserHistory | None = None,
     items: DataFrame | None = None,
 ) -> DataFrame:
     """Top-n lists of any fitted model: through its `blockScorer()` if it gives one, else its factors.
@@ -453,15 +477,16 @@ def recommend_for(
     ----------
     model : fitted pyspark.ml Model
         A model with `blockScorer()`, `scoringFactors()` or `userFactors`/`itemFactors`.
-    history : DataFrame
+    history : DataFrame or UserHistory
         `user_id, movie_id, rating`: what the users rated (the train split); a scorer reads it,
-        and by default these pairs are never recommended.
+        and by default these pairs are never recommended. A persisted `UserHistory` is grouped
+        once for all the models ranked on it.
     n, user_block_size : int
         List length; users per scored block.
     users : DataFrame or None
         Column `user_id`: whom to rank for; None: every user the model knows (factor path) or
         every user in `history` (scorer path).
-    exclude : DataFrame or None
+    exclude : DataFrame, UserHistory or None
         `user_id, movie_id` pairs never recommended; None: the history pairs.
     items : DataFrame or None
         Column `movie_id`: only these may be recommended (e.g. the catalogue); None: all.
@@ -483,7 +508,7 @@ def recommend_for(
     if scorer is not None:
         return top_n_scored(users, history, scorer, n, user_block_size, exclude=exclude, items=items)
     if exclude is None:
-        exclude = history.select(USER_ID, MOVIE_ID)
+        exclude = history
     user_factors, item_factors = scoring_factors(model)
     if users is not None:
         user_factors = user_factors.join(users.select(F.col(USER_ID).alias(FACTOR_ID)).distinct(), FACTOR_ID, "left_semi")
