@@ -21,6 +21,7 @@ read as numpy views.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -98,6 +99,8 @@ def scoring_factors(model: Any) -> tuple[DataFrame, DataFrame]:
 # the matrix product writes it and the selection scan reads it while it is still there.
 TILE_CELLS = 131_072
 TILE_ROWS = 256
+# Users whose mean factor orders the items for the scan (any order gives the same lists).
+_DIRECTION_SAMPLE = 2048
 
 
 def _flat(lists: Sequence[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
@@ -115,7 +118,7 @@ def _ranked(user_ids: np.ndarray, state: tuple[np.ndarray, ...]) -> tuple[np.nda
 def _select(
     user_ids: np.ndarray, scores: np.ndarray, x_off: np.ndarray, x_val: np.ndarray, item_ids: np.ndarray, n: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    ptr, pos = kernels.excluded_positions(x_off, x_val, item_ids)
+    ptr, pos = kernels.excluded_positions(x_off, x_val, item_ids, np.arange(len(item_ids), dtype=np.int64))
     state = kernels.heaps(len(user_ids), min(n, len(item_ids)))
     kernels.scan_tile(np.ascontiguousarray(scores, dtype=np.float32), 0, item_ids, ptr, pos, *state)
     return _ranked(user_ids, state)
@@ -140,27 +143,93 @@ def rank_block(
     return _select(user_ids, scores, x_off, x_val, np.asarray(item_ids, np.int32), n)
 
 
+@dataclass(frozen=True)
+class ScanPlan:
+    """The item side of the factor path, prepared once on the driver and broadcast.
+
+    Items are scanned in descending order of their score for a typical user (`direction`, e.g.
+    the mean user factor), so thresholds rise early; the scan order changes no list (ties are
+    compared by id). For each tile of `width` items the per-dimension range of its factors lets
+    `kernels.tile_below` skip a tile that provably holds nothing for any user of a block: for
+    models whose ranking is nearly the same for everyone (popularity, item biases) that is
+    almost every tile after the first few.
+    """
+
+    ids: np.ndarray  # int32, scan order
+    mat: np.ndarray  # float32 [items, rank], scan order
+    sorted_ids: np.ndarray  # int32, ascending
+    scan_pos: np.ndarray  # int64: scan position of sorted_ids[j]
+    width: int
+    q_max: np.ndarray  # float64 [tiles, rank]
+    q_min: np.ndarray
+    q_abs: np.ndarray  # max |q| per tile and dimension
+    gamma: float  # float32 rounding bound of a rank-long dot product, with slack
+
+
+def scan_plan(item_ids: np.ndarray, item_mat: np.ndarray, direction: np.ndarray | None = None) -> ScanPlan:
+    """A `ScanPlan` for items (`item_ids` ascending, rows of `item_mat`), ordered along `direction`."""
+    item_ids = np.asarray(item_ids, np.int32)
+    item_mat = np.ascontiguousarray(item_mat, dtype=np.float32)
+    n_items, rank = item_mat.shape
+    if direction is None or not np.isfinite(direction).all():
+        direction = np.zeros(rank)
+    typical = item_mat.astype(np.float64) @ np.asarray(direction, np.float64)
+    order = np.lexsort((item_ids, -typical))  # best first, ties by id: deterministic
+    scan_pos = np.empty(n_items, np.int64)
+    scan_pos[order] = np.arange(n_items)
+    mat = np.ascontiguousarray(item_mat[order])
+    width = max(64, TILE_CELLS // TILE_ROWS)
+    tiles = [mat[i : i + width].astype(np.float64) for i in range(0, n_items, width)]
+    empty = np.zeros((0, rank))
+    u = 2.0**-24
+    gamma = 2.0 * (rank + 2) * u / (1 - (rank + 2) * u)
+    return ScanPlan(
+        ids=item_ids[order],
+        mat=mat,
+        sorted_ids=item_ids,
+        scan_pos=scan_pos,
+        width=width,
+        q_max=np.array([t.max(axis=0) for t in tiles]) if tiles else empty,
+        q_min=np.array([t.min(axis=0) for t in tiles]) if tiles else empty,
+        q_abs=np.array([np.abs(t).max(axis=0) for t in tiles]) if tiles else empty,
+        gamma=gamma,
+    )
+
+
 def _factor_select(
-    user_ids: np.ndarray, user_mat: np.ndarray, x_off: np.ndarray, x_val: np.ndarray, item_ids: np.ndarray, item_mat: np.ndarray, n: int
+    user_ids: np.ndarray,
+    user_mat: np.ndarray,
+    x_off: np.ndarray,
+    x_val: np.ndarray,
+    plan: ScanPlan,
+    n: int,
+    stats: dict[str, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """`_select` of `user_mat @ item_mat.T` without ever holding it: cache-sized tiles, each
-    computed by BLAS and scanned at once (positions ascend tile by tile, as `scan_tile` needs)."""
-    n_users, n_items = len(user_ids), len(item_ids)
-    ptr, pos = kernels.excluded_positions(x_off, x_val, item_ids)
-    state = kernels.heaps(n_users, min(n, n_items))
+    """`_select` of `user_mat @ plan.mat.T` without ever holding it: L2-sized tiles, each computed
+    by BLAS and scanned at once, tiles that cannot matter to any user of the block skipped."""
+    n_users, n_items = len(user_ids), len(plan.ids)
+    k = min(n, n_items)
+    ptr, pos = kernels.excluded_positions(x_off, x_val, plan.sorted_ids, plan.scan_pos)
+    state = kernels.heaps(n_users, k)
     user_mat = np.ascontiguousarray(user_mat, dtype=np.float32)
-    rows = min(TILE_ROWS, max(1, n_users))
-    width = max(64, TILE_CELLS // rows)
+    rows, width = TILE_ROWS, plan.width
     buf = np.empty((rows, width), np.float32)
+    skipped = 0
     for u0 in range(0, n_users, rows):
         u1 = min(u0 + rows, n_users)
         part = tuple(a[u0:u1] for a in state)
-        sub_ptr = ptr[u0 : u1 + 1]
-        for i0 in range(0, n_items, width):
+        users = user_mat[u0:u1]
+        for t, i0 in enumerate(range(0, n_items, width)):
             i1 = min(i0 + width, n_items)
+            if t and kernels.tile_below(users, plan.q_max[t], plan.q_min[t], plan.q_abs[t], plan.gamma, part[3], part[2], k):
+                skipped += 1
+                continue
             tile = buf if (u1 - u0, i1 - i0) == buf.shape else np.empty((u1 - u0, i1 - i0), np.float32)
-            np.matmul(user_mat[u0:u1], item_mat[i0:i1].T, out=tile)
-            kernels.scan_tile(tile, i0, item_ids, sub_ptr, pos, *part)
+            np.matmul(users, plan.mat[i0:i1].T, out=tile)
+            kernels.scan_tile(tile, i0, plan.ids, ptr[u0 : u1 + 1], pos, *part)
+    if stats is not None:
+        stats["tiles"] = stats.get("tiles", 0) + -(-n_users // rows) * -(-n_items // width)
+        stats["skipped"] = stats.get("skipped", 0) + skipped
     return _ranked(user_ids, state)
 
 
@@ -177,7 +246,9 @@ def top_n_block(
     `item_ids` must be sorted ascending; see `rank_block` for the rule and the output.
     """
     x_off, x_val = _flat(rated)
-    return _factor_select(user_ids, user_mat, x_off, x_val, np.asarray(item_ids, np.int32), np.asarray(item_mat, np.float32), n)
+    user_mat = np.asarray(user_mat, np.float32)
+    plan = scan_plan(item_ids, item_mat, user_mat.mean(axis=0) if len(user_mat) else None)
+    return _factor_select(user_ids, user_mat, x_off, x_val, plan, n)
 
 
 # --------------------------------------------------------------------------- Arrow plumbing (workers)
@@ -209,9 +280,9 @@ def _warm() -> None:
         _WARM = True
 
 
-def _factor_batches(batches: Iterator[pa.RecordBatch], ids_bc: Any, mat_bc: Any, n: int, block: int) -> Iterator[pa.RecordBatch]:
+def _factor_batches(batches: Iterator[pa.RecordBatch], plan_bc: Any, n: int, block: int) -> Iterator[pa.RecordBatch]:
     _warm()
-    item_ids, item_mat = ids_bc.value, mat_bc.value
+    plan = plan_bc.value
     for batch in batches:
         user_ids = batch.column(0).to_numpy().astype(np.int32, copy=False)
         f_off, f_val = _list_parts(batch.column(1), np.float32)
@@ -222,7 +293,7 @@ def _factor_batches(batches: Iterator[pa.RecordBatch], ids_bc: Any, mat_bc: Any,
             if len(lengths) and (lengths != lengths[0]).any():
                 raise ValueError("user factor vectors of different lengths")
             user_mat = f_val[f_off[start] : f_off[stop]].reshape(stop - start, -1)
-            yield _batch(*_factor_select(user_ids[start:stop], user_mat, x_off[start : stop + 1], x_val, item_ids, item_mat, n))
+            yield _batch(*_factor_select(user_ids[start:stop], user_mat, x_off[start : stop + 1], x_val, plan, n))
 
 
 def _feature_matrix(column: Any) -> np.ndarray:
@@ -347,8 +418,9 @@ def top_n(
     item_ids = item_pdf[FACTOR_ID].to_numpy(np.int32)
     item_mat = np.stack(item_pdf[FEATURES].to_numpy()).astype(np.float32) if len(item_pdf) else np.zeros((0, 1), np.float32)
     block = max(1, user_block_size)  # scores are tiled: no block ever holds users x all items
-    sc = spark.sparkContext
-    ids_bc, mat_bc = sc.broadcast(item_ids), sc.broadcast(item_mat)
+    sample = [r[0] for r in users.select(FEATURES).limit(_DIRECTION_SAMPLE).collect()]
+    direction = np.mean(np.array(sample, np.float64), axis=0) if sample and len({len(x) for x in sample}) == 1 else None
+    plan_bc = spark.sparkContext.broadcast(scan_plan(item_ids, item_mat, direction))
     user_rows = users.select(F.col(FACTOR_ID).cast("int").alias(USER_ID), F.col(FEATURES).cast(ArrayType(FloatType())))
     if rated is not None:
         user_rows = user_rows.join(_pair_lists(rated, _EXCLUDED), USER_ID, "left")
@@ -357,7 +429,7 @@ def top_n(
     user_rows = user_rows.select(USER_ID, FEATURES, _non_null_list(_EXCLUDED, IntegerType()))
 
     def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        return _factor_batches(batches, ids_bc, mat_bc, n, block)
+        return _factor_batches(batches, plan_bc, n, block)
 
     return user_rows.mapInArrow(score, TOP_N)
 
