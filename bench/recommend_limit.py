@@ -20,8 +20,11 @@ publishing included). The ranking job alone (`recommend_for` on an already group
 history, lists not written) is timed too: its share of the limit is what the scorer reaches.
 
 Prints a table (size, model, rank, users, items, pairs, seconds, pairs/s, limit pairs/s, % of
-limit, ranking job seconds and its % of limit) and writes bench/results/recommend_limit.{json,txt}. A quiet-machine run is copied to
-bench/recommend-limit-local2.{txt,json}; the machine and its load average are printed with it.
+limit, ranking job seconds and its % of limit) and writes bench/results/recommend_limit.{json,txt};
+with --publish (a quiet machine only) also bench/recommend-limit-local2.{txt,json}. The machine
+and its load averages are printed with the table. Numba compiles the selection kernels in the
+first process after an install and later processes load them from its on-disk cache: run with
+--repeat 2 to keep the compile out of the reported run.
 """
 
 from __future__ import annotations
@@ -189,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1, help="stage runs per model; the table reports the last")
     ap.add_argument("--limit-seconds", type=float, default=3.0)
     ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--publish", action="store_true", help="also write bench/recommend-limit-local2.{txt,json} (quiet machine only)")
     ap.add_argument("--measure", nargs=2, metavar=("DATA", "ROOT"), help=argparse.SUPPRESS)  # the child process
     args = ap.parse_args(argv)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -235,8 +239,10 @@ def main(argv: list[str] | None = None) -> int:
         (out / "recommend_limit.json").write_text(json.dumps({"rows": rows}, indent=2) + "\n")
     header = f"{time.strftime('%Y-%m-%d')} {platform.node()} {platform.processor() or platform.machine()}, {_cores()} cores, load {os.getloadavg()}"
     text = header + "\n\n" + table(rows)
-    (out / "recommend_limit.txt").write_text(text + "\n")
-    (out / "recommend_limit.json").write_text(json.dumps({"machine": header, "rows": rows}, indent=2) + "\n")
+    targets = [out / "recommend_limit"] + ([HERE / "recommend-limit-local2"] if args.publish else [])
+    for target in targets:
+        target.with_suffix(".txt").write_text(text + "\n")
+        target.with_suffix(".json").write_text(json.dumps({"machine": header, "rows": rows}, indent=2) + "\n")
     print(text)
     return 0 if all(not r.get("failed") for r in rows) else 1
 

@@ -343,7 +343,7 @@ def _block_size(user_block_size: int, n_items: int) -> int:
 
 class UserHistory:
     """Each user's history grouped once: `lists` is `user_id, _hist_items array<int>, _hist_ratings
-    array<float>`, sorted by movie_id (ratings NaN when the table has no rating column).
+    array<float>`, items and ratings in the same order (ratings NaN when the table has none).
 
     Ranking several models on the same history (the recommend stage, tune's grid) groups the
     ratings once instead of once per model: build it, `persist()`, pass it wherever a history or
@@ -352,9 +352,11 @@ class UserHistory:
 
     def __init__(self, ratings: DataFrame) -> None:
         rating = F.col(RATING).cast("float") if RATING in ratings.columns else F.lit(float("nan")).cast("float")
-        pairs = F.struct(F.col(MOVIE_ID).cast("int").alias(MOVIE_ID), rating.alias(RATING))
-        grouped = ratings.groupBy(F.col(USER_ID).cast("int").alias(USER_ID)).agg(F.sort_array(F.collect_list(pairs)).alias("_h"))
-        self.lists = grouped.select(USER_ID, F.col(f"_h.{MOVIE_ID}").alias(_HIST_ITEMS), F.col(f"_h.{RATING}").alias(_HIST_RATINGS))
+        # Two lists filled by one aggregation, row by row, stay aligned; sorting structs instead took
+        # twice as long at ML-10M's shape (the scorers take the history in any order).
+        self.lists = ratings.groupBy(F.col(USER_ID).cast("int").alias(USER_ID)).agg(
+            F.collect_list(F.col(MOVIE_ID).cast("int")).alias(_HIST_ITEMS), F.collect_list(rating).alias(_HIST_RATINGS)
+        )
 
     def persist(self) -> UserHistory:
         self.lists = self.lists.persist(StorageLevel.MEMORY_AND_DISK)
