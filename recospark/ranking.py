@@ -29,7 +29,7 @@ from pyspark.sql import functions as F
 
 from recospark.frames import first_row
 from recospark.schema import MOVIE_ID, RANK, RATING, USER_ID
-from recospark.scoring import recommend_for
+from recospark.scoring import UserHistory, recommend_for
 
 _PREDICTED = "predicted"
 _RELEVANT = "relevant"
@@ -124,7 +124,7 @@ def ranking_metrics(recs: DataFrame, test: DataFrame, k: int, threshold: float |
 
 
 def validation_metrics(
-    model: Any, fit_rows: DataFrame, validation: DataFrame, k: int, threshold: float | None, user_block_size: int = 2048
+    model: Any, fit_rows: DataFrame | UserHistory, validation: DataFrame, k: int, threshold: float | None, user_block_size: int = 2048
 ) -> dict[str, Any]:
     """Ranking metrics of `model`'s top-k lists (the items of `fit_rows` excluded, as `recommend`
     excludes train) against `validation`: how `tune` and `train` judge a model without the test split."""

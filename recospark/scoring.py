@@ -6,7 +6,7 @@ dispatches on what the fitted model offers:
 
 - ``blockScorer()`` (a `BlockScorer`: EASE, neural nets, a blend of them): `top_n_scored` asks
   it for a block of users' scores against every candidate item, given their history;
-- otherwise the factor path, `top_n`: the dot product of ``scoringFactors()`` (or MLlib's
+- otherwise (no such method, or it returns None) the factor path, `top_n`: the dot product of ``scoringFactors()`` (or MLlib's
   ``userFactors``/``itemFactors``), with the item matrix broadcast once.
 
 Both paths end in the same selection (`recospark.topn_kernels.scan_tile`, behind `rank_block`):
@@ -21,10 +21,12 @@ read as numpy views.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pyarrow as pa
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, FloatType, IntegerType
@@ -34,6 +36,8 @@ from recospark.schema import FACTOR_ID, FEATURES, MOVIE_ID, RANK, RATING, SCORE,
 
 __all__ = [
     "BlockScorer",
+    "UserHistory",
+    "block_scorer",
     "candidate_items",
     "rank_block",
     "recommend_for",
@@ -46,6 +50,7 @@ __all__ = [
 _EXCLUDED = "rated"
 _HIST_ITEMS = "_hist_items"
 _HIST_RATINGS = "_hist_ratings"
+_USER_VECTOR = "_user_vector"
 # Cap on one block's score matrix (cells); keeps a block's memory near 64 MB in float32.
 _MAX_BLOCK_CELLS = 16_000_000
 _TOP_N_ARROW = pa.schema([(USER_ID, pa.int32()), (RANK, pa.int32()), (MOVIE_ID, pa.int32()), (SCORE, pa.float64())])
@@ -57,6 +62,11 @@ class BlockScorer(Protocol):
 
     Pickled into the task closure: keep it small, hold heavy arrays as Spark Broadcast objects
     and read ``.value`` lazily inside `score`.
+
+    Optional: a scorer that needs a vector per user (a blend with factor components) defines
+    ``user_factors() -> DataFrame`` (`id, features`, read on the driver and never pickled);
+    `top_n_scored` then joins it to the users and calls ``score(..., user_features=M)`` with
+    M float32 [len(user_ids), f], NaN rows for users without a vector.
     """
 
     def item_ids(self) -> np.ndarray:
@@ -87,8 +97,10 @@ def scoring_factors(model: Any) -> tuple[DataFrame, DataFrame]:
 
 # One score tile (users x items, float32) stays within a core's L2 cache (1 MB on the bench machine):
 # the matrix product writes it and the selection scan reads it while it is still there.
-_TILE_CELLS = 131_072
-_TILE_ROWS = 256
+TILE_CELLS = 131_072
+TILE_ROWS = 256
+# Users whose mean factor orders the items for the scan (any order gives the same lists).
+_DIRECTION_SAMPLE = 2048
 
 
 def _flat(lists: Sequence[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
@@ -106,7 +118,7 @@ def _ranked(user_ids: np.ndarray, state: tuple[np.ndarray, ...]) -> tuple[np.nda
 def _select(
     user_ids: np.ndarray, scores: np.ndarray, x_off: np.ndarray, x_val: np.ndarray, item_ids: np.ndarray, n: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    ptr, pos = kernels.excluded_positions(x_off, x_val, item_ids)
+    ptr, pos = kernels.excluded_positions(x_off, x_val, item_ids, np.arange(len(item_ids), dtype=np.int64))
     state = kernels.heaps(len(user_ids), min(n, len(item_ids)))
     kernels.scan_tile(np.ascontiguousarray(scores, dtype=np.float32), 0, item_ids, ptr, pos, *state)
     return _ranked(user_ids, state)
@@ -131,27 +143,93 @@ def rank_block(
     return _select(user_ids, scores, x_off, x_val, np.asarray(item_ids, np.int32), n)
 
 
+@dataclass(frozen=True)
+class ScanPlan:
+    """The item side of the factor path, prepared once on the driver and broadcast.
+
+    Items are scanned in descending order of their score for a typical user (`direction`, e.g.
+    the mean user factor), so thresholds rise early; the scan order changes no list (ties are
+    compared by id). For each tile of `width` items the per-dimension range of its factors lets
+    `kernels.tile_below` skip a tile that provably holds nothing for any user of a block: for
+    models whose ranking is nearly the same for everyone (popularity, item biases) that is
+    almost every tile after the first few.
+    """
+
+    ids: np.ndarray  # int32, scan order
+    mat: np.ndarray  # float32 [items, rank], scan order
+    sorted_ids: np.ndarray  # int32, ascending
+    scan_pos: np.ndarray  # int64: scan position of sorted_ids[j]
+    width: int
+    q_max: np.ndarray  # float64 [tiles, rank]
+    q_min: np.ndarray
+    q_abs: np.ndarray  # max |q| per tile and dimension
+    gamma: float  # float32 rounding bound of a rank-long dot product, with slack
+
+
+def scan_plan(item_ids: np.ndarray, item_mat: np.ndarray, direction: np.ndarray | None = None) -> ScanPlan:
+    """A `ScanPlan` for items (`item_ids` ascending, rows of `item_mat`), ordered along `direction`."""
+    item_ids = np.asarray(item_ids, np.int32)
+    item_mat = np.ascontiguousarray(item_mat, dtype=np.float32)
+    n_items, rank = item_mat.shape
+    if direction is None or not np.isfinite(direction).all():
+        direction = np.zeros(rank)
+    typical = item_mat.astype(np.float64) @ np.asarray(direction, np.float64)
+    order = np.lexsort((item_ids, -typical))  # best first, ties by id: deterministic
+    scan_pos = np.empty(n_items, np.int64)
+    scan_pos[order] = np.arange(n_items)
+    mat = np.ascontiguousarray(item_mat[order])
+    width = max(64, TILE_CELLS // TILE_ROWS)
+    tiles = [mat[i : i + width].astype(np.float64) for i in range(0, n_items, width)]
+    empty = np.zeros((0, rank))
+    u = 2.0**-24
+    gamma = 2.0 * (rank + 2) * u / (1 - (rank + 2) * u)
+    return ScanPlan(
+        ids=item_ids[order],
+        mat=mat,
+        sorted_ids=item_ids,
+        scan_pos=scan_pos,
+        width=width,
+        q_max=np.array([t.max(axis=0) for t in tiles]) if tiles else empty,
+        q_min=np.array([t.min(axis=0) for t in tiles]) if tiles else empty,
+        q_abs=np.array([np.abs(t).max(axis=0) for t in tiles]) if tiles else empty,
+        gamma=gamma,
+    )
+
+
 def _factor_select(
-    user_ids: np.ndarray, user_mat: np.ndarray, x_off: np.ndarray, x_val: np.ndarray, item_ids: np.ndarray, item_mat: np.ndarray, n: int
+    user_ids: np.ndarray,
+    user_mat: np.ndarray,
+    x_off: np.ndarray,
+    x_val: np.ndarray,
+    plan: ScanPlan,
+    n: int,
+    stats: dict[str, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """`_select` of `user_mat @ item_mat.T` without ever holding it: cache-sized tiles, each
-    computed by BLAS and scanned at once (positions ascend tile by tile, as `scan_tile` needs)."""
-    n_users, n_items = len(user_ids), len(item_ids)
-    ptr, pos = kernels.excluded_positions(x_off, x_val, item_ids)
-    state = kernels.heaps(n_users, min(n, n_items))
+    """`_select` of `user_mat @ plan.mat.T` without ever holding it: L2-sized tiles, each computed
+    by BLAS and scanned at once, tiles that cannot matter to any user of the block skipped."""
+    n_users, n_items = len(user_ids), len(plan.ids)
+    k = min(n, n_items)
+    ptr, pos = kernels.excluded_positions(x_off, x_val, plan.sorted_ids, plan.scan_pos)
+    state = kernels.heaps(n_users, k)
     user_mat = np.ascontiguousarray(user_mat, dtype=np.float32)
-    rows = min(_TILE_ROWS, max(1, n_users))
-    width = max(64, _TILE_CELLS // rows)
+    rows, width = TILE_ROWS, plan.width
     buf = np.empty((rows, width), np.float32)
+    skipped = 0
     for u0 in range(0, n_users, rows):
         u1 = min(u0 + rows, n_users)
         part = tuple(a[u0:u1] for a in state)
-        sub_ptr = ptr[u0 : u1 + 1]
-        for i0 in range(0, n_items, width):
+        users = user_mat[u0:u1]
+        for t, i0 in enumerate(range(0, n_items, width)):
             i1 = min(i0 + width, n_items)
+            if t and kernels.tile_below(users, plan.q_max[t], plan.q_min[t], plan.q_abs[t], plan.gamma, part[3], part[2], k):
+                skipped += 1
+                continue
             tile = buf if (u1 - u0, i1 - i0) == buf.shape else np.empty((u1 - u0, i1 - i0), np.float32)
-            np.matmul(user_mat[u0:u1], item_mat[i0:i1].T, out=tile)
-            kernels.scan_tile(tile, i0, item_ids, sub_ptr, pos, *part)
+            np.matmul(users, plan.mat[i0:i1].T, out=tile)
+            kernels.scan_tile(tile, i0, plan.ids, ptr[u0 : u1 + 1], pos, *part)
+    if stats is not None:
+        stats["tiles"] = stats.get("tiles", 0) + -(-n_users // rows) * -(-n_items // width)
+        stats["skipped"] = stats.get("skipped", 0) + skipped
     return _ranked(user_ids, state)
 
 
@@ -168,7 +246,9 @@ def top_n_block(
     `item_ids` must be sorted ascending; see `rank_block` for the rule and the output.
     """
     x_off, x_val = _flat(rated)
-    return _factor_select(user_ids, user_mat, x_off, x_val, np.asarray(item_ids, np.int32), np.asarray(item_mat, np.float32), n)
+    user_mat = np.asarray(user_mat, np.float32)
+    plan = scan_plan(item_ids, item_mat, user_mat.mean(axis=0) if len(user_mat) else None)
+    return _factor_select(user_ids, user_mat, x_off, x_val, plan, n)
 
 
 # --------------------------------------------------------------------------- Arrow plumbing (workers)
@@ -200,9 +280,9 @@ def _warm() -> None:
         _WARM = True
 
 
-def _factor_batches(batches: Iterator[pa.RecordBatch], ids_bc: Any, mat_bc: Any, n: int, block: int) -> Iterator[pa.RecordBatch]:
+def _factor_batches(batches: Iterator[pa.RecordBatch], plan_bc: Any, n: int, block: int) -> Iterator[pa.RecordBatch]:
     _warm()
-    item_ids, item_mat = ids_bc.value, mat_bc.value
+    plan = plan_bc.value
     for batch in batches:
         user_ids = batch.column(0).to_numpy().astype(np.int32, copy=False)
         f_off, f_val = _list_parts(batch.column(1), np.float32)
@@ -213,11 +293,25 @@ def _factor_batches(batches: Iterator[pa.RecordBatch], ids_bc: Any, mat_bc: Any,
             if len(lengths) and (lengths != lengths[0]).any():
                 raise ValueError("user factor vectors of different lengths")
             user_mat = f_val[f_off[start] : f_off[stop]].reshape(stop - start, -1)
-            yield _batch(*_factor_select(user_ids[start:stop], user_mat, x_off[start : stop + 1], x_val, item_ids, item_mat, n))
+            yield _batch(*_factor_select(user_ids[start:stop], user_mat, x_off[start : stop + 1], x_val, plan, n))
+
+
+def _feature_matrix(column: Any) -> np.ndarray:
+    """float32 [rows, f] of an Arrow list<float> column whose non-null rows all have f values; null rows NaN."""
+    offsets = column.offsets.to_numpy()
+    values = column.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    valid = ~np.asarray(column.is_null().to_numpy(zero_copy_only=False), bool)
+    lengths = np.diff(offsets)[valid]
+    width = int(lengths[0]) if len(lengths) else 0
+    if (lengths != width).any():
+        raise ValueError("user factor vectors of different lengths")
+    out = np.full((len(offsets) - 1, width), np.nan, np.float32)
+    out[valid] = values[offsets[:-1][valid][:, None] + np.arange(width)]
+    return out
 
 
 def _scored_batches(
-    batches: Iterator[pa.RecordBatch], scorer: BlockScorer, dropped_bc: Any, n: int, block: int, separate_exclude: bool
+    batches: Iterator[pa.RecordBatch], scorer: BlockScorer, dropped_bc: Any, n: int, block: int, separate_exclude: bool, with_features: bool
 ) -> Iterator[pa.RecordBatch]:
     _warm()
     item_ids = np.asarray(scorer.item_ids(), np.int32)
@@ -227,9 +321,14 @@ def _scored_batches(
         h_off, h_items = _list_parts(batch.column(1), np.int32)
         _, h_ratings = _list_parts(batch.column(2), np.float32)
         x_off, x_items = _list_parts(batch.column(3), np.int32) if separate_exclude else (h_off, h_items)
+        features = _feature_matrix(batch.column(batch.num_columns - 1)) if with_features else None
         for start in range(0, len(user_ids), block):
             stop = min(start + block, len(user_ids))
-            scores = scorer.score(user_ids[start:stop], _split(h_off, h_items, start, stop), _split(h_off, h_ratings, start, stop))
+            args = (user_ids[start:stop], _split(h_off, h_items, start, stop), _split(h_off, h_ratings, start, stop))
+            if features is None:
+                scores = scorer.score(*args)
+            else:
+                scores = scorer.score(*args, user_features=features[start:stop])  # type: ignore[call-arg]
             scores = np.asarray(scores, dtype=np.float32)
             if scores.shape != (stop - start, len(item_ids)):
                 raise ValueError(f"{type(scorer).__name__}.score returned shape {scores.shape}, expected {(stop - start, len(item_ids))}")
@@ -242,9 +341,38 @@ def _block_size(user_block_size: int, n_items: int) -> int:
     return max(1, min(user_block_size, _MAX_BLOCK_CELLS // max(1, n_items)))
 
 
-def _pair_lists(pairs: DataFrame, name: str) -> DataFrame:
+class UserHistory:
+    """Each user's history grouped once: `lists` is `user_id, _hist_items array<int>, _hist_ratings
+    array<float>`, items and ratings in the same order (ratings NaN when the table has none).
+
+    Ranking several models on the same history (the recommend stage, tune's grid) groups the
+    ratings once instead of once per model: build it, `persist()`, pass it wherever a history or
+    an exclusion table is taken, `unpersist()` when done.
+    """
+
+    def __init__(self, ratings: DataFrame) -> None:
+        rating = F.col(RATING).cast("float") if RATING in ratings.columns else F.lit(float("nan")).cast("float")
+        # Two lists filled by one aggregation, row by row, stay aligned; sorting structs instead took
+        # twice as long at ML-10M's shape (the scorers take the history in any order).
+        self.lists = ratings.groupBy(F.col(USER_ID).cast("int").alias(USER_ID)).agg(
+            F.collect_list(F.col(MOVIE_ID).cast("int")).alias(_HIST_ITEMS), F.collect_list(rating).alias(_HIST_RATINGS)
+        )
+
+    def persist(self) -> UserHistory:
+        self.lists = self.lists.persist(StorageLevel.MEMORY_AND_DISK)
+        return self
+
+    def unpersist(self) -> None:
+        self.lists.unpersist()
+
+
+def _history(table: DataFrame | UserHistory) -> UserHistory:
+    return table if isinstance(table, UserHistory) else UserHistory(table)
+
+
+def _pair_lists(pairs: DataFrame | UserHistory, name: str) -> DataFrame:
     """user_id, <name> array<int>: each user's movie_ids."""
-    return pairs.groupBy(USER_ID).agg(F.collect_list(F.col(MOVIE_ID).cast("int")).alias(name))
+    return _history(pairs).lists.select(USER_ID, F.col(_HIST_ITEMS).alias(name))
 
 
 def _non_null_list(name: str, element: Any) -> Any:
@@ -257,7 +385,7 @@ def _non_null_list(name: str, element: Any) -> Any:
 def top_n(
     users: DataFrame,
     items: DataFrame,
-    rated: DataFrame | None,
+    rated: DataFrame | UserHistory | None,
     n: int,
     user_block_size: int = 2048,
 ) -> DataFrame:
@@ -267,7 +395,7 @@ def top_n(
     ----------
     users, items : DataFrame
         `id int, features array<float>`; the score of a pair is their dot product.
-    rated : DataFrame or None
+    rated : DataFrame, UserHistory or None
         `user_id, movie_id` pairs never recommended (a user's training items).
     n : int
         List length; users with fewer candidates get shorter lists.
@@ -292,8 +420,9 @@ def top_n(
     item_ids = item_pdf[FACTOR_ID].to_numpy(np.int32)
     item_mat = np.stack(item_pdf[FEATURES].to_numpy()).astype(np.float32) if len(item_pdf) else np.zeros((0, 1), np.float32)
     block = max(1, user_block_size)  # scores are tiled: no block ever holds users x all items
-    sc = spark.sparkContext
-    ids_bc, mat_bc = sc.broadcast(item_ids), sc.broadcast(item_mat)
+    sample = [r[0] for r in users.select(FEATURES).limit(_DIRECTION_SAMPLE).collect()]
+    direction = np.mean(np.array(sample, np.float64), axis=0) if sample and len({len(x) for x in sample}) == 1 else None
+    plan_bc = spark.sparkContext.broadcast(scan_plan(item_ids, item_mat, direction))
     user_rows = users.select(F.col(FACTOR_ID).cast("int").alias(USER_ID), F.col(FEATURES).cast(ArrayType(FloatType())))
     if rated is not None:
         user_rows = user_rows.join(_pair_lists(rated, _EXCLUDED), USER_ID, "left")
@@ -302,18 +431,18 @@ def top_n(
     user_rows = user_rows.select(USER_ID, FEATURES, _non_null_list(_EXCLUDED, IntegerType()))
 
     def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        return _factor_batches(batches, ids_bc, mat_bc, n, block)
+        return _factor_batches(batches, plan_bc, n, block)
 
     return user_rows.mapInArrow(score, TOP_N)
 
 
 def top_n_scored(
     users: DataFrame | None,
-    history: DataFrame,
+    history: DataFrame | UserHistory,
     scorer: BlockScorer,
     n: int,
     user_block_size: int = 2048,
-    exclude: DataFrame | None = None,
+    exclude: DataFrame | UserHistory | None = None,
     items: DataFrame | None = None,
 ) -> DataFrame:
     """Top-n per user for a `BlockScorer`: the same selection as `top_n`, another score function.
@@ -322,14 +451,14 @@ def top_n_scored(
     ----------
     users : DataFrame or None
         Column `user_id`: the users to rank for; None: every user in `history`.
-    history : DataFrame
+    history : DataFrame or UserHistory
         `user_id, movie_id, rating` rows handed to the scorer (usually the train split).
     scorer : BlockScorer
     n : int
         List length; users with fewer candidates get shorter lists.
     user_block_size : int
         Users per `score` call (capped so a block's scores stay near 64 MB).
-    exclude : DataFrame or None
+    exclude : DataFrame, UserHistory or None
         `user_id, movie_id` pairs never recommended; None: the history pairs.
     items : DataFrame or None
         Column `movie_id`: only these of the scorer's items may be recommended; None: all.
@@ -351,7 +480,8 @@ def top_n_scored(
     >>> [tuple(r) for r in top_n_scored(None, history, Popular(), 2).orderBy("user_id", "rank").collect()]
     [(1, 1, 12, 3.0), (1, 2, 10, 1.0), (2, 1, 11, 3.0), (2, 2, 12, 3.0)]
     """
-    spark = history.sparkSession
+    hist = _history(history).lists
+    spark = hist.sparkSession
     item_ids = np.asarray(scorer.item_ids())
     if item_ids.ndim != 1 or (np.diff(item_ids) <= 0).any():
         raise ValueError(f"{type(scorer).__name__}.item_ids() must be sorted ascending and unique")
@@ -361,22 +491,24 @@ def top_n_scored(
         dropped = np.flatnonzero(~np.isin(item_ids, keep))
         dropped_bc = spark.sparkContext.broadcast(dropped) if len(dropped) else None
     block = _block_size(user_block_size, len(item_ids))
-    hist = history.groupBy(USER_ID).agg(
-        F.sort_array(
-            F.collect_list(F.struct(F.col(MOVIE_ID).cast("int").alias(MOVIE_ID), F.col(RATING).cast("float").alias(RATING)))
-        ).alias("_h")
-    )
-    hist = hist.select(USER_ID, F.col(f"_h.{MOVIE_ID}").alias(_HIST_ITEMS), F.col(f"_h.{RATING}").alias(_HIST_RATINGS))
     rows = hist if users is None else users.select(F.col(USER_ID).cast("int")).distinct().join(hist, USER_ID, "left")
     columns = [USER_ID, _non_null_list(_HIST_ITEMS, IntegerType()), _non_null_list(_HIST_RATINGS, FloatType())]
     separate = exclude is not None
     if exclude is not None:
         rows = rows.join(_pair_lists(exclude, _EXCLUDED), USER_ID, "left")
         columns.append(_non_null_list(_EXCLUDED, IntegerType()))
+    user_factors = scorer.user_factors() if hasattr(scorer, "user_factors") else None
+    if user_factors is not None:
+        vectors = user_factors.select(
+            F.col(FACTOR_ID).cast("int").alias(USER_ID), F.col(FEATURES).cast(ArrayType(FloatType())).alias(_USER_VECTOR)
+        )
+        rows = rows.join(vectors, USER_ID, "left")
+        columns.append(F.col(_USER_VECTOR))
     rows = rows.select(*columns)
+    with_features = user_factors is not None
 
     def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        return _scored_batches(batches, scorer, dropped_bc, n, block, separate)
+        return _scored_batches(batches, scorer, dropped_bc, n, block, separate, with_features)
 
     return rows.mapInArrow(score, TOP_N)
 
@@ -384,41 +516,51 @@ def top_n_scored(
 # --------------------------------------------------------------------------- dispatch
 
 
+def block_scorer(model: Any) -> BlockScorer | None:
+    """The model's `blockScorer()`, or None when its factors rank it (no such method, or it returns None).
+
+    A composite model (the blend) returns None when all its parts are factor models, so it
+    keeps the factor path, the fast one for dot products.
+    """
+    return model.blockScorer() if hasattr(model, "blockScorer") else None
+
+
 def candidate_items(model: Any) -> DataFrame:
     """Column `id`: the items `model` can rank (its scorer's items or its item factor table)."""
-    if hasattr(model, "blockScorer"):
+    scorer = block_scorer(model)
+    if scorer is not None:
         spark = SparkSession.getActiveSession()
         assert spark is not None, "candidate_items needs an active SparkSession"
-        ids = model.blockScorer().item_ids()
-        return spark.createDataFrame([(int(i),) for i in ids], f"{FACTOR_ID} int")
+        return spark.createDataFrame([(int(i),) for i in scorer.item_ids()], f"{FACTOR_ID} int")
     return scoring_factors(model)[1].select(F.col(FACTOR_ID).cast("int"))
 
 
 def recommend_for(
     model: Any,
-    history: DataFrame,
+    history: DataFrame | UserHistory,
     n: int,
     user_block_size: int = 2048,
     *,
     users: DataFrame | None = None,
-    exclude: DataFrame | None = None,
+    exclude: DataFrame | UserHistory | None = None,
     items: DataFrame | None = None,
 ) -> DataFrame:
-    """Top-n lists of any fitted model: through its `blockScorer()` if it has one, else its factors.
+    """Top-n lists of any fitted model: through its `blockScorer()` if it gives one, else its factors.
 
     Parameters
     ----------
     model : fitted pyspark.ml Model
         A model with `blockScorer()`, `scoringFactors()` or `userFactors`/`itemFactors`.
-    history : DataFrame
+    history : DataFrame or UserHistory
         `user_id, movie_id, rating`: what the users rated (the train split); a scorer reads it,
-        and by default these pairs are never recommended.
+        and by default these pairs are never recommended. A persisted `UserHistory` is grouped
+        once for all the models ranked on it.
     n, user_block_size : int
         List length; users per scored block.
     users : DataFrame or None
         Column `user_id`: whom to rank for; None: every user the model knows (factor path) or
         every user in `history` (scorer path).
-    exclude : DataFrame or None
+    exclude : DataFrame, UserHistory or None
         `user_id, movie_id` pairs never recommended; None: the history pairs.
     items : DataFrame or None
         Column `movie_id`: only these may be recommended (e.g. the catalogue); None: all.
@@ -436,10 +578,11 @@ def recommend_for(
     >>> [tuple(r)[:3] for r in recs.orderBy("user_id", "rank").collect()]
     [(1, 1, 11), (1, 2, 12), (2, 1, 12), (3, 1, 10), (3, 2, 11)]
     """
-    if hasattr(model, "blockScorer"):
-        return top_n_scored(users, history, model.blockScorer(), n, user_block_size, exclude=exclude, items=items)
+    scorer = block_scorer(model)
+    if scorer is not None:
+        return top_n_scored(users, history, scorer, n, user_block_size, exclude=exclude, items=items)
     if exclude is None:
-        exclude = history.select(USER_ID, MOVIE_ID)
+        exclude = history
     user_factors, item_factors = scoring_factors(model)
     if users is not None:
         user_factors = user_factors.join(users.select(F.col(USER_ID).alias(FACTOR_ID)).distinct(), FACTOR_ID, "left_semi")

@@ -10,6 +10,10 @@ smaller item id. NaN never enters (it compares false), -inf never enters, exclud
 (per row, ascending, the columns' positions in scan order) are skipped with a cursor that only
 moves forward, so excluded items cost nothing unless they would have entered the list.
 
+`tile_below` is the pruning test of the factor path: from a tile's per-dimension factor range it
+bounds every score a block of users can get from the tile (rounding included) and says whether
+all of them fall strictly under the users' thresholds, so the tile need not be computed.
+
 `cache=True` on every kernel: a fresh Python worker loads machine code from numba's on-disk
 cache; `warm_up` compiles or loads the signatures `scoring` calls, once per process.
 """
@@ -21,7 +25,7 @@ import time
 import numpy as np
 from numba import njit
 
-__all__ = ["excluded_positions", "heaps", "ranked", "scan_tile", "warm_up"]
+__all__ = ["excluded_positions", "heaps", "ranked", "scan_tile", "tile_below", "warm_up"]
 
 _NO_ID = np.iinfo(np.int32).min  # threshold id while a heap is not full: nothing ties below it
 
@@ -144,9 +148,12 @@ def scan_tile(
 
 
 @njit(cache=True, nogil=True)
-def excluded_positions(offsets: np.ndarray, values: np.ndarray, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows' excluded ids (`values[offsets[r]:offsets[r + 1]]`, any order) as ascending positions in
-    the sorted `item_ids`: (ptr, positions) for `scan_tile`; ids not in `item_ids` are dropped."""
+def excluded_positions(
+    offsets: np.ndarray, values: np.ndarray, sorted_ids: np.ndarray, scan_pos: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows' excluded ids (`values[offsets[r]:offsets[r + 1]]`, any order) as ascending scan positions:
+    (ptr, positions) for `scan_tile`. `scan_pos[j]` is where `sorted_ids[j]` (ascending) is scanned;
+    ids not in `sorted_ids` are dropped."""
     n_rows = len(offsets) - 1
     ptr = np.zeros(n_rows + 1, np.int64)
     pos = np.empty(offsets[n_rows] - offsets[0], np.int64)
@@ -154,13 +161,39 @@ def excluded_positions(offsets: np.ndarray, values: np.ndarray, item_ids: np.nda
     for r in range(n_rows):
         start = out
         for v in values[offsets[r] : offsets[r + 1]]:
-            p = np.searchsorted(item_ids, v)
-            if p < len(item_ids) and item_ids[p] == v:
-                pos[out] = p
+            p = np.searchsorted(sorted_ids, v)
+            if p < len(sorted_ids) and sorted_ids[p] == v:
+                pos[out] = scan_pos[p]
                 out += 1
         pos[start:out] = np.sort(pos[start:out])
         ptr[r + 1] = out
     return ptr, pos[:out]
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def tile_below(
+    users: np.ndarray, q_max: np.ndarray, q_min: np.ndarray, q_abs: np.ndarray, gamma: float, thr: np.ndarray, fill: np.ndarray, k: int
+) -> bool:
+    """Whether no user of the block can score any item of a tile at or above its threshold.
+
+    Per user, ``sum_j max(p_j q_max_j, p_j q_min_j)`` bounds the exact dot product with any item
+    of the tile (q_min/q_max: the tile's per-dimension range); ``gamma sum_j |p_j| q_abs_j`` bounds
+    the float32 rounding of any summation order (gamma = r u / (1 - r u), with slack). A user whose
+    heap is not full, or whose bound reaches its threshold, keeps the tile (strictly below only:
+    an item equal to the threshold may still win on a smaller id).
+    """
+    for r in range(users.shape[0]):
+        if fill[r] < k:
+            return False
+        bound = 0.0
+        size = 0.0
+        for j in range(users.shape[1]):
+            p = np.float64(users[r, j])
+            bound += p * q_max[j] if p > 0 else p * q_min[j]
+            size += abs(p) * q_abs[j]
+        if not bound + gamma * size < thr[r]:
+            return False
+    return True
 
 
 @njit(cache=True, nogil=True)
@@ -207,6 +240,9 @@ def warm_up() -> float:
     ptr = np.zeros(2, np.int64)
     scan_tile(np.zeros((1, 1), np.float32), 0, ids, ptr, np.zeros(0, np.int64), *state)
     ranked(ids, state[0], state[1], state[2])
-    excluded_positions(np.zeros(2, np.int32), ids, ids)
-    excluded_positions(np.zeros(2, np.int64), ids, ids)
+    scan = np.zeros(1, np.int64)
+    excluded_positions(np.zeros(2, np.int32), ids, ids, scan)
+    excluded_positions(np.zeros(2, np.int64), ids, ids, scan)
+    q = np.zeros(1, np.float64)
+    tile_below(np.zeros((1, 1), np.float32), q, q, q, 0.0, state[3], state[2], 1)
     return time.perf_counter() - started

@@ -227,8 +227,8 @@ def test_tiled_factor_scan_equals_reference_across_tiles(monkeypatch):
     """Small tiles force many row blocks and item tiles: ties and exclusions straddle tile edges."""
     import recospark.scoring as scoring
 
-    monkeypatch.setattr(scoring, "_TILE_ROWS", 4)
-    monkeypatch.setattr(scoring, "_TILE_CELLS", 256)  # 4 users x 64 items per tile
+    monkeypatch.setattr(scoring, "TILE_ROWS", 4)
+    monkeypatch.setattr(scoring, "TILE_CELLS", 256)  # 4 users x 64 items per tile
     rng = np.random.default_rng(5)
     item_ids = np.sort(rng.choice(np.arange(1, 5000), 300, replace=False)).astype(np.int32)
     user_ids = np.arange(100, 137, dtype=np.int32)
@@ -243,3 +243,35 @@ def test_tiled_factor_scan_equals_reference_across_tiles(monkeypatch):
         got[int(uu)].append((int(mm), float(ss)))
         assert rr == len(got[int(uu)])
     assert got == expected
+
+
+@pytest.mark.parametrize("model", ["popularity", "biases"])
+def test_tiles_that_cannot_matter_are_skipped_and_lists_stay_exact(monkeypatch, model):
+    """Models ranking alike for everyone: after the first tiles every tile is provably useless
+    (bound + rounding margin strictly under every user's threshold) and is skipped."""
+    import recospark.scoring as scoring
+
+    monkeypatch.setattr(scoring, "TILE_ROWS", 8)
+    monkeypatch.setattr(scoring, "TILE_CELLS", 512)  # 8 users x 64 items per tile
+    rng = np.random.default_rng(9)
+    n_items, n_users = 900, 40
+    item_ids = np.sort(rng.choice(np.arange(1, 10_000), n_items, replace=False)).astype(np.int32)
+    user_ids = np.arange(1, n_users + 1, dtype=np.int32)
+    if model == "popularity":  # user [1] . item [count]: many equal counts
+        P = np.ones((n_users, 1), np.float32)
+        Q = rng.integers(0, 60, size=(n_items, 1)).astype(np.float32)
+    else:  # user [mu + b_u, 1] . item [1, b_i]
+        P = np.column_stack([3.5 + rng.normal(0, 0.5, n_users), np.ones(n_users)]).astype(np.float32)
+        Q = np.column_stack([np.ones(n_items), np.round(rng.normal(0, 1, n_items), 1)]).astype(np.float32)
+    top = item_ids[np.argsort(-Q[:, -1], kind="stable")[:30]]
+    excluded = {int(u): set(rng.choice(top, int(rng.integers(0, 25)), replace=False).tolist()) for u in user_ids}
+    rated = [np.array(sorted(excluded[int(u)]), np.int32) for u in user_ids]
+    x_off, x_val = scoring._flat(rated)
+    plan = scoring.scan_plan(item_ids, Q, P.mean(axis=0))
+    stats: dict[str, int] = {}
+    u, _, m, s = scoring._factor_select(user_ids, P, x_off, x_val, plan, 10, stats)
+    got: dict[int, list[tuple[int, float]]] = {int(x): [] for x in user_ids}
+    for uu, mm, ss in zip(u, m, s, strict=True):
+        got[int(uu)].append((int(mm), float(ss)))
+    assert got == reference_lists(P @ Q.T, user_ids, item_ids, excluded, 10)
+    assert stats["skipped"] > stats["tiles"] // 2  # most of the 5 x 15 tiles never computed

@@ -338,7 +338,6 @@ MODELS: dict[str, ModelSpec] = {
             "ranking",
             "the weighted sum of the components' per-user standardized scores: higher ranks first; not a rating",
             defaults={"weights": (0.3, 0.6, 0.1)},
-            checks={"weights": Bounds(ge=0)},
             settings=(
                 Setting("components", tuple[str, ...], ("als_implicit", "sgd_rank", "puresvd"), "the models blended, in weight order"),
             ),

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -24,8 +25,8 @@ from recospark import io
 from recospark.config import Config
 from recospark.models.table import MODELS
 from recospark.runtime import for_each_model, stage_run
-from recospark.schema import FACTOR_ID, MOVIE_ID, MOVIES, RANK, RATING, RATINGS, RECOMMENDATIONS, TITLE, USER_ID
-from recospark.scoring import candidate_items, recommend_for
+from recospark.schema import FACTOR_ID, MOVIE_ID, MOVIES, RANK, RATINGS, RECOMMENDATIONS, TITLE, USER_ID
+from recospark.scoring import UserHistory, candidate_items, recommend_for
 
 __all__ = ["filter_catalogued", "run", "with_titles"]
 
@@ -69,7 +70,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     train_src = io.source(cfg, f"splits/{split}/train", needed_by="recommend")
     movies_src = io.source(cfg, "movies", needed_by="recommend")
     model_srcs = {name: io.source(cfg, f"models/{name}", needed_by="recommend") for name in cfg.train.models}
-    rated = train_src.read(spark, RATINGS).select(USER_ID, MOVIE_ID, RATING).cache()
+    history = UserHistory(train_src.read(spark, RATINGS)).persist()  # grouped once for every model
     movies = movies_src.read(spark, MOVIES).cache()
     catalogued = bool(movies_src.manifest.get("rows"))
 
@@ -83,14 +84,20 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             if excluded:
                 log.warning("recommend %s: %d items the model ranks are not in movies/ and are never recommended", name, excluded)
         candidates = movies.select(MOVIE_ID) if catalogued else None
-        recs = recommend_for(model, rated, cfg.recommend.n, cfg.recommend.user_block_size, items=candidates).transform(with_titles(movies))
-        published = io.publish_dataframe(
-            recs.orderBy(USER_ID, RANK),
-            cfg,
-            f"recommendations/{name}",
-            inputs=[src, train_src, movies_src],
-            extra={"n": cfg.recommend.n, "score": spec.score, "objective": spec.objective, "uncatalogued_items_excluded": excluded},
-        )
+        lists = recommend_for(model, history, cfg.recommend.n, cfg.recommend.user_block_size, items=candidates)
+        recs = lists.transform(with_titles(movies))
+        # orderBy samples its input in a job of its own: without the cache every user is scored twice
+        recs = recs.persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            published = io.publish_dataframe(
+                recs.orderBy(USER_ID, RANK),
+                cfg,
+                f"recommendations/{name}",
+                inputs=[src, train_src, movies_src],
+                extra={"n": cfg.recommend.n, "score": spec.score, "objective": spec.objective, "uncatalogued_items_excluded": excluded},
+            )
+        finally:
+            recs.unpersist()
         n_users = spark.read.parquet(published.path).select(USER_ID).distinct().count()
         log.info("recommend %s: %d rows for %d users -> %s", name, published.rows, n_users, published.path)
         return {"path": published.path, "rows": published.rows, "users": n_users}
@@ -99,7 +106,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         names = list(model_srcs)
         out = dict(zip(names, for_each_model(spark, recommend_one, names), strict=True))
     finally:
-        rated.unpersist()
+        history.unpersist()
         movies.unpersist()
     result: dict[str, Any] = {"models": out}
     pick = choose_recommended({name: src.manifest for name, src in model_srcs.items()}, cfg.evaluate.k)

@@ -39,6 +39,7 @@ from recospark.config import Config
 from recospark.models.table import MODELS, ModelSpec
 from recospark.runtime import stage_run
 from recospark.schema import IS_VALIDATION, PREDICTION, RATING, RATINGS
+from recospark.scoring import UserHistory
 from recospark.splitting import uniform, with_validation_flag
 
 __all__ = ["models_to_tune", "param_grid", "run", "tune_model", "with_fold"]
@@ -98,16 +99,18 @@ def _tune_ranking(
     estimator = spec.build(cfg, tuned=tuned)
     maps, points = param_grid(estimator, spec, cfg.tune.grids[spec.name])
     scores = [0.0] * len(points)
+    history = UserHistory(fit_rows).persist()  # grouped once for every grid point
     try:
         for index, model in estimator.fitMultiple(fit_rows, maps):
             point = points[index]
             metrics = ranking.validation_metrics(
-                model, fit_rows, validation, k, cfg.evaluate.relevance_threshold, cfg.recommend.user_block_size
+                model, history, validation, k, cfg.evaluate.relevance_threshold, cfg.recommend.user_block_size
             )
             ndcg = metrics[f"ndcg@{k}"]
             scores[index] = float(ndcg or 0.0)
             log.info("tune %s %s: validation ndcg@%d=%.4f", spec.name, point, k, scores[index])
     finally:
+        history.unpersist()
         fit_rows.unpersist()
         carved.unpersist()
     return points, scores
