@@ -161,11 +161,9 @@ def _lloyd(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _groups(q: np.ndarray, n_groups: int, rng: np.random.Generator) -> np.ndarray:
-    """About `n_groups` groups of similar item factors: sqrt(n) k-means groups, each split again by k-means
+    """Group labels 0..g-1 (g about `n_groups`, none empty) of similar item factors: sqrt(n) k-means groups, each split again by k-means
     into a share of the groups proportional to its size (two cheap levels instead of one n-way k-means)."""
     items = len(q)
-    if items <= n_groups:
-        return np.arange(items)
     top = _lloyd(q, int(np.sqrt(n_groups)), rng)
     group = np.empty(items, dtype=np.int64)
     next_id = 0
@@ -179,20 +177,21 @@ def _groups(q: np.ndarray, n_groups: int, rng: np.random.Generator) -> np.ndarra
 
 
 @functools.lru_cache(maxsize=4)
-def taste_table(seed: int, items: int, rank: int) -> TasteTable:
-    """The item groups and their taste factors, from the item table alone (computed once on the driver)."""
+def taste_table(seed: int, items: int, rank: int, n_groups: int = TASTE_GROUPS) -> TasteTable:
+    """The item groups (about `n_groups`) and their taste factors, from the item table alone (computed once on the driver)."""
     q, _, cumulative = item_table(seed, items, rank)
     w = _popularity(cumulative)
-    group = _groups(q, TASTE_GROUPS, np.random.default_rng([seed, 4]))
-    n_groups = int(group.max()) + 1
-    size = np.bincount(group, minlength=n_groups)
-    if n_groups == items:
-        factors = q.copy()  # every item its own group: t_i = q_i exactly
+    if items <= n_groups:
+        group, factors = np.arange(items), q.copy()  # every item its own group: t_i = q_i exactly
     else:
-        factors = np.stack([np.bincount(group, weights=q[:, d], minlength=n_groups) for d in range(rank)], axis=1) / size[:, None]
+        group = _groups(q, n_groups, np.random.default_rng([seed, 4]))
+        size = np.bincount(group)
+        factors = np.stack([np.bincount(group, weights=q[:, d]) for d in range(rank)], axis=1) / size[:, None]
         centred_q = q - q.mean(axis=0)
         centred_t = factors[group] - q.mean(axis=0)
         factors = factors * np.sqrt((centred_q * centred_q).sum() / (centred_t * centred_t).sum())
+    n_groups = len(factors)
+    size = np.bincount(group, minlength=n_groups)
     mass = np.bincount(group, weights=w, minlength=n_groups)
     order = np.argsort(group, kind="stable")
     grouped = group[order]
