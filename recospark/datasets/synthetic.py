@@ -10,11 +10,12 @@ its own users' rows, and nothing larger than the item table exists on any single
 Which items a user rates (`generate.beta`, "tastes"). Each of a user's draws picks item i with
 probability proportional to ``w_i * exp(beta * p_u . t_i)``: w_i the item's popularity, p_u the
 user's factors (the same p_u that drives the ratings) and t_i the item's taste factors. A user
-draws ``2n + 8`` times with replacement and keeps the first n distinct items, which is exact
-successive sampling without replacement from that distribution (as before, a heavy rater whose
-draws repeat keeps fewer). With beta = 0 the draws are today's `searchsorted` over cumulative
-popularity, in the same order from the same generator, so the files are byte-identical to the
-generator's output before tastes existed.
+draws ``4n + 8`` times with replacement and keeps the first n distinct items: exact successive
+sampling without replacement from that distribution. A heavy rater whose draws repeat keeps
+fewer, as before; tastes concentrate the draws, so the budget is twice the ``2n + 8`` of
+popularity alone, which keeps the rating count near the beta = 0 count. With beta = 0 the draws
+are the popularity draws of the generator before tastes existed, in the same order from the
+same random generator, so its files are byte-identical to that generator's.
 
 Why groups, and not rejection from popularity. Proposing from popularity and accepting with
 ``exp(beta * (p_u.q_i - bound_u))`` needs ``bound_u >= max_i p_u.q_i``; even the exact maximum
@@ -23,7 +24,7 @@ rank 8 is far below 1 % at the beta that makes personalised lists beat popularit
 MovieLens, and bounds that cost no catalogue pass (Cauchy-Schwarz, per-cluster balls) are looser
 still, because in 8 dimensions item clusters are nearly as wide as the whole cloud. So the
 sampler is exact in two steps instead, with no rejection at all: items are partitioned once
-into at most `TASTE_GROUPS` groups; a draw picks group k with probability proportional to
+into about `TASTE_GROUPS` groups; a draw picks group k with probability proportional to
 ``W_k * exp(beta * p_u . c_k)`` (W_k the group's popularity mass, c_k its taste factors), then an
 item of the group proportionally to its popularity. Every item of a group shares t_i = c_k, so
 this is exactly the distribution above. When the catalogue has at most `TASTE_GROUPS` items
@@ -31,15 +32,16 @@ this is exactly the distribution above. When the catalogue has at most `TASTE_GR
 very factors of the ratings. Larger catalogues are grouped by a two-level k-means of q (seeded,
 computed once on the driver), and c_k is the group's mean of q, rescaled so that the taste term
 keeps the variance it would have with t_i = q_i (the strength of beta does not depend on the
-catalogue size); `bench/pipeline_scale.py` and the published truth make the approximation
-measurable. Cost: per user, one ``groups x rank`` matrix-vector product and a cumulative sum
-over the groups (at most 4096, independent of beta and of the catalogue), plus two binary
-searches per draw: proportional to the ratings written, no user x catalogue pass.
+catalogue size); the published truth holds both q_i and beta * t_i, so the approximation can be
+measured. Cost: per user, one ``groups x rank`` matrix-vector product and a cumulative sum
+over the groups (about 4096 at most, independent of beta and of the catalogue), plus two binary
+searches per draw (4n + 8 draws): proportional to the ratings written, no user x catalogue pass.
 
 Ratings stay centred: choosing items that match a user's taste raises the expected p_u.q_i of
 the rated items by about ``beta * s**2 * |p_u|**2`` (s**2 the popularity-weighted variance per
-coordinate of the taste factors), so that amount is taken off the user's bias. Mean rating and
-the share of high ratings then stay close to the beta = 0 data (and to MovieLens).
+coordinate of the taste factors), so that amount is taken off the user's bias: before rounding
+and clipping to the scale, a user's expected rating is what it would be without tastes, and
+high ratings (what the ranking metrics count as relevant) stay about as rare.
 
 The planted truth is published next to the ratings (`write_truth`, `<folder>/truth/`, which
 ingest never reads: it reads only the layout's ratings and movies files), and `oracle_factors`
@@ -80,7 +82,7 @@ __all__ = [
 ]
 
 RATINGS_PER_PARTITION = 250_000
-TASTE_GROUPS = 4096  # per-user cost of a draw's first step; catalogues up to this size use every item's own factors
+TASTE_GROUPS = 4096  # bounds each user's groups x rank product; catalogues up to this size use every item's own factors
 TRUTH = "truth"  # <folder>/truth/{users,items,selection}: the planted truth
 _START = 946_684_800  # 2000-01-01
 _SPAN = 20 * 365 * 86_400
@@ -243,7 +245,7 @@ def user_ratings(user: int, conf: GenerateConf, mean: float, taste: TasteTable |
         draws = np.minimum(np.searchsorted(cumulative, uniforms), conf.items - 1)
     else:
         assert taste is not None
-        draws = taste.draw(p, conf.beta, rng.random(2 * (2 * n + 8)))
+        draws = taste.draw(p, conf.beta, rng.random(2 * (4 * n + 8)))
     first = np.unique(draws, return_index=True)[1]
     chosen = draws[np.sort(first)][:n]
     raw = _MU + bias + biases[chosen] + factors[chosen] @ p + rng.normal(0.0, conf.noise, size=chosen.size)
