@@ -78,7 +78,9 @@ def recospark(*args: str, json_out: Path | None = None) -> tuple[int, float, flo
 
 def settings(size: str, work: Path, driver_memory: str, models: str | None, beta: float | None) -> tuple[list[str], Path]:
     """The --set overrides every command of one size shares, and the generated data's folder."""
-    users, items, n, layout = SIZES[size]
+    shape = SIZES[size]
+    assert shape is not None
+    users, items, n, layout = shape
     folder = work / size
     data = folder / "generated"
     sets = [f"spark.spark.driver.memory={driver_memory}"]
@@ -110,7 +112,9 @@ def _generated_with(data: Path, want: dict[str, Any]) -> bool:
 def run_size(size: str, work: Path, driver_memory: str, models: str | None, beta: float | None) -> dict:
     from recospark.config import load_config
 
-    users, items, n, layout = SIZES[size]
+    shape = SIZES[size]
+    assert shape is not None
+    users, items, n, layout = shape
     folder = work / size
     sets, data = settings(size, work, driver_memory, models, beta)
     conf_file = ["--conf", str(ROOT / "conf" / "local.yaml")]
@@ -162,6 +166,7 @@ def quality(sets: list[str], out: Path) -> None:
     from recospark import io
     from recospark.config import load_config
     from recospark.datasets.synthetic import oracle_factors
+    from recospark.frames import first_row
     from recospark.ranking import ranking_metrics
     from recospark.schema import FACTOR_ID, MOVIE_ID, RATING, RATINGS, USER_ID
     from recospark.scoring import top_n
@@ -178,14 +183,14 @@ def quality(sets: list[str], out: Path) -> None:
     oracle = ranking_metrics(top_n(users, items, train.select(USER_ID, MOVIE_ID), k), test, k, threshold)
     ratings = io.read_output(spark, cfg, "ratings", RATINGS)
     counts = np.sort(np.array([r[0] for r in ratings.groupBy(MOVIE_ID).count().select("count").collect()]))  # ascending
-    shape = ratings.agg(F.avg(RATING), F.avg((F.col(RATING) >= F.lit(threshold or 0.0)).cast("double"))).first()
+    means = first_row(ratings.agg(F.avg(RATING), F.avg((F.col(RATING) >= F.lit(threshold or 0.0)).cast("double"))))
     n = len(counts)
     result = {
         "oracle_ndcg": oracle[f"ndcg@{k}"],
         "item_gini": float(1 - 2 * np.sum(np.cumsum(counts) / counts.sum()) / n + 1 / n),
         "item_top1_share": float(counts[::-1][: max(1, n // 100)].sum() / counts.sum()),
-        "mean_rating": float(shape[0]),
-        "relevant_share": float(shape[1]),
+        "mean_rating": float(means[0]),
+        "relevant_share": float(means[1]),
     }
     out.write_text(json.dumps(result) + "\n")
     spark.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -107,7 +108,7 @@ def test_published_user_truth_is_what_drove_the_ratings(beta):
     taste = synthetic.taste_table(conf.seed, conf.items, conf.rank)
     truth = next(synthetic.truth_partition(iter([pd.DataFrame({"id": np.arange(1, 51)})]), conf, taste.spread))
     q, item_bias, _ = synthetic.item_table(conf.seed, conf.items, conf.rank)
-    p = np.stack(truth["features"].to_numpy())[rows[0].to_numpy(int) - 1].astype(np.float64)
+    p = np.stack(list(truth["features"]))[rows[0].to_numpy(int) - 1].astype(np.float64)
     items = rows[1].to_numpy(int) - 1
     raw = 3.55 + truth["bias"].to_numpy(np.float64)[rows[0].to_numpy(int) - 1] + item_bias[items] + (q[items] * p).sum(axis=1)
     expected = np.clip(np.round(raw / 0.5) * 0.5, 0.5, 5.0)
@@ -126,7 +127,7 @@ def planted(spark, tmp_path_factory):
     """NDCG@10 on a random split of 300 users x 200 items, with tastes (beta 4) and without (beta 0):
     popularity (GlobalMean), PureSVD and the oracle, every list from scoring.top_n, every metric from
     ranking.ranking_metrics; plus the beta = 0 oracle lists."""
-    out = {}
+    out: dict[Any, Any] = {}
     for beta in (4.0, 0.0):
         conf = GenerateConf(users=300, items=200, ratings=12_000, beta=beta)
         train, test = _ratings_frame(spark, conf)
