@@ -38,7 +38,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 import numpy as np  # noqa: E402
-from suite_size import SIZES, _children, _status_kb  # noqa: E402
+from harness import LOCAL_CONF, SIZES, session  # noqa: E402
+from suite_size import _children, _status_kb  # noqa: E402
 
 STAGES = ("ingest", "split", "train", "recommend", "evaluate", "report")
 
@@ -117,8 +118,8 @@ def run_size(size: str, work: Path, driver_memory: str, models: str | None, beta
     users, items, n, layout = shape
     folder = work / size
     sets, data = settings(size, work, driver_memory, models, beta)
-    conf_file = ["--conf", str(ROOT / "conf" / "local.yaml")]
-    gen = load_config(ROOT / "conf" / "local.yaml", sets).generate
+    conf_file = ["--conf", str(LOCAL_CONF)]
+    gen = load_config(LOCAL_CONF, sets).generate
     row: dict = {"size": size, "beta": gen.beta}
     want = {"users": users, "items": items, "ratings": n, "layout": layout, "beta": gen.beta, "seed": gen.seed, "rank": gen.rank}
     if not _generated_with(data, want):
@@ -139,7 +140,7 @@ def run_size(size: str, work: Path, driver_memory: str, models: str | None, beta
         row[f"{stage}_s"] = res["stages"].get(stage, {}).get("seconds")
     for model, info in res["stages"]["train"]["models"].items():
         row[f"{model}_fit_s"] = info.get("train_seconds")
-    k = load_config(ROOT / "conf" / "local.yaml", sets).evaluate.k
+    k = load_config(LOCAL_CONF, sets).evaluate.k
     for model, info in res["stages"]["evaluate"]["models"].items():
         row[f"{model}_rmse"] = info.get("rmse")
         row[f"{model}_ndcg"] = info.get(f"ndcg@{k}")
@@ -170,10 +171,9 @@ def quality(sets: list[str], out: Path) -> None:
     from recospark.ranking import ranking_metrics
     from recospark.schema import FACTOR_ID, MOVIE_ID, RATING, RATINGS, USER_ID
     from recospark.scoring import top_n
-    from recospark.session import build_session
 
-    cfg = load_config(ROOT / "conf" / "local.yaml", sets)
-    spark = build_session(cfg, "recospark-bench-quality")
+    cfg = load_config(LOCAL_CONF, sets)
+    spark = session(cfg, "recospark-bench-quality")
     k, threshold, split = cfg.evaluate.k, cfg.evaluate.relevance_threshold, cfg.split.effective_name
     train = io.read_output(spark, cfg, f"splits/{split}/train", RATINGS).cache()
     test = io.read_output(spark, cfg, f"splits/{split}/test", RATINGS).cache()
