@@ -199,13 +199,18 @@ class RuntimeConf(_Section):
 
 
 class GenerateConf(_Section):
-    """Synthetic MovieLens-shaped data: long-tailed activity and popularity, low-rank truth plus noise."""
+    """Synthetic MovieLens-shaped data: long-tailed activity and popularity, low-rank truth plus noise, planted tastes."""
 
     users: int = Field(943, ge=1)
     items: int = Field(1682, ge=1)
     ratings: int = Field(100_000, ge=1, description="target count; the exact count is in the result")
     rank: int = Field(8, ge=1, description="rank of the latent truth")
     noise: float = Field(0.8, ge=0, description="std of the Gaussian noise before rounding to the scale")
+    beta: float = Field(
+        4.0,
+        ge=0,
+        description="taste strength: a user picks item i with probability ~ popularity_i * exp(beta * p_u.t_i); 0: by popularity alone",
+    )
     layout: Literal["ml-100k", "ml-1m", "ml-10m", "csv"] = "csv"
     seed: int = 7
     partitions: int = Field(0, ge=0, description="0: one per ~250k ratings")

@@ -1,8 +1,10 @@
 """The `generate` stage: MovieLens-shaped ratings of any size, written in a MovieLens layout.
 
 The data come from `recospark.datasets.synthetic` (long-tailed activity and popularity, a
-low-rank truth plus noise, deterministic per user); this stage writes them under
-`output.root/<generate.folder>` as a MovieLens folder that `data.source` can point at.
+low-rank truth plus noise, tastes of strength `generate.beta`, deterministic per user); this
+stage writes them under `output.root/<generate.folder>` as a MovieLens folder that
+`data.source` can point at, with the planted truth in its `truth/` (ingest reads only the
+layout's files; `synthetic.oracle_factors` reads the truth).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pyspark.sql import SparkSession
 from recospark import io
 from recospark.config import Config
 from recospark.datasets.movielens import LAYOUTS
-from recospark.datasets.synthetic import movie_lines, rating_lines
+from recospark.datasets.synthetic import movie_lines, rating_lines, write_truth
 from recospark.paths import join_path
 from recospark.runtime import stage_run
 
@@ -26,7 +28,7 @@ log = logging.getLogger(__name__)
 
 @stage_run("generate")
 def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
-    """Write synthetic ratings and movies files in `generate.layout` under output.root/<generate.folder>.
+    """Write synthetic ratings and movies files in `generate.layout`, and the planted truth, under output.root/<generate.folder>.
 
     Examples
     --------
@@ -45,6 +47,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     def write(path: str) -> int:
         lines.write.text(join_path(path, layout.ratings_file))
         movies.write.text(join_path(path, layout.movies_file))
+        write_truth(spark, conf, path)
         return spark.read.text(join_path(path, layout.ratings_file)).count()
 
     published = io.publish(spark, cfg, conf.folder, write, extra={"generate": conf.model_dump()})
