@@ -529,8 +529,8 @@ def candidate_items(model: Any) -> DataFrame:
     """Column `id`: the items `model` can rank (its scorer's items or its item factor table)."""
     scorer = block_scorer(model)
     if scorer is not None:
-        spark = SparkSession.getActiveSession()
-        assert spark is not None, "candidate_items needs an active SparkSession"
+        # the active session is per thread (recommend ranks models on driver threads): fall back to the application's
+        spark = SparkSession.getActiveSession() or SparkSession.builder.getOrCreate()
         return spark.createDataFrame([(int(i),) for i in scorer.item_ids()], f"{FACTOR_ID} int")
     return scoring_factors(model)[1].select(F.col(FACTOR_ID).cast("int"))
 
