@@ -155,6 +155,12 @@ def _no_spark_command(argv: Sequence[str]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The `recospark` command: check everything that needs no Spark, claim this run's outputs, then start Spark and run.
+
+    Returns the exit code: 0, 2 for an error the user can fix (one line naming the key or path),
+    1 for a retryable one (another run holds an output). `tasks` and `knobs` never start Spark.
+    Any other exception is a bug and propagates with its traceback.
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("tasks", "knobs"):

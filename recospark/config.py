@@ -38,6 +38,8 @@ class _Section(BaseModel):
 
 
 class DataConf(_Section):
+    """`data.*`: where the MovieLens files come from and how strict ingest is with them."""
+
     source: str = Field("ml-100k", description="MovieLens name (downloaded once) or a local folder")
     cache_dir: str = Field("~/.cache/recospark", description="where downloads are kept")
     layout: Literal["auto", "ml-100k", "ml-1m", "ml-10m", "csv"] = "auto"
@@ -52,6 +54,8 @@ class DataConf(_Section):
 
 
 class OutputConf(_Section):
+    """`output.*`: where every stage publishes, how many versions stay, when another run's lease counts as abandoned."""
+
     root: str = "out/local"
     keep_versions: int = Field(2, ge=1, description="published versions kept per output")
     abandoned_after_seconds: int = Field(
@@ -60,6 +64,8 @@ class OutputConf(_Section):
 
 
 class SplitConf(_Section):
+    """`split.*`: how ratings become train and test; the same settings and seed give the same split."""
+
     strategy: Literal["random", "stratified", "chronological", "leave_last_k", "canonical"] = "random"
     name: str | None = Field(None, description="folder under splits/; defaults to the strategy")
     test_fraction: float = Field(0.2, gt=0, lt=1)
@@ -73,6 +79,7 @@ class SplitConf(_Section):
 
     @property
     def effective_name(self) -> str:
+        """The folder under `splits/` that later stages read: `name` if set, else the canonical file or the strategy."""
         if self.name:
             return self.name
         return self.canonical if self.strategy == "canonical" else self.strategy
@@ -117,6 +124,8 @@ MODEL_SECTIONS: dict[str, type[ModelSection]] = {name: model_section(spec) for n
 
 
 class TrainConf(_Section):
+    """`train.*`: which models of the model table are fitted, and whether validation carves are scored for the pick."""
+
     models: tuple[str, ...] = ("als", "sgd", "global_mean", "bias")
     use_tuned: bool = Field(False, description="start from tuning/tuning.json's best params when present")
     validation: bool = Field(
@@ -144,6 +153,8 @@ class TrainConf(_Section):
 
 
 class EvaluateConf(_Section):
+    """`evaluate.*`: the cut-off k, what counts as relevant, and what happens to users and items unseen in train."""
+
     k: int = Field(10, ge=1)
     relevance_threshold: float | None = Field(
         4.0, description="a test rating at or above this is relevant; null: every test item is relevant"
@@ -156,11 +167,15 @@ class EvaluateConf(_Section):
 
 
 class RecommendConf(_Section):
+    """`recommend.*`: list length and the number of users scored per vectorized block (memory, not results)."""
+
     n: int = Field(10, ge=1)
     user_block_size: int = Field(2048, ge=1, description="users scored per vectorized block")
 
 
 class TuneConf(_Section):
+    """`tune.*`: the grid search on validation carved from train (test never seen); grids use configuration keys."""
+
     method: Literal["train_validation_split", "cross_validator"] = "train_validation_split"
     num_folds: int = Field(3, ge=2)
     train_ratio: float = Field(0.8, gt=0, lt=1)
@@ -173,11 +188,15 @@ class TuneConf(_Section):
 
 
 class ReportConf(_Section):
+    """`report.*`: how much of the published outputs the HTML report samples."""
+
     sample_users: int = Field(3, ge=1, description="users shown with their top-10 next to their favourites")
     factor_sample: int = Field(30, ge=2, description="users and items in the factor heat map")
 
 
 class PipelineConf(_Section):
+    """`pipeline.*`: the stages `recospark pipeline` runs, in order, in one Spark application."""
+
     stages: tuple[Literal["ingest", "split", "tune", "train", "recommend", "evaluate", "report"], ...] = (
         "ingest",
         "split",
@@ -194,6 +213,8 @@ class PipelineConf(_Section):
 
 
 class RuntimeConf(_Section):
+    """`runtime.*`: checkpoint folder and log level; nothing here changes a published result."""
+
     checkpoint_dir: str | None = Field(None, description="defaults to <output.root>/_checkpoints")
     log_level: Literal["ERROR", "WARN", "INFO", "DEBUG"] = "WARN"
 
@@ -275,6 +296,7 @@ class _Config(_Section):
 
     @property
     def checkpoint_dir(self) -> str:
+        """Where stages checkpoint (each in a folder of its own, removed when it ends): `runtime.checkpoint_dir` or under the output root."""
         return self.runtime.checkpoint_dir or join_path(self.output.root, "_checkpoints")
 
     def digest(self) -> str:
@@ -283,6 +305,7 @@ class _Config(_Section):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> _Config:
+        """A copy with dotted `section.key` values replaced, validated again as a whole (as `--set` would be)."""
         raw = self.model_dump(mode="json")
         for key, value in overrides.items():
             _assign(raw, key, value)

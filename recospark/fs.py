@@ -115,24 +115,52 @@ def active_spark(path: str) -> SparkSession:
 class Store(Protocol):
     """The few file operations publishing and leases need; paths are URIs or local paths."""
 
-    def list(self, folder: str) -> dict[str, tuple[bool, float]]: ...  # name -> (is folder, mtime s); hidden names left out
-    def read(self, path: str) -> str | None: ...
-    def mtime(self, path: str) -> float | None: ...
-    def exists(self, path: str) -> bool: ...
-    def create_new(self, path: str, text: str) -> bool: ...  # False when it exists already
-    def write(self, path: str, text: str) -> None: ...  # replaces atomically
-    def rename(self, src: str, dst: str) -> bool: ...  # False when src is gone; dst is always a fresh name
-    def delete(self, path: str) -> None: ...  # a file or a folder; a missing one is fine
-    def remove_empty(self, folder: str) -> bool: ...  # remove the folder only if it is empty
-    def refresh(self, path: str, token: str) -> None: ...  # the heartbeat of a lease this process holds
-    def current(self, root: str, relpath: str) -> str | None: ...  # the version the reader-facing path points at
-    def set_current(self, root: str, relpath: str, version: str, manifest_text: str) -> None: ...
+    def list(self, folder: str) -> dict[str, tuple[bool, float]]:
+        """Name -> (is a folder, mtime in seconds) of `folder`'s entries; hidden names left out, a missing folder is empty."""
+
+    def read(self, path: str) -> str | None:
+        """The file's text, or None when it is missing (also when it vanished while being read)."""
+
+    def mtime(self, path: str) -> float | None:
+        """Modification time in seconds since the epoch, or None when missing: how leases tell a live heartbeat."""
+
+    def exists(self, path: str) -> bool:
+        """Whether a file or folder is at `path`."""
+
+    def create_new(self, path: str, text: str) -> bool:
+        """Create `path` with `text` only if nothing is there; False when it exists already.
+
+        The exclusive create that makes a lease: of two runs, exactly one gets True, and no reader
+        ever sees the file half-written.
+        """
+
+    def write(self, path: str, text: str) -> None:
+        """Write `path`, replacing it atomically: a reader sees the old text or the new, never a mix."""
+
+    def rename(self, src: str, dst: str) -> bool:
+        """Move `src` to `dst` (always a fresh name); False when `src` is gone (another run moved it first)."""
+
+    def delete(self, path: str) -> None:
+        """Delete a file or a folder with everything in it; a missing one is fine."""
+
+    def remove_empty(self, folder: str) -> bool:
+        """Remove `folder` only if it is empty; whether it was removed."""
+
+    def refresh(self, path: str, token: str) -> None:
+        """The heartbeat of a lease this process holds (`token` is its owner's): its mtime becomes now."""
+
+    def current(self, root: str, relpath: str) -> str | None:
+        """The version the reader-facing path `<root>/<relpath>` points at, or None when nothing usable is published."""
+
+    def set_current(self, root: str, relpath: str, version: str, manifest_text: str) -> None:
+        """Point the reader-facing path at `version` in one step; data from another tool found there is moved aside."""
 
 
 class LocalStore:
     """Local folders: exclusive creation by `link(2)`, replacement by `rename(2)`, the pointer is a symlink."""
 
     def list(self, folder: str) -> dict[str, tuple[bool, float]]:
+        """`os.scandir`, without following symlinks: a reader-facing link is listed as a file, not a folder."""
         out = {}
         try:
             entries = list(os.scandir(local_path(folder)))
@@ -148,18 +176,21 @@ class LocalStore:
         return out
 
     def read(self, path: str) -> str | None:
+        """The file's text (UTF-8), or None when it is missing."""
         try:
             return local_path(path).read_text(encoding="utf-8")
         except (FileNotFoundError, NotADirectoryError):
             return None
 
     def mtime(self, path: str) -> float | None:
+        """`stat(2)` mtime, or None when missing."""
         try:
             return local_path(path).stat().st_mtime
         except FileNotFoundError:
             return None
 
     def exists(self, path: str) -> bool:
+        """Whether anything is at `path` (a dangling symlink counts as missing)."""
         return local_path(path).exists()
 
     def _temp(self, p: Path, text: str) -> Path:
@@ -169,6 +200,10 @@ class LocalStore:
         return tmp
 
     def create_new(self, path: str, text: str) -> bool:
+        """Write a temporary file, then `link(2)` it to `path`: fails if `path` exists, and the content is whole.
+
+        Retried when another run removes the parent folder between the two steps.
+        """
         p = local_path(path)
         for attempt in range(3):
             try:
@@ -186,10 +221,12 @@ class LocalStore:
         return False
 
     def write(self, path: str, text: str) -> None:
+        """A temporary file beside `path`, then `os.replace` (atomic within one file system)."""
         p = local_path(path)
         os.replace(self._temp(p, text), p)
 
     def rename(self, src: str, dst: str) -> bool:
+        """`rename(2)`; False when `src` is gone."""
         try:
             os.rename(local_path(src), local_path(dst))
             return True
@@ -197,6 +234,7 @@ class LocalStore:
             return False
 
     def delete(self, path: str) -> None:
+        """A folder's tree, or a file or symlink (a symlink's target is left alone)."""
         p = local_path(path)
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
@@ -204,6 +242,7 @@ class LocalStore:
             p.unlink(missing_ok=True)
 
     def remove_empty(self, folder: str) -> bool:
+        """`rmdir(2)`, which refuses a folder with anything in it."""
         try:
             local_path(folder).rmdir()
             return True
@@ -211,10 +250,12 @@ class LocalStore:
             return False
 
     def refresh(self, path: str, token: str) -> None:
+        """Touch the lease file (its mtime is the heartbeat); a lease removed meanwhile is left removed."""
         with suppress(FileNotFoundError):
             os.utime(local_path(path))
 
     def current(self, root: str, relpath: str) -> str | None:
+        """The symlink's target version, if it points into this output's `_versions/` at a published version (one with a manifest)."""
         target = local_path(join_path(root, relpath))
         if not target.is_symlink():
             return None
@@ -224,6 +265,7 @@ class LocalStore:
         return resolved.name
 
     def set_current(self, root: str, relpath: str, version: str, manifest_text: str) -> None:
+        """Swap the symlink atomically (a new link renamed over the old); a plain folder there is moved aside."""
         _swap_symlink(local_path(join_path(root, VERSIONS, relpath, version)), local_path(join_path(root, relpath)))
 
 
@@ -249,6 +291,7 @@ class HadoopStore:
         return jvm.hadoop_fs(self.spark, path)
 
     def list(self, folder: str) -> dict[str, tuple[bool, float]]:
+        """`FileSystem.listStatus`; hidden names (and the local file system's `.crc` files) left out."""
         fs, p = self._fs(folder)
         try:
             statuses = fs.listStatus(p)
@@ -262,6 +305,7 @@ class HadoopStore:
         return out
 
     def read(self, path: str) -> str | None:
+        """The file's text, or None when missing or deleted between the check and the open."""
         try:
             data = jvm.hadoop_read(self.spark, path)
         except Exception:  # deleted between exists() and open()
@@ -269,6 +313,7 @@ class HadoopStore:
         return None if data is None else data.decode("utf-8")
 
     def mtime(self, path: str) -> float | None:
+        """`getFileStatus(...).getModificationTime()` in seconds, or None when missing."""
         fs, p = self._fs(path)
         try:
             return float(fs.getFileStatus(p).getModificationTime()) / 1000
@@ -276,6 +321,7 @@ class HadoopStore:
             return None
 
     def exists(self, path: str) -> bool:
+        """`FileSystem.exists`."""
         fs, p = self._fs(path)
         return bool(fs.exists(p))
 
@@ -287,6 +333,7 @@ class HadoopStore:
             out.close()
 
     def create_new(self, path: str, text: str) -> bool:
+        """`create(path, overwrite=false)`: False when the file exists, however the client wraps that error."""
         fs, p = self._fs(path)
         try:
             self._put(fs, p, text, overwrite=False)
@@ -297,6 +344,7 @@ class HadoopStore:
             raise
 
     def write(self, path: str, text: str) -> None:
+        """A temporary file, then FileContext's rename with OVERWRITE; where FileContext is missing, delete then rename."""
         fs, p = self._fs(path)
         tmp = jvm.hadoop_path(self.spark, p.getParent(), f".{p.getName()}.{uuid.uuid4().hex[:8]}.tmp")
         self._put(fs, tmp, text, overwrite=False)
@@ -309,6 +357,7 @@ class HadoopStore:
                 raise PublishError(f"could not replace {path}") from None
 
     def rename(self, src: str, dst: str) -> bool:
+        """`FileSystem.rename`; False when it did not happen (Hadoop reports that rather than raising)."""
         fs, p = self._fs(src)
         try:
             return bool(fs.rename(p, jvm.hadoop_path(self.spark, dst)))
@@ -316,10 +365,12 @@ class HadoopStore:
             return False
 
     def delete(self, path: str) -> None:
+        """Recursive `FileSystem.delete`; a missing path is fine."""
         fs, p = self._fs(path)
         fs.delete(p, True)
 
     def remove_empty(self, folder: str) -> bool:
+        """Non-recursive `FileSystem.delete`, which refuses a folder with anything in it."""
         fs, p = self._fs(folder)
         try:
             return bool(fs.delete(p, False))  # refuses a folder with anything in it
@@ -327,12 +378,14 @@ class HadoopStore:
             return False
 
     def refresh(self, path: str, token: str) -> None:
+        """Rewrite the lease with a new `heartbeat_at` while its token is still ours: object stores ignore `setTimes`."""
         # Object stores ignore setTimes, so the heartbeat rewrites the lease (only while it is still ours).
         info = parse_object(self.read(path))
         if info is not None and info.get("token") == token:
             self.write(path, to_json({**info, "heartbeat_at": time.time()}))
 
     def current(self, root: str, relpath: str) -> str | None:
+        """The version named by `<root>/<relpath>/_manifest.json`, if that version's own manifest exists."""
         pointer = parse_object(self.read(join_path(root, relpath, MANIFEST)))
         version = pointer.get("version") if pointer else None
         if not isinstance(version, str) or not self.exists(join_path(root, VERSIONS, relpath, version, MANIFEST)):
@@ -340,6 +393,7 @@ class HadoopStore:
         return version
 
     def set_current(self, root: str, relpath: str, version: str, manifest_text: str) -> None:
+        """Write the pointer manifest (one atomic replace); anything else found at the path is moved aside first."""
         target = join_path(root, relpath)
         # Data from an older layout or another tool: move it aside, never delete it.
         if set(self.list(target)) - {MANIFEST} and not self.rename(target, f"{target}.replaced-{uuid.uuid4().hex[:8]}"):

@@ -71,6 +71,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Published:
+    """What `publish` made current: the reader-facing path (stable across versions), the row count, the version and its manifest."""
+
     path: str
     rows: int | None
     version: str
@@ -78,6 +80,7 @@ class Published:
 
 
 def output_path(cfg: Config, *parts: str) -> str:
+    """`<output.root>/<parts...>`: the reader-facing path of an output (a URI on non-local roots)."""
     return join_path(cfg.output.root, *parts)
 
 
@@ -119,6 +122,7 @@ class Source:
 
     @property
     def version(self) -> str | None:
+        """The pinned version's name (None for an output read in place, from before versioned publishing)."""
         return self.manifest.get("version")
 
     def read(self, spark: SparkSession, schema: StructType | None = None) -> DataFrame:
@@ -132,6 +136,7 @@ class Source:
         return df
 
     def file(self, name: str) -> str:
+        """The URI of file `name` inside the pinned version (e.g. a stage's JSON), never the moving reader-facing path."""
         return join_path(self.uri, name)
 
 

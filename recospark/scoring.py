@@ -359,10 +359,12 @@ class UserHistory:
         )
 
     def persist(self) -> UserHistory:
+        """Keep the grouped lists (memory, spilling to disk) for every model that ranks on them; returns self."""
         self.lists = self.lists.persist(StorageLevel.MEMORY_AND_DISK)
         return self
 
     def unpersist(self) -> None:
+        """Release the grouped lists once every model is ranked."""
         self.lists.unpersist()
 
 

@@ -173,6 +173,12 @@ def resolve_settings(
 
 
 def build_session(cfg: Config, app_name: str = "recospark") -> SparkSession:
+    """The SparkSession of one recospark run: the conf's `spark:` settings and recospark's defaults fill only what
+    spark-submit (or an already running JVM) left unset, and a setting that can no longer take effect is a warning.
+
+    On a cluster master it also waits for the first executor (see `wait_for_executors`), so a
+    mis-sized job fails with a message instead of hanging.
+    """
     # Python workers must run the interpreter that has numpy/numba; on a cluster the conf's
     # spark.pyspark.python (pointing into the shipped archive) takes precedence over this.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)

@@ -49,6 +49,8 @@ def _sides(flagged: DataFrame) -> tuple[DataFrame, DataFrame]:
 
 
 def with_random_test_flag(test_fraction: float, seed: int) -> Callable[[DataFrame], DataFrame]:
+    """Flags each rating for test with probability `test_fraction`, independently, by hash of (seed, user, movie)."""
+
     def transform(df: DataFrame) -> DataFrame:
         return df.withColumn(_TEST, uniform(seed, "test") < F.lit(test_fraction))
 
@@ -88,6 +90,8 @@ def time_cutoff(df: DataFrame, quantile: float) -> datetime:
 
 
 def with_time_cut_test_flag(cutoff: datetime) -> Callable[[DataFrame], DataFrame]:
+    """Flags every rating at or after `cutoff` for test: the model is judged on the future only."""
+
     def transform(df: DataFrame) -> DataFrame:
         return df.withColumn(_TEST, F.col(RATED_AT) >= F.lit(cutoff))
 
@@ -95,14 +99,17 @@ def with_time_cut_test_flag(cutoff: datetime) -> Callable[[DataFrame], DataFrame
 
 
 def random_split(df: DataFrame, test_fraction: float, seed: int) -> tuple[DataFrame, DataFrame]:
+    """(train, test): each rating goes to test with probability `test_fraction`, decided by hash, so the same on every run."""
     return _sides(df.transform(with_random_test_flag(test_fraction, seed)))
 
 
 def stratified_split(df: DataFrame, test_fraction: float, seed: int, min_user_ratings: int = 5) -> tuple[DataFrame, DataFrame]:
+    """(train, test): each user's ratings split by `test_fraction` (rounded), so every user with enough ratings is in both sides."""
     return _sides(df.transform(with_stratified_test_flag(test_fraction, seed, min_user_ratings)))
 
 
 def leave_last_k_split(df: DataFrame, k: int = 1, min_user_ratings: int = 5) -> tuple[DataFrame, DataFrame]:
+    """(train, test): each user's `k` latest ratings are the test side; users with too few ratings stay whole in train."""
     return _sides(df.transform(with_leave_last_k_test_flag(k, min_user_ratings)))
 
 
