@@ -65,6 +65,12 @@ _ROW = "_row"
 
 @dataclass(frozen=True)
 class Layout:
+    """How one MovieLens release stores its files: names, separator, header and rating scale.
+
+    The scale is what ingest checks every rating against (min, max and step), so half stars are
+    rejected in ml-100k but accepted in ml-10m and the CSV releases.
+    """
+
     name: str
     ratings_file: str
     movies_file: str
@@ -76,6 +82,7 @@ class Layout:
 
     @property
     def scale(self) -> str:
+        """The rating scale in words, for error messages and logs (e.g. `1..5 in steps of 1`)."""
         return f"{self.rating_min:g}..{self.rating_max:g} in steps of {self.rating_step:g}"
 
 
@@ -255,10 +262,12 @@ def filter_latest_per_pair(ratings: DataFrame, within: Sequence[str] = ()) -> Da
 
 
 def filter_accepted(parsed: DataFrame) -> DataFrame:
+    """The parsed rows whose `_status` is `ok`: blank lines, the header and rejected lines dropped."""
     return parsed.filter(F.col(STATUS) == "ok")
 
 
 def as_ratings(df: DataFrame) -> DataFrame:
+    """Exactly the columns and types of `schema.RATINGS`, in its order (the parse's helper columns dropped)."""
     return df.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in RATINGS.fields])
 
 
@@ -270,6 +279,8 @@ _DATE_YEAR = re.compile(r"(\d{4})\s*$")
 
 @dataclass(frozen=True)
 class MoviesParse:
+    """What `parse_movies` found: catalogue rows, rejected lines (file, line number, text, reason) and counts for the manifest."""
+
     rows: list[tuple]
     rejected: list[tuple]
     read: int
@@ -292,6 +303,11 @@ def split_lines(data: bytes) -> list[bytes]:
 
 
 def year_of(title: str, release_date: str = "") -> int | None:
+    """The release year from a title's trailing `(1995)` (or `(1995-2000)`), else from a release date's last four digits.
+
+    >>> year_of("Toy Story (1995)"), year_of("Unknown", "01-Jan-1996"), year_of("Unknown")
+    (1995, 1996, None)
+    """
     m = _YEAR.search(title) or _DATE_YEAR.search(release_date)
     return int(m.group(1)) if m else None
 

@@ -257,6 +257,7 @@ def user_ratings(user: int, conf: GenerateConf, mean: float, taste: TasteTable |
 
 
 def format_ratings(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, times: np.ndarray, layout: str) -> pd.Series:
+    """One rating file line per rating in `layout`'s separator and scale: whole stars print without a decimal point (as MovieLens writes them)."""
     sep = LAYOUTS[layout].separator
     r = pd.Series(ratings)
     text = r.map("{:.0f}".format) if LAYOUTS[layout].rating_step == 1 else r.map("{:g}".format)
@@ -297,6 +298,10 @@ def truth_partition(batches: Iterator[pd.DataFrame], conf: GenerateConf, spread:
 
 
 def movie_lines(conf: GenerateConf) -> list[str]:
+    """The movies file of `conf.layout` (with the CSV header when the layout has one): titles end in a year and genres are drawn.
+
+    Seeded from `conf.seed` alone, so the catalogue is the same for any user count or partitioning.
+    """
     rng = np.random.default_rng([conf.seed, 3])
     years = rng.integers(1930, 2024, size=conf.items)
     lines = ["movieId,title,genres"] if conf.layout == "csv" else []
