@@ -26,6 +26,8 @@ _KIND_NAMES = {v: k for k, v in KINDS.items()}
 
 
 class BlobHeader(NamedTuple):
+    """A blob's decoded header: kind name, outer groups (G, J), inner blocks (a, b), row count n, and rank (factor blobs) or part + 1 (partial sub-blocks)."""
+
     kind: str
     G: int
     J: int
@@ -36,11 +38,17 @@ class BlobHeader(NamedTuple):
 
 
 def encode(kind: str, G: int, J: int, a: int, b: int, arrays: list[np.ndarray], n: int, rank: int = 0) -> bytes:
+    """The 8-word header followed by `arrays`' raw bytes, in order (C-contiguous; the reader knows their dtypes from `kind`)."""
     header = np.array([MAGIC, KINDS[kind], G, J, a, b, n, rank], dtype=np.int64)
     return b"".join([header.tobytes(), *[np.ascontiguousarray(x).tobytes() for x in arrays]])
 
 
 def header(buf) -> BlobHeader:
+    """The header of any blob (bytes, memoryview or memory map); a ValueError when the magic word is not there.
+
+    >>> header(encode_sub("R", 1, 2, 0, 3, [5], [7], [4.0]))
+    BlobHeader(kind='R', G=1, J=2, a=0, b=3, n=1, rank=0)
+    """
     h = np.frombuffer(buf, dtype=np.int64, count=_HEADER)
     if int(h[0]) != MAGIC:
         raise ValueError("not a DSGD blob")
@@ -66,6 +74,7 @@ def encode_sub(kind: str, G: int, J: int, a: int, b: int, users, items, ratings,
 
 
 def decode_sub(buf) -> SubBlock:
+    """A sub-block whose arrays are read-only views of `buf`: nothing is copied, so a memory-mapped file stays on disk."""
     h = header(buf)
     off = _HEADER * 8
     n = h.n
@@ -112,6 +121,7 @@ def _rows(sorted_ids: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def encode_factors(fb: FactorBlock) -> bytes:
+    """A factor block as a blob: header, `lo`, ids, factors and biases, then the length of `lo` as a trailing int64 word."""
     n, k = fb.factors.shape
     return (
         encode(
@@ -147,6 +157,7 @@ def decode_factors(buf, writable: bool = True) -> FactorBlock:
 
 
 def encode_index(index: Index) -> bytes:
+    """An index as a blob: header (with K as the rank word), block starts and ids, then the count of starts as a trailing word."""
     return (
         encode("IX", 0, 0, 0, 0, [index.starts.astype(np.int64), index.ids.astype(np.int32)], len(index.ids), index.K)
         + np.int64(len(index.starts)).tobytes()
@@ -154,6 +165,7 @@ def encode_index(index: Index) -> bytes:
 
 
 def decode_index(buf) -> Index:
+    """An index from its blob; the arrays are copies, so the index does not keep the buffer (or its memory map) alive."""
     h = header(buf)
     nst = int(np.frombuffer(buf, np.int64, 1, len(buf) - 8)[0])
     off = _HEADER * 8

@@ -37,10 +37,12 @@ class DSGDResult:
 
     @property
     def history(self) -> list[dict[str, Any]]:
+        """One JSON-ready dict per epoch (`EpochRecord.to_dict`): what the model saves and the manifest shows."""
         return [e.to_dict() for e in self.epochs]
 
     @property
     def info(self) -> dict[str, Any]:
+        """The run's report as a JSON-ready dict (`RunInfo.to_dict`); empty when there is none."""
         return {} if self.run is None else self.run.to_dict()
 
 

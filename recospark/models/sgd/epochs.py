@@ -42,6 +42,9 @@ class EpochMetrics:
     ratings: int
 
     def to_dict(self) -> dict[str, Any]:
+        """The history entry's metric keys: `train_rmse`, `val_rmse` and `updates` (the ratings visited) for squared loss;
+        `objective`, `train_loss`, `val_loss` (None), `updates` and `ratings` for the ranking losses.
+        """
         if self.objective == "squared":
             return {"train_rmse": self.train, "val_rmse": self.validation, "updates": self.ratings}
         return {"objective": self.objective, "train_loss": self.train, "val_loss": None, "updates": self.updates, "ratings": self.ratings}
@@ -54,6 +57,7 @@ class EpochMetrics:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> EpochMetrics:
+        """The inverse of `to_dict` (a saved model's history read back)."""
         if "train_rmse" in d:
             return EpochMetrics("squared", d["train_rmse"], d["val_rmse"], d["updates"], d["updates"])
         return EpochMetrics(d["objective"], d["train_loss"], d["val_loss"], d["updates"], d["ratings"])
@@ -91,6 +95,7 @@ class EpochRecord:
     costs: EpochCosts
 
     def to_dict(self) -> dict[str, Any]:
+        """A flat JSON-ready dict: epoch, metrics, step size, validation count and costs (a plan's unused counter left out)."""
         costs = {k: v for k, v in asdict(self.costs).items() if not (k in ("kernel_calls", "stages") and v is None)}
         return {"epoch": self.epoch, **self.metrics.to_dict(), "step_size": self.step_size, "val_n": self.val_n, **costs}
 

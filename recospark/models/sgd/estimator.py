@@ -127,91 +127,120 @@ class SGDMatrixFactorization(Estimator, _SGDParams, EstimatorPersistence):
         ratingCol: str | None = None,
         predictionCol: str | None = None,
     ) -> SGDMatrixFactorization:
+        """Set the given Params (keyword only); an omitted keyword keeps its current value or default."""
         return self._set(**{k: v for k, v in self._input_kwargs.items() if v is not None})
 
     # setters, ALS style
     def setRank(self, value: int) -> SGDMatrixFactorization:
+        """Sets the value of :py:attr:`rank`."""
         return self._set(rank=value)
 
     def setMaxIter(self, value: int) -> SGDMatrixFactorization:
+        """Sets the value of :py:attr:`maxIter`."""
         return self._set(maxIter=value)
 
     def setRegParam(self, value: float) -> SGDMatrixFactorization:
+        """Sets the value of :py:attr:`regParam`."""
         return self._set(regParam=value)
 
     def setBiasRegParam(self, value: float) -> SGDMatrixFactorization:
+        """Sets the value of :py:attr:`biasRegParam`."""
         return self._set(biasRegParam=value)
 
     def setStepSize(self, value: float) -> SGDMatrixFactorization:
+        """Sets the value of :py:attr:`stepSize`."""
         return self._set(stepSize=value)
 
     def setStepDecay(self, value: float) -> SGDMatrixFactorization:
+        """Sets the value of :py:attr:`stepDecay`."""
         return self._set(stepDecay=value)
 
     def setSchedule(self, value: str) -> SGDMatrixFactorization:
+        """Sets the value of :py:attr:`schedule`."""
         return self._set(schedule=value)
 
     def setNumBlocks(self, value: int) -> SGDMatrixFactorization:
+        """Sets the value of :py:attr:`numBlocks`."""
         return self._set(numBlocks=value)
 
     def setInnerBlocks(self, value: int) -> SGDMatrixFactorization:
+        """Sets the value of :py:attr:`innerBlocks`."""
         return self._set(innerBlocks=value)
 
     def setThreads(self, value: int) -> SGDMatrixFactorization:
+        """Sets the value of :py:attr:`threads`."""
         return self._set(threads=value)
 
     def setTasks(self, value: int) -> SGDMatrixFactorization:
+        """Sets the value of :py:attr:`tasks`."""
         return self._set(tasks=value)
 
     def setInitStd(self, value: float) -> SGDMatrixFactorization:
+        """Sets the value of :py:attr:`initStd`."""
         return self._set(initStd=value)
 
     def setSeed(self, value: int) -> SGDMatrixFactorization:
+        """Sets the value of :py:attr:`seed`."""
         return self._set(seed=value)
 
     def setEarlyStoppingRounds(self, value: int) -> SGDMatrixFactorization:
+        """Sets the value of :py:attr:`earlyStoppingRounds`."""
         return self._set(earlyStoppingRounds=value)
 
     def setCheckpointInterval(self, value: int) -> SGDMatrixFactorization:
+        """Sets the value of :py:attr:`checkpointInterval`."""
         return self._set(checkpointInterval=value)
 
     def setLoss(self, value: str) -> SGDMatrixFactorization:
+        """Sets the value of :py:attr:`loss`."""
         return self._set(loss=value)
 
     def setNumNegatives(self, value: int) -> SGDMatrixFactorization:
+        """Sets the value of :py:attr:`numNegatives`."""
         return self._set(numNegatives=value)
 
     def setPositiveThreshold(self, value: float) -> SGDMatrixFactorization:
+        """Sets the value of :py:attr:`positiveThreshold`."""
         return self._set(positiveThreshold=value)
 
     def setBlockWeighting(self, value: bool) -> SGDMatrixFactorization:
+        """Sets the value of :py:attr:`blockWeighting`."""
         return self._set(blockWeighting=value)
 
     def setMargin(self, value: float) -> SGDMatrixFactorization:
+        """Sets the value of :py:attr:`margin`."""
         return self._set(margin=value)
 
     def setMaxTrials(self, value: int) -> SGDMatrixFactorization:
+        """Sets the value of :py:attr:`maxTrials`."""
         return self._set(maxTrials=value)
 
     def setMaxNorm(self, value: float) -> SGDMatrixFactorization:
+        """Sets the value of :py:attr:`maxNorm`."""
         return self._set(maxNorm=value)
 
     def setValidationIndicatorCol(self, value: str) -> SGDMatrixFactorization:
+        """Sets the value of :py:attr:`validationIndicatorCol`."""
         return self._set(validationIndicatorCol=value)
 
     def setColdStartStrategy(self, value: str) -> SGDMatrixFactorization:
+        """Sets the value of :py:attr:`coldStartStrategy`."""
         return self._set(coldStartStrategy=value)
 
     def setUserCol(self, value: str) -> SGDMatrixFactorization:
+        """Sets the value of :py:attr:`userCol`."""
         return self._set(userCol=value)
 
     def setItemCol(self, value: str) -> SGDMatrixFactorization:
+        """Sets the value of :py:attr:`itemCol`."""
         return self._set(itemCol=value)
 
     def setRatingCol(self, value: str) -> SGDMatrixFactorization:
+        """Sets the value of :py:attr:`ratingCol`."""
         return self._set(ratingCol=value)
 
     def setPredictionCol(self, value: str) -> SGDMatrixFactorization:
+        """Sets the value of :py:attr:`predictionCol`."""
         return self._set(predictionCol=value)
 
     # fault injection, not a Param: never saved, tuned or copied into the model
@@ -288,6 +317,7 @@ class SGDMatrixFactorizationModel(Model, _SGDModelParams, _RecommenderModelSette
 
     @property
     def itemFactors(self) -> DataFrame:
+        """`id int, features array<float>`, exactly ALSModel.itemFactors' schema (biases left out; see `itemBiasedFactors`)."""
         assert self._item is not None
         return self._item.select(FACTOR_ID, FEATURES)
 
@@ -299,11 +329,13 @@ class SGDMatrixFactorizationModel(Model, _SGDModelParams, _RecommenderModelSette
 
     @property
     def itemBiasedFactors(self) -> DataFrame:
+        """`id, features, bias` (recospark.schema.BIASED_FACTORS)."""
         assert self._item is not None
         return self._item
 
     @property
     def numEpochs(self) -> int:
+        """Epochs that ran (early stopping can end before maxIter); `bestEpoch` is the one whose factors were kept."""
         return len(self.history)
 
     # prediction -----------------------------------------------------------------------------

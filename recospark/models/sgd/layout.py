@@ -94,6 +94,7 @@ class Index(NamedTuple):
         return self.ids[self.starts[h] : self.starts[h + 1]]
 
     def size(self, group: int, inner: int) -> int:
+        """How many ids inner block (group, inner) holds: the row count of its factor view."""
         h = group * self.K + inner
         return int(self.starts[h + 1] - self.starts[h])
 

@@ -241,6 +241,7 @@ class MultiTask:
         return self._shift_rdds[shift]
 
     def validation_blobs(self) -> RDD:
+        """The validation sub-blocks, each in its user group's task (cached once for every epoch)."""
         if self._val_rdd is None:
             E = self.run.plan.tasks
             rdd = self._keyed_blobs(self.run.packed.filter(F.col("kind") == "V"), lambda row, E=E: owner(row.G, E)).persist(LEVEL)
@@ -250,6 +251,7 @@ class MultiTask:
         return self._val_rdd
 
     def initial_state(self) -> RDD:
+        """The seeded initial factors, built in the tasks: each task's user groups and the item groups it holds at shift 0 (no factor crosses the driver)."""
         E = self.run.plan.tasks
         tokens = self.run.sc.parallelize([(t, ("T", None)) for t in range(E)], E).partitionBy(E, _block_partition)
         return tokens.mapPartitionsWithIndex(partial(initial_state, cfg=self.run.cfg, shift=0), preservesPartitioning=True)

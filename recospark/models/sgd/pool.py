@@ -59,6 +59,7 @@ class Timer:
     calls: int = 0
 
     def add(self, other: Timer) -> None:
+        """Accumulate another timer (a later job's or another thread's) into this one."""
         self.wall += other.wall
         self.cpu += other.cpu
         self.calls += other.calls

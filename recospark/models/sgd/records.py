@@ -29,6 +29,7 @@ class ExecutionPlan:
 
     @property
     def single(self) -> bool:
+        """Whether one task trains everything (the single-task plan), else several tasks exchange item blocks."""
         return self.tasks == 1
 
 
@@ -58,6 +59,7 @@ class JobStats:
     task_seconds: float = 0.0
 
     def to_json(self) -> bytes:
+        """The stats row's bytes: every field, with the history and progress as plain JSON (no pickle crosses to the driver)."""
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["missing_example"] = list(self.missing_example)
         d["history"] = [h.to_dict() for h in self.history]
@@ -66,6 +68,7 @@ class JobStats:
 
     @staticmethod
     def from_json(blob: bytes) -> JobStats:
+        """The inverse of `to_json`; a history entry with an unknown key raises."""
         d = json.loads(blob)
         d["missing_example"] = tuple(d["missing_example"])
         d["history"] = tuple(EpochRecord.from_dict(h) for h in d["history"])
@@ -89,6 +92,7 @@ class JobReport:
     task_start_delay: float  # submission to the task's start
 
     def to_dict(self) -> dict[str, Any]:
+        """The job's scalars and the driver's costs of it, flat and JSON-ready."""
         return self.stats.summary() | {
             "job_seconds": self.job_seconds,
             "streamed": self.streamed,
@@ -115,6 +119,7 @@ class RunInfo:
     fit_seconds: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict for the manifest and the model's metadata; unset (None) entries left out."""
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["plan"] = asdict(self.plan)
         if self.single_jobs is not None:

@@ -162,6 +162,7 @@ class Run:
         return self._profile
 
     def with_profile(self, rdd: RDD) -> RDD:
+        """`rdd` with the plan's TaskResourceProfile (so Spark gives each task `threads` CPUs), or unchanged without one."""
         profile = self.profile_or_none()
         return rdd if profile is None else rdd.withResources(profile)
 

@@ -60,6 +60,7 @@ class DSGDParams:
 
     @property
     def ranking(self) -> bool:
+        """Whether the loss is a ranking loss (bpr, warp): no global mean or user bias, no validation RMSE."""
         return self.loss in RANKING_LOSSES
 
 
@@ -127,6 +128,7 @@ class TaskConfig:
 
     @property
     def ranking(self) -> bool:
+        """Whether the run trains a ranking loss (see `DSGDParams.ranking`)."""
         return self.params.ranking
 
     @property
@@ -135,6 +137,7 @@ class TaskConfig:
         return self.params.positiveThreshold if self.params.positiveThreshold > 0 else float("-inf")
 
     def store(self) -> Store:
+        """This run's executor-local block store (under `root`, else the default store root)."""
         return Store(self.run_id, self.root)
 
     def subs(self, kind: str, G: int, J: int) -> list[tuple[int, int]]:

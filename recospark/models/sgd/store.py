@@ -59,15 +59,23 @@ class Store:
 
     @property
     def dir(self) -> str:
+        """This run's directory, `<root>/<run_id>`: one per run, so concurrent runs never share a file."""
         return os.path.join(self.root or store_root(), self.run_id)
 
     def path(self, name: str) -> str:
+        """The file of `name` in this run's directory."""
         return os.path.join(self.dir, name)
 
     def has(self, name: str) -> bool:
+        """Whether file `name` exists (a sub-block already merged, a factor version already written)."""
         return os.path.exists(self.path(name))
 
     def put(self, name: str, data: bytes) -> None:
+        """Write file `name` atomically (temporary file + rename) and drop this worker's stale map of it.
+
+        A reader sees the previous file or the whole new one, never a partial write (a retried task
+        may write a name again).
+        """
         os.makedirs(self.dir, exist_ok=True)
         tmp = self.path(f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
         with open(tmp, "wb") as f:
@@ -104,6 +112,7 @@ class Store:
             return None
 
     def remove(self, name: str) -> None:
+        """Delete file `name` and this worker's map of it; a missing file is fine."""
         with _MAPS_LOCK:
             old = _MAPS.pop(self.path(name), None)
         if old is not None:
@@ -112,6 +121,7 @@ class Store:
             os.remove(self.path(name))
 
     def names(self) -> list[str]:
+        """The files of this run (temporary files left out); empty when the directory does not exist."""
         try:
             return [n for n in os.listdir(self.dir) if not n.startswith(".")]
         except FileNotFoundError:
@@ -146,10 +156,12 @@ def _close(buf) -> None:
 
 
 def sub_name(kind: str, G: int, J: int, a: int, b: int) -> str:
+    """The store name of merged sub-block (kind, G, J, a, b): `R-G-J-a-b` or `V-G-J-a-b`."""
     return f"{kind}-{G}-{J}-{a}-{b}"
 
 
 def factors_name(kind: str, group: int, version: int) -> str:
+    """The store name of a factor version: `PU-G-v<version>` (user group) or `PI-J-v<version>` (item group)."""
     return f"P{kind}-{group}-v{version}"
 
 
