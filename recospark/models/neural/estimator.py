@@ -185,39 +185,51 @@ class NeuralRecommender(Estimator, _NeuralParams, EstimatorPersistence):
         return self._set(**{k: v for k, v in kwargs.items() if v is not None})
 
     def setMaxIter(self, value: int) -> NeuralRecommender:
+        """Sets the value of :py:attr:`maxIter`."""
         return self._set(maxIter=value)
 
     def setStepSize(self, value: float) -> NeuralRecommender:
+        """Sets the value of :py:attr:`stepSize`."""
         return self._set(stepSize=value)
 
     def setSeed(self, value: int) -> NeuralRecommender:
+        """Sets the value of :py:attr:`seed`."""
         return self._set(seed=value)
 
     def setBatchSize(self, value: int) -> NeuralRecommender:
+        """Sets the value of :py:attr:`batchSize`."""
         return self._set(batchSize=value)
 
     def setNumProcesses(self, value: int) -> NeuralRecommender:
+        """Sets the value of :py:attr:`numProcesses`."""
         return self._set(numProcesses=value)
 
     def setEarlyStoppingRounds(self, value: int) -> NeuralRecommender:
+        """Sets the value of :py:attr:`earlyStoppingRounds`."""
         return self._set(earlyStoppingRounds=value)
 
     def setValidationIndicatorCol(self, value: str) -> NeuralRecommender:
+        """Sets the value of :py:attr:`validationIndicatorCol`."""
         return self._set(validationIndicatorCol=value)
 
     def setUserCol(self, value: str) -> NeuralRecommender:
+        """Sets the value of :py:attr:`userCol`."""
         return self._set(userCol=value)
 
     def setItemCol(self, value: str) -> NeuralRecommender:
+        """Sets the value of :py:attr:`itemCol`."""
         return self._set(itemCol=value)
 
     def setRatingCol(self, value: str) -> NeuralRecommender:
+        """Sets the value of :py:attr:`ratingCol`."""
         return self._set(ratingCol=value)
 
     def setPredictionCol(self, value: str) -> NeuralRecommender:
+        """Sets the value of :py:attr:`predictionCol`."""
         return self._set(predictionCol=value)
 
     def setColdStartStrategy(self, value: str) -> NeuralRecommender:
+        """Sets the value of :py:attr:`coldStartStrategy`."""
         return self._set(coldStartStrategy=value)
 
     def _fit(self, dataset: DataFrame) -> NeuralRecommenderModel:
@@ -267,6 +279,11 @@ class NeuralRecommender(Estimator, _NeuralParams, EstimatorPersistence):
 
 
 def recipe_is_dot(recipe: Recipe) -> bool:
+    """Whether the recipe's score is a dot product of exported factors (`dot_product = True`).
+
+    Such a model is ranked by `recospark.scoring`'s factor path and keeps no training rows; the
+    others are scored by the batched network scorer from each user's history.
+    """
     return bool(getattr(recipe, "dot_product", False))
 
 
@@ -345,10 +362,12 @@ class NeuralRecommenderModel(Model, _NeuralModelParams, _RecommenderModelSetters
 
     @property
     def recipeName(self) -> str:
+        """The recipe's name (`neural_mf`, `gmf`, ...): which network the saved weights belong to."""
         return self._recipe.name
 
     @property
     def numEpochs(self) -> int:
+        """Epochs that ran (early stopping can end before maxIter); `bestEpoch` says whose weights were kept."""
         return len(self.history)
 
     def weights(self) -> dict[str, np.ndarray]:
@@ -358,10 +377,12 @@ class NeuralRecommenderModel(Model, _NeuralModelParams, _RecommenderModelSetters
     # persistence ----------------------------------------------------------------------------
 
     def write(self) -> MLWriter:
+        """A writer for Spark ML JSON metadata, the weights as safetensors and the id (and factor) tables as Parquet: no pickle."""
         return _NeuralWriter(self)
 
     @classmethod
     def read(cls) -> MLReader:
+        """A reader that refuses another class's folder or another format version."""
         return _NeuralReader(cls)
 
     def _metadata(self) -> dict[str, Any]:
@@ -417,6 +438,7 @@ class NeuralFactorModel(NeuralRecommenderModel):
 
     @property
     def itemFactors(self) -> DataFrame:
+        """`id int, features array<float>` (ALSModel's schema); the item side of the score's dot product."""
         return self._tables["itemFactors"]
 
     def scoringFactors(self) -> tuple[DataFrame, DataFrame]:

@@ -65,6 +65,11 @@ class TrainShard:
 
 
 class Recipe(Protocol):
+    """One neural model's network and training rules; the engine does the rest (see the module docstring).
+
+    The class attributes are read when the model table is imported, so they must not need torch.
+    """
+
     name: str  # the model name in train.models, e.g. "mult_vae"
     objective: Literal["rating", "ranking"]  # rating: RMSE + ranking metrics; ranking: ranking metrics only
     shard_by: Literal["rows", "users"]  # how training rows are split across ranks

@@ -72,6 +72,7 @@ class NeuralBlockScorer:
         self._item_ids = np.asarray(item_ids, np.int32)
 
     def item_ids(self) -> np.ndarray:
+        """The items seen in fitting, int32 ascending: the network's item rows, one score column each."""
         return self._item_ids
 
     def _inputs(self, user_ids: np.ndarray, hist_items: Sequence[np.ndarray], hist_ratings: Sequence[np.ndarray]) -> tuple:

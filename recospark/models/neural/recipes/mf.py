@@ -95,6 +95,7 @@ class NeuralMFRecipe:
     bounds: Mapping[str, Bounds] = MappingProxyType({"embeddingDim": Bounds(ge=1), "regParam": Bounds(ge=0), "initStd": Bounds(gt=0)})
 
     def build(self, hp: Mapping[str, Any], n_users: int, n_items: int) -> torch.nn.Module:
+        """`BiasedDot` with mu starting at the mean training rating."""
         from recospark.models.neural.recipes.mf_nets import BiasedDot
 
         return BiasedDot(n_users, n_items, int(hp["embeddingDim"]), float(hp["initStd"]), float(hp["ratingMean"]))
@@ -102,6 +103,7 @@ class NeuralMFRecipe:
     def batches(
         self, shard: TrainShard, hp: Mapping[str, Any], epoch: int, rng: np.random.Generator
     ) -> Iterator[Mapping[str, torch.Tensor]]:
+        """Every training row once per epoch, in an order drawn from `rng`."""
         import torch
 
         for idx in shuffled_slices(len(shard.users), int(hp["batchSize"]), rng):
@@ -112,6 +114,7 @@ class NeuralMFRecipe:
             }
 
     def loss(self, net: torch.nn.Module, batch: Mapping[str, torch.Tensor], hp: Mapping[str, Any], epoch: int) -> torch.Tensor:
+        """MSE plus `regParam` times the mean L2 penalty of the batch's rows (embeddings and biases)."""
         prediction, penalty = net(batch["users"], batch["items"])
         return ((prediction - batch["ratings"]) ** 2).mean() + float(hp["regParam"]) * penalty.mean()
 
@@ -123,6 +126,7 @@ class NeuralMFRecipe:
         hist_items: Sequence[np.ndarray],
         hist_ratings: Sequence[np.ndarray],
     ) -> np.ndarray:
+        """The network's rating for each (user row, item row) pair; no history needed."""
         import torch
 
         with torch.no_grad():
@@ -130,14 +134,17 @@ class NeuralMFRecipe:
         return prediction.numpy().astype(np.float32)
 
     def validation(self, net: torch.nn.Module, train: TrainShard, val: TrainShard, hp: Mapping[str, Any]) -> tuple[float, float]:
+        """(sum of squared errors, row count) on the validation rows: the engine reports RMSE."""
         return squared_error(self.predict(net, val.users, val.items, [], []), val.ratings)
 
     def factors(self, net: torch.nn.Module) -> tuple[np.ndarray, np.ndarray] | None:
+        """user [p_u, 1, b_u + mu] and item [q_i, b_i, 1]: their dot product is the predicted rating."""
         return _factors_numpy(net)
 
     def score(
         self, net: torch.nn.Module, users: np.ndarray, hist_items: Sequence[np.ndarray], hist_ratings: Sequence[np.ndarray]
     ) -> np.ndarray:
+        """The predicted rating of every item; a user unknown at fit time gets mu + b_i (no p_u, no b_u)."""
         users_mat, items_mat = _factors_numpy(net)
         unknown = np.zeros(users_mat.shape[1], np.float32)  # no p_u, no b_u: mu + b_i
         unknown[-2], unknown[-1] = 1.0, float(cast(Any, getattr(net, "module", net)).mean.detach())
@@ -183,6 +190,7 @@ class GMFRecipe:
     )
 
     def build(self, hp: Mapping[str, Any], n_users: int, n_items: int) -> torch.nn.Module:
+        """`GMFNet`, with an item bias when `itemBias` is set."""
         from recospark.models.neural.recipes.mf_nets import GMFNet
 
         return GMFNet(n_users, n_items, int(hp["embeddingDim"]), float(hp["initStd"]), bool(hp.get("itemBias", False)))
@@ -190,6 +198,7 @@ class GMFRecipe:
     def batches(
         self, shard: TrainShard, hp: Mapping[str, Any], epoch: int, rng: np.random.Generator
     ) -> Iterator[Mapping[str, torch.Tensor]]:
+        """The epoch's positives plus `numNegatives` fresh negatives per positive (drawn from `rng`), shuffled together."""
         import torch
 
         neg_users, neg_items = sample_negatives(shard, int(hp["numNegatives"]), rng)
@@ -200,6 +209,7 @@ class GMFRecipe:
             yield {"users": torch.from_numpy(users[idx]), "items": torch.from_numpy(items[idx]), "labels": torch.from_numpy(labels[idx])}
 
     def loss(self, net: torch.nn.Module, batch: Mapping[str, torch.Tensor], hp: Mapping[str, Any], epoch: int) -> torch.Tensor:
+        """Log loss on the logits plus `regParam` times the mean L2 penalty of the batch's rows."""
         import torch
 
         logits, penalty = net(batch["users"], batch["items"])
@@ -207,16 +217,19 @@ class GMFRecipe:
         return bce + float(hp["regParam"]) * penalty.mean()
 
     def validation(self, net: torch.nn.Module, train: TrainShard, val: TrainShard, hp: Mapping[str, Any]) -> tuple[float, float]:
+        """(sum of NDCG@10 over this rank's validation users, their count); their train items are never ranked."""
         users_mat, items_mat = _factors_numpy(net)
         unknown = np.zeros(users_mat.shape[1], np.float32)
         return ranking_validation(lambda u, _h, _r: _factor_scores(users_mat, items_mat, u, unknown), train, val, k=10)
 
     def factors(self, net: torch.nn.Module) -> tuple[np.ndarray, np.ndarray] | None:
+        """user [h * p_u, b(, 1)] and item [q_i, 1(, b_i)]: their dot product is the logit."""
         return _factors_numpy(net)
 
     def score(
         self, net: torch.nn.Module, users: np.ndarray, hist_items: Sequence[np.ndarray], hist_ratings: Sequence[np.ndarray]
     ) -> np.ndarray:
+        """Every item's logit; a user unknown at fit time gets b (plus b_i): one ranking for all of them."""
         users_mat, items_mat = _factors_numpy(net)
         unknown = np.zeros(users_mat.shape[1], np.float32)
         # no p_u: the output bias b (and b_i) for every item

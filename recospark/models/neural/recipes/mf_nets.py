@@ -28,6 +28,7 @@ class BiasedDot(nn.Module):
         nn.init.zeros_(self.item_bias.weight)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(prediction, penalty) for aligned batches of user and item rows; see the class docstring."""
         p, q = self.user(users), self.item(items)
         bu, bi = self.user_bias(users).squeeze(-1), self.item_bias(items).squeeze(-1)
         prediction = (p * q).sum(-1) + bu + bi + self.mean
@@ -59,6 +60,7 @@ class GMFNet(nn.Module):
             nn.init.zeros_(self.item_bias.weight)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logit, penalty) for aligned batches of user and item rows; the penalty covers the rows' embeddings (and item biases)."""
         p, q = self.user(users), self.item(items)
         logits = self.out(p * q).squeeze(-1)
         penalty = (p * p).sum(-1) + (q * q).sum(-1)
