@@ -158,6 +158,7 @@ class GlobalMean(Estimator, _BaselineParams, EstimatorPersistence):
         predictionCol: str | None = None,
         coldStartStrategy: str | None = None,
     ) -> GlobalMean:
+        """Set the given Params (keyword only); an omitted keyword keeps its current value or default."""
         return self._set(**given(self._input_kwargs))
 
     def _fit(self, dataset: DataFrame) -> GlobalMeanModel:
@@ -248,12 +249,15 @@ class BiasBaseline(Estimator, _BiasParams, EstimatorPersistence):
         regUser: float | None = None,
         regItem: float | None = None,
     ) -> BiasBaseline:
+        """Set the given Params (keyword only); an omitted keyword keeps its current value or default."""
         return self._set(**given(self._input_kwargs))
 
     def setRegUser(self, value: float) -> BiasBaseline:
+        """Sets the value of :py:attr:`regUser`."""
         return self._set(regUser=value)
 
     def setRegItem(self, value: float) -> BiasBaseline:
+        """Sets the value of :py:attr:`regItem`."""
         return self._set(regItem=value)
 
     def _fit(self, dataset: DataFrame) -> BiasBaselineModel:

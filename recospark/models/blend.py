@@ -185,9 +185,11 @@ class BlendScorer:
         return {**self.__dict__, "_user_factors": None}  # a DataFrame does not travel to executors
 
     def item_ids(self) -> np.ndarray:
+        """The items every component can score (their intersection), int32 ascending: one score column each."""
         return self._item_ids
 
     def user_factors(self) -> DataFrame | None:
+        """The factor components' scaled user factors (`id, features`), read on the driver and joined to the users before scoring (never pickled); None without factor components."""
         return self._user_factors
 
     def score(
@@ -197,6 +199,12 @@ class BlendScorer:
         hist_ratings: Sequence[np.ndarray],
         user_features: np.ndarray | None = None,
     ) -> np.ndarray:
+        """The weighted sum of each component's per-user z-scores over `item_ids()` (see `BlockScorer.score`).
+
+        Factor components enter as one product of `user_features` with the centred item factors;
+        the others are scored from the history and standardized row by row. -inf (never
+        recommended) in any component stays -inf.
+        """
         out = np.zeros((len(user_ids), len(self._item_ids)), np.float32)
         if self._factor_items is not None:
             assert user_features is not None, "a blend with factor components needs its user_factors() joined"
@@ -326,10 +334,12 @@ class BlendModel(Model, _BlendModelParams, _RecommenderModelSetters, MLWritable,
 
     @property
     def userFactors(self) -> DataFrame:
+        """The blend's user factors (`id, features`); factor blends only (see `scoringFactors`)."""
         return self.scoringFactors()[0]
 
     @property
     def itemFactors(self) -> DataFrame:
+        """The blend's item factors (`id, features`); factor blends only (see `scoringFactors`)."""
         return self.scoringFactors()[1]
 
     def blockScorer(self) -> BlendScorer | None:
@@ -378,10 +388,12 @@ class BlendModel(Model, _BlendModelParams, _RecommenderModelSetters, MLWritable,
         return out.drop("_bu", "_bp", "_bi", "_bq")
 
     def write(self) -> MLWriter:
+        """A writer that saves each component with its own writer under a folder of its own, and the weights as metadata (no pickle)."""
         return _BlendWriter(self)
 
     @classmethod
     def read(cls) -> MLReader:
+        """A reader that loads each component through the class named in its saved metadata (recospark or Spark ML models only)."""
         return _BlendReader()
 
 

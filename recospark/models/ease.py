@@ -202,24 +202,31 @@ class EASE(Estimator, _EASEParams, EstimatorPersistence):
         predictionCol: str | None = None,
         coldStartStrategy: str | None = None,
     ) -> EASE:
+        """Set the given Params (keyword only); an omitted keyword keeps its current value or default."""
         return self._set(**{k: v for k, v in self._input_kwargs.items() if v is not None})
 
     def setRegParam(self, value: float) -> EASE:
+        """Sets the value of :py:attr:`regParam`."""
         return self._set(regParam=value)
 
     def setMaxItems(self, value: int) -> EASE:
+        """Sets the value of :py:attr:`maxItems`."""
         return self._set(maxItems=value)
 
     def setBinary(self, value: bool) -> EASE:
+        """Sets the value of :py:attr:`binary`."""
         return self._set(binary=value)
 
     def setUserCol(self, value: str) -> EASE:
+        """Sets the value of :py:attr:`userCol`."""
         return self._set(userCol=value)
 
     def setItemCol(self, value: str) -> EASE:
+        """Sets the value of :py:attr:`itemCol`."""
         return self._set(itemCol=value)
 
     def setRatingCol(self, value: str) -> EASE:
+        """Sets the value of :py:attr:`ratingCol`."""
         return self._set(ratingCol=value)
 
     def _check(self) -> None:

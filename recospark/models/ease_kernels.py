@@ -186,9 +186,11 @@ class EASEBlockScorer:
         self.binary = bool(binary)
 
     def item_ids(self) -> np.ndarray:
+        """The items inside the cap, int32 ascending: B's rows and columns, one score column each."""
         return self._item_ids.value
 
     def score(self, user_ids: np.ndarray, hist_items: Sequence[np.ndarray], hist_ratings: Sequence[np.ndarray]) -> np.ndarray:
+        """x_u B for each user of the block (see `ease_scores`); history items outside the cap are ignored."""
         return ease_scores(self._item_ids.value, self._weights.value, hist_items, hist_ratings, self.binary)
 
     def unpersist(self) -> None:

@@ -34,6 +34,7 @@ class EstimatorPersistence(DefaultParamsWritable, MLReadable):
 
     @classmethod
     def read(cls) -> MLReader:
+        """A params-only reader that refuses a folder saved by another class."""
         return _CheckedParamsReader(cls)  # type: ignore[arg-type]
 
 
@@ -66,10 +67,12 @@ class TablesPersistence(Params, MLWritable, MLReadable):
         raise NotImplementedError
 
     def write(self) -> MLWriter:
+        """A writer for Spark ML JSON metadata (with `formatVersion` and `_extra_metadata()`) plus one Parquet folder per table."""
         return _TablesWriter(self)
 
     @classmethod
     def read(cls) -> MLReader:
+        """A reader that refuses another class's folder or another format version, and reads each table with its declared schema."""
         return _TablesReader(cls)
 
 

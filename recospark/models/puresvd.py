@@ -137,21 +137,27 @@ class PureSVD(Estimator, _PureSVDParams, EstimatorPersistence):
         predictionCol: str | None = None,
         coldStartStrategy: str | None = None,
     ) -> PureSVD:
+        """Set the given Params (keyword only); an omitted keyword keeps its current value or default."""
         return self._set(**given(self._input_kwargs))
 
     def setRank(self, value: int) -> PureSVD:
+        """Sets the value of :py:attr:`rank`."""
         return self._set(rank=value)
 
     def setBinary(self, value: bool) -> PureSVD:
+        """Sets the value of :py:attr:`binary`."""
         return self._set(binary=value)
 
     def setUserCol(self, value: str) -> PureSVD:
+        """Sets the value of :py:attr:`userCol`."""
         return self._set(userCol=value)
 
     def setItemCol(self, value: str) -> PureSVD:
+        """Sets the value of :py:attr:`itemCol`."""
         return self._set(itemCol=value)
 
     def setRatingCol(self, value: str) -> PureSVD:
+        """Sets the value of :py:attr:`ratingCol`."""
         return self._set(ratingCol=value)
 
     def _fit(self, dataset: DataFrame) -> PureSVDModel:

@@ -55,7 +55,8 @@ _TYPES: dict[Callable[..., Any], type | Any] = {
 class ModelValues(Protocol):
     """Where a model built from other models finds their configured values (the configuration)."""
 
-    def model_values(self, name: str) -> Mapping[str, Any]: ...
+    def model_values(self, name: str) -> Mapping[str, Any]:
+        """Model `name`'s configured values by configuration key (snake_case of the Param names)."""
 
 
 @dataclass(frozen=True)
@@ -204,6 +205,7 @@ class ModelSpec:
         return self.early_stopping and validation_fraction > 0 and values.get("early_stopping_rounds", 0) > 0
 
     def load(self, path: str) -> Model:
+        """The fitted model saved at `path` (by `train`), read through this entry's model class."""
         return cast(Any, self.model).load(path)
 
 
