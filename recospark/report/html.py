@@ -37,29 +37,44 @@ window.addEventListener('load', function () {
 
 @dataclass(frozen=True)
 class Section:
+    """One part of the page: its anchor id, heading and body HTML (the body is trusted: build it from `esc`, `table`, `img`, `note`, `para`)."""
+
     id: str
     title: str
     body: str
 
 
 def esc(value: Any) -> str:
+    """Any value as HTML text, quotes escaped too (safe in attributes): the one way data enters the page.
+
+    >>> esc('<Movie "1"> & sons')
+    '&lt;Movie &quot;1&quot;&gt; &amp; sons'
+    """
     return html.escape(str(value), quote=True)
 
 
 def img(png: bytes, alt: str) -> str:
+    """A PNG inlined as a base64 data URI, so the page fetches nothing."""
     data = base64.b64encode(png).decode("ascii")
     return f'<img alt="{esc(alt)}" src="data:image/png;base64,{data}">'
 
 
 def note(text: str) -> str:
+    """A highlighted paragraph: how a missing input shows in the page instead of failing the report."""
     return f'<p class="note">{esc(text)}</p>'
 
 
 def para(text: str) -> str:
+    """A paragraph of escaped text."""
     return f"<p>{esc(text)}</p>"
 
 
 def fmt(value: Any) -> str:
+    """How a value prints in a table: floats to 4 decimals (thousands grouped from 1000 on), ints grouped, None as a dash.
+
+    >>> fmt(0.123456), fmt(12345.6), fmt(1234567), fmt(None), fmt(True)
+    ('0.1235', '12,346', '1,234,567', '–', 'True')
+    """
     if value is None:
         return "–"
     if isinstance(value, bool):
@@ -94,6 +109,9 @@ def table(
 
 
 def page(title: str, meta: str, sections: Sequence[Section]) -> str:
+    """The whole document: title, meta line, a navigation bar and the sections, with inline CSS, a CSP that forbids
+    fetching anything, and the image self-check script.
+    """
     nav = "".join(f'<a href="#{esc(s.id)}">{esc(s.title)}</a>' for s in sections)
     parts = [
         "<!DOCTYPE html>",

@@ -26,6 +26,7 @@ def _png(fig: Figure) -> bytes:
 
 
 def rating_distribution(counts: Mapping[float, int]) -> bytes:
+    """A bar per rating value (rating -> count): shows the scale and how skewed the ratings are."""
     fig = Figure(figsize=(6, 3.2))
     ax = fig.add_subplot()
     values = sorted(counts)
@@ -53,6 +54,7 @@ def long_tail(per_user: Sequence[int] | np.ndarray, per_item: Sequence[int] | np
 
 
 def split_over_time(periods: Sequence[str], train: Sequence[int], test: Sequence[int], cutoff: str) -> bytes:
+    """Train and test ratings per month, stacked: shows that a chronological split tests on the future only."""
     fig = Figure(figsize=(10, 3.6))
     ax = fig.add_subplot()
     x = np.arange(len(periods))

@@ -64,6 +64,7 @@ class Inputs:
         self.sources: dict[str, io.Source] = {}  # every output read, by relpath: the report's lineage
 
     def source(self, relpath: str) -> io.Source:
+        """The output at `relpath`, pinned once for the whole report (every section reads the same version); `Missing` if unpublished."""
         if relpath not in self.sources:
             try:
                 self.sources[relpath] = io.source(self.cfg, relpath, needed_by="report")
@@ -72,6 +73,7 @@ class Inputs:
         return self.sources[relpath]
 
     def read(self, relpath: str, schema: StructType | None, cache: bool = False) -> DataFrame:
+        """The Parquet rows of `relpath` in `schema`'s columns (cached until `close` when asked); `Missing` if unpublished or unreadable."""
         try:
             df = self.source(relpath).read(self.spark, schema)
         except (OutputError, AnalysisException) as err:
@@ -82,28 +84,34 @@ class Inputs:
         return df
 
     def json(self, relpath: str, name: str) -> dict[str, Any]:
+        """A small JSON file `name` of the pinned output `relpath`; `Missing` when absent."""
         data = io.read_json(self.source(relpath).file(name))
         if data is None:
             raise Missing(f"{relpath}/{name} is not published")
         return data
 
     def manifest(self, relpath: str) -> dict[str, Any]:
+        """The pinned version's manifest of `relpath` (a copy)."""
         return dict(self.source(relpath).manifest)
 
     @cached_property
     def ratings(self) -> DataFrame:
+        """ingest's ratings/, cached: the data section reduces it several times."""
         return self.read("ratings", RATINGS, cache=True)
 
     @cached_property
     def movies(self) -> DataFrame:
+        """ingest's movies/ (titles, years, genres)."""
         return self.read("movies", MOVIES)
 
     @cached_property
     def train(self) -> DataFrame:
+        """The configured split's train side, cached."""
         return self.read(f"splits/{self.split}/train", RATINGS, cache=True)
 
     @cached_property
     def test(self) -> DataFrame:
+        """The configured split's test side, cached."""
         return self.read(f"splits/{self.split}/test", RATINGS, cache=True)
 
     def titles(self) -> DataFrame:
@@ -114,6 +122,7 @@ class Inputs:
             return self.spark.createDataFrame([], MOVIES).select(MOVIE_ID, TITLE)
 
     def close(self) -> None:
+        """Unpersist everything this object cached."""
         for df in self._cached:
             df.unpersist()
 
@@ -131,6 +140,10 @@ def section(id: str, title: str, build: Callable[[Inputs], str], inputs: Inputs)
 
 
 def data_section(inp: Inputs) -> str:
+    """Size, density, mean rating and head share of ratings/, with the rating distribution and the long tail.
+
+    Only per-rating, per-user and per-item counts reach the driver.
+    """
     ratings = inp.ratings
     dist = {float(r[RATING]): int(r[_N]) for r in ratings.groupBy(RATING).agg(F.count(F.lit(1)).alias(_N)).collect()}
     per_user = ratings.groupBy(USER_ID).agg(F.count(F.lit(1)).alias(_N)).select(_N).toPandas()[_N].to_numpy()
@@ -161,6 +174,7 @@ def _head_share(counts: np.ndarray, head: float) -> float:
 
 
 def with_month(df: DataFrame) -> DataFrame:
+    """Adds `_period`, the `yyyy-MM` month of `rated_at` (in the session's time zone)."""
     return df.withColumn(_PERIOD, F.date_format(F.date_trunc("month", F.col(RATED_AT)), "yyyy-MM"))
 
 
@@ -191,6 +205,7 @@ def split_section(inp: Inputs) -> str:
 
 
 def comparison_columns(k: int) -> list[tuple[str, str, str | None]]:
+    """The comparison table's columns for cut-off `k`: (summary.json key, header, "min" or "max" if a best value is bolded, else None)."""
     return [
         *_RATING_COLS,
         (f"precision@{k}", f"P@{k}", "max"),
@@ -206,6 +221,7 @@ def comparison_columns(k: int) -> list[tuple[str, str, str | None]]:
 
 
 def model_label(name: str) -> str:
+    """A model's name as the report shows it (global_mean's ranking is popularity, and the label says so)."""
     return "global_mean (ranking: popularity)" if name == "global_mean" else name
 
 
@@ -219,6 +235,9 @@ def _summary(inp: Inputs) -> tuple[dict[str, Any], list[str]]:
 
 
 def comparison_section(inp: Inputs) -> str:
+    """The metrics of every evaluated model side by side (best per column bolded), the validation pick, accuracy
+    against novelty, and the tuning results when `tuning/` is published.
+    """
     summary, names = _summary(inp)
     models = summary["models"]
     k = int(summary.get("k", inp.cfg.evaluate.k))
@@ -356,6 +375,7 @@ def _factor_matrix(df: DataFrame, n: int, seed: int) -> tuple[np.ndarray, list[i
 
 
 def factors_section(inp: Inputs) -> str:
+    """A factor heat map per trained factor model, on the same hash-sampled users and items for each (`report.factor_sample`)."""
     parts, missing, n, seed = [], [], inp.cfg.report.factor_sample, inp.cfg.split.seed
     for name in FACTOR_MODELS:
         if name not in inp.cfg.train.models:
@@ -381,6 +401,7 @@ def factors_section(inp: Inputs) -> str:
 
 
 def sample_users(train: DataFrame, n: int, seed: int) -> list[int]:
+    """`n` train users chosen by hash of (seed, user_id), sorted: the same users on every run with the same seed."""
     users = train.select(USER_ID).distinct()
     rows = users.orderBy(F.xxhash64(F.lit(seed), F.col(USER_ID)), F.col(USER_ID)).limit(n).collect()
     return sorted(int(r[USER_ID]) for r in rows)
@@ -407,6 +428,9 @@ def _title(title: str | None, movie_id: int) -> str:
 
 
 def samples_section(inp: Inputs) -> str:
+    """Top-N lists of a few sampled users next to their highest-rated train films, one column per model,
+    with each film's train popularity in brackets.
+    """
     cfg = inp.cfg
     n_list = cfg.recommend.n
     users = sample_users(inp.train, cfg.report.sample_users, cfg.split.seed)
