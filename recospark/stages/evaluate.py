@@ -68,6 +68,7 @@ def with_seen_flags(train: DataFrame) -> Callable[[DataFrame], DataFrame]:
 
 
 def cold_start_counts(flagged: DataFrame) -> dict[str, int]:
+    """How much of the test split the models cannot know from train: rows, unseen users and items, and rows with either."""
     row = first_row(
         flagged.agg(
             F.count(F.lit(1)).alias("n_test"),
@@ -90,6 +91,7 @@ def predict(model: Model, test: DataFrame, fallback: Model | None = None) -> Dat
 
 
 def rating_side(model: Model, rows: DataFrame, fallback: Model | None) -> dict[str, Any]:
+    """RMSE, MAE and R2 of `model` on `rows` (`fallback` fills the rows it cannot score), and how many rows were scored."""
     predictions = predict(model, rows, fallback).cache()
     try:
         metrics: dict[str, Any] = dict(rating_metrics(predictions))

@@ -70,10 +70,12 @@ def rating_counts(
 
 
 def movies_frame(spark: SparkSession, rows: list[tuple]) -> DataFrame:
+    """The parsed catalogue rows as a `schema.MOVIES` frame (the movies file is parsed on the driver: it is small)."""
     return spark.createDataFrame(rows, MOVIES)
 
 
 def rejected_frame(spark: SparkSession, parsed: DataFrame, movie_rejects: list[tuple]) -> DataFrame:
+    """Every rejected line, ratings and movies alike, with its file, line number and reason: what `rejected/` publishes."""
     from_ratings = parsed.filter(F.col(ml.STATUS) == "rejected").select(*[f.name for f in REJECTED.fields])
     return from_ratings.unionByName(spark.createDataFrame(movie_rejects, REJECTED))
 

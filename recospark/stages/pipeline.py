@@ -33,6 +33,12 @@ def _split_dir(cfg: Config) -> str:
 
 @dataclass(frozen=True)
 class Stage:
+    """One row of the stage table: its `run`, a one-line help, and what it reads and publishes (relative output paths).
+
+    `reads` and `publishes` are what `preflight` checks before Spark starts; `check` adds a stage's
+    own checks that need no Spark (e.g. ingest's source folder).
+    """
+
     name: str
     run: Callable[[SparkSession, Config], dict[str, Any]]
     help: str
@@ -135,11 +141,41 @@ def preflight(cfg: Config, stages: list[str]) -> None:
 
 
 def run_stage(name: str, spark: SparkSession, cfg: Config) -> dict[str, Any]:
+    """Run one stage by name (the console command's single-stage path; `run` goes through it too)."""
     return STAGES[name].run(spark, cfg)
 
 
 def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
-    """Run `pipeline.stages` in order in this Spark application; returns every stage's result."""
+    """Run `pipeline.stages` in order in this Spark application; returns every stage's result.
+
+    Each stage reads what the earlier ones published (pinned versions, never objects handed over
+    in memory), so the outputs are those of the same stages run one by one. Nothing is checked
+    before the first stage starts: the console command runs `preflight` first, and so should a
+    caller that wants a missing input reported before Spark does any work.
+
+    Parameters
+    ----------
+    spark : SparkSession
+        The application's session (`recospark.session.build_session` in the console command).
+    cfg : Config
+        The run's configuration; `pipeline.stages` names the stages, in order.
+
+    Returns
+    -------
+    dict
+        ``{"stage": "pipeline", "stages": {name: that stage's result}, "seconds": wall time}``.
+
+    Examples
+    --------
+    >>> from recospark.config import load_config
+    >>> from recospark.stages import pipeline
+    >>> cfg = load_config(None, [f"data.source={tiny_movielens}", f"output.root={tmp_out}",
+    ...                          "pipeline.stages=ingest,split,train", "train.models=global_mean"])
+    >>> pipeline.preflight(cfg, list(cfg.pipeline.stages))
+    >>> result = pipeline.run(spark, cfg)
+    >>> list(result["stages"]), list(result["stages"]["train"]["models"])
+    (['ingest', 'split', 'train'], ['global_mean'])
+    """
     started = time.monotonic()
     results = {}
     for i, name in enumerate(cfg.pipeline.stages, 1):

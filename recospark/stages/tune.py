@@ -141,6 +141,7 @@ def tune_model(name: str, cfg: Config, train: DataFrame, tuned: Mapping[str, Map
 
 
 def models_to_tune(cfg: Config) -> list[str]:
+    """The models of `train.models` that have a grid, in that order; grids of models not trained are logged and ignored."""
     skipped = [n for n in cfg.tune.grids if n not in cfg.train.models]
     if skipped:
         log.warning("tune: grids for %s ignored (not in train.models)", skipped)
