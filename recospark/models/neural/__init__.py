@@ -1,0 +1,1 @@
+"""The tutorials' neural recommenders (placeholder until the engine branch `neural` is merged)."""
