@@ -20,6 +20,7 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 WHEEL := dist/recospark-$(VERSION)-py3-none-any.whl
 ZIP := dist/recospark.zip
 ENV_ARCHIVE := dist/recospark-env.tar.gz
+NEURAL_ARCHIVE := dist/recospark-env-neural.tar.gz
 PY_SOURCES := $(shell find recospark -name '*.py' -not -path '*/__pycache__/*' 2>/dev/null)
 # docker/ (needs a Docker engine with compose; not available on the CI machine)
 COMPOSE ?= docker compose -f docker/compose.yaml
@@ -30,7 +31,7 @@ export SPARK_LOCAL_IP := 127.0.0.1
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 export PYSPARK_DRIVER_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: setup java demo test lint pipeline bench clean dist dist-full cluster-artifacts cluster-test airflow-setup airflow-test \
+.PHONY: setup java demo test lint pipeline bench clean dist dist-full dist-neural cluster-artifacts cluster-test airflow-setup airflow-test \
 	docker-check docker-up docker-submit docker-down runbook
 
 setup: java $(VENV)/.installed
@@ -43,7 +44,7 @@ java:
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,neural]"
 	touch $@
 
 demo: setup
@@ -73,6 +74,14 @@ dist: setup $(WHEEL) $(ZIP) $(ENV_ARCHIVE)
 # where the driver runs inside the archive: dist/recospark-env-full.tar.gz.
 dist-full: dist
 	PYTHON=$(PYTHON) scripts/build_dist.sh env-full
+
+# The executors' environment plus the neural extra (CPU-only torch, safetensors), for clusters
+# that train or score the neural models: dist/recospark-env-neural.tar.gz, its size printed.
+# `make dist` stays free of torch.
+dist-neural: setup $(NEURAL_ARCHIVE)
+
+$(NEURAL_ARCHIVE): pyproject.toml scripts/build_dist.sh $(PY_SOURCES)
+	PYTHON=$(PYTHON) scripts/build_dist.sh env-neural
 
 cluster-artifacts: $(ZIP) $(ENV_ARCHIVE)
 

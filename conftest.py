@@ -105,8 +105,8 @@ def published(spark, tmp_path_factory):
     """The real stages run once (ingest -> split -> train -> recommend -> evaluate -> report) on a small
     inline MovieLens folder; tests read what they published. Movie 25 is missing from u.item and a
     title needs HTML escaping."""
-    from recospark import pipeline
     from recospark.config import load_config
+    from recospark.stages import pipeline
 
     base = tmp_path_factory.mktemp("published")
     titles = {i: f"Movie <{i}> & sons (19{70 + i})" for i in range(1, 25)}

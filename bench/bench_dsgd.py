@@ -45,9 +45,10 @@ def parse_sets(pairs: list[str]) -> dict:
 
 def prepare_data(spark, size: str, work: Path):
     """Ingest + random split once per size (the pipeline's own stages); returns (train, test, cfg)."""
-    from recospark import generate, ingest, io, split
+    from recospark import io
     from recospark.config import load_config
     from recospark.schema import RATINGS
+    from recospark.stages import generate, ingest, split
 
     base = work / size
     overrides = [f"output.root={base}", f"runtime.checkpoint_dir={base}/_checkpoints"]

@@ -132,7 +132,7 @@ def main(argv=None) -> int:
 
     if not args.skip_pipeline:
         from recospark.schema import IS_VALIDATION
-        from recospark.split import with_validation_flag
+        from recospark.splitting import with_validation_flag
 
         flagged = with_validation_flag(train.withColumn("rated_at", F.current_timestamp()), 0.1, 42)
         est = SGDMatrixFactorization(**{**params, "validationIndicatorCol": IS_VALIDATION, "earlyStoppingRounds": 3})

@@ -102,11 +102,11 @@ def main(argv=None) -> int:
     from pyspark.sql import SparkSession
     from pyspark.sql import functions as F
 
-    from recospark import evaluate, generate, ingest, split
     from recospark.config import load_config
     from recospark.models import table
     from recospark.schema import IS_VALIDATION, MOVIE_ID, PREDICTION, RANK, RATING, RATINGS, SCORE, USER_ID
     from recospark.scoring import scoring_factors, top_n
+    from recospark.stages import evaluate, generate, ingest, split
 
     work = Path(args.work) / args.size
     overrides = [f"output.root={work}", f"runtime.checkpoint_dir={work}/_checkpoints"]

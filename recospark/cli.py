@@ -18,12 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from recospark import __version__
-from recospark.config import Config, UserError, load_config
-from recospark.pipeline import STAGES, preflight, run, run_stage
-from recospark.session import ExecutorsUnavailable, build_session
-
-EXIT_USER_ERROR = 2
-EXIT_RETRYABLE = 1  # e.g. no executor registered: the cluster may be busy, a retry can succeed
+from recospark.config import Config, load_config
+from recospark.errors import EXIT_RETRYABLE, EXIT_USER_ERROR, Retryable, UserError
+from recospark.session import build_session
+from recospark.stages.pipeline import STAGES, preflight, run, run_stage
 
 __all__ = ["EXIT_USER_ERROR", "main", "parse_args"]
 
@@ -102,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as err:
         print(f"recospark: error: {' '.join(str(err).split())}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except ExecutorsUnavailable as err:
+    except Retryable as err:
         print(f"recospark: error: {' '.join(str(err).split())}", file=sys.stderr)
         return EXIT_RETRYABLE
     text = json.dumps(result, indent=2, default=str)

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from recospark.errors import ConfigError
 from recospark.models.baselines import BIAS_DEFAULTS
 from recospark.models.puresvd import PURESVD_DEFAULTS
 from recospark.models.sgd.params import SGD_DEFAULTS
@@ -32,14 +33,6 @@ MOVIELENS_NAMES = (
     "ml-latest",
 )
 CANONICAL_SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
-
-
-class UserError(Exception):
-    """An error the user can fix (a key, a path, a stage to run first): one line, exit code 2."""
-
-
-class ConfigError(UserError, ValueError):
-    """A configuration problem a user can fix by editing one key or file."""
 
 
 class _Section(BaseModel):

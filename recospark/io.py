@@ -30,7 +30,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructType
 
 from recospark import __version__
-from recospark.config import Config, UserError
+from recospark.config import Config
+from recospark.errors import OutputError, PrerequisiteError, PublishError
 from recospark.paths import absolute_uri, is_local, join_path, local_path
 
 MANIFEST = "_manifest.json"
@@ -52,8 +53,6 @@ PRODUCERS = {
 
 __all__ = [
     "MANIFEST",
-    "OutputError",
-    "PrerequisiteError",
     "Published",
     "Source",
     "check_writable",
@@ -70,18 +69,6 @@ __all__ = [
     "remove_tree",
     "source",
 ]
-
-
-class OutputError(UserError, RuntimeError):
-    """An output cannot be read or written for a reason the user can fix; the message names the path."""
-
-
-class PublishError(RuntimeError):
-    """The file system refused a publishing step (a rename); not a user error."""
-
-
-class PrerequisiteError(OutputError):
-    """A stage needs an output that no earlier stage has published; the message names that stage."""
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from pyspark.find_spark_home import _find_spark_home
 from pyspark.sql import SparkSession
 
 from recospark.config import Config
+from recospark.errors import ExecutorsUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +68,6 @@ SIZING_KEYS = (
     "spark.cores.max",
     "spark.executor.instances",
 )
-
-
-class ExecutorsUnavailable(RuntimeError):
-    """No executor registered in time: the executors asked for fit on no worker, or the cluster is full."""
 
 
 def defaults() -> dict[str, str]:

@@ -15,18 +15,6 @@ from recospark.models.table import MODELS
 
 PACKAGE = Path(__file__).resolve().parents[1] / "recospark"
 # Stage modules (and the command that drives them): library code must never import these.
-STAGE_MODULES = {
-    "recospark.ingest",
-    "recospark.split",
-    "recospark.tune",
-    "recospark.train",
-    "recospark.recommend",
-    "recospark.evaluate",
-    "recospark.generate",
-    "recospark.report.stage",
-    "recospark.pipeline",
-    "recospark.cli",
-}
 
 
 def _module_name(path: Path) -> str:
@@ -37,6 +25,7 @@ def _module_name(path: Path) -> str:
 
 
 MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+STAGE_MODULES = {m for m in MODULES if m.startswith("recospark.stages")} | {"recospark.cli"}
 
 
 def _imports(tree: ast.AST) -> list[tuple[str, ast.AST]]:
@@ -101,6 +90,21 @@ def test_library_modules_never_import_a_stage_module():
     assert offenders == {}
 
 
+# The optional heavy dependency: inside recospark.models.neural, functions may import torch and
+# safetensors (the `neural` extra) and the neural modules that import them at their top, so the
+# package, the recipes' Params and the model table load without the extra (and without torch's
+# seconds-long import).
+_NEURAL = "recospark.models.neural"
+_OPTIONAL = ("torch", "safetensors", _NEURAL)
+
+
+def _optional_import(module: str, node: ast.AST) -> bool:
+    if not module.startswith(_NEURAL):
+        return False
+    names = [a.name for a in node.names] if isinstance(node, ast.Import) else [getattr(node, "module", None) or ""]
+    return all(any(n == o or n.startswith(o + ".") for o in _OPTIONAL) for n in names)
+
+
 def test_imports_sit_at_module_top():
     """No import hides inside a function (an optional heavy dependency would be the only excuse)."""
     nested = []
@@ -109,7 +113,7 @@ def test_imports_sit_at_module_top():
         for func in ast.walk(tree):
             if isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 for node in ast.walk(func):
-                    if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    if isinstance(node, (ast.Import, ast.ImportFrom)) and not _optional_import(name, node):
                         nested.append(f"{name}:{node.lineno}")
     assert nested == []
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from chispa import assert_df_equality
 
-from recospark import ingest, io
+from recospark import io
 from recospark.schema import RATINGS
+from recospark.stages import ingest
 
 
 def write_ml100k(folder: Path, users: int, items: int = 30) -> None:

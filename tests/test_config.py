@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from recospark.config import Config, ConfigError, load_config, model_names, parse_overrides
+from recospark.config import Config, load_config, model_names, parse_overrides
+from recospark.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

@@ -14,7 +14,7 @@ import pytest
 
 from recospark.config import load_config
 from recospark.datasets import download
-from recospark.datasets.download import SourceError, resolve_source, safe_extract
+from recospark.errors import SourceError, resolve_source, safe_extract
 
 
 def make_zip(path: Path, entries: dict[str, bytes], symlink: str | None = None) -> Path:

@@ -6,9 +6,10 @@ import numpy as np
 import pandas as pd
 from chispa import assert_df_equality
 
-from recospark import generate, ingest, io
+from recospark import io
 from recospark.config import GenerateConf
 from recospark.datasets import synthetic
+from recospark.stages import generate, ingest
 
 
 def lines_for(users: list[list[int]], conf: GenerateConf) -> list[str]:

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 from chispa import assert_df_equality
 
-from recospark import ingest, io, split
+from recospark import io
 from recospark.cli import main as cli_main
 from recospark.datasets import movielens as ml
-from recospark.datasets.download import SourceError
+from recospark.errors import DataQualityError, LayoutError, SourceError, SplitError
 from recospark.schema import MOVIES, RATINGS, REJECTED
+from recospark.stages import ingest, split
 
 
 def ts(seconds: int) -> datetime:
@@ -187,7 +188,7 @@ def test_canonical_split_files_are_ingested_with_labels_and_split_reads_them(spa
     assert io.read_output(spark, cfg, "splits/u1/train", RATINGS).count() == 2
     manifest = io.read_manifest(cfg, "splits/u1/train")
     assert manifest["inputs"] == [io.source(cfg, "canonical").uri]  # the ingested version, not the raw files
-    with pytest.raises(split.SplitError, match="train side would be empty"):
+    with pytest.raises(SplitError, match="train side would be empty"):
         split.run(spark, cfg.with_overrides({"split.canonical": "u2"}))
 
 
@@ -196,12 +197,12 @@ def test_ingest_that_rejects_too_much_fails_and_publishes_nothing(spark, cfg_fac
     moderate share of rejects passes only under data.max_rejected_fraction."""
     write(tmp_path / "foreign", "ratings.csv", "customer,product,score,when\nalice,bread,5,yesterday\nbob,milk,3,today\n")
     cfg = cfg_factory(f"data.source={tmp_path / 'foreign'}")
-    with pytest.raises(ingest.DataQualityError, match=r"all 3 rating lines .* were rejected"):
+    with pytest.raises(DataQualityError, match=r"all 3 rating lines .* were rejected"):
         ingest.run(spark, cfg)
     assert not (Path(cfg.output.root) / "ratings").exists() and not (Path(cfg.output.root) / "_versions").exists()
     good = "\n".join(f"{u}\t{m}\t3\t88000000{m}" for u in (1, 2) for m in range(1, 5))
     write(tmp_path / "some", "u.data", good + "\nbroken\n")  # 1 of 9 lines rejected: 11%
-    with pytest.raises(ingest.DataQualityError, match=r"more than data\.max_rejected_fraction=0\.1"):
+    with pytest.raises(DataQualityError, match=r"more than data\.max_rejected_fraction=0\.1"):
         ingest.run(spark, cfg_factory(f"data.source={tmp_path / 'some'}"))
     result = ingest.run(spark, cfg_factory(f"data.source={tmp_path / 'some'}", "data.max_rejected_fraction=0.2"))
     assert (result["ratings"]["rows"], result["rejected"]["rows"]) == (8, 1)
@@ -209,10 +210,10 @@ def test_ingest_that_rejects_too_much_fails_and_publishes_nothing(spark, cfg_fac
 
 def test_unknown_layout_and_empty_file(spark, cfg_factory, tmp_path):
     write(tmp_path / "odd", "notes.txt", "hello\n")
-    with pytest.raises(ml.LayoutError, match="unknown MovieLens layout"):
+    with pytest.raises(LayoutError, match="unknown MovieLens layout"):
         ingest.run(spark, cfg_factory(f"data.source={tmp_path / 'odd'}"))
     write(tmp_path / "empty", "u.data", "")
-    with pytest.raises(ml.LayoutError, match="is empty"):
+    with pytest.raises(LayoutError, match="is empty"):
         ingest.run(spark, cfg_factory(f"data.source={tmp_path / 'empty'}"))
 
 
@@ -238,7 +239,7 @@ def test_detect_layout():
     assert ml.detect_layout(["ratings.dat", "users.dat", "movies.dat"]).name == "ml-1m"
     assert ml.detect_layout(["ratings.dat", "movies.dat", "tags.dat"]).name == "ml-10m"
     assert ml.detect_layout(["ratings.csv", "movies.csv"]).name == "csv"
-    with pytest.raises(ml.LayoutError, match=r"expects ratings\.csv"):
+    with pytest.raises(LayoutError, match=r"expects ratings\.csv"):
         ml.detect_layout(["u.data"], "csv")
 
 

@@ -9,8 +9,8 @@ import pytest
 from pyspark.sql import Window
 from pyspark.sql import functions as F
 
-from recospark import pipeline
 from recospark.schema import MOVIE_ID, MOVIES, RANK, RATINGS, RECOMMENDATIONS, SCORE, USER_ID
+from recospark.stages import pipeline
 
 pytestmark = pytest.mark.e2e
 

@@ -3,9 +3,9 @@ import pytest
 from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
-from recospark.recommend import with_titles
 from recospark.schema import FACTORS, MOVIE_ID, MOVIES, RANK, RECOMMENDATIONS, SCORE, TOP_N, USER_ID
 from recospark.scoring import top_n, top_n_block
+from recospark.stages.recommend import with_titles
 
 
 def test_top_n_block_excludes_rated_and_orders_by_score():

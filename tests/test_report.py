@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from recospark import io
-from recospark.report import stage as report
+from recospark.stages import report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SECTION_IDS = ["data", "split", "comparison", "curves", "factors", "samples"]

@@ -5,7 +5,7 @@ from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
 from recospark.schema import MOVIE_ID, RATED_AT, RATINGS, USER_ID
-from recospark.split import (
+from recospark.splitting import (
     chronological_split,
     leave_last_k_split,
     random_split,

@@ -11,10 +11,11 @@ import pytest
 from pyspark.ml.base import Estimator
 from pyspark.sql import functions as F
 
-from recospark import evaluate, io, pipeline, scoring
+from recospark import io, scoring
 from recospark.config import load_config
-from recospark.report import stage as report
+from recospark.errors import PrerequisiteError
 from recospark.schema import MOVIE_ID, MOVIES, RANK, RATINGS, RECOMMENDATIONS, TITLE, USER_ID
+from recospark.stages import evaluate, pipeline, report
 
 
 def test_report_and_evaluate_read_only_published_outputs(spark, published, monkeypatch):
@@ -141,19 +142,19 @@ def test_als_learning_curve_is_recorded_by_train(published):
 def test_preflight_names_the_stage_to_run_first(tmp_path):
     """Before any Spark: `recommend` on an empty root, `evaluate` after split but before train."""
     cfg = load_config(None, [f"output.root={tmp_path / 'out'}"])
-    with pytest.raises(io.PrerequisiteError, match=r"recommend needs splits/random/train.*run `recospark split` first"):
+    with pytest.raises(PrerequisiteError, match=r"recommend needs splits/random/train.*run `recospark split` first"):
         pipeline.preflight(cfg, ["recommend"])
     for side in ("train", "test"):  # a published split, as `split` leaves it
         (tmp_path / "out" / "splits" / "random" / side).mkdir(parents=True)
         (tmp_path / "out" / "splits" / "random" / side / io.MANIFEST).write_text("{}")
-    with pytest.raises(io.PrerequisiteError, match=r"evaluate needs models/als.*run `recospark train` first"):
+    with pytest.raises(PrerequisiteError, match=r"evaluate needs models/als.*run `recospark train` first"):
         pipeline.preflight(cfg, ["evaluate"])
 
 
 def test_preflight_accepts_what_earlier_stages_of_the_run_publish(tiny_movielens, tmp_path):
     cfg = load_config(None, [f"output.root={tmp_path / 'out'}", f"data.source={tiny_movielens}"])
     pipeline.preflight(cfg, ["ingest", "split", "train", "recommend", "evaluate", "report"])
-    with pytest.raises(io.PrerequisiteError, match=r"train needs splits/random/train"):
+    with pytest.raises(PrerequisiteError, match=r"train needs splits/random/train"):
         pipeline.preflight(cfg, ["ingest", "train"])
 
 
@@ -171,8 +172,8 @@ def test_blend_loads_its_published_components_instead_of_refitting(spark, publis
 
     from pyspark.ml.recommendation import ALS
 
-    from recospark import train
     from recospark.models.baselines import GlobalMean
+    from recospark.stages import train
 
     cfg, _ = published
     root = tmp_path / "out"

@@ -6,11 +6,12 @@ from chispa import assert_df_equality
 from pyspark.ml.evaluation import RegressionEvaluator
 from pyspark.sql import functions as F
 
-from recospark import io, train, tune
-from recospark.config import ConfigError
+from recospark import io
+from recospark.errors import ConfigError, PrerequisiteError
 from recospark.models.baselines import BiasBaseline
 from recospark.models.table import MODELS
 from recospark.schema import MOVIE_ID, RATINGS, USER_ID
+from recospark.stages import train, tune
 
 
 def _ratings(spark):
@@ -101,6 +102,6 @@ def test_cross_validator_rmse_is_the_mean_over_hash_folds(spark, published_train
 
 def test_tune_without_published_train_names_the_stage(cfg_factory, spark):
     cfg = cfg_factory("train.models=[bias]", "tune.grids={bias: {reg_user: [1.0]}}")
-    with pytest.raises(io.PrerequisiteError, match=r"tune needs splits/random/train.*run `recospark split` first"):
+    with pytest.raises(PrerequisiteError, match=r"tune needs splits/random/train.*run `recospark split` first"):
         tune.run(spark, cfg)
 

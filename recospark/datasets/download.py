@@ -18,7 +18,8 @@ import uuid
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from recospark.config import DataConf, UserError
+from recospark.config import DataConf
+from recospark.errors import SourceError
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +38,6 @@ MOVIELENS_MD5: dict[str, str | None] = {
 RATINGS_FILES = ("u.data", "ratings.dat", "ratings.csv")
 _COMPLETE = ".recospark-complete"
 _CHUNK = 1 << 20
-
-
-class SourceError(UserError, RuntimeError):
-    """The data source cannot be found, fetched or trusted; the message says which setting to change."""
 
 
 def _hint() -> str:

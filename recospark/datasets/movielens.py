@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from recospark.config import UserError
+from recospark.errors import LayoutError
 from recospark.io import hadoop_fs
 from recospark.paths import is_local, join_path, local_path
 from recospark.schema import (
@@ -61,10 +61,6 @@ CANONICAL_SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
 STATUS = "_status"
 _FIELDS = "_fields"
 _ROW = "_row"
-
-
-class LayoutError(UserError, ValueError):
-    """The source folder is not a MovieLens layout recospark knows, or a required file is missing or empty."""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ broadcast, so
     userFactors: id int, features array<float>  = r_u V        (k values)
     itemFactors: id int, features array<float>  = V_i          (k values)
 
-and their dot product is the PureSVD score: `recospark.recommend.top_n` serves it unchanged.
+and their dot product is the PureSVD score: `recospark.scoring.top_n` serves it unchanged.
 When R has fewer than k singular values above MLlib's ``rCond`` (1e-9 relative), the factors
 have that smaller length.
 

@@ -20,6 +20,7 @@ from pyspark.sql.types import StructType
 
 from recospark import io
 from recospark.config import Config
+from recospark.errors import OutputError
 from recospark.frames import first_row
 from recospark.models.table import MODELS
 from recospark.report import html as H
@@ -66,14 +67,14 @@ class Inputs:
         if relpath not in self.sources:
             try:
                 self.sources[relpath] = io.source(self.cfg, relpath, needed_by="report")
-            except io.OutputError as err:
+            except OutputError as err:
                 raise Missing(f"{relpath} is not published ({str(err).splitlines()[0]})") from None
         return self.sources[relpath]
 
     def read(self, relpath: str, schema: StructType | None, cache: bool = False) -> DataFrame:
         try:
             df = self.source(relpath).read(self.spark, schema)
-        except (io.OutputError, AnalysisException) as err:
+        except (OutputError, AnalysisException) as err:
             raise Missing(f"{relpath} is not readable ({str(err).splitlines()[0]})") from None
         if cache:
             df = df.cache()

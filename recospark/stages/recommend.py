@@ -52,7 +52,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
 
     Examples
     --------
-    >>> from recospark import ingest, recommend, split, train
+    >>> from recospark.stages import ingest, recommend, split, train
     >>> from recospark.config import load_config
     >>> cfg = load_config(None, [f"data.source={tiny_movielens}", f"output.root={tmp_out}", "train.models=global_mean", "recommend.n=2"])
     >>> _ = ingest.run(spark, cfg); _ = split.run(spark, cfg); _ = train.run(spark, cfg)

@@ -40,7 +40,7 @@ from recospark.models.table import MODELS, ModelSpec
 from recospark.runtime import stage_run
 from recospark.schema import IS_VALIDATION, MOVIE_ID, PREDICTION, RATING, RATINGS, USER_ID
 from recospark.scoring import scoring_factors, top_n
-from recospark.split import uniform, with_validation_flag
+from recospark.splitting import uniform, with_validation_flag
 
 __all__ = ["models_to_tune", "param_grid", "run", "tune_model", "with_fold"]
 
@@ -152,7 +152,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
 
     Examples
     --------
-    >>> from recospark import ingest, split, tune
+    >>> from recospark.stages import ingest, split, tune
     >>> from recospark.config import load_config
     >>> cfg = load_config(None, [f"data.source={tiny_movielens}", f"output.root={tmp_out}", "train.models=bias",
     ...                          "tune.grids={bias: {reg_user: [0.0, 5.0]}}"])

@@ -17,9 +17,9 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
-from recospark import evaluate, generate, ingest, io, recommend, split, train, tune
+from recospark import io
 from recospark.config import Config
-from recospark.report import stage as report
+from recospark.stages import evaluate, generate, ingest, recommend, report, split, train, tune
 
 __all__ = ["STAGES", "Stage", "preflight", "run", "run_stage"]
 

@@ -56,9 +56,9 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
 
     Examples
     --------
-    >>> from recospark import ingest
+    >>> from recospark.stages import ingest
     >>> from recospark.config import load_config
-    >>> from recospark.report import stage as report
+    >>> from recospark.stages import report
     >>> cfg = load_config(None, [f"data.source={tiny_movielens}", f"output.root={tmp_out}"])
     >>> _ = ingest.run(spark, cfg)
     >>> result = report.run(spark, cfg)

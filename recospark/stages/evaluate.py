@@ -26,6 +26,7 @@ from pyspark.sql import functions as F
 
 from recospark import io, ranking
 from recospark.config import Config
+from recospark.errors import EvaluateError, PrerequisiteError
 from recospark.frames import first_row
 from recospark.models.table import MODELS
 from recospark.runtime import for_each_model, stage_run
@@ -38,10 +39,6 @@ log = logging.getLogger(__name__)
 RATING_METRICS = ("rmse", "mae", "r2")
 _SEEN_USER = "_seen_user"
 _SEEN_ITEM = "_seen_item"
-
-
-class EvaluateError(io.PrerequisiteError):
-    """The published inputs cannot be evaluated as configured (the message names the key)."""
 
 
 def rating_metrics(predictions: DataFrame) -> dict[str, float]:
@@ -151,7 +148,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
 
     Examples
     --------
-    >>> from recospark import evaluate, ingest, recommend, split, train
+    >>> from recospark.stages import evaluate, ingest, recommend, split, train
     >>> from recospark.config import load_config
     >>> cfg = load_config(None, [f"data.source={tiny_movielens}", f"output.root={tmp_out}", "train.models=bias"])
     >>> for stage in (ingest, split, train, recommend):
@@ -253,7 +250,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
 def _optional(cfg: Config, relpath: str) -> io.Source | None:
     try:
         return io.source(cfg, relpath)
-    except io.PrerequisiteError:
+    except PrerequisiteError:
         return None
 
 

@@ -30,7 +30,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
 
     Examples
     --------
-    >>> from recospark import generate
+    >>> from recospark.stages import generate
     >>> from recospark.config import load_config
     >>> cfg = load_config(None, [f"output.root={tmp_out}", "generate.users=20", "generate.items=15", "generate.ratings=100"])
     >>> result = generate.run(spark, cfg)

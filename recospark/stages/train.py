@@ -21,12 +21,13 @@ from pyspark.sql import functions as F
 
 from recospark import io
 from recospark.config import Config
+from recospark.errors import PrerequisiteError
 from recospark.frames import first_row
 from recospark.models.table import MODELS, ModelSpec
 from recospark.runtime import stage_run
 from recospark.schema import FACTOR_ID, IS_VALIDATION, MOVIE_ID, RATINGS, USER_ID
 from recospark.scoring import scoring_factors
-from recospark.split import with_validation_flag
+from recospark.splitting import with_validation_flag
 
 __all__ = ["fit_model", "run", "tuned_params"]
 
@@ -109,7 +110,7 @@ def published_components(
             continue
         try:
             published = io.source(cfg, f"models/{name}")
-        except io.PrerequisiteError:
+        except PrerequisiteError:
             continue
         manifest = published.manifest
         if manifest.get("split_version") == src.version and manifest.get("tuned_overrides", {}) == dict(tuned.get(name, {})):
@@ -124,7 +125,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
 
     Examples
     --------
-    >>> from recospark import ingest, split, train
+    >>> from recospark.stages import ingest, split, train
     >>> from recospark.config import load_config
     >>> cfg = load_config(None, [f"data.source={tiny_movielens}", f"output.root={tmp_out}", "train.models=bias,global_mean"])
     >>> _ = ingest.run(spark, cfg); _ = split.run(spark, cfg)

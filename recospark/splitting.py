@@ -1,33 +1,34 @@
-"""Train/test split strategies as pure DataFrame transforms, plus the `split` stage.
+"""Train/test splits and the validation carve as pure DataFrame transforms.
 
 Every random choice comes from a hash of (seed, user_id, movie_id), never from row order, so a
 split is a pure function of its input and seed: the same rows land on the same side whatever
-the partitioning (unlike `DataFrame.randomSplit`, which depends on the input order).
+the partitioning (unlike `DataFrame.randomSplit`, which depends on the input order). The `split`
+stage publishes these; `train` and `tune` carve their validation rows with `with_validation_flag`.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any
 
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from recospark import io
-from recospark.config import Config, SplitConf, UserError
-from recospark.frames import with_write_order
-from recospark.runtime import stage_run
-from recospark.schema import CANONICAL, IS_VALIDATION, MOVIE_ID, RATED_AT, RATINGS, SIDE, SPLIT_NAME, USER_ID
+from recospark.config import SplitConf
+from recospark.schema import IS_VALIDATION, MOVIE_ID, RATED_AT, RATINGS, SIDE, SPLIT_NAME, USER_ID
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "canonical_split",
+    "chronological_split",
+    "leave_last_k_split",
+    "random_split",
+    "split_ratings",
+    "stratified_split",
+    "uniform",
+    "with_validation_flag",
+]
 
 _HASH_RANGE = 1 << 30
-
-
-class SplitError(UserError):
-    """The configured split cannot be made from the published ratings."""
 
 
 _TEST = "_is_test"
@@ -139,53 +140,3 @@ def split_ratings(ratings: DataFrame, conf: SplitConf) -> tuple[DataFrame, DataF
     if conf.strategy == "chronological":
         return chronological_split(ratings, conf.time_quantile, conf.cutoff)
     raise ValueError(f"split.strategy={conf.strategy!r} is not computed from ratings/")
-
-
-def required(cfg: Config) -> list[str]:
-    """What this stage reads: ingest's `canonical/` for canonical splits, `ratings/` otherwise."""
-    return ["canonical"] if cfg.split.strategy == "canonical" else ["ratings"]
-
-
-@stage_run("split")
-def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
-    """Split the published ratings and publish splits/<name>/{train,test}.
-
-    Examples
-    --------
-    >>> from recospark import ingest, split
-    >>> from recospark.config import load_config
-    >>> cfg = load_config(None, [f"data.source={tiny_movielens}", f"output.root={tmp_out}", "split.test_fraction=0.5"])
-    >>> _ = ingest.run(spark, cfg)
-    >>> result = split.run(spark, cfg)
-    >>> result["train"]["rows"] + result["test"]["rows"]
-    10
-    """
-    name = cfg.split.effective_name
-    if cfg.split.strategy == "canonical":
-        src = io.source(cfg, "canonical", needed_by="split (strategy canonical)")
-        train, test = canonical_split(src.read(spark, CANONICAL), cfg.split.canonical)
-    else:
-        src = io.source(cfg, "ratings", needed_by="split")
-        train, test = split_ratings(src.read(spark, RATINGS), cfg.split)
-    sides = {"train": train.cache(), "test": test.cache()}
-    try:
-        counts = {side: df.count() for side, df in sides.items()}
-        if counts["train"] == 0:
-            raise SplitError(f"split {name}: the train side would be empty (strategy {cfg.split.strategy}); check the split.* settings")
-        extra = {"strategy": cfg.split.strategy, "seed": cfg.split.seed}
-        out: dict[str, Any] = {}
-        for side, df in sides.items():
-            published = io.publish_dataframe(
-                df.transform(with_write_order(USER_ID, MOVIE_ID)),
-                cfg,
-                f"splits/{name}/{side}",
-                inputs=[src],
-                extra=extra,
-                rows=counts[side],
-            )
-            out[side] = {"path": published.path, "rows": published.rows}
-            log.info("split %s/%s: %d rows -> %s", name, side, published.rows, published.path)
-    finally:
-        for df in sides.values():
-            df.unpersist()
-    return {"name": name, "strategy": cfg.split.strategy, **out}

@@ -23,9 +23,10 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recospark import io
-from recospark.config import Config, UserError
+from recospark.config import Config
 from recospark.datasets import movielens as ml
 from recospark.datasets.download import resolve_source
+from recospark.errors import DataQualityError
 from recospark.faults import partition_for, with_fault_on_first_attempt
 from recospark.frames import with_write_order
 from recospark.paths import is_local, join_path
@@ -35,10 +36,6 @@ from recospark.schema import CANONICAL, LINE_NUMBER, MOVIE_ID, MOVIES, REJECTED,
 __all__ = ["DataQualityError", "preflight", "run"]
 
 log = logging.getLogger(__name__)
-
-
-class DataQualityError(UserError):
-    """The input parsed, but too little of it is usable to publish (the message says how much)."""
 
 
 _STATUSES = ("ok", "rejected", "blank", "header")
@@ -140,7 +137,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
 
     Examples
     --------
-    >>> from recospark import ingest
+    >>> from recospark.stages import ingest
     >>> from recospark.config import load_config
     >>> cfg = load_config(None, [f"data.source={tiny_movielens}", f"output.root={tmp_out}"])
     >>> result = ingest.run(spark, cfg)

@@ -1,0 +1,154 @@
+"""The per-rank training function TorchDistributor runs: gloo process group, DDP, the epoch loop.
+
+Every rank reads its own shard (`data.load_shards`), builds the recipe's network after
+``torch.manual_seed(seed)`` (DDP also broadcasts rank 0's initial weights), then trains with Adam
+on the recipe's mini-batches. DDP averages the gradients of every step over the ranks, so every
+rank applies the same update and the weights stay identical, bit for bit.
+
+Equal steps: DDP needs every rank in every all-reduce, and hash shards differ in size by a few
+rows. Each epoch the ranks agree on the largest batch count; a rank that runs out repeats its
+first batch with the loss multiplied by 0 (a zero gradient in the average), so each training
+row is used exactly once per epoch and every rank's optimizer sees the same averaged gradients.
+
+Determinism: the same seed and world size give the same weights bit for bit on CPU: seeded
+initialisation, batches drawn from ``np.random.default_rng([seed, epoch, rank])``, dropout from
+a per-rank torch seed, ``torch.use_deterministic_algorithms(True)``, a fixed thread count, and
+gloo's reductions, whose order depends only on the world size.
+
+Every rank returns the same payload (weights as safetensors bytes, the history, the best epoch,
+the factor matrices of dot-product recipes): the metrics are all-reduced and the weights are
+identical, so it does not matter which rank's return value TorchDistributor keeps.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from recospark.models.neural import data, weights
+from recospark.models.neural.job import ERROR_MARK, TrainJob
+from recospark.models.neural.recipe import Recipe, TrainShard
+
+__all__ = ["metric_of", "train_rank"]
+
+
+def metric_of(recipe: Recipe) -> tuple[str, bool]:
+    """(validation metric name, lower is better) of a recipe."""
+    name = getattr(recipe, "validation_metric", "rmse" if recipe.objective == "rating" else "ndcg")
+    return name, name == "rmse"
+
+
+def train_rank(job: TrainJob) -> dict[str, Any]:
+    """Train on this rank (RANK, WORLD_SIZE from torchrun); on failure print the marker line and re-raise."""
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    try:
+        return _train(job, rank, world)
+    except BaseException as err:
+        message = " ".join(str(err).split()) or "(no message)"
+        print(f"{ERROR_MARK} rank={rank} {type(err).__name__}: {message[:1000]}", flush=True)
+        raise
+
+
+def _allreduce(values: list[float], op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t, op=op)
+    return [float(x) for x in t]
+
+
+def _train(job: TrainJob, rank: int, world: int) -> dict[str, Any]:
+    torch.set_num_threads(job.threads)
+    torch.use_deterministic_algorithms(True)
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        return _loop(job, rank, world)
+    finally:
+        dist.destroy_process_group()
+
+
+def _loop(job: TrainJob, rank: int, world: int) -> dict[str, Any]:
+    recipe, hp = job.recipe, job.hp
+    seed, epochs, patience = int(hp["seed"]), int(hp["maxIter"]), int(hp["earlyStoppingRounds"])
+    train, val = data.load_shards(job.rows_path, job.user_ids, job.item_ids, recipe.shard_by, rank, world)
+    torch.manual_seed(seed)
+    net = recipe.build(hp, train.n_users, train.n_items)
+    model = DistributedDataParallel(net)
+    torch.manual_seed(seed * 1_000_003 + rank)  # dropout and other torch randomness: per rank, reproducible
+    optimizer = torch.optim.Adam(model.parameters(), lr=float(hp["stepSize"]))
+    metric, lower_better = metric_of(recipe)
+    history: list[dict[str, Any]] = []
+    best_value: float | None = None
+    best_state: dict[str, torch.Tensor] | None = None
+    best_epoch, stale = 0, 0
+    for epoch in range(epochs):
+        started = time.monotonic()
+        rng = np.random.default_rng([seed, epoch, rank])
+        batches = list(recipe.batches(train, hp, epoch, rng))
+        most, fewest = _allreduce([len(batches)], dist.ReduceOp.MAX)[0], _allreduce([len(batches)], dist.ReduceOp.MIN)[0]
+        if fewest == 0:
+            raise RuntimeError(
+                f"a rank has no training batch in epoch {epoch + 1} (this rank: {len(train.users)} rows): "
+                f"fewer rows or users than processes; lower numProcesses"
+            )
+        model.train()
+        loss_sum, steps = 0.0, 0
+        for step in range(int(most)):
+            real = step < len(batches)
+            batch = batches[step] if real else batches[0]
+            optimizer.zero_grad()
+            loss = recipe.loss(model, batch, hp, epoch)
+            (loss if real else loss * 0.0).backward()
+            optimizer.step()
+            if real:
+                loss_sum += float(loss.detach())
+                steps += 1
+        total_loss, total_steps = _allreduce([loss_sum, steps])
+        value = _validate(recipe, net, train, val, hp) if job.validate else None
+        seconds = _allreduce([time.monotonic() - started], dist.ReduceOp.MAX)[0]
+        entry: dict[str, Any] = {"epoch": epoch + 1, "loss": total_loss / max(total_steps, 1), "seconds": round(seconds, 3)}
+        if job.validate:
+            entry.update({"metric": metric, f"val_{metric}": value})
+        history.append(entry)
+        if value is None or patience <= 0:
+            best_epoch = epoch + 1
+            continue
+        if best_value is None or (value < best_value if lower_better else value > best_value):
+            best_value, best_epoch, stale = value, epoch + 1, 0
+            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= patience:
+                break
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    net.eval()
+    with torch.no_grad():
+        factors = recipe.factors(net) if getattr(recipe, "dot_product", False) else None
+    state = {k: v.detach().cpu().contiguous().numpy() for k, v in net.state_dict().items()}
+    return {
+        "weights": weights.to_bytes(state),
+        "history": history,
+        "best_epoch": best_epoch,
+        "factors": None if factors is None else tuple(np.ascontiguousarray(m, dtype=np.float32) for m in factors),
+        "world_size": world,
+    }
+
+
+def _validate(recipe: Recipe, net: torch.nn.Module, train: TrainShard, val: TrainShard, hp: Mapping[str, Any]) -> float | None:
+    """The all-reduced validation metric of this epoch (None when no rank has a validation row)."""
+    net.eval()
+    with torch.no_grad():
+        num, den = recipe.validation(net, train, val, hp) if len(val.users) else (0.0, 0.0)
+    total_num, total_den = _allreduce([float(num), float(den)])
+    if total_den <= 0:
+        return None
+    name, _ = metric_of(recipe)
+    return math.sqrt(total_num / total_den) if name == "rmse" else total_num / total_den

@@ -1,0 +1,202 @@
+"""The dot-product recipes: `neural_mf` (the Keras MF tutorial) and `gmf` (He et al. 2017's GMF).
+
+Both reduce to a dot product of a user and an item vector, so their fitted models export factor
+tables and rank through the shared factor scorer (`recospark.scoring.top_n`):
+
+- neural_mf: user [p_u, 1, b_u + mu] . item [q_i, b_i, 1] = mu + b_u + b_i + p_u . q_i, the
+  predicted rating. Trained on the ratings with MSE plus an L2 penalty on the batch's rows, Adam.
+- gmf: user [h * p_u, b] . item [q_i, 1] = h . (p_u * q_i) + b, the logit of "u interacts with i"
+  (the output layer's weights h folded into the user vector). Trained as the paper does: every
+  rated item a positive, `numNegatives` items the user never rated drawn per positive each epoch,
+  log loss, Adam. Shards by user so a rank knows each of its users' positives exactly.
+
+This module imports no torch (the recipes' Params exist without the extra); the methods import
+it, and the networks live in `mf_nets.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+import numpy as np
+
+from recospark.models.neural.metrics import ranking_validation, squared_error
+from recospark.models.neural.recipe import TrainShard
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["GMF", "NEURAL_MF", "GMFRecipe", "NeuralMFRecipe", "sample_negatives", "shuffled_slices"]
+
+
+def shuffled_slices(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Indices 0..n-1 in one random order, cut into batches: every row exactly once per epoch."""
+    order = rng.permutation(n)
+    for start in range(0, n, batch_size):
+        yield order[start : start + batch_size]
+
+
+def sample_negatives(shard: TrainShard, per_row: int, rng: np.random.Generator, rounds: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """(user rows, item rows): `per_row` items per training row, uniform over the items its user has
+    not rated in `shard` (redrawn up to `rounds` times; a user who rated almost everything may keep
+    a positive). Needs a shard sorted by (user, item), as shard_by="users" gives."""
+    keys = shard.users * shard.n_items + shard.items  # ascending: the shard is sorted by (user, item)
+    users = np.repeat(shard.users, per_row)
+    items = rng.integers(0, shard.n_items, size=len(users))
+    for _ in range(rounds):
+        cand = users * shard.n_items + items
+        pos = np.minimum(np.searchsorted(keys, cand), max(len(keys) - 1, 0))
+        clash = keys[pos] == cand if len(keys) else np.zeros(len(cand), bool)
+        if not clash.any():
+            break
+        items[clash] = rng.integers(0, shard.n_items, size=int(clash.sum()))
+    return users, items
+
+
+def _factor_scores(users_mat: np.ndarray, items_mat: np.ndarray, users: np.ndarray, unknown: np.ndarray) -> np.ndarray:
+    """Rows of users_mat @ items_mat.T for `users` (rows; -1 takes the `unknown` user vector)."""
+    vectors = np.where((users >= 0)[:, None], users_mat[np.maximum(users, 0)], unknown[None, :])
+    return (vectors @ items_mat.T).astype(np.float32)
+
+
+def _factors_numpy(net: Any) -> tuple[np.ndarray, np.ndarray]:
+    import torch
+
+    with torch.no_grad():
+        users, items = getattr(net, "module", net).factors()
+    return users.numpy().astype(np.float32), items.numpy().astype(np.float32)
+
+
+class NeuralMFRecipe:
+    """Keras MF: user and item embeddings, biases and the global mean, dot product, MSE, Adam."""
+
+    name = "neural_mf"
+    objective: Literal["rating", "ranking"] = "rating"
+    shard_by: Literal["rows", "users"] = "rows"
+    dot_product = True
+    defaults: Mapping[str, Any] = MappingProxyType(
+        {"embeddingDim": 32, "regParam": 0.05, "initStd": 0.01, "maxIter": 20, "stepSize": 0.002, "batchSize": 512}
+    )
+    docs: Mapping[str, str] = MappingProxyType(
+        {
+            "embeddingDim": "length of the user and item embeddings (>= 1)",
+            "regParam": "L2 penalty on the embeddings and biases of each batch's rows, per row (>= 0)",
+            "initStd": "standard deviation of the initial embeddings (> 0; biases start at 0, mu at the mean rating)",
+        }
+    )
+
+    def build(self, hp: Mapping[str, Any], n_users: int, n_items: int) -> torch.nn.Module:
+        from recospark.models.neural.recipes.mf_nets import BiasedDot
+
+        return BiasedDot(n_users, n_items, int(hp["embeddingDim"]), float(hp["initStd"]), float(hp["ratingMean"]))
+
+    def batches(
+        self, shard: TrainShard, hp: Mapping[str, Any], epoch: int, rng: np.random.Generator
+    ) -> Iterator[Mapping[str, torch.Tensor]]:
+        import torch
+
+        for idx in shuffled_slices(len(shard.users), int(hp["batchSize"]), rng):
+            yield {
+                "users": torch.from_numpy(shard.users[idx]),
+                "items": torch.from_numpy(shard.items[idx]),
+                "ratings": torch.from_numpy(shard.ratings[idx]),
+            }
+
+    def loss(self, net: torch.nn.Module, batch: Mapping[str, torch.Tensor], hp: Mapping[str, Any], epoch: int) -> torch.Tensor:
+        prediction, penalty = net(batch["users"], batch["items"])
+        return ((prediction - batch["ratings"]) ** 2).mean() + float(hp["regParam"]) * penalty.mean()
+
+    def predict(
+        self,
+        net: torch.nn.Module,
+        users: np.ndarray,
+        items: np.ndarray,
+        hist_items: Sequence[np.ndarray],
+        hist_ratings: Sequence[np.ndarray],
+    ) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            prediction, _ = net(torch.from_numpy(np.asarray(users, np.int64)), torch.from_numpy(np.asarray(items, np.int64)))
+        return prediction.numpy().astype(np.float32)
+
+    def validation(self, net: torch.nn.Module, train: TrainShard, val: TrainShard, hp: Mapping[str, Any]) -> tuple[float, float]:
+        return squared_error(self.predict(net, val.users, val.items, [], []), val.ratings)
+
+    def factors(self, net: torch.nn.Module) -> tuple[np.ndarray, np.ndarray] | None:
+        return _factors_numpy(net)
+
+    def score(
+        self, net: torch.nn.Module, users: np.ndarray, hist_items: Sequence[np.ndarray], hist_ratings: Sequence[np.ndarray]
+    ) -> np.ndarray:
+        users_mat, items_mat = _factors_numpy(net)
+        unknown = np.zeros(users_mat.shape[1], np.float32)  # no p_u, no b_u: mu + b_i
+        unknown[-2], unknown[-1] = 1.0, float(cast(Any, getattr(net, "module", net)).mean.detach())
+        return _factor_scores(users_mat, items_mat, np.asarray(users, np.int64), unknown)
+
+
+class GMFRecipe:
+    """He et al. 2017's GMF: element-wise product, output layer, sigmoid, log loss on positives and sampled negatives."""
+
+    name = "gmf"
+    objective: Literal["rating", "ranking"] = "ranking"
+    shard_by: Literal["rows", "users"] = "users"
+    dot_product = True
+    validation_metric = "ndcg"
+    defaults: Mapping[str, Any] = MappingProxyType(
+        {"embeddingDim": 32, "numNegatives": 4, "regParam": 0.0, "initStd": 0.01, "maxIter": 20, "stepSize": 0.002, "batchSize": 512}
+    )
+    docs: Mapping[str, str] = MappingProxyType(
+        {
+            "embeddingDim": "predictive factors: length of the user and item embeddings (>= 1)",
+            "numNegatives": "items the user never rated drawn per rated item, each epoch (>= 1; the paper's 4)",
+            "regParam": "L2 penalty on the embeddings of each batch's rows, per row (>= 0)",
+            "initStd": "standard deviation of the initial embeddings (> 0; the paper's 0.01)",
+        }
+    )
+
+    def build(self, hp: Mapping[str, Any], n_users: int, n_items: int) -> torch.nn.Module:
+        from recospark.models.neural.recipes.mf_nets import GMFNet
+
+        return GMFNet(n_users, n_items, int(hp["embeddingDim"]), float(hp["initStd"]))
+
+    def batches(
+        self, shard: TrainShard, hp: Mapping[str, Any], epoch: int, rng: np.random.Generator
+    ) -> Iterator[Mapping[str, torch.Tensor]]:
+        import torch
+
+        neg_users, neg_items = sample_negatives(shard, int(hp["numNegatives"]), rng)
+        users = np.concatenate([shard.users, neg_users])
+        items = np.concatenate([shard.items, neg_items])
+        labels = np.concatenate([np.ones(len(shard.users), np.float32), np.zeros(len(neg_users), np.float32)])
+        for idx in shuffled_slices(len(users), int(hp["batchSize"]), rng):
+            yield {"users": torch.from_numpy(users[idx]), "items": torch.from_numpy(items[idx]), "labels": torch.from_numpy(labels[idx])}
+
+    def loss(self, net: torch.nn.Module, batch: Mapping[str, torch.Tensor], hp: Mapping[str, Any], epoch: int) -> torch.Tensor:
+        import torch
+
+        logits, penalty = net(batch["users"], batch["items"])
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch["labels"])
+        return bce + float(hp["regParam"]) * penalty.mean()
+
+    def validation(self, net: torch.nn.Module, train: TrainShard, val: TrainShard, hp: Mapping[str, Any]) -> tuple[float, float]:
+        users_mat, items_mat = _factors_numpy(net)
+        unknown = np.zeros(users_mat.shape[1], np.float32)
+        return ranking_validation(lambda u, _h, _r: _factor_scores(users_mat, items_mat, u, unknown), train, val, k=10)
+
+    def factors(self, net: torch.nn.Module) -> tuple[np.ndarray, np.ndarray] | None:
+        return _factors_numpy(net)
+
+    def score(
+        self, net: torch.nn.Module, users: np.ndarray, hist_items: Sequence[np.ndarray], hist_ratings: Sequence[np.ndarray]
+    ) -> np.ndarray:
+        users_mat, items_mat = _factors_numpy(net)
+        unknown = np.zeros(users_mat.shape[1], np.float32)
+        unknown[-1] = users_mat[0, -1] if len(users_mat) else 0.0  # no p_u: the output bias b for every item
+        return _factor_scores(users_mat, items_mat, np.asarray(users, np.int64), unknown)
+
+
+NEURAL_MF = NeuralMFRecipe()
+GMF = GMFRecipe()
