@@ -107,13 +107,18 @@ def test_residual_mf_forward_and_loss_by_hand():
     assert RESIDUAL_MF.loss(net, batch, hp, 0).item() == pytest.approx(0.29125 + 0.5 * 3.28125)
 
 
-def test_autorec_forward_masked_loss_and_score_by_hand():
-    hp = _hp(AUTOREC, hiddenUnits=1, regParam=0.2)
+def _tiny_autorec(centering: bool):
+    hp = _hp(AUTOREC, hiddenUnits=1, regParam=0.2, userCentering=centering)
     net = AUTOREC.build(hp, 2, 2)
     _set(net.encoder.weight, [1.0, -1.0])
     _set(net.encoder.bias, [0.0])
     _set(net.decoder.weight, [2.0, 1.0])
     _set(net.decoder.bias, [0.5, 0.0])
+    return hp, net
+
+
+def test_autorec_forward_masked_loss_and_score_by_hand():
+    hp, net = _tiny_autorec(centering=False)  # the paper's raw ratings
     # user 0 rated both items 3: V r = 0, h = 0.5, output [1.5, 0.5]
     # user 1 rated item 0 only, 3: h = s(3), output [2 s(3) + 0.5, s(3)]; item 1 is no target
     batch = {"rows": _t([0, 0, 1]), "items": _t([0, 1, 0]), "ratings": _t([3.0, 3.0, 3.0], torch.float32), "n_rows": _t(2)}
@@ -125,6 +130,21 @@ def test_autorec_forward_masked_loss_and_score_by_hand():
         net, np.array([5, -1]), [np.array([0, 1]), np.array([0])], [np.array([3.0, 3.0], np.float32), np.array([3.0], np.float32)]
     )
     np.testing.assert_allclose(scores, [[1.5, 0.5], [2 * s3 + 0.5, s3]], rtol=1e-5, atol=1e-6)
+
+
+def test_autorec_user_centering_by_hand():
+    hp, net = _tiny_autorec(centering=True)
+    # user 0 rated 4 and 2 (mean 3): input and targets [1, -1], V x = 2, h = s(2), output [2 s(2) + 0.5, s(2)]
+    # user 1 rated item 0 with 5 (mean 5): input and target [0], h = 0.5, output [1.5, 0.5]
+    batch = {"rows": _t([0, 0, 1]), "items": _t([0, 1, 0]), "ratings": _t([4.0, 2.0, 5.0], torch.float32), "n_rows": _t(2)}
+    s2 = _sigmoid(2.0)
+    squared = (2 * s2 + 0.5 - 1) ** 2 + (s2 + 1) ** 2 + 1.5**2
+    assert AUTOREC.loss(net, batch, hp, 0).item() == pytest.approx(squared / 3 + 0.5 * 0.2 * 7 / 3)
+    # scores add the user's mean back; a user without history gets the mean training rating (3)
+    scores = AUTOREC.score(
+        net, np.array([0, -1]), [np.array([0, 1]), np.zeros(0, np.int64)], [np.array([4.0, 2.0], np.float32), np.zeros(0, np.float32)]
+    )
+    np.testing.assert_allclose(scores, [[2 * s2 + 0.5 + 3, s2 + 3], [1.5 + 3, 0.5 + 3]], rtol=1e-5, atol=1e-6)
 
 
 def _tiny_vae_like(recipe, **overrides):
@@ -202,7 +222,7 @@ def test_rbm_free_energy_cd_loss_and_gradient_by_hand():
     f1 = -0.5 - math.log1p(math.exp(30.0))
     penalty = 0.1 * (0.25 + 0.25 + 0.0625 + 1.0)
     loss = RBM.loss(net, batch, hp, 0)
-    assert float(loss) == pytest.approx(f0 - f1 + penalty, abs=1e-5)  # float32 near 30
+    assert loss.item() == pytest.approx(f0 - f1 + penalty, abs=1e-5)  # float32 near 30
     loss.backward()
     # the visible biases' gradient is -(v0 - v1): the negated CD-1 update
     np.testing.assert_allclose(net.visible_bias.grad.numpy(), [[0.5, -0.5], [0.0, 0.0]], atol=1e-6)
@@ -292,10 +312,12 @@ def test_user_models_score_from_the_history_as_the_forward_pass(recipe, shard):
         if recipe is RBM:
             x[row, items, ratings.astype(int) - 1] = 1.0  # ratings 1..5 are levels 0..4
         else:
-            x[row, items] = torch.from_numpy(ratings) if recipe is AUTOREC else 1.0
+            x[row, items] = torch.from_numpy(ratings - ratings.mean()) if recipe is AUTOREC else 1.0  # autorec: centred
     with torch.no_grad():
         out = net(x)[0]
     expected = out @ torch.arange(1.0, 6.0) if recipe is RBM else out
+    if recipe is AUTOREC:  # the user's mean added back
+        expected = expected + torch.tensor([float(r.mean()) for r in hist_ratings])[:, None]
     np.testing.assert_allclose(scores, expected.numpy(), rtol=1e-5, atol=1e-5)
     # the user rows are not used: an unknown user (-1) with the same history scores the same
     np.testing.assert_array_equal(recipe.score(net, np.array([-1, -1]), hist_items, hist_ratings), scores)

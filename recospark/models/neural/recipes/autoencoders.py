@@ -42,6 +42,8 @@ from recospark.models.neural.recipes.mf import shuffled_slices
 if TYPE_CHECKING:
     import torch
 
+    from recospark.models.neural.recipes.autoencoders_nets import AutoRecNet
+
 __all__ = ["AUTOREC", "MULT_DAE", "MULT_VAE", "AutoRecRecipe", "MultDAERecipe", "MultVAERecipe", "user_batches"]
 
 
@@ -77,21 +79,23 @@ def _user_batches(shard: TrainShard, hp: Mapping[str, Any], epoch: int, rng: np.
         }
 
 
-def _history_matrix(n_items: int, hist_items: Sequence[np.ndarray], hist_ratings: Sequence[np.ndarray], binary: bool) -> torch.Tensor:
-    """[len(hist_items), n_items]: each history as a dense row (1 per rated item when `binary`)."""
+def _flat(hist_items: Sequence[np.ndarray], hist_ratings: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(row of each history entry, its item, its rating) as flat tensors."""
     import torch
-
-    from recospark.models.neural.recipes.autoencoders_nets import dense_rows
 
     lengths = np.array([len(h) for h in hist_items], dtype=np.int64)
     rows = np.repeat(np.arange(len(lengths)), lengths)
-    items = np.concatenate(list(hist_items)).astype(np.int64) if len(rows) else np.zeros(0, np.int64)
-    values = (
-        np.ones(len(rows), np.float32)
-        if binary
-        else (np.concatenate(list(hist_ratings)).astype(np.float32) if len(rows) else np.zeros(0, np.float32))
-    )
-    return dense_rows(torch.from_numpy(rows), torch.from_numpy(items), torch.from_numpy(values), len(lengths), n_items)
+    items = np.concatenate([np.asarray(h, np.int64) for h in hist_items]) if len(rows) else np.zeros(0, np.int64)
+    ratings = np.concatenate([np.asarray(r, np.float32) for r in hist_ratings]) if len(rows) else np.zeros(0, np.float32)
+    return torch.from_numpy(rows), torch.from_numpy(items), torch.from_numpy(ratings)
+
+
+def _history_matrix(n_items: int, hist_items: Sequence[np.ndarray], hist_ratings: Sequence[np.ndarray], binary: bool) -> torch.Tensor:
+    """[len(hist_items), n_items]: each history as a dense row (1 per rated item when `binary`)."""
+    from recospark.models.neural.recipes.autoencoders_nets import dense_rows
+
+    rows, items, ratings = _flat(hist_items, hist_ratings)
+    return dense_rows(rows, items, ratings.new_ones(ratings.shape) if binary else ratings, len(hist_items), n_items)
 
 
 def _n_items(net: torch.nn.Module) -> int:
@@ -159,12 +163,14 @@ class AutoRecRecipe(_UserRecipe):
     objective: Literal["rating", "ranking"] = "rating"
     binary_input = False
     defaults: Mapping[str, Any] = MappingProxyType(
-        {"hiddenUnits": 500, "regParam": 1.0, "maxIter": 100, "stepSize": 0.001, "batchSize": 32}
+        {"hiddenUnits": 500, "regParam": 1.0, "dropout": 0.0, "userCentering": True, "maxIter": 100, "stepSize": 0.001, "batchSize": 32}
     )
     docs: Mapping[str, str] = MappingProxyType(
         {
             "hiddenUnits": "width of the sigmoid code layer (>= 1; the paper's k, 500)",
             "regParam": "L2 penalty regParam/2 (||V||^2 + ||W||^2), divided by the batch's observed ratings (>= 0)",
+            "dropout": "dropout on the input ratings while training (the targets stay every observed rating), in [0, 1)",
+            "userCentering": "reconstruct ratings minus the user's mean rating, then add it back (false: the paper's raw ratings)",
         }
     )
 
@@ -172,14 +178,43 @@ class AutoRecRecipe(_UserRecipe):
         """An `AutoRecNet` over the catalogue (PyTorch's default Linear initialisation)."""
         from recospark.models.neural.recipes.autoencoders_nets import AutoRecNet
 
-        return AutoRecNet(n_items, int(hp["hiddenUnits"]))
+        return AutoRecNet(n_items, int(hp["hiddenUnits"]), float(hp["dropout"]), float(hp["ratingMean"]), bool(hp["userCentering"]))
+
+    @staticmethod
+    def _targets(net: torch.nn.Module, rows: torch.Tensor, ratings: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(each row's target: its rating, minus its user's mean when centring; the [n_rows] offsets added back)."""
+        from recospark.models.neural.recipes.autoencoders_nets import row_means
+
+        inner = cast("AutoRecNet", getattr(net, "module", net))
+        if float(inner.centred) == 0.0:
+            return ratings, ratings.new_zeros(n_rows)
+        means = row_means(rows, ratings, n_rows, float(inner.mean))
+        return ratings - means[rows], means
 
     def loss(self, net: torch.nn.Module, batch: Mapping[str, torch.Tensor], hp: Mapping[str, Any], epoch: int) -> torch.Tensor:
         """Mean squared error over the batch's observed ratings plus the L2 term shared out per rating."""
-        out, norm = net(self._input(net, batch))
-        err = out[batch["rows"], batch["items"]] - batch["ratings"]
-        penalty = 0.5 * float(hp["regParam"]) * norm / len(err)
-        return (err * err).mean() + penalty
+        from recospark.models.neural.recipes.autoencoders_nets import dense_rows
+
+        rows, items, n_rows = batch["rows"], batch["items"], int(batch["n_rows"])
+        targets, _ = self._targets(net, rows, batch["ratings"], n_rows)
+        out, norm = net(dense_rows(rows, items, targets, n_rows, _n_items(net)))
+        err = out[rows, items] - targets
+        return (err * err).mean() + 0.5 * float(hp["regParam"]) * norm / len(err)
+
+    def score(
+        self, net: torch.nn.Module, users: np.ndarray, hist_items: Sequence[np.ndarray], hist_ratings: Sequence[np.ndarray]
+    ) -> np.ndarray:
+        """float32 [len(users), n_items]: every item's reconstructed rating from the user's history alone."""
+        import torch
+
+        from recospark.models.neural.recipes.autoencoders_nets import dense_rows
+
+        rows, items, ratings = _flat(hist_items, hist_ratings)
+        n_rows = len(hist_items)
+        targets, offsets = self._targets(net, rows, ratings, n_rows)
+        with torch.no_grad():
+            out, _ = net(dense_rows(rows, items, targets, n_rows, _n_items(net)))
+        return (out + offsets[:, None]).numpy().astype(np.float32)
 
     def validation(self, net: torch.nn.Module, train: TrainShard, val: TrainShard, hp: Mapping[str, Any]) -> tuple[float, float]:
         """(squared error sum, count) on the validation rows, each user reconstructed from its train rows."""

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["AutoRecNet", "MultDAENet", "MultVAENet", "dense_rows"]
+__all__ = ["AutoRecNet", "MultDAENet", "MultVAENet", "dense_rows", "row_means"]
 
 
 def dense_rows(rows: torch.Tensor, items: torch.Tensor, values: torch.Tensor, n_rows: int, n_items: int) -> torch.Tensor:
@@ -17,6 +17,13 @@ def dense_rows(rows: torch.Tensor, items: torch.Tensor, values: torch.Tensor, n_
     x = torch.zeros(n_rows, n_items)
     x[rows, items] = values.to(torch.float32)
     return x
+
+
+def row_means(rows: torch.Tensor, values: torch.Tensor, n_rows: int, empty: float) -> torch.Tensor:
+    """[n_rows]: the mean of each row's values (`empty` for a row without any)."""
+    sums = torch.zeros(n_rows).index_add_(0, rows, values.to(torch.float32))
+    counts = torch.zeros(n_rows).index_add_(0, rows, torch.ones(len(rows)))
+    return torch.where(counts > 0, sums / counts.clamp(min=1.0), torch.full((n_rows,), float(empty)))
 
 
 def _init_paper(layer: nn.Linear) -> nn.Linear:
@@ -27,17 +34,30 @@ def _init_paper(layer: nn.Linear) -> nn.Linear:
 
 
 class AutoRecNet(nn.Module):
-    """U-AutoRec: ratings vector r_u -> sigmoid(V r_u + mu) -> W h + b, every item's reconstructed rating."""
+    """U-AutoRec: ratings vector r_u -> sigmoid(V r_u + mu) -> W h + b, every item's reconstructed rating.
 
-    def __init__(self, n_items: int, hidden: int) -> None:
+    With `dropout` > 0, input ratings are dropped while training (a denoising AutoRec): the targets
+    stay every observed rating, so the network learns to predict ratings it did not see. With
+    `centred`, inputs and outputs are ratings minus the user's mean rating (the recipe centres them).
+    """
+
+    mean: torch.Tensor
+    centred: torch.Tensor
+
+    def __init__(self, n_items: int, hidden: int, dropout: float = 0.0, mean: float = 0.0, centred: bool = False) -> None:
         super().__init__()
         self.n_items = n_items
+        # saved with the weights, since scoring has no hyper-parameters: the mean training rating (the
+        # offset of a user without history) and whether ratings are centred on each user's mean
+        self.register_buffer("mean", torch.tensor(float(mean)))
+        self.register_buffer("centred", torch.tensor(1.0 if centred else 0.0))
+        self.dropout = nn.Dropout(dropout)
         self.encoder = nn.Linear(n_items, hidden)
         self.decoder = nn.Linear(hidden, n_items)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(every item's reconstructed rating, the L2 term's ||V||^2 + ||W||^2)."""
-        return self.decoder(torch.sigmoid(self.encoder(x))), self.weight_norm()
+        return self.decoder(torch.sigmoid(self.encoder(self.dropout(x)))), self.weight_norm()
 
     def weight_norm(self) -> torch.Tensor:
         """||V||^2 + ||W||^2 (the paper's L2 term, biases excluded)."""

@@ -38,6 +38,7 @@ _DOCS = {
     "embeddingDim": "length of the user and item embeddings (>= 1)",
     "hiddenLayers": "widths of the dense layers over the concatenated embeddings, in order (at least one)",
     "dropout": "dropout after every dense layer's ReLU while training, in [0, 1)",
+    "embeddingDropout": "dropout on the concatenated embeddings entering the dense layers while training, in [0, 1)",
     "regParam": "L2 penalty on the embeddings (and biases) of each batch's rows, per row (>= 0)",
     "initStd": "standard deviation of the initial embeddings (> 0)",
 }
@@ -129,6 +130,7 @@ class DNNRecipe(_PairRecipe):
             "embeddingDim": 32,
             "hiddenLayers": [64, 32],
             "dropout": 0.2,
+            "embeddingDropout": 0.0,
             "regParam": 0.01,
             "initStd": 0.05,
             "maxIter": 20,
@@ -149,6 +151,7 @@ class DNNRecipe(_PairRecipe):
             float(hp["dropout"]),
             float(hp["initStd"]),
             float(hp["ratingMean"]),
+            float(hp["embeddingDropout"]),
         )
 
 
@@ -167,6 +170,7 @@ class ResidualMFRecipe(_PairRecipe):
             "embeddingDim": 32,
             "hiddenLayers": [64],
             "dropout": 0.2,
+            "embeddingDropout": 0.0,
             "regParam": 0.05,
             "initStd": 0.01,
             "maxIter": 20,
@@ -187,6 +191,7 @@ class ResidualMFRecipe(_PairRecipe):
             float(hp["dropout"]),
             float(hp["initStd"]),
             float(hp["ratingMean"]),
+            float(hp["embeddingDropout"]),
         )
 
 

@@ -32,8 +32,11 @@ class _PairNet(nn.Module):
     item for a block of users one broadcast instead of a concatenation per pair.
     """
 
-    def __init__(self, n_users: int, n_items: int, dim: int, hidden: Sequence[int], dropout: float, init_std: float) -> None:
+    def __init__(
+        self, n_users: int, n_items: int, dim: int, hidden: Sequence[int], dropout: float, init_std: float, embedding_dropout: float = 0.0
+    ) -> None:
         super().__init__()
+        self.embedding_dropout = nn.Dropout(embedding_dropout)
         self.user = nn.Embedding(n_users, dim)
         self.item = nn.Embedding(n_items, dim)
         nn.init.normal_(self.user.weight, std=init_std)
@@ -44,8 +47,9 @@ class _PairNet(nn.Module):
         self.head = nn.Linear(widths[-1], 1)
 
     def tower(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        """The dense tower's scalar output for embedding pairs (any leading shape)."""
-        return self.head(self.rest(self.first(torch.cat([p, q], dim=-1)))).squeeze(-1)
+        """The dense tower's scalar output for embedding pairs (any leading shape); the concatenated
+        embeddings are dropped out while training."""
+        return self.head(self.rest(self.first(self.embedding_dropout(torch.cat([p, q], dim=-1))))).squeeze(-1)
 
     def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
         """Embeddings of user rows; -1 (unknown at fit time) takes the mean user embedding."""
@@ -70,8 +74,18 @@ class _PairNet(nn.Module):
 class ConcatMLP(_PairNet):
     """The tutorials' deep network: [p_u, q_i] -> dense layers with ReLU and dropout -> mu + output."""
 
-    def __init__(self, n_users: int, n_items: int, dim: int, hidden: Sequence[int], dropout: float, init_std: float, mean: float) -> None:
-        super().__init__(n_users, n_items, dim, hidden, dropout, init_std)
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        dim: int,
+        hidden: Sequence[int],
+        dropout: float,
+        init_std: float,
+        mean: float,
+        embedding_dropout: float = 0.0,
+    ) -> None:
+        super().__init__(n_users, n_items, dim, hidden, dropout, init_std, embedding_dropout)
         self.mean = nn.Parameter(torch.tensor(float(mean)))
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,8 +105,18 @@ class ResidualMF(_PairNet):
     learns what the dot product leaves over (the residual).
     """
 
-    def __init__(self, n_users: int, n_items: int, dim: int, hidden: Sequence[int], dropout: float, init_std: float, mean: float) -> None:
-        super().__init__(n_users, n_items, dim, hidden, dropout, init_std)
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        dim: int,
+        hidden: Sequence[int],
+        dropout: float,
+        init_std: float,
+        mean: float,
+        embedding_dropout: float = 0.0,
+    ) -> None:
+        super().__init__(n_users, n_items, dim, hidden, dropout, init_std, embedding_dropout)
         self.user_bias = nn.Embedding(n_users, 1)
         self.item_bias = nn.Embedding(n_items, 1)
         nn.init.zeros_(self.user_bias.weight)
