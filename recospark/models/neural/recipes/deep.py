@@ -6,10 +6,13 @@
   zero, so the fit starts as biased MF and the tower only learns what the dot product misses.
 
 Both train on the ratings with MSE plus an L2 penalty on the batch's embedding rows (Adam, the
-engine's optimizer), shard by rows (a rating is one independent example), and predict a (user,
-item) pair from the embeddings alone, so the history arguments are unused. Neither reduces to a
-dot product (the tower sees the pair), so both score on the executors through `score`. A user
-unknown at fit time (-1) is scored with the mean user embedding (and no user bias).
+engine's optimizer), with dropout after the dense layers and, optionally, on the concatenated
+embeddings entering them (`embeddingDropout`, as fast.ai's embedding networks: the one knob that
+moved dnn on the validation carve). They shard by rows (a rating is one independent example)
+and predict a (user, item) pair from the embeddings alone, so the history arguments are unused.
+Neither reduces to a dot product (the tower sees the pair), so both score on the executors
+through `score`. A user unknown at fit time (-1) is scored with the mean user embedding (and no
+user bias).
 
 This module imports no torch (the recipes' Params exist without the extra); the methods import
 it, and the networks live in `deep_nets.py`.
@@ -128,14 +131,14 @@ class DNNRecipe(_PairRecipe):
     defaults: Mapping[str, Any] = MappingProxyType(
         {
             "embeddingDim": 32,
-            "hiddenLayers": [64, 32],
-            "dropout": 0.2,
-            "embeddingDropout": 0.0,
+            "hiddenLayers": [128, 64],
+            "dropout": 0.5,
+            "embeddingDropout": 0.5,
             "regParam": 0.01,
             "initStd": 0.05,
-            "maxIter": 20,
-            "stepSize": 0.001,
-            "batchSize": 256,
+            "maxIter": 10,
+            "stepSize": 0.002,
+            "batchSize": 1024,
         }
     )
 
@@ -167,13 +170,13 @@ class ResidualMFRecipe(_PairRecipe):
     name = "residual_mf"
     defaults: Mapping[str, Any] = MappingProxyType(
         {
-            "embeddingDim": 32,
-            "hiddenLayers": [64],
-            "dropout": 0.2,
+            "embeddingDim": 128,
+            "hiddenLayers": [16],
+            "dropout": 0.5,
             "embeddingDropout": 0.0,
-            "regParam": 0.05,
+            "regParam": 0.1,
             "initStd": 0.01,
-            "maxIter": 20,
+            "maxIter": 18,
             "stepSize": 0.002,
             "batchSize": 512,
         }

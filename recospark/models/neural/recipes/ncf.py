@@ -58,9 +58,9 @@ class NeuMFRecipe:
             "pretrainIter": 0,
             "regParam": 0.0,
             "initStd": 0.01,
-            "maxIter": 20,
-            "stepSize": 0.001,
-            "batchSize": 256,
+            "maxIter": 12,
+            "stepSize": 0.002,
+            "batchSize": 1024,
         }
     )
     docs: Mapping[str, str] = MappingProxyType(

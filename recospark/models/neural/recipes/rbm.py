@@ -73,9 +73,9 @@ class RBMRecipe:
             "ratingValues": [1.0, 2.0, 3.0, 4.0, 5.0],
             "regParam": 0.001,
             "initStd": 0.01,
-            "maxIter": 50,
-            "stepSize": 0.001,
-            "batchSize": 16,
+            "maxIter": 22,
+            "stepSize": 0.003,
+            "batchSize": 64,
         }
     )
     docs: Mapping[str, str] = MappingProxyType(
