@@ -80,7 +80,7 @@ dist-full: dist
 # `make dist` stays free of torch.
 dist-neural: setup $(NEURAL_ARCHIVE)
 
-$(NEURAL_ARCHIVE): pyproject.toml scripts/build_dist.sh $(PY_SOURCES)
+$(NEURAL_ARCHIVE): pyproject.toml scripts/build_dist.sh
 	PYTHON=$(PYTHON) scripts/build_dist.sh env-neural
 
 cluster-artifacts: $(ZIP) $(ENV_ARCHIVE)

@@ -22,8 +22,8 @@ Settings read when the file is parsed (environment of the DAG processor; cheap, 
     RECOSPARK_HOME            checkout holding jobs/ and conf/ on the workers  [this file's ../]
     RECOSPARK_CONF            conf file (driver-local path in client mode)     [$RECOSPARK_HOME/conf/cluster.yaml]
                               its pipeline.stages gives the tasks and their order, its train.models
-                              one training task per model (missing: the defaults in
-                              $RECOSPARK_HOME/conf/local.yaml)
+                              one training task per model, as `python -m recospark tasks --conf`
+                              resolves them (recospark's defaults where the conf is silent)
     RECOSPARK_DIST            folder with recospark.zip + recospark-env.tar.gz from `make dist`;
                               shipped with --py-files/--archives when present  [$RECOSPARK_HOME/dist];
                               "" when the Spark nodes have recospark installed (docker/)
@@ -47,23 +47,26 @@ Exit codes: a stage that exits 2 (bad config, missing input: a permanent user er
 task at once, without retries; any other failure is retried (2 retries, exponential back-off).
 
 Nothing heavy is imported here (no pyspark, no recospark): the DAG processor parses this file
-often, and the Spark work happens in the spark-submit processes.
+often, and the Spark work happens in the spark-submit processes. The task graph comes from
+recospark itself, run once per conf in a subprocess and cached (`_task_graph`).
 """
 
 from __future__ import annotations
 
-import ast
+import hashlib
+import importlib.util
+import json
 import logging
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from datetime import date, datetime, timedelta
 from importlib import import_module
 from pathlib import Path
 
-import yaml
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import DAG, task
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
@@ -78,85 +81,53 @@ LOG4J2 = HOME / "recospark" / "conf" / "log4j2.properties"
 EXIT_USER_ERROR = 2  # recospark.cli: a permanent user error (bad config, missing input)
 
 
-def _read_yaml(path: str | Path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return yaml.safe_load(f) or {}
-    except OSError:
-        return {}
+def driver_python() -> str:
+    configured = os.environ.get("RECOSPARK_DRIVER_PYTHON")
+    if configured:
+        return configured
+    venv = HOME / ".venv" / "bin" / "python"
+    return str(venv) if venv.exists() else sys.executable
 
 
-def _model_list(value) -> list[str]:
-    if isinstance(value, str):
-        return [m.strip() for m in value.split(",") if m.strip()]
-    return [str(m) for m in value or []]
+def _recospark_python() -> str:
+    """An interpreter that can import recospark: this one (Airflow's venv installs the project), else
+    the driver's (RECOSPARK_DRIVER_PYTHON or $RECOSPARK_HOME/.venv)."""
+    if importlib.util.find_spec("recospark") is not None:
+        return sys.executable
+    return driver_python()
 
 
-def _all_models() -> list[str]:
-    """`all`: every model recospark knows, read from recospark/config.py's source without
-    importing it: a literal MODEL_NAMES, or the Config fields whose type is a ModelSection."""
-    try:
-        tree = ast.parse((HOME / "recospark" / "config.py").read_text(encoding="utf-8"))
-    except (OSError, SyntaxError):
-        return []
-    sections, classes = {"ModelSection"}, [n for n in tree.body if isinstance(n, ast.ClassDef)]
-    for _ in range(3):  # subclasses of subclasses
-        sections |= {c.name for c in classes if any(getattr(b, "id", "") in sections for b in c.bases)}
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "MODEL_NAMES" for t in node.targets):
-            try:
-                return list(ast.literal_eval(node.value))
-            except ValueError:
-                pass
-        if isinstance(node, ast.ClassDef) and node.name == "Config":
-            return [f.target.id for f in node.body if isinstance(f, ast.AnnAssign) and isinstance(f.target, ast.Name)
-                    and getattr(f.annotation, "id", "") in sections - {"ModelSection"}]
-    return []
+def _task_graph(conf: str) -> dict:
+    """What the conf asks for, resolved by recospark itself (`python -m recospark tasks --conf ...`:
+    pipeline.stages, train.models with `all` and the defaults applied, each composite model's
+    components, the spark settings). It runs in a subprocess so the DAG file imports nothing heavy,
+    and is cached per conf file and recospark version (keyed on their modification times), so the
+    DAG processor pays it once, not at every parse. A conf recospark refuses fails the import with
+    recospark's one-line message."""
+    stats = [Path(conf), HOME / "recospark" / "models" / "table.py", HOME / "recospark" / "config.py"]
+    key = "|".join([conf, str(HOME)] + [f"{p.stat().st_mtime_ns}:{p.stat().st_size}" if p.exists() else "-" for p in stats])
+    cache = Path(tempfile.gettempdir()) / f"recospark-dag-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text(encoding="utf-8"))
+    proc = subprocess.run(
+        [_recospark_python(), "-m", "recospark", "tasks", "--conf", conf], capture_output=True, text=True, timeout=300, cwd=str(HOME)
+    )
+    if proc.returncode != 0:
+        raise ValueError(f"recospark tasks --conf {conf} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
+    graph = json.loads(proc.stdout)
+    if "ingest" not in graph["stages"] or "train" not in graph["stages"]:
+        raise ValueError(f"pipeline.stages must include ingest and train (got {graph['stages']})")
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(graph), encoding="utf-8")
+    os.replace(tmp, cache)
+    return graph
 
 
-def _defaults(section: str, key: str):
-    """A default from conf/local.yaml, which lists every key with its default."""
-    return (_read_yaml(HOME / "conf" / "local.yaml").get(section) or {}).get(key)
-
-
-def configured_models(conf: dict) -> list[str]:
-    """The conf's train.models (a list, a comma list or `all`), else the defaults in conf/local.yaml.
-    `all` that cannot be resolved without importing recospark gives one task training them all."""
-    value = (conf.get("train") or {}).get("models")
-    if value is None:
-        value = _defaults("train", "models")
-    if value == "all":
-        return _all_models() or ["all"]
-    models = _model_list(value)
-    if not models:
-        raise ValueError(f"no models to train: set train.models in {CONF}")
-    return models
-
-
-def configured_stages(conf: dict) -> list[str]:
-    """The conf's pipeline.stages (else conf/local.yaml's), in order: one task each, `train` one per model."""
-    stages = _model_list((conf.get("pipeline") or {}).get("stages") or _defaults("pipeline", "stages"))
-    if "ingest" not in stages or "train" not in stages:
-        raise ValueError(f"pipeline.stages must include ingest and train (got {stages})")
-    return stages
-
-
-def configured_components(conf: dict, models: list[str]) -> dict[str, list[str]]:
-    """model -> the models of this DAG it is built from (blend.components): their training tasks
-    run first, so the blend task loads what they published instead of fitting them again."""
-    if "blend" not in models:
-        return {}
-    components = (conf.get("blend") or {}).get("components")
-    if components is None:
-        components = _defaults("blend", "components")
-    return {"blend": [m for m in _model_list(components) if m in models]}
-
-
-CONF_DATA = _read_yaml(CONF)
-MODELS = configured_models(CONF_DATA)
-COMPONENTS = configured_components(CONF_DATA, MODELS)
-STAGES = configured_stages(CONF_DATA)
-SPARK_CONF = {str(k): v for k, v in (CONF_DATA.get("spark") or {}).items()}
+GRAPH = _task_graph(CONF)
+MODELS = list(GRAPH["models"])
+COMPONENTS = {model: list(parts) for model, parts in GRAPH["components"].items()}
+STAGES = list(GRAPH["stages"])
+SPARK_CONF = {str(k): v for k, v in GRAPH["spark"].items()}
 
 
 def _cores_max() -> tuple[int | None, int | None]:
@@ -184,7 +155,7 @@ OUTPUT_BASE = (
 OUTPUT_ROOT = OUTPUT_BASE + "/{{ ds }}"
 DATA_SOURCE = (
     "{{ var.value.get('recospark_data_source', '"
-    + _q(os.environ.get("RECOSPARK_DATA_SOURCE") or (CONF_DATA.get("data") or {}).get("source") or "ml-100k") + "') }}"
+    + _q(os.environ.get("RECOSPARK_DATA_SOURCE") or GRAPH["data_source"]) + "') }}"
 )
 RETENTION_DAYS = "{{ var.value.get('recospark_retention_days', '" + _q(os.environ.get("RECOSPARK_RETENTION_DAYS", "30")) + "') }}"
 
@@ -229,14 +200,6 @@ class RecosparkSubmitOperator(SparkSubmitOperator):
                 os.environ.pop("SPARK_SUBMIT_OPTS", None)
             else:
                 os.environ["SPARK_SUBMIT_OPTS"] = saved
-
-
-def driver_python() -> str:
-    configured = os.environ.get("RECOSPARK_DRIVER_PYTHON")
-    if configured:
-        return configured
-    venv = HOME / ".venv" / "bin" / "python"
-    return str(venv) if venv.exists() else sys.executable
 
 
 def _shipping() -> dict:

@@ -19,11 +19,12 @@ from typing import Any
 
 from recospark import __version__
 from recospark.config import Config, load_config
-from recospark.errors import EXIT_RETRYABLE, EXIT_USER_ERROR, Retryable, UserError
+from recospark.errors import EXIT_RETRYABLE, EXIT_USER_ERROR, ConfigError, Retryable, UserError
+from recospark.models.table import MODELS, spec
 from recospark.session import build_session
 from recospark.stages.pipeline import STAGES, preflight, run, run_stage
 
-__all__ = ["EXIT_USER_ERROR", "main", "parse_args"]
+__all__ = ["knobs_table", "main", "parse_args", "tasks"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,7 +47,60 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--model", help="models to train/recommend/evaluate: a name, a comma list, or all")
         p.add_argument("--json", action="store_true", help="print the stage's result as JSON")
         p.add_argument("--json-out", metavar="FILE", help="also write the stage's result as JSON to FILE (stdout may carry logs)")
+    # commands that start no Spark: what a conf resolves to, for people and for the Airflow DAG
+    p = sub.add_parser("tasks", help="the task graph a conf asks for (stages, models, components) as JSON; starts no Spark")
+    p.add_argument("--conf", metavar="FILE", help="YAML config (defaults apply without one)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override one key, repeatable")
+    p = sub.add_parser("knobs", help="every model's configuration keys: type, default, accepted values, doc; starts no Spark")
+    p.add_argument("models", nargs="*", metavar="MODEL", help="models to list (default: all)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
+
+
+def tasks(cfg: Config) -> dict[str, Any]:
+    """The task graph `cfg` asks for: the stages in order, one training task per model, the models a
+    composite model is built from (their tasks run first), and the settings that size the tasks."""
+    models = list(cfg.train.models)
+    components = {}
+    for m in models:
+        parts = MODELS[m].components
+        if parts is not None:
+            components[m] = [c for c in parts(cfg.model_values(m)) if c in models]
+    return {
+        "stages": list(cfg.pipeline.stages),
+        "models": models,
+        "components": components,
+        "spark": dict(cfg.spark),
+        "data_source": cfg.data.source,
+    }
+
+
+def knobs_table(names: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per configuration key of each model: what the Params declare."""
+    rows = []
+    for name in names or list(MODELS):
+        for k in spec(name).knobs():
+            b = k.bounds
+            accepted = (
+                " | ".join(map(str, b.choices))
+                if b.choices is not None
+                else ", ".join(f"{op} {v:g}" for op, v in ((">=", b.ge), (">", b.gt), ("<=", b.le), ("<", b.lt)) if v is not None)
+            )
+            type_name = k.type.__name__ if isinstance(k.type, type) else str(k.type)
+            rows.append(
+                {"model": name, "key": k.key, "param": k.param, "type": type_name, "default": k.default, "accepted": accepted, "doc": k.doc}
+            )
+    return rows
+
+
+def _knobs_text(rows: list[dict[str, Any]]) -> str:
+    lines = []
+    for name in dict.fromkeys(r["model"] for r in rows):
+        lines.append(f"{name}:")
+        for r in (r for r in rows if r["model"] == name):
+            accepted = f" [{r['accepted']}]" if r["accepted"] else ""
+            lines.append(f"  {r['key']} = {r['default']!r} ({r['type']}{accepted}): {r['doc']}")
+    return "\n".join(lines)
 
 
 def parse_args(argv: Sequence[str]) -> tuple[str, Config, bool, str | None]:
@@ -89,9 +143,27 @@ def summary(stage: str, result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _no_spark_command(argv: Sequence[str]) -> str:
+    args = _parser().parse_args(list(argv))
+    if args.stage == "knobs":
+        unknown = [m for m in args.models if m not in MODELS]
+        if unknown:
+            raise ConfigError(f"unknown model(s) {unknown}; known: {', '.join(MODELS)}")
+        rows = knobs_table(args.models)
+        return json.dumps(rows, indent=2, default=str) if args.json else _knobs_text(rows)
+    return json.dumps(tasks(load_config(args.conf, args.overrides)), indent=2)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("tasks", "knobs"):
+        try:
+            print(_no_spark_command(argv))
+        except UserError as err:
+            print(f"recospark: error: {' '.join(str(err).split())}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        return 0
     try:
         stage, cfg, as_json, json_out = parse_args(argv)
         preflight(cfg, list(cfg.pipeline.stages) if stage == "pipeline" else [stage])

@@ -11,15 +11,13 @@ import os
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from recospark.errors import ConfigError
-from recospark.models.baselines import BIAS_DEFAULTS
-from recospark.models.puresvd import PURESVD_DEFAULTS
-from recospark.models.sgd.params import SGD_DEFAULTS
+from recospark.models.table import MODELS, Knob, ModelSpec
 from recospark.paths import join_path
 
 MOVIELENS_NAMES = (
@@ -80,138 +78,49 @@ class SplitConf(_Section):
 class ModelSection(_Section):
     """Base of every model's section: the section's name is the model's name in `train.models`.
 
-    Keys are the pipeline's names for the model's Params (recospark.models.table maps them).
+    The sections are not written here: `model_section` builds each from the model table entry,
+    whose knobs are the estimator's Params (keys are the Params' names in snake_case).
     """
 
 
-class ALSConf(ModelSection):
-    """Spark MLlib ALS on explicit ratings (predicts ratings)."""
+def _field_type(knob: Knob) -> Any:
+    if knob.bounds.choices is not None:
+        return Literal[tuple(knob.bounds.choices)]
+    return knob.type | None if knob.default is None else knob.type
 
-    rank: int = Field(10, ge=1)
-    max_iter: int = Field(20, ge=1)
-    reg_param: float = Field(0.1, ge=0)
-    nonnegative: bool = False
-    seed: int = 42
-    num_blocks: int = Field(4, ge=1)
-    checkpoint_interval: int = Field(5, ge=1)
-    curve_iters: tuple[int, ...] = Field(
-        (),
-        description="train records ALS's RMSE curve by refitting at these maxIter values (and at max_iter) on "
-        "train minus the validation carve, e.g. [1, 5, 10]: one extra ALS fit per point; () skips it",
+
+def model_section(spec: ModelSpec) -> type[ModelSection]:
+    """The configuration section of one model, generated from its table entry's knobs: one field per
+    knob (type, default and description from the Param), checked by the estimator's own bounds."""
+
+    def check(self: ModelSection) -> ModelSection:
+        problems = spec.problems(self.model_dump())
+        if problems:
+            raise ValueError("; ".join(f"{spec.name}.{p}" for p in problems))
+        return self
+
+    fields: dict[str, Any] = {k.key: (_field_type(k), Field(k.default, description=k.doc)) for k in spec.knobs()}
+    doc = f"The `{spec.name}` model ({spec.estimator.__name__}, a {spec.objective} model): its score is {spec.score}."
+    return create_model(
+        f"{spec.name.title().replace('_', '')}Conf",
+        __base__=ModelSection,
+        __doc__=doc,
+        __validators__={"_check": model_validator(mode="after")(check)},  # type: ignore[dict-item]
+        **fields,
     )
 
 
-class ALSImplicitConf(ModelSection):
-    """Spark MLlib ALS with implicitPrefs: ratings as confidence 1 + alpha * r (ranks items).
-
-    Defaults chosen on the validation carve of ML-100K's top-N protocol (bench/ranking_protocol.md).
-    """
-
-    rank: int = Field(30, ge=1)
-    max_iter: int = Field(15, ge=1)
-    reg_param: float = Field(0.2, ge=0)
-    alpha: float = Field(0.1, ge=0)
-    nonnegative: bool = False
-    seed: int = 42
-    num_blocks: int = Field(4, ge=1)
-    checkpoint_interval: int = Field(5, ge=1)
-
-
-def _sgd(param: str) -> Any:
-    return SGD_DEFAULTS[param]
-
-
-class SGDConf(ModelSection):
-    """recospark's DSGD matrix factorization on explicit ratings (squared loss); defaults are the estimator's."""
-
-    rank: int = Field(_sgd("rank"), ge=1)
-    max_iter: int = Field(_sgd("maxIter"), ge=1, description="epochs")
-    reg_param: float = Field(_sgd("regParam"), ge=0, description="L2 on factors")
-    bias_reg_param: float = Field(_sgd("biasRegParam"), ge=0, description="L2 on biases")
-    step_size: float = Field(_sgd("stepSize"), gt=0)
-    step_decay: float = Field(_sgd("stepDecay"), gt=0, le=1)
-    schedule: Literal["decay", "bold_driver"] = _sgd("schedule")
-    num_blocks: int = Field(_sgd("numBlocks"), ge=1, description="B: B x B outer rating blocks, Spark-level strata")
-    inner_blocks: int = Field(_sgd("innerBlocks"), ge=1, description="K: inner blocks per outer block; a task's threads run them")
-    threads: int = Field(_sgd("threads"), ge=0, description="kernel threads per task; 0: the executor's cores")
-    tasks: int = Field(_sgd("tasks"), ge=0, description="Spark tasks per stratum; 0: 1 in local mode, else min(B, executors)")
-    init_std: float = Field(_sgd("initStd"), gt=0)
-    seed: int = _sgd("seed")
-    early_stopping_rounds: int = Field(_sgd("earlyStoppingRounds"), ge=0, description="0 disables early stopping")
-    checkpoint_interval: int = Field(_sgd("checkpointInterval"), ge=1, description="epochs between lineage cuts")
-
-
-class SGDRankConf(ModelSection):
-    """The same DSGD engine with a top-N ranking loss (positives vs sampled negatives).
-
-    Defaults (BPR) chosen on the validation carve of ML-100K's top-N protocol (bench/ranking_protocol.md).
-    """
-
-    loss: Literal["bpr", "warp"] = "bpr"
-    rank: int = Field(128, ge=1)
-    max_iter: int = Field(110, ge=1, description="epochs")
-    reg_param: float = Field(0.02, ge=0, description="L2 on factors")
-    bias_reg_param: float = Field(0.01, ge=0, description="L2 on item biases")
-    step_size: float = Field(0.01, gt=0)
-    step_decay: float = Field(1.0, gt=0, le=1)
-    schedule: Literal["decay", "bold_driver"] = "decay"
-    num_blocks: int = Field(2, ge=1)
-    inner_blocks: int = Field(_sgd("innerBlocks"), ge=1)
-    threads: int = Field(_sgd("threads"), ge=0)
-    tasks: int = Field(_sgd("tasks"), ge=0)
-    init_std: float = Field(0.1, gt=0)
-    seed: int = 42
-    num_negatives: int = Field(5, ge=1, description="bpr: negatives per positive")
-    positive_threshold: float = Field(0.0, ge=0, description="ratings >= this are positives; 0: every rated item")
-    block_weighting: bool = Field(True, description="unbiased block-restricted negatives (see recospark/models/sgd/ranking.py)")
-    margin: float = Field(1.0, ge=0, description="warp: margin")
-    max_trials: int = Field(100, ge=1, description="warp: negatives tried per positive")
-    max_norm: float = Field(0.0, ge=0, description="warp: project factor rows to this norm; 0 disables (1.5 for warp)")
-    early_stopping_rounds: int = Field(0, ge=0, description="0: train max_iter epochs (tune picks max_iter on NDCG)")
-    checkpoint_interval: int = Field(5, ge=1)
-
-
-class PureSVDConf(ModelSection):
-    """PureSVD (Cremonesi et al. 2010): truncated SVD of the user x item matrix, a top-N baseline."""
-
-    rank: int = Field(PURESVD_DEFAULTS["rank"], ge=1)
-    binary: bool = Field(PURESVD_DEFAULTS["binary"], description="true: 1 for every rated item instead of the rating")
-
-
-class BlendConf(ModelSection):
-    """A weighted blend of other models' per-user standardized scores (recospark/models/blend.py).
-
-    Defaults: the blend chosen on the validation carve of ML-100K's top-N protocol.
-    """
-
-    components: tuple[str, ...] = Field(("als_implicit", "sgd_rank", "puresvd"), description="models blended")
-    weights: tuple[float, ...] = Field((0.3, 0.6, 0.1), description="one weight >= 0 per component")
-
-    @model_validator(mode="after")
-    def _aligned(self) -> BlendConf:
-        if len(self.weights) != len(self.components):
-            raise ValueError(f"{len(self.weights)} weights for {len(self.components)} components")
-        if any(w < 0 for w in self.weights) or not any(self.weights):
-            raise ValueError("weights must be >= 0 and not all 0")
-        if "blend" in self.components:
-            raise ValueError("a blend cannot contain itself")
-        return self
-
-
-class BiasConf(ModelSection):
-    """Regularized user+item bias baseline (Koren 2008): b_i, then b_u on the residual."""
-
-    reg_item: float = Field(BIAS_DEFAULTS["regItem"], ge=0)
-    reg_user: float = Field(BIAS_DEFAULTS["regUser"], ge=0)
-
-
-class GlobalMeanConf(ModelSection):
-    """The global mean rating; its top-N is the popularity list (most-rated train items first)."""
+MODEL_SECTIONS: dict[str, type[ModelSection]] = {name: model_section(spec) for name, spec in MODELS.items()}
 
 
 class TrainConf(_Section):
     models: tuple[str, ...] = ("als", "sgd", "global_mean", "bias")
     use_tuned: bool = Field(False, description="start from tuning/tuning.json's best params when present")
+    validation: bool = Field(
+        True,
+        description="fit each model once more on train minus the validation carve (split.validation_fraction) and score "
+        "its lists on the carve: the validation metrics `recommend` picks the recommended lists by (never the test split)",
+    )
 
     @field_validator("models", mode="before")
     @classmethod
@@ -307,18 +216,12 @@ class FaultsConf(_Section):
     dataframe_partition: int | None = Field(None, description="ingest partition whose first attempt fails")
 
 
-class Config(_Section):
+class _Config(_Section):
+    """Every section but the models' (which `Config` adds from the model table)."""
+
     data: DataConf = DataConf()
     output: OutputConf = OutputConf()
     split: SplitConf = SplitConf()
-    als: ALSConf = ALSConf()
-    als_implicit: ALSImplicitConf = ALSImplicitConf()
-    sgd: SGDConf = SGDConf()
-    sgd_rank: SGDRankConf = SGDRankConf()
-    puresvd: PureSVDConf = PureSVDConf()
-    blend: BlendConf = BlendConf()
-    bias: BiasConf = BiasConf()
-    global_mean: GlobalMeanConf = GlobalMeanConf()
     train: TrainConf = TrainConf()
     evaluate: EvaluateConf = EvaluateConf()
     recommend: RecommendConf = RecommendConf()
@@ -338,24 +241,17 @@ class Config(_Section):
         return v
 
     @model_validator(mode="after")
-    def _grids_name_model_keys(self) -> Config:
+    def _grids_name_model_keys(self) -> _Config:
         for name, grid in self.tune.grids.items():
             if name not in model_names():
                 raise ValueError(f"tune.grids.{name}: unknown model; known: {', '.join(model_names())}")
-            section = type(getattr(self, name))
-            unknown = sorted(k for k in grid if k not in section.model_fields)
+            params = MODELS[name].param_map()
+            unknown = sorted(k for k in grid if k not in params)
             if unknown:
-                raise ValueError(f"tune.grids.{name}: unknown key(s) {unknown}; known: {sorted(section.model_fields)}")
+                raise ValueError(f"tune.grids.{name}: unknown key(s) {unknown}; known: {sorted(params)}")
             empty = sorted(k for k, values in grid.items() if not values)
             if empty:
                 raise ValueError(f"tune.grids.{name}: no values for {empty}")
-        return self
-
-    @model_validator(mode="after")
-    def _blend_components_are_models(self) -> Config:
-        unknown = [c for c in self.blend.components if c not in model_names()]
-        if unknown:
-            raise ValueError(f"blend.components: unknown model(s) {unknown}; known: {', '.join(model_names())}")
         return self
 
     def model_conf(self, name: str) -> ModelSection:
@@ -364,6 +260,10 @@ class Config(_Section):
         if not isinstance(section, ModelSection):
             raise ConfigError(f"unknown model {name!r}; known: {', '.join(model_names())}")
         return section
+
+    def model_values(self, name: str) -> dict[str, Any]:
+        """Model `name`'s configured values by configuration key (what `ModelSpec.build` takes)."""
+        return self.model_conf(name).model_dump()
 
     @property
     def checkpoint_dir(self) -> str:
@@ -374,20 +274,28 @@ class Config(_Section):
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-    def with_overrides(self, overrides: Mapping[str, Any]) -> Config:
+    def with_overrides(self, overrides: Mapping[str, Any]) -> _Config:
         raw = self.model_dump(mode="json")
         for key, value in overrides.items():
             _assign(raw, key, value)
         return _validate(raw, source="overrides")
 
 
+if TYPE_CHECKING:  # the model sections are generated, so type checkers see the fixed sections only
+    Config = _Config
+else:
+    Config = create_model(
+        "Config",
+        __base__=_Config,
+        __doc__="The whole configuration: the fixed sections plus one section per model of the model table.",
+        __module__=__name__,
+        **{name: (section, section()) for name, section in MODEL_SECTIONS.items()},
+    )
+
+
 def model_names() -> tuple[str, ...]:
-    """Every model the pipeline knows: the Config sections that are model sections, in order."""
-    names = []
-    for name, info in Config.model_fields.items():
-        if isinstance(info.annotation, type) and issubclass(info.annotation, ModelSection):
-            names.append(name)
-    return tuple(names)
+    """Every model the pipeline knows, in the model table's order."""
+    return tuple(MODELS)
 
 
 def _spark_value(v: Any) -> str:
@@ -422,6 +330,8 @@ def _format_errors(err: ValidationError, source: str) -> str:
         key = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
             lines.append(f"{key}: unknown key (check the spelling; see conf/local.yaml for every key)")
+        elif e["type"] == "value_error" and len(e["loc"]) == 1 and e["loc"][0] in MODELS:
+            lines.append(str(e["ctx"]["error"]))  # a model's own check: names section.key already
         else:
             lines.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
     return f"invalid configuration in {source}: " + "; ".join(lines)

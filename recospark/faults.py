@@ -12,15 +12,24 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from pyspark import TaskContext
 from pyspark.sql import DataFrame
 
-if TYPE_CHECKING:  # config imports the models' Params, which import nothing from here
+if TYPE_CHECKING:
     import pandas as pd  # types only: Python workers import this module and need not load pandas
 
-    from recospark.config import FaultsConf
+
+class FaultsConf(Protocol):
+    """The `faults` section of the configuration (read-only)."""
+
+    @property
+    def sgd_partition(self) -> int | None: ...
+
+    @property
+    def dataframe_partition(self) -> int | None: ...
+
 
 # where -> partition whose first attempt fails; set on the driver by `armed`
 _ARMED: dict[str, int] = {}

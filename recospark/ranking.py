@@ -1,4 +1,4 @@
-"""Ranking metrics of top-k lists against the test split, with MLlib's RankingEvaluator.
+"""Ranking metrics of top-k lists against the test split, with MLlib's definitions, in one pass.
 
 Who counts: every user with at least one relevant test rating (rating >= threshold, or every
 test rating when the threshold is None, as in Microsoft Recommenders' benchmark). A user
@@ -24,12 +24,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pyspark.ml.evaluation import RankingEvaluator
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from recospark.frames import first_row
 from recospark.schema import MOVIE_ID, RANK, RATING, USER_ID
+from recospark.scoring import scoring_factors, top_n
 
 _PREDICTED = "predicted"
 _RELEVANT = "relevant"
@@ -77,41 +77,60 @@ def with_predicted(recs: DataFrame, k: int):
     return transform
 
 
-def map_recommenders(recs: DataFrame, test: DataFrame, k: int, threshold: float | None) -> float | None:
-    """MAP@k normalised by each user's number of relevant items (Recommenders' benchmark MAP).
-
-    Averaged over the users with a relevant item; a user without hits counts 0.
-    """
-    relevant = test.transform(filter_relevant(threshold)).select(USER_ID, MOVIE_ID).distinct()
-    n_relevant = relevant.groupBy(USER_ID).agg(F.count(F.lit(1)).alias("_n_rel"))
-    hits = recs.filter(F.col(RANK) <= F.lit(k)).join(relevant, [USER_ID, MOVIE_ID], "inner")
-    running = Window.partitionBy(USER_ID).orderBy(RANK).rowsBetween(Window.unboundedPreceding, 0)
-    precision_at_hit = F.count(F.lit(1)).over(running) / F.col(RANK)
-    per_user = hits.withColumn("_p", precision_at_hit).groupBy(USER_ID).agg(F.sum("_p").alias("_sum"))
-    table = n_relevant.join(per_user, USER_ID, "left").select((F.coalesce(F.col("_sum"), F.lit(0.0)) / F.col("_n_rel")).alias("_ap"))
-    value = first_row(table.agg(F.avg("_ap")))[0]
-    return None if value is None else float(value)
+def _per_user_metrics(k: int) -> list[Column]:
+    """Spark's RankingMetrics definitions (module docstring) as column expressions over one row per
+    user holding `predicted` (rank order) and `relevant`, so every metric is one aggregation."""
+    top = F.slice(F.col(_PREDICTED), 1, k)
+    hit = F.transform(top, lambda x: F.array_contains(F.col(_RELEVANT), x).cast("int"))
+    n_hits = F.aggregate(hit, F.lit(0), lambda acc, h: acc + h)
+    n_rel = F.size(F.col(_RELEVANT))
+    gain = F.transform(hit, lambda h, i: h.cast("double") / F.log2(i + F.lit(2)))
+    dcg = F.aggregate(gain, F.lit(0.0), lambda acc, g: acc + g)
+    ideal = F.sequence(F.lit(0), F.least(n_rel, F.lit(k)) - 1)
+    idcg = F.aggregate(ideal, F.lit(0.0), lambda acc, i: acc + F.lit(1.0) / F.log2(i + F.lit(2)))
+    # precision at each hit: hits so far / rank, summed (average precision's numerator)
+    running = F.transform(hit, lambda h, i: F.aggregate(F.slice(hit, 1, i + 1), F.lit(0), lambda acc, x: acc + x))
+    at_hits = F.aggregate(
+        F.zip_with(hit, running, lambda h, c: F.struct(h.alias("h"), c.alias("c"))),
+        F.struct(F.lit(0).alias("i"), F.lit(0.0).alias("s")),
+        lambda acc, x: F.struct(
+            (acc["i"] + 1).alias("i"),
+            (acc["s"] + F.when(x["h"] == 1, x["c"] / (acc["i"] + F.lit(1.0))).otherwise(F.lit(0.0))).alias("s"),
+        ),
+    )["s"]
+    return [
+        (n_hits / F.lit(float(k))).alias("precision"),
+        (n_hits / n_rel).alias("recall"),
+        (dcg / idcg).alias("ndcg"),
+        (at_hits / F.least(n_rel, F.lit(k))).alias("map"),
+        (at_hits / n_rel).alias("map_recommenders"),
+    ]
 
 
 def ranking_metrics(recs: DataFrame, test: DataFrame, k: int, threshold: float | None) -> dict[str, Any]:
-    """precision/recall/ndcg/map @k (Spark's RankingEvaluator) and map_recommenders@k, averaged over
-    test users with a relevant item (see module docstring)."""
-    keys = [f"{name}@{k}" for name in METRICS] + [f"map_recommenders@{k}"]
-    table = relevant_items(test, threshold).transform(with_predicted(recs, k)).cache()
-    try:
-        n_users = table.count()
-        if n_users == 0:
-            return {**dict.fromkeys(keys), "n_ranking_users": 0}
-        evaluator = RankingEvaluator(predictionCol=_PREDICTED, labelCol=_RELEVANT, k=k)
-        out: dict[str, Any] = {
-            f"{name}@{k}": float(evaluator.setMetricName(metric).evaluate(table))  # type: ignore[arg-type]
-            for name, metric in METRICS.items()
-        }
-        out[f"map_recommenders@{k}"] = map_recommenders(recs, test, k, threshold)
-        out["n_ranking_users"] = n_users
-        return out
-    finally:
-        table.unpersist()
+    """precision/recall/ndcg/map @k (Spark's RankingMetrics definitions) and map_recommenders@k,
+    averaged over test users with a relevant item (see module docstring), in one Spark job.
+
+    `tests/test_ranking.py` checks the figures against MLlib's `RankingEvaluator` and against an
+    independent per-user computation.
+    """
+    names = [*METRICS, "map_recommenders"]
+    table = relevant_items(test, threshold).transform(with_predicted(recs, k)).select(*_per_user_metrics(k))
+    row = first_row(table.agg(F.count(F.lit(1)).alias("n"), *[F.avg(n).alias(n) for n in names]))
+    n_users = int(row["n"] or 0)
+    out: dict[str, Any] = {f"{n}@{k}": (float(row[n]) if n_users else None) for n in names}
+    out["n_ranking_users"] = n_users
+    return out
+
+
+def validation_metrics(
+    model: Any, fit_rows: DataFrame, validation: DataFrame, k: int, threshold: float | None, user_block_size: int = 2048
+) -> dict[str, Any]:
+    """Ranking metrics of `model`'s top-k lists (the items of `fit_rows` excluded, as `recommend`
+    excludes train) against `validation`: how `tune` and `train` judge a model without the test split."""
+    users, items = scoring_factors(model)
+    recs = top_n(users, items, fit_rows.select(USER_ID, MOVIE_ID), k, user_block_size)
+    return ranking_metrics(recs, validation, k, threshold)
 
 
 def catalog_coverage(recs: DataFrame, n_items: int) -> float:

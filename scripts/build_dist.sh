@@ -10,6 +10,10 @@
 #   dist/recospark-env-full.tar.gz             (`env-full`, on demand) the same plus the driver-only
 #                                              dependencies (matplotlib, for the report stage), for
 #                                              cluster deploy mode, where the driver runs in the archive
+#   dist/recospark-env-neural.tar.gz           (`env-neural`, on demand: `make dist-neural`) the executor
+#                                              environment plus the `neural` extra (CPU-only torch, pinned
+#                                              in pyproject.toml, and safetensors), for clusters that train
+#                                              or score the neural models; `env` stays free of torch
 #
 # Each Spark application unpacks the archive into every executor's work dir, so it holds only
 # what executors import (measured with `python -X importtime` as the workers' interpreter over a
@@ -23,7 +27,11 @@
 # venv-pack keeps `bin/python` as a link to the interpreter that made the venv: workers need
 # that same Python at the same path (true on this machine and on images built from docker/).
 #
-#   scripts/build_dist.sh [all|wheel|zip|env|env-full]     (default all = wheel zip env)
+# The neural models' ranks run in fresh interpreters that torchrun starts next to the executors'
+# Python workers; `recospark.models.neural` passes the workers' sys.path (with the --py-files zip)
+# on to them, so the neural archive holds no copy of the code either.
+#
+#   scripts/build_dist.sh [all|wheel|zip|env|env-full|env-neural]     (default all = wheel zip env)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -44,7 +52,7 @@ pip_q() {  # quiet pip; its full log only when it fails
   rm -f "$log"
 }
 
-deps() {  # deps executor|full|tools: requirement strings from pyproject.toml
+deps() {  # deps executor|full|neural|tools: requirement strings from pyproject.toml
   "$PYTHON" - "$1" "$DRIVER_ONLY" <<'PY'
 import re, sys, tomllib
 profile, driver_only = sys.argv[1], set(sys.argv[2].lower().split())
@@ -53,8 +61,10 @@ if profile == "tools":
     reqs = project["optional-dependencies"]["dist"]
 else:
     reqs = [r for r in project["dependencies"] if re.match(r"^(pyspark|py4j)\b", r.strip(), re.I) is None]
-    if profile == "executor":
+    if profile in ("executor", "neural"):
         reqs = [r for r in reqs if re.split(r"[<>=!~;\[ ]", r.strip(), maxsplit=1)[0].lower() not in driver_only]
+    if profile == "neural":
+        reqs += project["optional-dependencies"]["neural"]
 print("\n".join(reqs))
 PY
 }
@@ -110,9 +120,10 @@ print(f"{target}: {len(zipfile.ZipFile(target).namelist())} files")
 PY
 }
 
-build_env() {  # build_env executor|full
+build_env() {  # build_env executor|full|neural
   local profile="$1" venv="$DIST_VENV" name="recospark-env.tar.gz"
   if [ "$profile" = full ]; then venv="$DIST_VENV-full"; name="recospark-env-full.tar.gz"; fi
+  if [ "$profile" = neural ]; then venv="$DIST_VENV-neural"; name="recospark-env-neural.tar.gz"; fi
   dist_venv
   make_venv "$venv" "$profile"
   local tmp="$OUT/.tmp-$name"
@@ -130,5 +141,6 @@ case "${1:-all}" in
   zip) build_zip ;;
   env) build_env executor ;;
   env-full) build_env full ;;
-  *) echo "usage: $0 [all|wheel|zip|env|env-full]" >&2; exit 2 ;;
+  env-neural) build_env neural ;;
+  *) echo "usage: $0 [all|wheel|zip|env|env-full|env-neural]" >&2; exit 2 ;;
 esac

@@ -160,7 +160,7 @@ def test_training_tasks_follow_train_models(tmp_path, monkeypatch):
     conf.write_text("output:\n  root: /tmp/x\n")
     dag = _dagbag().dags["recospark"]
     assert {t for t in dag.task_ids if t.startswith("train_")} == {f"train_{m}" for m in _conf_models(ROOT / "conf" / "local.yaml")}
-    # `all`: every model section of recospark/config.py, read without importing it.
+    # `all`: every model of the model table, resolved by `recospark tasks` in a subprocess (the DAG imports no recospark).
     conf.write_text("train:\n  models: all\n")
     from recospark.config import Config, load_config
 
@@ -237,7 +237,7 @@ def _small_conf(path: Path, models: list[str]) -> Path:
         # Not the data the run reads: the Variable recospark_data_source must win over it.
         "data": {"source": "ml-100k", "download": False},
         "split": {"strategy": "random", "seed": 42},
-        "als": {"max_iter": 5, "num_blocks": 2},
+        "als": {"max_iter": 5, "num_user_blocks": 2, "num_item_blocks": 2},
         "sgd": {"rank": 8, "max_iter": 5, "num_blocks": 2},
         "train": {"models": models},
         "recommend": {"user_block_size": 64},

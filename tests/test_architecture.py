@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import inspect
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
+from pydantic import ValidationError
+from pyspark.ml.param import Param, TypeConverters
 
-from recospark.config import Config, ModelSection, model_names
+from recospark.config import Config, ModelSection, model_names, model_section
+from recospark.models.params import conf_key, knob
+from recospark.models.sgd.estimator import SGDMatrixFactorization
 from recospark.models.table import MODELS
 
 PACKAGE = Path(__file__).resolve().parents[1] / "recospark"
@@ -142,42 +149,87 @@ def test_every_module_imports_first_in_a_fresh_interpreter():
 
 
 def test_model_table_and_config_sections_name_the_same_models():
-    assert list(MODELS) == [n for n in model_names() if n in MODELS]
-    assert set(MODELS) == set(model_names())
+    assert model_names() == tuple(MODELS)
+    assert all(isinstance(Config().model_conf(n), ModelSection) for n in MODELS)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_every_config_key_of_a_model_maps_to_a_param_or_is_a_setting(name):
+def test_a_models_config_section_is_its_knobs(name):
+    """The section is generated from the table entry: one field per knob, the knob's default."""
     spec = MODELS[name]
-    section = type(Config().model_conf(name))
-    assert issubclass(section, ModelSection)
-    assert set(section.model_fields) == set(spec.params) | set(spec.settings)
+    section = Config().model_conf(name)
+    knobs = {k.key: k.default for k in spec.knobs()}
+    assert set(type(section).model_fields) == set(knobs)
+    assert section.model_dump() == knobs
+    for k in spec.knobs():
+        assert k.param is None or k.key == conf_key(k.param)
 
 
-def _signature_defaults(cls: type) -> dict[str, object]:
-    return {
-        k: p.default
-        for k, p in inspect.signature(cls.__init__).parameters.items()
-        if p.default is not inspect.Parameter.empty and p.default is not None
-    }
-
-
-@pytest.mark.parametrize("name", ["sgd", "bias"])
-def test_conf_defaults_estimator_defaults_and_signatures_agree(name):
-    """Where the pipeline's defaults are the estimator's own (one source), all three agree."""
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_knob_defaults_are_the_estimators_own_unless_the_table_overrides_them(name):
     spec = MODELS[name]
-    estimator = spec.estimator()
-    defaults = {p.name: v for p, v in estimator._defaultParamMap.items()}
-    conf = Config().model_conf(name).model_dump()
-    for key, value in conf.items():
-        assert defaults[spec.params[key]] == value, f"{name}.{key}"
-    for param, value in _signature_defaults(spec.estimator).items():
-        assert defaults[param] == value, f"{spec.estimator.__name__}({param}=...)"
-    set_params = {
-        k: p.default for k, p in inspect.signature(spec.estimator.setParams).parameters.items() if p.default is not inspect.Parameter.empty
-    }
-    init = {k: p.default for k, p in inspect.signature(spec.estimator.__init__).parameters.items() if p.default is not inspect.Parameter.empty}
-    assert set_params == init
+    instance = (spec.schema or spec.estimator)()
+    for k in spec.knobs():
+        if k.param is None:
+            continue
+        expected = spec.defaults[k.param] if k.param in spec.defaults else instance.getOrDefault(k.param)
+        assert k.default == (tuple(expected) if isinstance(expected, list) else expected), f"{name}.{k.key}"
+
+
+def test_local_yaml_documents_every_knob_with_its_default():
+    """conf/local.yaml lists every key with its default: for models, exactly the table's knobs."""
+    raw = yaml.safe_load((PACKAGE.parent / "conf" / "local.yaml").read_text(encoding="utf-8"))
+    for name, spec in MODELS.items():
+        documented = {k: tuple(v) if isinstance(v, list) else v for k, v in (raw.get(name) or {}).items()}
+        assert documented == {k.key: k.default for k in spec.knobs()}, name
+
+
+@pytest.mark.parametrize("name", sorted(n for n, s in MODELS.items() if s.estimator.__module__.startswith("recospark")))
+def test_keyword_signatures_repeat_no_default(name):
+    """recospark's estimators take `None` keyword defaults: a default lives in `_setDefault` only."""
+    cls = MODELS[name].estimator
+    for method in (cls.__init__, getattr(cls, "setParams", None)):
+        if method is None:
+            continue
+        defaults = {k: p.default for k, p in inspect.signature(method).parameters.items() if p.kind is p.KEYWORD_ONLY}
+        assert all(v is None for v in defaults.values()), f"{cls.__name__}.{method.__name__}: {defaults}"
+
+
+class _FooSGD(SGDMatrixFactorization):
+    """A test-only estimator with one more Param, declared once."""
+
+    fooBar: Param[float] = knob("fooBar", "a test-only knob", TypeConverters.toFloat, ge=0)
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__()
+        self._setDefault(fooBar=0.5)
+
+
+def test_a_new_param_is_declared_once_and_reaches_config_table_and_engine():
+    spec = dataclasses.replace(MODELS["sgd"], name="foo_sgd", estimator=_FooSGD)
+    knobs = {k.key: k for k in spec.knobs()}
+    assert knobs["foo_bar"].param == "fooBar" and knobs["foo_bar"].default == 0.5
+    section = model_section(spec)
+    assert section().model_dump()["foo_bar"] == 0.5
+    assert section(foo_bar=2.0).model_dump()["foo_bar"] == 2.0
+    with pytest.raises(ValidationError, match=r"foo_sgd.foo_bar must be >= 0"):
+        section(foo_bar=-1.0)
+    values = {**section().model_dump(), "foo_bar": 3.0}
+    assert spec.param_values(values)["fooBar"] == 3.0
+
+    class Values:
+        def model_values(self, name: str) -> dict[str, Any]:
+            return values
+
+    estimator = spec.build(Values())
+    assert estimator.getOrDefault("fooBar") == 3.0
+    engine = estimator.dsgd_params()
+    assert getattr(engine, "extra", {}).get("fooBar", getattr(engine, "fooBar", None)) == 3.0
+
+
+def test_a_renamed_or_unknown_key_is_an_error_not_a_silent_default():
+    with pytest.raises(ValueError, match=r"sgd: keys \['reg'\] name no knob"):
+        MODELS["sgd"].param_values({"reg": 0.1})
 
 
 def test_fitted_sgd_model_carries_no_training_params():

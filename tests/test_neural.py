@@ -112,6 +112,17 @@ def test_gmf_forward_and_loss_by_hand():
     assert float(GMF_RECIPE.loss(net, batch, {"regParam": 0.0}, 0).detach()) == pytest.approx(expected, rel=1e-6)
 
 
+def test_gmf_with_item_bias_exports_factors_equal_to_its_logits():
+    torch.manual_seed(0)
+    net = GMFNet(n_users=3, n_items=4, dim=2, init_std=0.5, item_bias=True)
+    with torch.no_grad():
+        net.item_bias.weight.copy_(torch.tensor([[0.5], [-1.0], [0.0], [2.0]]))
+        users, items = net.factors()
+        u, i = torch.meshgrid(torch.arange(3), torch.arange(4), indexing="ij")
+        logits, _ = net(u.reshape(-1), i.reshape(-1))
+    np.testing.assert_allclose((users @ items.T).reshape(-1).numpy(), logits.numpy(), rtol=1e-6, atol=1e-6)
+
+
 # --------------------------------------------------------------------------- sharding (pure functions)
 
 
@@ -166,6 +177,21 @@ def test_shards_read_from_parquet_split_the_rows_and_drop_unknown_validation_ids
         for s in (t, v):
             assert np.all(np.diff(s.users) >= 0)  # sorted by user
             assert s.users.min(initial=0) >= 0 and s.items.max(initial=0) < len(item_ids)
+
+
+def test_an_unpickled_job_hands_its_import_path_to_the_processes_it_starts(monkeypatch):
+    """torchrun's ranks are fresh interpreters: they find the --py-files code through PYTHONPATH."""
+    import pickle
+
+    from recospark.models.neural.job import TrainJob
+
+    monkeypatch.setenv("PYTHONPATH", "/already/there")
+    monkeypatch.setattr(sys, "path", [*sys.path, str(ROOT / "tests")])
+    job = TrainJob(NEURAL_MF, {"seed": 1}, "rows", np.arange(3), np.arange(2), 1, False)
+    copy = pickle.loads(pickle.dumps(job))
+    assert copy.hp == {"seed": 1} and copy.recipe.name == "neural_mf"
+    exported = os.environ["PYTHONPATH"].split(os.pathsep)
+    assert exported[0] == "/already/there" and str(ROOT / "tests") in exported
 
 
 # --------------------------------------------------------------------------- fitted models
@@ -268,6 +294,36 @@ def test_block_scorer_lists_equal_a_plain_per_user_reference_ties_included(spark
     assert {u: got[u] for u in (1, 2, 3)} == expected
     assert [m for m, _ in got[1]] == [101, 102, 104]  # a three-way tie at 5.5: ascending movie_id
     assert [m for m, _ in got[4]] == [102, 104, 105]  # unknown user: mu + b_i, ties by movie_id
+
+
+class _ScoredMF(NeuralMFRecipe):
+    """neural_mf's network as if it were not a dot product: its model ranks through blockScorer()."""
+
+    name = "scored_mf"
+    dot_product = False
+
+
+def test_a_scorer_model_ranks_through_its_block_scorer_and_survives_save_load(spark, tmp_path):
+    from recospark.scoring import recommend_for
+
+    scorer, reference, item_ids = _tied_scorer(spark)
+    _, model_cls = neural_pair(_ScoredMF(), "ScoredMF")
+    history = spark.createDataFrame([(1, 103, 4.0), (2, 105, 5.0), (3, 104, 2.0)], "user_id int, movie_id int, rating float")
+    hp = scorer.hp
+    model = model_cls(hp, scorer.user_ids_bc.value, item_ids, scorer.weights_bc.value, [{"epoch": 1}], 1, {"trainRows": history}, [])
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the Python workers cannot import this test module
+    try:
+        assert not hasattr(model, "scoringFactors") and hasattr(model, "blockScorer")
+        recs = {(r.user_id, r.rank): r.movie_id for r in recommend_for(model, history, 2).collect()}
+        assert recs == {(1, 1): 101, (1, 2): 102, (2, 1): 101, (2, 2): 102, (3, 1): 101, (3, 2): 102}
+        model.write().save(str(tmp_path / "m"))
+        loaded = model_cls.load(str(tmp_path / "m"))
+        assert sorted(tuple(r) for r in loaded.trainRows.collect()) == sorted(tuple(r) for r in history.collect())
+        pairs = spark.createDataFrame([(2, 103), (7, 103)], "user_id int, movie_id int")
+        got = {r.user_id: r.prediction for r in loaded.transform(pairs).collect()}
+        assert got[2] == pytest.approx(reference(2, 103)) and math.isnan(got[7])
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
 def test_pair_predictions_run_the_network_and_give_nan_for_unknown_ids(spark):

@@ -1,7 +1,9 @@
 import math
+import random
 
 import pytest
 from chispa import assert_df_equality
+from pyspark.ml.evaluation import RankingEvaluator
 from pyspark.sql.types import ArrayType, DoubleType, IntegerType, StructField, StructType
 
 from recospark.ranking import catalog_coverage, mean_popularity, predicted_lists, ranking_metrics, relevant_items
@@ -132,3 +134,45 @@ def test_mean_popularity_averages_train_counts_over_recommended_rows(spark, recs
     # counts: 10 -> 3, 11 -> 1, 12 -> 1, 20 -> 2 (duplicate row counts), 13 and 21 unseen -> 0
     # rows: user 1: 11, 10, 13, 12 -> 1 + 3 + 0 + 1; user 2: 20, 21 -> 2 + 0; user 4: 10 -> 3
     assert mean_popularity(recs, train) == pytest.approx((1 + 3 + 0 + 1 + 2 + 0 + 3) / 7)
+
+
+def _oracle(lists: dict[int, list[int]], relevant: dict[int, set[int]], k: int) -> dict[str, float]:
+    """Per-user metrics written out loop by loop, independently of recospark.ranking's expressions."""
+    sums = dict.fromkeys(("precision", "recall", "ndcg", "map", "map_recommenders"), 0.0)
+    for user, rel in relevant.items():
+        top = lists.get(user, [])[:k]
+        hits, dcg, ap = 0, 0.0, 0.0
+        for i, item in enumerate(top):
+            if item in rel:
+                hits += 1
+                dcg += 1 / math.log2(i + 2)
+                ap += hits / (i + 1)
+        idcg = sum(1 / math.log2(i + 2) for i in range(min(k, len(rel))))
+        sums["precision"] += hits / k
+        sums["recall"] += hits / len(rel)
+        sums["ndcg"] += dcg / idcg
+        sums["map"] += ap / min(k, len(rel))
+        sums["map_recommenders"] += ap / len(rel)
+    return {f"{name}@{k}": value / len(relevant) for name, value in sums.items()}
+
+
+def test_ranking_metrics_equal_an_independent_computation_and_mllibs_evaluator(spark):
+    """Random lists (some shorter than k, some users without a list, relevant sets larger and
+    smaller than k): every metric equals a loop-by-loop oracle, and the four Spark metrics equal
+    MLlib's RankingEvaluator on the same rows."""
+    rng = random.Random(5)
+    k = 5
+    lists = {u: rng.sample(range(40), rng.randint(1, 8)) for u in range(60) if u % 7 != 0}
+    relevant = {u: set(rng.sample(range(40), rng.randint(1, 12))) for u in range(60) if u % 11 != 3}
+    recs = spark.createDataFrame([(u, r + 1, m, 1.0 / (r + 1)) for u, items in lists.items() for r, m in enumerate(items)], TOP_N)
+    test = spark.createDataFrame([(u, m, 5.0) for u, items in relevant.items() for m in items], TEST)
+    got = ranking_metrics(recs, test, k, None)
+    expected = _oracle(lists, relevant, k)
+    assert got["n_ranking_users"] == len(relevant)
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, abs=1e-12), key
+    table = relevant_items(test, None).join(predicted_lists(recs, k), USER_ID, "left")
+    table = table.selectExpr("relevant", "coalesce(predicted, cast(array() as array<double>)) as predicted")
+    evaluator = RankingEvaluator(predictionCol="predicted", labelCol="relevant", k=k)
+    for name, metric in (("precision", "precisionAtK"), ("recall", "recallAtK"), ("ndcg", "ndcgAtK"), ("map", "meanAveragePrecisionAtK")):
+        assert got[f"{name}@{k}"] == pytest.approx(evaluator.setMetricName(metric).evaluate(table), abs=1e-12), name

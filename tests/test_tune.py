@@ -62,7 +62,8 @@ def test_tune_stage_train_validation_split_als_and_bias(spark, published_train):
     cfg = published_train(
         "train.models=[als,bias]",
         "tune.grids={als: {rank: [2, 3], max_iter: [3]}, bias: {reg_user: [0.0, 25.0]}, sgd: {rank: [2]}}",
-        "als.num_blocks=1",
+        "als.num_user_blocks=1",
+        "als.num_item_blocks=1",
     )
     out = tune.run(spark, cfg)
     doc = json.loads(open(io.output_path(cfg, "tuning", "tuning.json")).read())

@@ -26,17 +26,17 @@ from typing import Any, ClassVar
 
 from pyspark import keyword_only
 from pyspark.ml import Estimator, Model
-from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.param import Param, TypeConverters
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import FloatType, IntegerType, StructField, StructType
 
 from recospark.frames import first_row
-from recospark.models.params import _RecommenderModelParams, _RecommenderModelSetters, _RecommenderParams
+from recospark.models.params import _RecommenderModelParams, _RecommenderModelSetters, _RecommenderParams, check_params, given, knob
 from recospark.models.persistence import EstimatorPersistence, TablesPersistence
 from recospark.schema import BIAS, FACTOR_ID, FEATURES, MOVIE_ID, PREDICTION, RATING, USER_ID
 
-__all__ = ["BIAS_DEFAULTS", "BiasBaseline", "BiasBaselineModel", "GlobalMean", "GlobalMeanModel"]
+__all__ = ["BiasBaseline", "BiasBaselineModel", "GlobalMean", "GlobalMeanModel"]
 
 _USER_BIAS = "_b_user"
 _ITEM_BIAS = "_b_item"
@@ -53,8 +53,6 @@ _COLUMN_DEFAULTS: dict[str, Any] = {
     "predictionCol": PREDICTION,
     "coldStartStrategy": "nan",
 }
-# The one source of the bias baseline's defaults (the `bias` config section reads them too).
-BIAS_DEFAULTS: dict[str, Any] = {"regUser": 10.0, "regItem": 10.0}
 
 _BIAS_TABLE = StructType([StructField(FACTOR_ID, IntegerType(), False), StructField(BIAS, FloatType(), False)])
 _COUNT_TABLE = StructType([StructField(FACTOR_ID, IntegerType(), False), StructField(_COUNT, IntegerType(), False)])
@@ -77,12 +75,12 @@ class _BaselineParams(_BaselineModelParams, _RecommenderParams):
 
 
 class _BiasParams(_BaselineParams):
-    regUser: Param[float] = Param(Params._dummy(), "regUser", "shrinkage of user biases (>= 0)", TypeConverters.toFloat)
-    regItem: Param[float] = Param(Params._dummy(), "regItem", "shrinkage of item biases (>= 0)", TypeConverters.toFloat)
+    regUser: Param[float] = knob("regUser", "shrinkage of user biases: b_u divides by (regUser + n_u)", TypeConverters.toFloat, ge=0)
+    regItem: Param[float] = knob("regItem", "shrinkage of item biases: b_i divides by (regItem + n_i)", TypeConverters.toFloat, ge=0)
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        self._setDefault(**BIAS_DEFAULTS)
+        self._setDefault(regUser=10.0, regItem=10.0)
 
     def getRegUser(self) -> float:
         return self.getOrDefault(self.regUser)
@@ -141,26 +139,26 @@ class GlobalMean(Estimator, _BaselineParams, EstimatorPersistence):
     def __init__(
         self,
         *,
-        userCol: str = USER_ID,
-        itemCol: str = MOVIE_ID,
-        ratingCol: str = RATING,
-        predictionCol: str = PREDICTION,
-        coldStartStrategy: str = "nan",
+        userCol: str | None = None,
+        itemCol: str | None = None,
+        ratingCol: str | None = None,
+        predictionCol: str | None = None,
+        coldStartStrategy: str | None = None,
     ) -> None:
         super().__init__()
-        self._set(**self._input_kwargs)
+        self._set(**given(self._input_kwargs))
 
     @keyword_only
     def setParams(
         self,
         *,
-        userCol: str = USER_ID,
-        itemCol: str = MOVIE_ID,
-        ratingCol: str = RATING,
-        predictionCol: str = PREDICTION,
-        coldStartStrategy: str = "nan",
+        userCol: str | None = None,
+        itemCol: str | None = None,
+        ratingCol: str | None = None,
+        predictionCol: str | None = None,
+        coldStartStrategy: str | None = None,
     ) -> GlobalMean:
-        return self._set(**self._input_kwargs)
+        return self._set(**given(self._input_kwargs))
 
     def _fit(self, dataset: DataFrame) -> GlobalMeanModel:
         self._check_cold_start()
@@ -227,30 +225,30 @@ class BiasBaseline(Estimator, _BiasParams, EstimatorPersistence):
     def __init__(
         self,
         *,
-        userCol: str = USER_ID,
-        itemCol: str = MOVIE_ID,
-        ratingCol: str = RATING,
-        predictionCol: str = PREDICTION,
-        coldStartStrategy: str = "nan",
-        regUser: float = BIAS_DEFAULTS["regUser"],
-        regItem: float = BIAS_DEFAULTS["regItem"],
+        userCol: str | None = None,
+        itemCol: str | None = None,
+        ratingCol: str | None = None,
+        predictionCol: str | None = None,
+        coldStartStrategy: str | None = None,
+        regUser: float | None = None,
+        regItem: float | None = None,
     ) -> None:
         super().__init__()
-        self._set(**self._input_kwargs)
+        self._set(**given(self._input_kwargs))
 
     @keyword_only
     def setParams(
         self,
         *,
-        userCol: str = USER_ID,
-        itemCol: str = MOVIE_ID,
-        ratingCol: str = RATING,
-        predictionCol: str = PREDICTION,
-        coldStartStrategy: str = "nan",
-        regUser: float = BIAS_DEFAULTS["regUser"],
-        regItem: float = BIAS_DEFAULTS["regItem"],
+        userCol: str | None = None,
+        itemCol: str | None = None,
+        ratingCol: str | None = None,
+        predictionCol: str | None = None,
+        coldStartStrategy: str | None = None,
+        regUser: float | None = None,
+        regItem: float | None = None,
     ) -> BiasBaseline:
-        return self._set(**self._input_kwargs)
+        return self._set(**given(self._input_kwargs))
 
     def setRegUser(self, value: float) -> BiasBaseline:
         return self._set(regUser=value)
@@ -260,9 +258,10 @@ class BiasBaseline(Estimator, _BiasParams, EstimatorPersistence):
 
     def _fit(self, dataset: DataFrame) -> BiasBaselineModel:
         self._check_cold_start()
+        problems = check_params(self)
+        if problems:
+            raise ValueError("BiasBaseline: " + "; ".join(problems))
         reg_user, reg_item = self.getRegUser(), self.getRegItem()
-        if reg_user < 0 or reg_item < 0:
-            raise ValueError(f"regUser and regItem must be >= 0, got {reg_user}, {reg_item}")
         rated = _rated(dataset, self).cache()
         try:
             mu = _global_mean(rated)

@@ -32,27 +32,24 @@ from typing import Any, ClassVar
 import numpy as np
 from pyspark import keyword_only
 from pyspark.ml import Estimator, Model
-from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.param import Param, TypeConverters
 from pyspark.mllib.linalg import Vectors
 from pyspark.mllib.linalg.distributed import RowMatrix
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
-from recospark.models.params import _RecommenderModelParams, _RecommenderModelSetters, _RecommenderParams
+from recospark.models.params import _RecommenderModelParams, _RecommenderModelSetters, _RecommenderParams, check_params, given, knob
 from recospark.models.persistence import EstimatorPersistence, TablesPersistence
 from recospark.schema import FACTOR_ID, FACTORS, FEATURES, MOVIE_ID, PREDICTION, RATING, USER_ID
 
-__all__ = ["PURESVD_DEFAULTS", "PureSVD", "PureSVDModel"]
+__all__ = ["PureSVD", "PureSVDModel"]
 
 _USERS_TABLE = "userFactors"
 _ITEMS_TABLE = "itemFactors"
 _IDX = "_item_index"
 _VALUE = "_value"
 _UF, _IF = "_user_features", "_item_features"
-# The one source of PureSVD's defaults (the `puresvd` config section reads them too); chosen on
-# the validation carve of ML-100K's top-N protocol (bench/ranking_protocol.md).
-PURESVD_DEFAULTS: dict[str, Any] = {"rank": 10, "binary": True}
 
 
 class _PureSVDModelParams(_RecommenderModelParams):
@@ -66,14 +63,8 @@ class _PureSVDModelParams(_RecommenderModelParams):
 class _PureSVDParams(_PureSVDModelParams, _RecommenderParams):
     """Fit-time params: rank and what a cell of R holds."""
 
-    rank: Param[int] = Param(
-        Params._dummy(),
-        "rank",
-        "number of singular vectors kept (>= 1)",
-        TypeConverters.toInt,
-    )
-    binary: Param[bool] = Param(
-        Params._dummy(),
+    rank: Param[int] = knob("rank", "number of singular vectors kept", TypeConverters.toInt, ge=1)
+    binary: Param[bool] = knob(
         "binary",
         "R holds 1 for every rated cell (true) or the rating itself (false); missing cells are 0 either way",
         TypeConverters.toBoolean,
@@ -81,7 +72,7 @@ class _PureSVDParams(_PureSVDModelParams, _RecommenderParams):
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        self._setDefault(ratingCol=RATING, **PURESVD_DEFAULTS)
+        self._setDefault(ratingCol=RATING, rank=10, binary=True)
 
     def getRank(self) -> int:
         return self.getOrDefault(self.rank)
@@ -123,30 +114,30 @@ class PureSVD(Estimator, _PureSVDParams, EstimatorPersistence):
     def __init__(
         self,
         *,
-        rank: int = PURESVD_DEFAULTS["rank"],
-        binary: bool = PURESVD_DEFAULTS["binary"],
-        userCol: str = USER_ID,
-        itemCol: str = MOVIE_ID,
-        ratingCol: str = RATING,
-        predictionCol: str = PREDICTION,
-        coldStartStrategy: str = "nan",
+        rank: int | None = None,
+        binary: bool | None = None,
+        userCol: str | None = None,
+        itemCol: str | None = None,
+        ratingCol: str | None = None,
+        predictionCol: str | None = None,
+        coldStartStrategy: str | None = None,
     ) -> None:
         super().__init__()
-        self._set(**self._input_kwargs)
+        self._set(**given(self._input_kwargs))
 
     @keyword_only
     def setParams(
         self,
         *,
-        rank: int = PURESVD_DEFAULTS["rank"],
-        binary: bool = PURESVD_DEFAULTS["binary"],
-        userCol: str = USER_ID,
-        itemCol: str = MOVIE_ID,
-        ratingCol: str = RATING,
-        predictionCol: str = PREDICTION,
-        coldStartStrategy: str = "nan",
+        rank: int | None = None,
+        binary: bool | None = None,
+        userCol: str | None = None,
+        itemCol: str | None = None,
+        ratingCol: str | None = None,
+        predictionCol: str | None = None,
+        coldStartStrategy: str | None = None,
     ) -> PureSVD:
-        return self._set(**self._input_kwargs)
+        return self._set(**given(self._input_kwargs))
 
     def setRank(self, value: int) -> PureSVD:
         return self._set(rank=value)
@@ -165,9 +156,10 @@ class PureSVD(Estimator, _PureSVDParams, EstimatorPersistence):
 
     def _fit(self, dataset: DataFrame) -> PureSVDModel:
         self._check_cold_start()
+        problems = check_params(self)
+        if problems:
+            raise ValueError("PureSVD: " + "; ".join(problems))
         k = self.getRank()
-        if k < 1:
-            raise ValueError(f"rank must be >= 1, got {k}")
         value = F.lit(1.0) if self.getBinary() else F.col(self.getRatingCol()).cast("double")
         cells = (
             dataset.select(

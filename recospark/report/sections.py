@@ -244,8 +244,9 @@ def comparison_section(inp: Inputs) -> str:
     pick = summary.get("recommended")
     if pick:
         out += H.para(
-            f"Recommended lists: {model_label(pick['model'])}, the highest validation NDCG@{k} "
-            f"({pick.get(f'validation_ndcg@{k}', 0.0):.4f}) among the models tuned in tuning/, on a carve of train."
+            f"Recommended lists: {model_label(pick['model'])} (published at {pick.get('path', 'recommendations/recommended')}), "
+            f"the highest validation NDCG@{k} ({pick.get(f'validation_ndcg@{k}') or 0.0:.4f}) of the trained models: each was "
+            "fitted once more on train minus a validation carve and its lists scored on the carve, never on the test split."
         )
     ranked = [n for n in names if isinstance(models[n].get(f"ndcg@{k}"), (int, float))]
     if ranked:

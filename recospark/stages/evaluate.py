@@ -121,6 +121,7 @@ _TABLE_COLUMNS = (
     "map@{k}",
     "map_recommenders@{k}",
     "catalog_coverage",
+    "validation_ndcg@{k}",
     "train_seconds",
 )
 
@@ -162,7 +163,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     train_src = io.source(cfg, f"splits/{split}/train", needed_by="evaluate")
     test_src = io.source(cfg, f"splits/{split}/test", needed_by="evaluate")
     rec_srcs = {name: io.source(cfg, f"recommendations/{name}", needed_by="evaluate") for name in cfg.train.models}
-    tuning_src = _optional(cfg, "tuning")
+    recommended_src = _optional(cfg, "recommendations/recommended")
     for name, src in rec_srcs.items():
         n = int(src.manifest.get("n") or 0)
         if n < k:
@@ -206,6 +207,8 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
                 cold_start=cfg.evaluate.cold_start,
                 coverage=(metrics["n_scored"] / counts["n_test"]) if metrics["n_scored"] is not None and counts["n_test"] else None,
                 train_seconds=manifest.get("train_seconds"),
+                validation=manifest.get("validation"),
+                **{f"validation_ndcg@{k}": (manifest.get("validation") or {}).get(f"ndcg@{k}")},
                 params=manifest.get("params", {}),
                 history=manifest.get("history", []),
                 score=spec.score,
@@ -224,18 +227,19 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         "relevance_threshold": cfg.evaluate.relevance_threshold,
         "cold_start": cfg.evaluate.cold_start,
         "models": {n: {key: v for key, v in m.items() if key not in ("history", "params")} for n, m in results.items()},
-        "recommended": recommended_model(io.read_json(tuning_src.file("tuning.json")) if tuning_src else None, list(cfg.train.models), k),
+        "recommended": _recommended(recommended_src, results, k),
     }
     files = {f"{name}.json": io.to_json(m) for name, m in results.items()}
     files["summary.json"] = io.to_json(summary)
     inputs: list[io.Source] = [train_src, test_src, *rec_srcs.values(), *model_srcs.values()]
-    inputs += [s for s in (fallback_src, tuning_src) if s is not None]
+    inputs += [s for s in (fallback_src, recommended_src) if s is not None]
     published = io.publish_files(spark, cfg, "metrics", files, inputs=inputs)
     table = summary_table(summary["models"], k)
     if summary["recommended"]:
         pick = summary["recommended"]
         table += (
-            f"\nrecommended lists: {pick['model']} (validation ndcg@{k} {pick[f'validation_ndcg@{k}']:.4f}, chosen on a carve of train)"
+            f"\nrecommended lists: {pick['model']} (validation ndcg@{k} {pick[f'validation_ndcg@{k}']:.4f}, chosen on a carve of train; "
+            f"test ndcg@{k} {pick[f'ndcg@{k}']:.4f}) -> {pick['path']}"
         )
     return {
         "path": published.path,
@@ -254,19 +258,20 @@ def _optional(cfg: Config, relpath: str) -> io.Source | None:
         return None
 
 
-def recommended_model(tuning: dict[str, Any] | None, models: list[str], k: int) -> dict[str, Any] | None:
-    """The model whose lists to ship: the best validation NDCG@k among the tuned models of this
-    run (tuning/ scores on a carve of train, never on test); None without ranking tuning results."""
-    if not tuning:
+def _recommended(src: io.Source | None, results: dict[str, dict[str, Any]], k: int) -> dict[str, Any] | None:
+    """The lists `recommend` published at recommendations/recommended/: which model (chosen on
+    validation data by `recommend`), its validation score, and its test metrics from this stage."""
+    if src is None or src.manifest.get("model") not in results:
         return None
-    metric = f"ndcg@{k}"
-    scored = [
-        (entry["best_score"], name) for name, entry in tuning.get("models", {}).items() if entry.get("metric") == metric and name in models
-    ]
-    if not scored:
-        return None
-    score, name = max(scored)
-    return {"model": name, f"validation_{metric}": score, "how": f"highest validation {metric} in tuning/ (carved from train)"}
+    name = src.manifest["model"]
+    metrics = results[name]
+    return {
+        "model": name,
+        f"validation_ndcg@{k}": src.manifest.get("validation"),
+        "how": src.manifest.get("how"),
+        "path": src.relpath,
+        **{key: metrics.get(key) for key in (f"precision@{k}", f"recall@{k}", f"ndcg@{k}", f"map@{k}", "catalog_coverage")},
+    }
 
 
 def _fmt(value: float | None) -> str:

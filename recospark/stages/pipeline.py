@@ -77,7 +77,7 @@ STAGES: dict[str, Stage] = {
             recommend.run,
             "top-N per user, rated items excluded -> recommendations/<model>/",
             lambda cfg: [f"{_split_dir(cfg)}/train", "movies", *[f"models/{m}" for m in cfg.train.models]],
-            lambda cfg: [f"recommendations/{m}" for m in cfg.train.models],
+            lambda cfg: [f"recommendations/{m}" for m in cfg.train.models] + ["recommendations/recommended"],
         ),
         Stage(
             "evaluate",

@@ -1,5 +1,10 @@
 """The `recommend` stage: top-N per user for every trained model, already-rated items excluded.
 
+It also publishes the lists users should get at one stable path, `recommendations/recommended/`:
+a copy of the lists of the model with the best validation NDCG@k that `train` recorded (see
+`choose_recommended`); its manifest names the model, so a downstream job reads "the lists"
+without knowing which model won.
+
 Lists come from `recospark.scoring.top_n`, the one ranking code path (ties by the smaller
 movie_id). Only catalogued movies are recommended: when `movies/` lists movies, items with
 factors but no catalogue entry (ratings of a movie missing from the movies file) are left out
@@ -9,7 +14,7 @@ and counted in the manifest (`uncatalogued_items_excluded`), so every row has a 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -95,4 +100,38 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     finally:
         rated.unpersist()
         movies.unpersist()
-    return {"models": out}
+    result: dict[str, Any] = {"models": out}
+    pick = choose_recommended({name: src.manifest for name, src in model_srcs.items()}, cfg.evaluate.k)
+    if pick is None:
+        log.warning("recommend: no model has validation metrics (train.validation=false?): recommendations/recommended/ not published")
+        return result
+    winner = io.source(cfg, f"recommendations/{pick['model']}")
+    published = io.publish_dataframe(
+        winner.read(spark, RECOMMENDATIONS),
+        cfg,
+        "recommendations/recommended",
+        inputs=[winner, model_srcs[pick["model"]]],
+        extra={**pick, "n": cfg.recommend.n, "score": MODELS[pick["model"]].score},
+        rows=out[pick["model"]]["rows"],
+    )
+    log.info("recommend: the recommended lists are %s's (%s) -> %s", pick["model"], pick["how"], published.path)
+    result["recommended"] = {"model": pick["model"], "path": published.path, f"validation_ndcg@{cfg.evaluate.k}": pick["validation"]}
+    return result
+
+
+def choose_recommended(manifests: Mapping[str, Mapping[str, Any]], k: int) -> dict[str, Any] | None:
+    """The model whose lists users get: the highest validation NDCG@k recorded by `train` (lists of a
+    fit on train minus the validation carve, scored on the carve: never the test split); the first
+    model of `train.models` wins a tie. None when no model has a validation score."""
+    metric = f"ndcg@{k}"
+    scores = {name: m["validation"][metric] for name, m in manifests.items() if (m.get("validation") or {}).get(metric) is not None}
+    if not scores:
+        return None
+    best = max(scores, key=lambda name: (scores[name], -list(manifests).index(name)))
+    return {
+        "model": best,
+        "validation": scores[best],
+        "metric": f"validation {metric}",
+        "how": f"highest validation {metric} of train.models (fit on train minus the validation carve, scored on the carve)",
+        "candidates": scores,
+    }

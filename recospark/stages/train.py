@@ -1,10 +1,14 @@
 """The `train` stage: fit every model of `train.models` on the split's train side and publish it.
 
-Models are built from the model table. A model that early-stops on a validation carve (the
-DSGD models) is then refit on all of train for the epoch count the carve chose, so no train
-user or item is left without factors; the carve run's learning curve is kept. Models whose
-fitted object keeps no history (ALS) get their curve from the table's `curve` hook. Every
-model's coverage of the train users and items is checked and recorded.
+Models are built from the model table. With `train.validation` (the default), each model is first
+fitted on train minus the validation carve (`split.validation_fraction`, a hash of seed, user
+and movie) and its top-k lists are scored on the carve; those validation metrics go into the
+model's manifest, and `recommend` ships the lists of the model that scores best there, so the
+choice never sees the test split. A model that early-stops (the DSGD models) uses that same carve
+fit to choose its epoch count. Then every model is fitted on all of train and published, so no
+train user or item is left without factors. Models whose fitted object keeps no history (ALS)
+get their learning curve from the table's `curve` hook. Every model's coverage of the train
+users and items is checked and recorded.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from recospark.config import Config
 from recospark.errors import PrerequisiteError
 from recospark.frames import first_row
 from recospark.models.table import MODELS, ModelSpec
+from recospark.ranking import validation_metrics
 from recospark.runtime import stage_run
 from recospark.schema import FACTOR_ID, IS_VALIDATION, MOVIE_ID, RATINGS, USER_ID
 from recospark.scoring import scoring_factors
@@ -51,36 +56,54 @@ def fit_model(
     *,
     tuned: dict[str, dict[str, Any]] | None = None,
     fitted: dict[str, Model] | None = None,
-) -> tuple[Model, dict[str, Any]]:
-    """(fitted model, what to record): history, the refit epoch count, seconds.
+    carve_fitted: dict[str, Model] | None = None,
+) -> tuple[Model, Model | None, dict[str, Any]]:
+    """(model fitted on all of train, the model fitted on the carve or None, what to record).
 
-    `tuned` and `fitted` (models of this run) reach models built from other models (the blend).
+    What is recorded: the learning curve, the refit epoch count, the validation metrics (when
+    `train.validation`), seconds. `tuned`, `fitted` (models of this run) and `carve_fitted` (their
+    carve fits) reach models built from other models (the blend): its carve fit is built from
+    carve fits only, so no component has seen the validation rows it is judged on.
     """
     overrides = dict(overrides or {})
-    context: dict[str, Any] = {"tuned": tuned or {}, "fitted": fitted or {}}
+    values = {**cfg.model_values(spec.name), **overrides}
+    fraction, seed = cfg.split.validation_fraction, cfg.split.seed
+    early_stops = spec.uses_validation(values, fraction)
+    validate = cfg.train.validation and fraction > 0
     started = time.monotonic()
     info: dict[str, Any] = {}
-    if spec.uses_validation(cfg):
-        carved = with_validation_flag(train, cfg.split.validation_fraction, cfg.split.seed)
-        selector = spec.build(cfg, overrides, validation=True, **context).fit(carved)
-        best = max(1, int(getattr(selector, "bestEpoch", 0) or len(selector.history)))
-        log.info("train %s: early stopping chose %d epochs on the validation carve; refitting on all of train", spec.name, best)
-        model = spec.build(cfg, {**overrides, "max_iter": best, "early_stopping_rounds": 0}, **context).fit(train)
-        info.update(history=list(selector.history), refit_epochs=best, final_history=list(model.history))
-    else:
-        model = spec.build(cfg, overrides, **context).fit(train)
-        history = list(getattr(model, "history", []) or [])
-        if spec.curve is not None and cfg.split.validation_fraction > 0:
-            carved = with_validation_flag(train, cfg.split.validation_fraction, cfg.split.seed).cache()
-            try:
-                fit_rows = carved.filter(~F.col(IS_VALIDATION)).drop(IS_VALIDATION)
-                val_rows = carved.filter(F.col(IS_VALIDATION)).drop(IS_VALIDATION)
-                history = spec.curve(spec.build(cfg, overrides), fit_rows, val_rows, cfg.model_conf(spec.name))
-            finally:
-                carved.unpersist()
-        info.update(history=history)
+    carve_model: Model | None = None
+    if early_stops or validate or (spec.curve is not None and fraction > 0):
+        carved = with_validation_flag(train, fraction, seed).cache()
+        try:
+            fit_rows = carved.filter(~F.col(IS_VALIDATION)).drop(IS_VALIDATION)
+            val_rows = carved.filter(F.col(IS_VALIDATION)).drop(IS_VALIDATION)
+            context: dict[str, Any] = {"tuned": tuned or {}, "fitted": carve_fitted or {}}
+            if early_stops:
+                carve_model = spec.build(cfg, overrides, validation=True, **context).fit(carved)
+                history = list(getattr(carve_model, "history", []))
+                best = max(1, int(getattr(carve_model, "bestEpoch", 0) or len(history)))
+                log.info("train %s: early stopping chose %d epochs on the validation carve; refitting on all of train", spec.name, best)
+                overrides = {**overrides, "max_iter": best, "early_stopping_rounds": 0}
+                info.update(history=history, refit_epochs=best)
+            elif validate:
+                carve_model = spec.build(cfg, overrides, **context).fit(fit_rows)
+            if spec.curve is not None:
+                info.update(history=spec.curve(spec.build(cfg, overrides), fit_rows, val_rows, values))
+            if validate and carve_model is not None:
+                k, threshold = cfg.evaluate.k, cfg.evaluate.relevance_threshold
+                metrics = validation_metrics(carve_model, fit_rows, val_rows, k, threshold, cfg.recommend.user_block_size)
+                info["validation"] = {key: v for key, v in metrics.items() if v is not None}
+                log.info("train %s: validation ndcg@%d=%s (fit on train minus the carve)", spec.name, k, metrics.get(f"ndcg@{k}"))
+        finally:
+            carved.unpersist()
+    model = spec.build(cfg, overrides, tuned=tuned or {}, fitted=fitted or {}).fit(train)
+    if early_stops:
+        info["final_history"] = list(getattr(model, "history", []))
+    elif "history" not in info:
+        info["history"] = list(getattr(model, "history", []) or [])
     info["train_seconds"] = round(time.monotonic() - started, 3)
-    return model, info
+    return model, carve_model, info
 
 
 def _save(model: Model, path: str) -> None:
@@ -138,6 +161,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     train = src.read(spark, RATINGS).cache()
     out: dict[str, Any] = {}
     fitted: dict[str, Model] = {}
+    carve_fitted: dict[str, Model] = {}
     try:
         sizes = first_row(train.agg(F.countDistinct(USER_ID).alias("u"), F.countDistinct(MOVIE_ID).alias("i")))
         n_users, n_items = int(sizes["u"]), int(sizes["i"])
@@ -145,10 +169,12 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             spec = MODELS[name]
             overrides = tuned.get(name, {})
             if spec.components is not None:
-                fitted.update(published_components(cfg, spec.components(cfg), src, tuned, fitted))
+                fitted.update(published_components(cfg, spec.components(cfg.model_values(name)), src, tuned, fitted))
             log.info("train %s%s", name, f" with tuned params {overrides}" if overrides else "")
-            model, info = fit_model(spec, cfg, train, overrides, tuned=tuned, fitted=fitted)
+            model, carve_model, info = fit_model(spec, cfg, train, overrides, tuned=tuned, fitted=fitted, carve_fitted=carve_fitted)
             fitted[name] = model
+            if carve_model is not None:
+                carve_fitted[name] = carve_model
             covered = coverage(model, n_users, n_items)
             if covered["users"] < n_users or covered["items"] < n_items:
                 log.warning(
@@ -173,6 +199,8 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             published = io.publish(spark, cfg, f"models/{name}", partial(_save, model), inputs=[src], extra=extra)
             epochs = info.get("refit_epochs") or (len(getattr(model, "history", [])) or None)
             out[name] = {"path": published.path, "train_seconds": round(info["train_seconds"], 2), "epochs": epochs}
+            if "validation" in info:
+                out[name][f"validation_ndcg@{cfg.evaluate.k}"] = info["validation"].get(f"ndcg@{cfg.evaluate.k}")
             log.info("train %s: %.1f s -> %s", name, info["train_seconds"], published.path)
     finally:
         train.unpersist()

@@ -54,9 +54,7 @@ def param_grid(estimator: Estimator, spec: ModelSpec, grid: Mapping[str, list[An
     keys = sorted(grid)
     builder = ParamGridBuilder()
     for key in keys:
-        names = spec.params[key]
-        for name in (names,) if isinstance(names, str) else names:
-            builder.addGrid(estimator.getParam(name), list(grid[key]))
+        builder.addGrid(estimator.getParam(spec.param_map()[key]), list(grid[key]))
     maps = builder.build()
     points = [dict(zip(keys, values, strict=True)) for values in itertools.product(*(grid[k] for k in keys))]
     if len(maps) != len(points):

@@ -20,11 +20,12 @@ Layout (the contract between the engine and the recipes is `recipe.py`):
 
 from __future__ import annotations
 
+import os
 from importlib.util import find_spec
 
 from recospark.errors import UserError
 
-__all__ = ["EXTRA", "TorchMissingError", "require_torch", "torch_available"]
+__all__ = ["EXTRA", "TorchMissingError", "passive_openmp", "require_torch", "torch_available"]
 
 EXTRA = "recospark[neural]"
 # what the extra installs and the neural models import
@@ -54,3 +55,13 @@ def require_torch(model_name: str, key: str | None = "train.models") -> None:
     if missing:
         who = f"{key} includes {model_name}, which needs" if key else f"{model_name} needs"
         raise TorchMissingError(f"{who} PyTorch ({', '.join(missing)} not installed): pip install '{EXTRA}'")
+
+
+def passive_openmp() -> None:
+    """Let torch's OpenMP threads sleep instead of spin while they wait (unless the user chose otherwise).
+
+    Call before torch is first imported in a process (OpenMP reads it once). Spinning threads on
+    a busy machine (other ranks, Spark tasks, other jobs) made small networks' epochs many times
+    slower than with one thread; passive waiting removes that cliff.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -78,6 +79,9 @@ def _loop(job: TrainJob, rank: int, world: int) -> dict[str, Any]:
     recipe, hp = job.recipe, job.hp
     seed, epochs, patience = int(hp["seed"]), int(hp["maxIter"]), int(hp["earlyStoppingRounds"])
     train, val = data.load_shards(job.rows_path, job.user_ids, job.item_ids, recipe.shard_by, rank, world)
+    ranks: list[Any] = [None] * world  # where each rank ran: the model records it
+    here = {"rank": rank, "host": socket.gethostname(), "pid": os.getpid(), "cwd": os.getcwd(), "rows": len(train.users)}
+    dist.all_gather_object(ranks, here)
     torch.manual_seed(seed)
     net = recipe.build(hp, train.n_users, train.n_items)
     model = DistributedDataParallel(net)
@@ -138,7 +142,7 @@ def _loop(job: TrainJob, rank: int, world: int) -> dict[str, Any]:
         "history": history,
         "best_epoch": best_epoch,
         "factors": None if factors is None else tuple(np.ascontiguousarray(m, dtype=np.float32) for m in factors),
-        "world_size": world,
+        "ranks": ranks,
     }
 
 

@@ -51,7 +51,7 @@ from recospark.models.neural.recipe import Recipe
 from recospark.models.neural.recipes import GMF as _GMF_RECIPE
 from recospark.models.neural.recipes import NEURAL_MF as _NEURAL_MF_RECIPE
 from recospark.models.neural.scorer import NeuralBlockScorer, predict_pairs
-from recospark.models.params import _RecommenderModelParams, _RecommenderModelSetters, _RecommenderParams
+from recospark.models.params import Knob, _RecommenderModelParams, _RecommenderModelSetters, _RecommenderParams, check_params, knob
 from recospark.models.persistence import EstimatorPersistence
 from recospark.paths import is_local, join_path, local_path
 from recospark.schema import FACTOR_ID, FACTORS, FEATURES, MOVIE_ID, PREDICTION, RATING, USER_ID
@@ -82,7 +82,8 @@ SHARED_DOCS: dict[str, str] = {
     "earlyStoppingRounds": "with validationIndicatorCol: stop after this many epochs without a better validation metric "
     "and keep the best epoch's weights; 0 disables",
 }
-# numProcesses 1: on ML-100K and 2 cores, two ranks were no faster than one (README, neural models)
+# numProcesses 1: on ML-100K and 2 cores, two ranks trained no faster than one (their gradient all-reduce
+# costs more than half an epoch of these small networks saves)
 ENGINE_DEFAULTS: dict[str, Any] = {"seed": 42, "numProcesses": 1, "earlyStoppingRounds": 3}
 _REQUIRED = ("maxIter", "stepSize", "batchSize")
 _COLUMNS = {"userCol": USER_ID, "itemCol": MOVIE_ID, "predictionCol": PREDICTION, "coldStartStrategy": "nan"}
@@ -108,15 +109,13 @@ class _NeuralParams(_NeuralModelParams, _RecommenderParams, HasMaxIter, HasStepS
 
     _recipe: ClassVar[Recipe]
 
-    # maxIter, stepSize and seed: pyspark's shared Params (getters included) with this engine's docs
-    maxIter: Param[int] = Param(Params._dummy(), "maxIter", SHARED_DOCS["maxIter"], TypeConverters.toInt)
-    stepSize: Param[float] = Param(Params._dummy(), "stepSize", SHARED_DOCS["stepSize"], TypeConverters.toFloat)
-    seed: Param[int] = Param(Params._dummy(), "seed", SHARED_DOCS["seed"], TypeConverters.toInt)
-    batchSize: Param[int] = Param(Params._dummy(), "batchSize", SHARED_DOCS["batchSize"], TypeConverters.toInt)
-    numProcesses: Param[int] = Param(Params._dummy(), "numProcesses", SHARED_DOCS["numProcesses"], TypeConverters.toInt)
-    earlyStoppingRounds: Param[int] = Param(
-        Params._dummy(), "earlyStoppingRounds", SHARED_DOCS["earlyStoppingRounds"], TypeConverters.toInt
-    )
+    # maxIter, stepSize and seed: pyspark's shared Params (getters included) with this engine's docs and bounds
+    maxIter: Param[int] = knob("maxIter", SHARED_DOCS["maxIter"], TypeConverters.toInt, ge=1)
+    stepSize: Param[float] = knob("stepSize", SHARED_DOCS["stepSize"], TypeConverters.toFloat, gt=0)
+    seed: Param[int] = knob("seed", SHARED_DOCS["seed"], TypeConverters.toInt)
+    batchSize: Param[int] = knob("batchSize", SHARED_DOCS["batchSize"], TypeConverters.toInt, ge=1)
+    numProcesses: Param[int] = knob("numProcesses", SHARED_DOCS["numProcesses"], TypeConverters.toInt, ge=1)
+    earlyStoppingRounds: Param[int] = knob("earlyStoppingRounds", SHARED_DOCS["earlyStoppingRounds"], TypeConverters.toInt, ge=0)
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
@@ -137,18 +136,8 @@ class _NeuralParams(_NeuralModelParams, _RecommenderParams, HasMaxIter, HasStepS
         return {name: self.getOrDefault(name) for name in dict.fromkeys(names)}
 
     def _check(self) -> None:
-        """Every invalid value in one message, before any Spark job."""
-        problems = []
-        for name, ok, need in (
-            ("maxIter", self.getMaxIter() >= 1, ">= 1"),
-            ("stepSize", self.getStepSize() > 0, "> 0"),
-            ("batchSize", self.getBatchSize() >= 1, ">= 1"),
-            ("numProcesses", self.getNumProcesses() >= 1, ">= 1"),
-            ("earlyStoppingRounds", self.getEarlyStoppingRounds() >= 0, ">= 0 (0 disables)"),
-            ("coldStartStrategy", self.getColdStartStrategy() in ("nan", "drop"), "'nan' or 'drop'"),
-        ):
-            if not ok:
-                problems.append(f"{name} must be {need}, got {self.getOrDefault(name)!r}")
+        """Every refused value in one message (the knobs' bounds, then the recipe's own rules), before any Spark job."""
+        problems = check_params(self)
         check = getattr(self._recipe, "check", None)
         if check is not None:
             problems += list(check(self.hyperParameters()))
@@ -334,6 +323,7 @@ class NeuralRecommenderModel(Model, _NeuralModelParams, _RecommenderModelSetters
         history: list[dict[str, Any]] | None = None,
         bestEpoch: int = 0,
         tables: Mapping[str, DataFrame] | None = None,
+        trainingRanks: list[dict[str, Any]] | None = None,
     ) -> None:
         super().__init__()
         self.hyperParameters = dict(hyperParameters or {})
@@ -343,6 +333,7 @@ class NeuralRecommenderModel(Model, _NeuralModelParams, _RecommenderModelSetters
         self.history = list(history or [])
         self.bestEpoch = int(bestEpoch)
         self._tables = dict(tables or {})
+        self.trainingRanks = list(trainingRanks or [])  # where each rank ran (host, pid, working dir, rows)
         self._broadcasts: dict[str, Any] = {}
 
     @classmethod
@@ -387,6 +378,7 @@ class NeuralRecommenderModel(Model, _NeuralModelParams, _RecommenderModelSetters
             "bestEpoch": self.bestEpoch,
             "nUsers": len(self.userIds),
             "nItems": len(self.itemIds),
+            "trainingRanks": self.trainingRanks,
         }
 
     def _saved_tables(self, spark: SparkSession) -> dict[str, DataFrame]:
@@ -421,7 +413,7 @@ class NeuralFactorModel(NeuralRecommenderModel):
     def _fitted(cls, spark, hp, user_ids, item_ids, result, train_rows):
         users_mat, items_mat = result["factors"]
         tables = {"userFactors": _factor_frame(spark, user_ids, users_mat), "itemFactors": _factor_frame(spark, item_ids, items_mat)}
-        return cls(hp, user_ids, item_ids, result["weights"], result["history"], result["best_epoch"], tables)
+        return cls(hp, user_ids, item_ids, result["weights"], result["history"], result["best_epoch"], tables, result["ranks"])
 
     @property
     def userFactors(self) -> DataFrame:
@@ -463,7 +455,9 @@ class NeuralScorerModel(NeuralRecommenderModel):
 
     @classmethod
     def _fitted(cls, spark, hp, user_ids, item_ids, result, train_rows):
-        return cls(hp, user_ids, item_ids, result["weights"], result["history"], result["best_epoch"], {"trainRows": train_rows})
+        return cls(
+            hp, user_ids, item_ids, result["weights"], result["history"], result["best_epoch"], {"trainRows": train_rows}, result["ranks"]
+        )
 
     @property
     def trainRows(self) -> DataFrame:
@@ -531,7 +525,14 @@ class _NeuralReader(MLReader):
         schemas = {"userFactors": FACTORS, "itemFactors": FACTORS, "trainRows": _TRAIN_ROWS}
         tables = {name: spark.read.schema(schemas[name]).parquet(join_path(path, name)) for name in self.cls._TABLES}
         model = self.cls(
-            metadata["hyperParameters"], ids["userIds"], ids["itemIds"], data, metadata.get("history"), metadata.get("bestEpoch", 0), tables
+            metadata["hyperParameters"],
+            ids["userIds"],
+            ids["itemIds"],
+            data,
+            metadata.get("history"),
+            metadata.get("bestEpoch", 0),
+            tables,
+            metadata.get("trainingRanks"),
         )
         model._resetUid(metadata["uid"])
         DefaultParamsReader.getAndSetParams(model, metadata)
@@ -620,7 +621,8 @@ def neural_pair(recipe: Recipe, class_name: str) -> tuple[type[NeuralRecommender
     if missing or undocumented:
         raise TypeError(f"recipe {recipe.name}: defaults lack {missing}; no doc for {undocumented}")
     own = {k: v for k, v in recipe.defaults.items() if k not in SHARED_DOCS and k not in ENGINE_DEFAULTS}
-    params = {k: Param(Params._dummy(), k, recipe.docs[k], _converter(k, v)) for k, v in own.items()}
+    bounds = dict(getattr(recipe, "bounds", {}) or {})
+    params = {k: Knob(k, recipe.docs[k], _converter(k, v), bounds.get(k)) for k, v in own.items()}
     accessors = {m: f for k in own for m, f in _accessors(k).items()}
     base_model = NeuralFactorModel if recipe_is_dot(recipe) else NeuralScorerModel
     kind = "a dot product: factor tables, ranked by the shared factor scorer" if recipe_is_dot(recipe) else "ranked on the executors"

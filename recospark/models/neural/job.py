@@ -1,7 +1,16 @@
-"""What the driver hands every rank (shared by the torch-free launcher and the torch training loop)."""
+"""What the driver hands every rank (shared by the torch-free launcher and the torch training loop).
+
+Under a cluster master, TorchDistributor unpickles the job in a barrier task's Python worker,
+which imports recospark from wherever Spark put it (the --py-files zip is on that worker's
+sys.path only), and then starts torchrun, whose ranks are fresh interpreters that inherit the
+environment, not sys.path. Unpickling a `TrainJob` therefore exports the unpickling process's
+sys.path in PYTHONPATH, so the ranks import the same code.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,7 +18,7 @@ import numpy as np
 
 from recospark.models.neural.recipe import Recipe
 
-__all__ = ["ERROR_MARK", "TrainJob"]
+__all__ = ["ERROR_MARK", "TrainJob", "export_sys_path"]
 
 ERROR_MARK = "recospark-neural-rank-failed"
 
@@ -25,3 +34,15 @@ class TrainJob:
     item_ids: np.ndarray
     threads: int  # torch threads per rank: the cores of one rank's task
     validate: bool  # validation rows exist
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            object.__setattr__(self, key, value)
+        export_sys_path()
+
+
+def export_sys_path() -> None:
+    """Append this process's import path to PYTHONPATH, for the interpreters it starts next."""
+    current = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    mine = [p for p in sys.path if p and os.path.exists(p)]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([*current, *mine]))

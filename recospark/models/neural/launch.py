@@ -21,6 +21,7 @@ from typing import Any
 from pyspark.ml.torch.distributor import TorchDistributor
 from pyspark.sql import SparkSession
 
+from recospark.models.neural import passive_openmp
 from recospark.models.neural.job import ERROR_MARK, TrainJob
 
 __all__ = ["launch", "local_master", "rank_error", "rank_threads", "run_rank"]
@@ -33,6 +34,7 @@ _PEER_FAILURE = re.compile(r"gloo|Connection (reset|closed)|DistBackendError|Dis
 
 def run_rank(job: TrainJob) -> dict[str, Any]:
     """What TorchDistributor runs on every rank (a torch-free trampoline into `distributed`)."""
+    passive_openmp()
     from recospark.models.neural.distributed import train_rank
 
     return train_rank(job)

@@ -23,6 +23,10 @@ What the engine adds to `hp` (besides every Param value): ``ratingMean``, the me
 
 Optional attributes the engine reads with `getattr`:
 
+- ``bounds: Mapping[str, recospark.models.params.Bounds]``: the values a knob accepts (checked by
+  the configuration before Spark starts and by the estimator before fitting), e.g.
+  ``{"embeddingDim": Bounds(ge=1)}``.
+- ``check(hp) -> list[str]``: rules across knobs, one message per problem.
 - ``dot_product: bool`` (default False): `factors` returns matrices and the model is scored
   through factor tables (`recospark.scoring.top_n`); otherwise through `score` on the executors.
 - ``validation_metric: str`` (default "rmse" for rating recipes, "ndcg" for ranking ones): the

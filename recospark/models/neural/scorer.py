@@ -25,7 +25,7 @@ from pyspark import TaskContext
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from recospark.models.neural import weights
+from recospark.models.neural import passive_openmp, weights
 from recospark.models.neural.data import rows_of
 from recospark.models.neural.recipe import Recipe
 from recospark.schema import MOVIE_ID, PREDICTION, RATING, USER_ID
@@ -45,6 +45,7 @@ def task_cores() -> int:
 
 def network(recipe: Recipe, hp: dict[str, Any], weights_bc: Any, n_users: int, n_items: int) -> Any:
     """The recipe's network with the broadcast weights, in eval mode; built once per worker and broadcast."""
+    passive_openmp()
     import torch
 
     key = (recipe.name, int(getattr(weights_bc, "id", id(weights_bc))))
@@ -89,6 +90,7 @@ class NeuralBlockScorer:
 
     def score(self, user_ids: np.ndarray, hist_items: Sequence[np.ndarray], hist_ratings: Sequence[np.ndarray]) -> np.ndarray:
         """float32 [len(user_ids), len(item_ids())]: the recipe's scores (rated items are excluded by the caller)."""
+        passive_openmp()
         import torch
 
         torch.set_num_threads(task_cores())
@@ -106,6 +108,7 @@ class NeuralBlockScorer:
 
         Uses the recipe's `predict` when it has one, else its `score` on each distinct user.
         """
+        passive_openmp()
         import torch
 
         torch.set_num_threads(task_cores())

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.param import Param, TypeConverters
 from pyspark.ml.param.shared import HasCheckpointInterval, HasMaxIter, HasRegParam, HasSeed, HasStepSize, HasValidationIndicatorCol
 
-from recospark.models.params import _RecommenderModelParams, _RecommenderParams
+from recospark.models.params import _RecommenderModelParams, _RecommenderParams, check_params, knob
 from recospark.schema import MOVIE_ID, PREDICTION, RATING, USER_ID
 
 LOSSES = ("squared", "bpr", "warp")
@@ -70,83 +70,75 @@ class _SGDParams(
 ):
     """What fitting needs: rank, schedule, blocks, loss; only the estimator carries these."""
 
-    rank: Param[int] = Param(Params._dummy(), "rank", "number of latent factors (>= 1)", TypeConverters.toInt)
-    biasRegParam: Param[float] = Param(
-        Params._dummy(), "biasRegParam", "L2 regularization of user and item biases (>= 0)", TypeConverters.toFloat
-    )
-    stepDecay: Param[float] = Param(
-        Params._dummy(), "stepDecay", "schedule 'decay': step size multiplier per epoch, in (0, 1]", TypeConverters.toFloat
-    )
-    schedule: Param[str] = Param(
-        Params._dummy(),
+    rank: Param[int] = knob("rank", "number of latent factors", TypeConverters.toInt, ge=1)
+    maxIter: Param[int] = knob("maxIter", "epochs (maximum, with early stopping)", TypeConverters.toInt, ge=1)
+    regParam: Param[float] = knob("regParam", "L2 regularization of the factors", TypeConverters.toFloat, ge=0)
+    stepSize: Param[float] = knob("stepSize", "initial learning rate", TypeConverters.toFloat, gt=0)
+    biasRegParam: Param[float] = knob("biasRegParam", "L2 regularization of user and item biases", TypeConverters.toFloat, ge=0)
+    stepDecay: Param[float] = knob("stepDecay", "schedule 'decay': step size multiplier per epoch", TypeConverters.toFloat, gt=0, le=1)
+    schedule: Param[str] = knob(
         "schedule",
         "step size schedule: 'decay' (step *= stepDecay per epoch) or 'bold_driver' (x1.05 when the training loss fell, x0.5 when it rose)",
         TypeConverters.toString,
+        choices=SCHEDULES,
     )
-    numBlocks: Param[int] = Param(
-        Params._dummy(), "numBlocks", "d: users and items are hashed into d blocks; d tasks per stratum", TypeConverters.toInt
+    numBlocks: Param[int] = knob(
+        "numBlocks", "B: users and items are hashed into B blocks each; B x B outer blocks, B strata per epoch", TypeConverters.toInt, ge=1
     )
-    innerBlocks: Param[int] = Param(
-        Params._dummy(),
+    innerBlocks: Param[int] = knob(
         "innerBlocks",
         "K: inner blocks per block; a task's threads run disjoint inner sub-blocks (hierarchical DSGD)",
         TypeConverters.toInt,
+        ge=1,
     )
-    threads: Param[int] = Param(
-        Params._dummy(),
+    threads: Param[int] = knob(
         "threads",
         "kernel threads per task; 0: the executor's cores (local[N]: N; a cluster: spark.executor.cores)",
         TypeConverters.toInt,
+        ge=0,
     )
-    tasks: Param[int] = Param(
-        Params._dummy(),
-        "tasks",
-        "Spark tasks per stratum; 0: 1 in local mode (one fat task), else min(numBlocks, executors)",
-        TypeConverters.toInt,
+    tasks: Param[int] = knob(
+        "tasks", "Spark tasks per stratum; 0: 1 in local mode (one fat task), else min(numBlocks, executors)", TypeConverters.toInt, ge=0
     )
-    initStd: Param[float] = Param(Params._dummy(), "initStd", "standard deviation of the initial factors (> 0)", TypeConverters.toFloat)
-    earlyStoppingRounds: Param[int] = Param(
-        Params._dummy(),
+    initStd: Param[float] = knob("initStd", "standard deviation of the initial factors", TypeConverters.toFloat, gt=0)
+    earlyStoppingRounds: Param[int] = knob(
         "earlyStoppingRounds",
         "with validationIndicatorCol: stop after this many epochs without validation improvement "
         "and keep the best epoch's factors; 0 disables",
         TypeConverters.toInt,
+        ge=0,
     )
-    loss: Param[str] = Param(
-        Params._dummy(),
+    loss: Param[str] = knob(
         "loss",
         "objective: 'squared' (explicit ratings, predicts the rating) or a top-N ranking loss over "
         "positives vs sampled negatives: 'bpr' (item biases, L2) or 'warp' (no biases; use maxNorm, "
         "regParam 0); ranking losses have no user bias, no global mean and no validation metric",
         TypeConverters.toString,
+        choices=LOSSES,
     )
-    numNegatives: Param[int] = Param(
-        Params._dummy(),
+    numNegatives: Param[int] = knob(
         "numNegatives",
         "bpr: negatives sampled per positive (warp samples up to maxTrials per positive instead)",
         TypeConverters.toInt,
+        ge=1,
     )
-    positiveThreshold: Param[float] = Param(
-        Params._dummy(),
+    positiveThreshold: Param[float] = knob(
         "positiveThreshold",
         "ranking losses: a rating at or above this is a positive; 0 makes every rated item one",
         TypeConverters.toFloat,
+        ge=0,
     )
 
-    blockWeighting: Param[bool] = Param(
-        Params._dummy(),
+    blockWeighting: Param[bool] = knob(
         "blockWeighting",
         "ranking losses: weight each pair so that negatives drawn inside the stratum's item block "
         "estimate the catalogue-wide objective without bias (see ranking.py)",
         TypeConverters.toBoolean,
     )
-    margin: Param[float] = Param(Params._dummy(), "margin", "warp: the margin a negative must beat", TypeConverters.toFloat)
-    maxTrials: Param[int] = Param(Params._dummy(), "maxTrials", "warp: negatives tried per positive before giving up", TypeConverters.toInt)
-    maxNorm: Param[float] = Param(
-        Params._dummy(),
-        "maxNorm",
-        "warp: factor rows are projected back to this L2 norm after each update; 0 disables",
-        TypeConverters.toFloat,
+    margin: Param[float] = knob("margin", "warp: the margin a negative must beat", TypeConverters.toFloat, ge=0)
+    maxTrials: Param[int] = knob("maxTrials", "warp: negatives tried per positive before giving up", TypeConverters.toInt, ge=1)
+    maxNorm: Param[float] = knob(
+        "maxNorm", "warp: factor rows are projected back to this L2 norm after each update; 0 disables", TypeConverters.toFloat, ge=0
     )
 
     def __init__(self, *args: Any) -> None:
@@ -206,28 +198,7 @@ class _SGDParams(
 
     def _check(self) -> None:
         """Every invalid value in one message, before any Spark job."""
-        problems = []
-        for name, ok, need in (
-            ("rank", self.getRank() >= 1, ">= 1"),
-            ("maxIter", self.getMaxIter() >= 1, ">= 1"),
-            ("numBlocks", self.getNumBlocks() >= 1, ">= 1"),
-            ("innerBlocks", self.getInnerBlocks() >= 1, ">= 1"),
-            ("threads", self.getThreads() >= 0, ">= 0 (0: the executor's cores)"),
-            ("tasks", self.getTasks() >= 0, ">= 0 (0: automatic)"),
-            ("stepSize", self.getStepSize() > 0, "> 0"),
-            ("stepDecay", 0 < self.getStepDecay() <= 1, "in (0, 1]"),
-            ("regParam", self.getRegParam() >= 0, ">= 0"),
-            ("biasRegParam", self.getBiasRegParam() >= 0, ">= 0"),
-            ("initStd", self.getInitStd() > 0, "> 0"),
-            ("numNegatives", self.getNumNegatives() >= 1, ">= 1"),
-            ("maxTrials", self.getMaxTrials() >= 1, ">= 1"),
-            ("maxNorm", self.getMaxNorm() >= 0, ">= 0 (0 disables)"),
-            ("schedule", self.getSchedule() in SCHEDULES, f"one of {SCHEDULES}"),
-            ("loss", self.getLoss() in LOSSES, f"one of {LOSSES}"),
-            ("coldStartStrategy", self.getColdStartStrategy() in ("nan", "drop"), "'nan' or 'drop'"),
-        ):
-            if not ok:
-                problems.append(f"{name} must be {need}, got {self.getOrDefault(name)!r}")
+        problems = check_params(self)
         validating = self.isDefined(self.validationIndicatorCol) and bool(self.getOrDefault(self.validationIndicatorCol))
         if self.getLoss() in RANKING_LOSSES and validating and self.getEarlyStoppingRounds() > 0:
             problems.append(

@@ -44,25 +44,37 @@ class BiasedDot(nn.Module):
 
 
 class GMFNet(nn.Module):
-    """He et al. 2017's GMF: logit = h . (p_u * q_i) + b (the sigmoid lives in the loss)."""
+    """He et al. 2017's GMF: logit = h . (p_u * q_i) + b (the sigmoid lives in the loss), plus an
+    optional item bias b_i (not in the paper: it lets the model learn popularity directly)."""
 
-    def __init__(self, n_users: int, n_items: int, dim: int, init_std: float) -> None:
+    def __init__(self, n_users: int, n_items: int, dim: int, init_std: float, item_bias: bool = False) -> None:
         super().__init__()
         self.user = nn.Embedding(n_users, dim)
         self.item = nn.Embedding(n_items, dim)
         self.out = nn.Linear(dim, 1)
+        self.item_bias = nn.Embedding(n_items, 1) if item_bias else None
         nn.init.normal_(self.user.weight, std=init_std)
         nn.init.normal_(self.item.weight, std=init_std)
+        if self.item_bias is not None:
+            nn.init.zeros_(self.item_bias.weight)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         p, q = self.user(users), self.item(items)
         logits = self.out(p * q).squeeze(-1)
         penalty = (p * p).sum(-1) + (q * q).sum(-1)
+        if self.item_bias is not None:
+            bi = self.item_bias(items).squeeze(-1)
+            logits = logits + bi
+            penalty = penalty + bi * bi
         return logits, penalty
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """user [h * p_u, b] . item [q_i, 1] = the logit (the output weights folded into the user vector)."""
+        """user [h * p_u, b(, 1)] . item [q_i, 1(, b_i)] = the logit (the output weights folded into the user vector)."""
         h, b = self.out.weight[0], self.out.bias
-        users = torch.cat([self.user.weight * h, b.expand(self.user.num_embeddings, 1)], dim=1)
-        items = torch.cat([self.item.weight, torch.ones(self.item.num_embeddings, 1)], dim=1)
-        return users, items
+        n_users, n_items = self.user.num_embeddings, self.item.num_embeddings
+        users = [self.user.weight * h, b.expand(n_users, 1)]
+        items = [self.item.weight, torch.ones(n_items, 1)]
+        if self.item_bias is not None:
+            users.append(torch.ones(n_users, 1))
+            items.append(self.item_bias.weight)
+        return torch.cat(users, dim=1), torch.cat(items, dim=1)
