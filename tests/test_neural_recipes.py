@@ -423,3 +423,34 @@ def test_mult_vae_anneals_beta_over_epochs(shard):
     progress = [float(b["progress"]) for b in _drain(MULT_VAE, shard, hp, 1, 0)]
     assert progress == pytest.approx([1 + (i + 1) / 3 for i in range(3)])  # 60 users in 3 batches
     assert [MULT_VAE.beta(hp, p) for p in (0.5, 1.0, 2.0, 9.0)] == pytest.approx([0.05, 0.1, 0.2, 0.2])
+
+
+# --- knobs: defaults accepted, bad values refused before any fit ---------------------------------
+
+
+@pytest.mark.parametrize("recipe", ALL, ids=lambda r: r.name)
+def test_defaults_pass_their_bounds_and_checks(recipe):
+    assert set(recipe.docs) == set(recipe.defaults) - {"maxIter", "stepSize", "batchSize"}
+    assert set(recipe.bounds) <= set(recipe.defaults)
+    assert all(recipe.bounds[k].problem(recipe.defaults[k]) is None for k in recipe.bounds)
+    assert list(getattr(recipe, "check", lambda hp: [])(dict(recipe.defaults))) == []
+
+
+@pytest.mark.parametrize(
+    ("recipe", "knob", "value", "words"),
+    [
+        (DNN, "hiddenLayers", [], "at least one width"),
+        (NEUMF, "mlpLayers", [15, 8], "even width"),
+        (NEUMF, "mlpLayers", [16], "at least one layer"),
+        (RBM, "ratingValues", [2.0, 1.0], "ascending"),
+    ],
+)
+def test_checks_refuse_what_the_bounds_cannot_say(recipe, knob, value, words):
+    (problem,) = recipe.check({**recipe.defaults, knob: value})
+    assert knob in problem and words in problem
+
+
+def test_bounds_refuse_out_of_range_values():
+    assert DNN.bounds["embeddingDropout"].problem(1.0) == "< 1"
+    assert MULT_VAE.bounds["hiddenLayers"].problem([600, 0]) == ">= 1"
+    assert NEUMF.bounds["alpha"].problem(1.5) == "<= 1"

@@ -45,6 +45,7 @@ import numpy as np
 from recospark.models.neural.metrics import histories, ranking_validation, squared_error
 from recospark.models.neural.recipe import TrainShard
 from recospark.models.neural.recipes.mf import shuffled_slices
+from recospark.models.params import Bounds
 
 if TYPE_CHECKING:
     import torch
@@ -180,6 +181,7 @@ class AutoRecRecipe(_UserRecipe):
             "userCentering": "reconstruct ratings minus the user's mean rating, then add it back (false: the paper's raw ratings)",
         }
     )
+    bounds: Mapping[str, Bounds] = MappingProxyType({"hiddenUnits": Bounds(ge=1), "regParam": Bounds(ge=0), "dropout": Bounds(ge=0, lt=1)})
 
     def build(self, hp: Mapping[str, Any], n_users: int, n_items: int) -> torch.nn.Module:
         """An `AutoRecNet` over the catalogue (PyTorch's default Linear initialisation)."""
@@ -277,6 +279,15 @@ class MultVAERecipe(_MultRecipe):
             "annealEpochs": "epochs over which the KL weight grows linearly from 0 to betaMax (> 0)",
         }
     )
+    bounds: Mapping[str, Bounds] = MappingProxyType(
+        {
+            "hiddenLayers": Bounds(ge=1),
+            "latentDim": Bounds(ge=1),
+            "dropout": Bounds(ge=0, lt=1),
+            "betaMax": Bounds(ge=0),
+            "annealEpochs": Bounds(gt=0),
+        }
+    )
 
     def build(self, hp: Mapping[str, Any], n_users: int, n_items: int) -> torch.nn.Module:
         """A `MultVAENet` with the paper's initialisation."""
@@ -323,6 +334,9 @@ class MultDAERecipe(_MultRecipe):
             "dropout": "dropout on the normalised input while training (the denoising), in [0, 1)",
             "regParam": "L2 penalty on every weight matrix, added to the per-user loss (>= 0)",
         }
+    )
+    bounds: Mapping[str, Bounds] = MappingProxyType(
+        {"hiddenLayers": Bounds(ge=1), "latentDim": Bounds(ge=1), "dropout": Bounds(ge=0, lt=1), "regParam": Bounds(ge=0)}
     )
 
     def build(self, hp: Mapping[str, Any], n_users: int, n_items: int) -> torch.nn.Module:

@@ -29,6 +29,7 @@ import numpy as np
 from recospark.models.neural.metrics import squared_error
 from recospark.models.neural.recipe import TrainShard
 from recospark.models.neural.recipes.mf import shuffled_slices
+from recospark.models.params import Bounds
 
 if TYPE_CHECKING:
     import torch
@@ -63,6 +64,20 @@ class _PairRecipe:
     shard_by: Literal["rows", "users"] = "rows"
     defaults: Mapping[str, Any]
     docs: Mapping[str, str] = MappingProxyType(_DOCS)
+    bounds: Mapping[str, Bounds] = MappingProxyType(
+        {
+            "embeddingDim": Bounds(ge=1),
+            "hiddenLayers": Bounds(ge=1),
+            "dropout": Bounds(ge=0, lt=1),
+            "embeddingDropout": Bounds(ge=0, lt=1),
+            "regParam": Bounds(ge=0),
+            "initStd": Bounds(gt=0),
+        }
+    )
+
+    def check(self, hp: Mapping[str, Any]) -> list[str]:
+        """Rules the bounds cannot say: at least one dense layer."""
+        return [] if len(hp["hiddenLayers"]) else ["hiddenLayers must list at least one width"]
 
     def batches(
         self, shard: TrainShard, hp: Mapping[str, Any], epoch: int, rng: np.random.Generator

@@ -27,6 +27,7 @@ import numpy as np
 from recospark.models.neural.metrics import ranking_validation
 from recospark.models.neural.recipe import TrainShard
 from recospark.models.neural.recipes.mf import sample_negatives, shuffled_slices
+from recospark.models.params import Bounds
 
 if TYPE_CHECKING:
     import torch
@@ -75,13 +76,35 @@ class NeuMFRecipe:
         }
     )
 
+    bounds: Mapping[str, Bounds] = MappingProxyType(
+        {
+            "embeddingDim": Bounds(ge=1),
+            "mlpLayers": Bounds(ge=1),
+            "numNegatives": Bounds(ge=1),
+            "alpha": Bounds(ge=0, le=1),
+            "pretrainIter": Bounds(ge=0),
+            "regParam": Bounds(ge=0),
+            "initStd": Bounds(gt=0),
+        }
+    )
+
+    def check(self, hp: Mapping[str, Any]) -> list[str]:
+        """Rules the bounds cannot say: mlpLayers holds an even embedding width and at least one layer."""
+        layers = [int(w) for w in hp["mlpLayers"]]
+        if len(layers) < 2 or layers[0] % 2:
+            return [
+                f"mlpLayers must start with an even width (the two concatenated MLP embeddings) and list at least one layer, got {layers}"
+            ]
+        return []
+
     def build(self, hp: Mapping[str, Any], n_users: int, n_items: int) -> torch.nn.Module:
         """A `NeuMFNet` (PyTorch's default initialisation for the dense layers)."""
         from recospark.models.neural.recipes.ncf_nets import NeuMFNet
 
         layers = [int(w) for w in hp["mlpLayers"]]
-        if len(layers) < 2:
-            raise ValueError(f"mlpLayers needs the embedding width and at least one layer, got {layers}")
+        problems = self.check(hp)
+        if problems:
+            raise ValueError(problems[0])
         return NeuMFNet(n_users, n_items, int(hp["embeddingDim"]), layers, float(hp["initStd"]), float(hp["alpha"]))
 
     def batches(

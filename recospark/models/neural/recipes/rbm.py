@@ -28,6 +28,7 @@ import numpy as np
 from recospark.models.neural.metrics import histories, squared_error
 from recospark.models.neural.recipe import TrainShard
 from recospark.models.neural.recipes.autoencoders import user_batches
+from recospark.models.params import Bounds
 
 if TYPE_CHECKING:
     import torch
@@ -47,11 +48,18 @@ def rating_levels(ratings: np.ndarray, values: Sequence[float] | np.ndarray) -> 
     return np.abs(np.asarray(ratings, np.float64)[:, None] - grid[None, :]).argmin(1).astype(np.int64)
 
 
-def _values(hp: Mapping[str, Any]) -> list[float]:
+def _values_problem(hp: Mapping[str, Any]) -> str | None:
     values = [float(v) for v in hp["ratingValues"]]
     if len(values) < 2 or sorted(set(values)) != values:
-        raise ValueError(f"ratingValues must list at least two distinct values in ascending order, got {list(hp['ratingValues'])}")
-    return values
+        return f"ratingValues must list at least two distinct values in ascending order, got {list(hp['ratingValues'])}"
+    return None
+
+
+def _values(hp: Mapping[str, Any]) -> list[float]:
+    problem = _values_problem(hp)
+    if problem:
+        raise ValueError(problem)
+    return [float(v) for v in hp["ratingValues"]]
 
 
 class RBMRecipe:
@@ -87,6 +95,14 @@ class RBMRecipe:
             "initStd": "standard deviation of the initial weights (> 0; biases start at 0)",
         }
     )
+    bounds: Mapping[str, Bounds] = MappingProxyType(
+        {"hiddenUnits": Bounds(ge=1), "cdSteps": Bounds(ge=1), "regParam": Bounds(ge=0), "initStd": Bounds(gt=0)}
+    )
+
+    def check(self, hp: Mapping[str, Any]) -> list[str]:
+        """Rules the bounds cannot say: ratingValues ascending and distinct."""
+        problem = _values_problem(hp)
+        return [problem] if problem else []
 
     def build(self, hp: Mapping[str, Any], n_users: int, n_items: int) -> torch.nn.Module:
         """A `SoftmaxRBM` with one softmax of len(ratingValues) units per item."""
