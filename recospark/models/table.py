@@ -28,14 +28,16 @@ from recospark.models.als import als_curve
 from recospark.models.baselines import BiasBaseline, BiasBaselineModel, GlobalMean, GlobalMeanModel
 from recospark.models.blend import Blend, BlendModel
 from recospark.models.ease import EASE, EASEModel
+from recospark.models.neural import estimator as nn
 from recospark.models.neural import require_torch
-from recospark.models.neural.estimator import GMF, GMFModel, NeuralMF, NeuralMFModel
 from recospark.models.params import Bounds, check_params, conf_key
 from recospark.models.puresvd import PureSVD, PureSVDModel
 from recospark.models.sgd.estimator import SGDMatrixFactorization, SGDMatrixFactorizationModel
 from recospark.schema import IS_VALIDATION, MOVIE_ID, PREDICTION, RATING, USER_ID
 
-__all__ = ["MODELS", "Knob", "ModelSpec", "ModelValues", "Setting", "spec"]
+__all__ = ["MODELS", "Knob", "ModelSpec", "ModelValues", "Objective", "Setting", "spec"]
+
+Objective = Literal["rating", "ranking"]
 
 # Every estimator gets the ratings dataset's columns; the pipeline sets these, never a user.
 COLUMNS = {"userCol": USER_ID, "itemCol": MOVIE_ID, "ratingCol": RATING, "predictionCol": PREDICTION}
@@ -89,7 +91,7 @@ class ModelSpec:
     name: str
     estimator: type[Estimator]
     model: type[Model]
-    objective: Literal["rating", "ranking"]
+    objective: Objective
     score: str  # what the `score` column of recommendations/<name>/ means
     # a Params class that lists the estimator's Params without a JVM (MLlib's ALS needs one to instantiate)
     schema: type[Params] | None = None
@@ -354,23 +356,55 @@ MODELS: dict[str, ModelSpec] = {
             "ranking",
             "EASE's x_u . B[:, i]: how strongly the user's other train items point to the item; higher ranks first; not a rating",
         ),
-        ModelSpec(
-            "neural_mf",
-            NeuralMF,
-            NeuralMFModel,
-            "rating",
-            "the predicted rating mu + b_u + b_i + p_u . q_i of the neural MF network (Keras MF tutorial, in PyTorch)",
-            early_stopping=True,
-            requires=require_torch,
-        ),
-        ModelSpec(
-            "gmf",
-            GMF,
-            GMFModel,
-            "ranking",
-            "GMF's logit h . (p_u * q_i) + b: higher ranks first (its sigmoid is the interaction probability); not a rating",
-            early_stopping=True,
-            requires=require_torch,
+        *(
+            ModelSpec(name, estimator, model, cast(Objective, objective), score, early_stopping=True, requires=require_torch)
+            for name, estimator, model, objective, score in (
+                (
+                    "neural_mf",
+                    nn.NeuralMF,
+                    nn.NeuralMFModel,
+                    "rating",
+                    "the predicted rating mu + b_u + b_i + p_u . q_i (Keras MF tutorial)",
+                ),
+                ("dnn", nn.DNN, nn.DNNModel, "rating", "the predicted rating mu + MLP([p_u, q_i]) of the deep network"),
+                (
+                    "residual_mf",
+                    nn.ResidualMF,
+                    nn.ResidualMFModel,
+                    "rating",
+                    "the predicted rating mu + b_u + b_i + p_u . q_i + MLP([p_u, q_i]) (MF plus a residual network)",
+                ),
+                (
+                    "autorec",
+                    nn.AutoRec,
+                    nn.AutoRecModel,
+                    "rating",
+                    "U-AutoRec's reconstructed rating from the user's train ratings, centred on the user's mean",
+                ),
+                (
+                    "rbm",
+                    nn.RBM,
+                    nn.RBMModel,
+                    "rating",
+                    "the RBM's expected rating sum_k k p(v_i = k | the user's train ratings) (mean field)",
+                ),
+                ("gmf", nn.GMF, nn.GMFModel, "ranking", "GMF's logit h . (p_u * q_i) + b: higher ranks first; not a rating"),
+                (
+                    "neumf",
+                    nn.NeuMF,
+                    nn.NeuMFModel,
+                    "ranking",
+                    "NeuMF's fused logit of its GMF and MLP towers: higher ranks first; not a rating",
+                ),
+                (
+                    "mult_vae",
+                    nn.MultVAE,
+                    nn.MultVAEModel,
+                    "ranking",
+                    "Mult-VAE's item logit at z = mu given the user's train items; not a rating",
+                ),
+                ("mult_dae", nn.MultDAE, nn.MultDAEModel, "ranking", "Mult-DAE's item logit given the user's train items; not a rating"),
+            )
         ),
         ModelSpec(
             "bias",

@@ -49,8 +49,7 @@ from recospark.models.neural import data, require_torch, weights
 from recospark.models.neural.job import TrainJob
 from recospark.models.neural.launch import launch, local_master, rank_threads
 from recospark.models.neural.recipe import Recipe
-from recospark.models.neural.recipes import GMF as _GMF_RECIPE
-from recospark.models.neural.recipes import NEURAL_MF as _NEURAL_MF_RECIPE
+from recospark.models.neural.recipes import RECIPES
 from recospark.models.neural.scorer import NeuralBlockScorer, predict_pairs
 from recospark.models.params import Knob, _RecommenderModelParams, _RecommenderModelSetters, _RecommenderParams, check_params, knob
 from recospark.models.persistence import EstimatorPersistence
@@ -670,5 +669,13 @@ def neural_pair(recipe: Recipe, class_name: str) -> tuple[type[NeuralRecommender
     return cast(type[NeuralRecommender], estimator_cls), cast(type[NeuralRecommenderModel], model_cls)
 
 
-NeuralMF, NeuralMFModel = neural_pair(_NEURAL_MF_RECIPE, "NeuralMF")
-GMF, GMFModel = neural_pair(_GMF_RECIPE, "GMF")
+# One estimator/model pair per recipe: the model table's entries point at these.
+NeuralMF, NeuralMFModel = neural_pair(RECIPES["neural_mf"], "NeuralMF")
+DNN, DNNModel = neural_pair(RECIPES["dnn"], "DNN")
+ResidualMF, ResidualMFModel = neural_pair(RECIPES["residual_mf"], "ResidualMF")
+AutoRec, AutoRecModel = neural_pair(RECIPES["autorec"], "AutoRec")
+RBM, RBMModel = neural_pair(RECIPES["rbm"], "RBM")
+GMF, GMFModel = neural_pair(RECIPES["gmf"], "GMF")
+NeuMF, NeuMFModel = neural_pair(RECIPES["neumf"], "NeuMF")
+MultVAE, MultVAEModel = neural_pair(RECIPES["mult_vae"], "MultVAE")
+MultDAE, MultDAEModel = neural_pair(RECIPES["mult_dae"], "MultDAE")

@@ -7,11 +7,15 @@ registry is cheap and works without the `neural` extra.
 from __future__ import annotations
 
 from recospark.models.neural.recipe import Recipe
+from recospark.models.neural.recipes.autoencoders import AUTOREC, MULT_DAE, MULT_VAE
+from recospark.models.neural.recipes.deep import DNN, RESIDUAL_MF
 from recospark.models.neural.recipes.mf import GMF, NEURAL_MF
+from recospark.models.neural.recipes.ncf import NEUMF
+from recospark.models.neural.recipes.rbm import RBM
 
 __all__ = ["RECIPES", "recipe"]
 
-RECIPES: dict[str, Recipe] = {r.name: r for r in (NEURAL_MF, GMF)}
+RECIPES: dict[str, Recipe] = {r.name: r for r in (NEURAL_MF, DNN, RESIDUAL_MF, AUTOREC, RBM, GMF, NEUMF, MULT_VAE, MULT_DAE)}
 
 
 def recipe(name: str) -> Recipe:
