@@ -46,6 +46,8 @@ class NeuMFNet(nn.Module):
         self.mlp_out = nn.Linear(layers[-1], 1)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(GMF logit, MLP logit, penalty) per (user row, item row) pair: the towers' logits kept apart, since
+        pretraining fits each alone and the joint loss fuses them with alpha (see the class docstring)."""
         pg, qg, pm, qm = self.gmf_user(users), self.gmf_item(items), self.mlp_user(users), self.mlp_item(items)
         gmf = self.gmf_out(pg * qg).squeeze(-1)
         mlp = self.mlp_out(self.mlp(torch.cat([pm, qm], dim=-1))).squeeze(-1)
