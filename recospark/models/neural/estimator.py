@@ -639,8 +639,10 @@ def neural_pair(recipe: Recipe, class_name: str) -> tuple[type[NeuralRecommender
     knobs = "\n".join(
         f"    {k} : default {v!r}\n        {recipe.docs.get(k) or SHARED_DOCS.get(k, '')}" for k, v in recipe.defaults.items()
     )
+    # Only the recipe's summary: its Examples name the recipe object, not this class.
+    summary = (type(recipe).__doc__ or "").strip().split("\n\n")[0]
     doc = (
-        f"`{recipe.name}`: {(type(recipe).__doc__ or '').strip()}\n\n"
+        f"`{recipe.name}`: {summary}\n\n"
         f"    A {recipe.objective} model trained with TorchDistributor (DDP over gloo, CPU), ranks sharded by "
         f"{recipe.shard_by}. Shared Params: {', '.join(SHARED_DOCS)} and the ALS column Params.\n\n"
         f"    Parameters\n    ----------\n{knobs}\n" + _EXAMPLE.format(name=class_name)
