@@ -126,12 +126,18 @@ MODEL_SECTIONS: dict[str, type[ModelSection]] = {name: model_section(spec) for n
 class TrainConf(_Section):
     """`train.*`: which models of the model table are fitted, and whether validation carves are scored for the pick."""
 
-    models: tuple[str, ...] = ("als", "sgd", "global_mean", "bias")
+    models: tuple[str, ...] = ("als", "sgd", "global_mean", "ease")
     use_tuned: bool = Field(False, description="start from tuning/tuning.json's best params when present")
     validation: bool = Field(
         True,
         description="fit each model once more on train minus the validation carve (split.validation_fraction) and score "
         "its lists on the carve: the validation metrics `recommend` picks the recommended lists by (never the test split)",
+    )
+    concurrent_fits: int = Field(
+        2,
+        ge=1,
+        description="models fitted at once, on driver threads (a small fit is mostly driver latency, so two overlap); "
+        "1 fits one model at a time, for the lowest driver memory",
     )
 
     @field_validator("models", mode="before")

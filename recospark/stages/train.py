@@ -29,7 +29,7 @@ from recospark.errors import PrerequisiteError
 from recospark.frames import first_row
 from recospark.models.table import MODELS, ModelSpec
 from recospark.ranking import validation_metrics
-from recospark.runtime import stage_run
+from recospark.runtime import for_each_model, stage_run
 from recospark.schema import FACTOR_ID, IS_VALIDATION, MOVIE_ID, RATINGS, USER_ID
 from recospark.scoring import candidate_items, scoring_factors
 from recospark.splitting import with_validation_flag
@@ -187,7 +187,8 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     try:
         sizes = first_row(train.agg(F.countDistinct(USER_ID).alias("u"), F.countDistinct(MOVIE_ID).alias("i")))
         n_users, n_items = int(sizes["u"]), int(sizes["i"])
-        for name in cfg.train.models:
+
+        def train_one(name: str) -> None:
             spec = MODELS[name]
             overrides = tuned.get(name, {})
             if spec.components is not None:
@@ -197,36 +198,60 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             fitted[name] = model
             if carve_model is not None:
                 carve_fitted[name] = carve_model
-            covered = coverage(model, n_users, n_items)
-            if covered["users"] < n_users or covered["items"] < n_items:
-                log.warning(
-                    "train %s: factors for %d of %d train users and %d of %d train items",
-                    name,
-                    covered["users"],
-                    n_users,
-                    covered["items"],
-                    n_items,
-                )
-            params = {p.name: v for p, v in model.extractParamMap().items()}
-            summary = getattr(model, "summary", None)  # e.g. EASE's counts of what its item cap left out
-            if isinstance(summary, dict):
-                info["summary"] = summary
-            extra = {
-                "model": name,
-                "split_version": src.version,
-                "objective": spec.objective,
-                "score": spec.score,
-                "tuned_overrides": overrides,
-                "params": params,
-                "coverage": covered,
-                **info,
-            }
-            published = io.publish(spark, cfg, f"models/{name}", partial(_save, model), inputs=[src], extra=extra)
-            epochs = info.get("refit_epochs") or (len(getattr(model, "history", [])) or None)
-            out[name] = {"path": published.path, "train_seconds": round(info["train_seconds"], 2), "epochs": epochs}
-            if "validation" in info:
-                out[name][f"validation_ndcg@{cfg.evaluate.k}"] = info["validation"].get(f"ndcg@{cfg.evaluate.k}")
-            log.info("train %s: %.1f s -> %s", name, info["train_seconds"], published.path)
+            out[name] = publish_model(spark, cfg, src, name, model, info, overrides, n_users, n_items)
+
+        # Models built from other models (the blend) wait for the rest, which fit a few at a time.
+        alone = [m for m in cfg.train.models if MODELS[m].components is None]
+        composite = [m for m in cfg.train.models if MODELS[m].components is not None]
+        for_each_model(spark, train_one, alone, threads=cfg.train.concurrent_fits)
+        for name in composite:
+            train_one(name)
     finally:
         train.unpersist()
-    return {"models": out}
+    return {"models": {name: out[name] for name in cfg.train.models}}
+
+
+def publish_model(
+    spark: SparkSession,
+    cfg: Config,
+    src: io.Source,
+    name: str,
+    model: Model,
+    info: dict[str, Any],
+    overrides: Mapping[str, Any],
+    n_users: int,
+    n_items: int,
+) -> dict[str, Any]:
+    """Check the model's coverage of the train users and items, publish models/<name>/ with its manifest, and say what was written."""
+    spec = MODELS[name]
+    covered = coverage(model, n_users, n_items)
+    if covered["users"] < n_users or covered["items"] < n_items:
+        log.warning(
+            "train %s: factors for %d of %d train users and %d of %d train items",
+            name,
+            covered["users"],
+            n_users,
+            covered["items"],
+            n_items,
+        )
+    params = {p.name: v for p, v in model.extractParamMap().items()}
+    summary = getattr(model, "summary", None)  # e.g. EASE's counts of what its item cap left out
+    if isinstance(summary, dict):
+        info["summary"] = summary
+    extra = {
+        "model": name,
+        "split_version": src.version,
+        "objective": spec.objective,
+        "score": spec.score,
+        "tuned_overrides": dict(overrides),
+        "params": params,
+        "coverage": covered,
+        **info,
+    }
+    published = io.publish(spark, cfg, f"models/{name}", partial(_save, model), inputs=[src], extra=extra)
+    epochs = info.get("refit_epochs") or (len(getattr(model, "history", [])) or None)
+    entry: dict[str, Any] = {"path": published.path, "train_seconds": round(info["train_seconds"], 2), "epochs": epochs}
+    if "validation" in info:
+        entry[f"validation_ndcg@{cfg.evaluate.k}"] = info["validation"].get(f"ndcg@{cfg.evaluate.k}")
+    log.info("train %s: %.1f s -> %s", name, info["train_seconds"], published.path)
+    return entry
