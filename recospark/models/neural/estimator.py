@@ -28,9 +28,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import shutil
-import tempfile
-import uuid
 from collections.abc import Mapping
 from typing import Any, ClassVar, cast
 
@@ -39,22 +36,20 @@ import pandas as pd
 from pyspark.ml import Estimator, Model
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasMaxIter, HasSeed, HasStepSize, HasValidationIndicatorCol
-from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReadable, MLReader, MLWritable, MLWriter
+from pyspark.ml.util import MLReadable, MLReader, MLWritable, MLWriter
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import FloatType, IntegerType, StructField, StructType
 
-from recospark import fs, jvm
 from recospark.models.neural import data, require_torch, weights
 from recospark.models.neural.job import TrainJob
-from recospark.models.neural.launch import launch, local_master, rank_threads
+from recospark.models.neural.launch import launch, rank_threads
 from recospark.models.neural.recipe import Recipe
 from recospark.models.neural.recipes import RECIPES
 from recospark.models.neural.scorer import NeuralBlockScorer, predict_pairs
+from recospark.models.neural.storage import FORMAT_VERSION, IDS, NeuralReader, NeuralWriter, factor_frame, scratch_folder, sorted_ids
 from recospark.models.params import Knob, _RecommenderModelParams, _RecommenderModelSetters, _RecommenderParams, check_params, knob
 from recospark.models.persistence import EstimatorPersistence
-from recospark.paths import is_local, join_path, local_path
-from recospark.schema import FACTOR_ID, FACTORS, FEATURES, MOVIE_ID, PREDICTION, RATING, USER_ID
+from recospark.schema import FACTOR_ID, FEATURES, MOVIE_ID, PREDICTION, RATING, USER_ID
 
 __all__ = [
     "ENGINE_DEFAULTS",
@@ -70,7 +65,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 # Params every neural estimator has beyond the recipe's own: the recipe sets maxIter, stepSize and
 # batchSize (they differ by network); the engine's defaults below cover the rest.
 SHARED_DOCS: dict[str, str] = {
@@ -87,13 +81,9 @@ SHARED_DOCS: dict[str, str] = {
 ENGINE_DEFAULTS: dict[str, Any] = {"seed": 42, "numProcesses": 1, "earlyStoppingRounds": 3}
 _REQUIRED = ("maxIter", "stepSize", "batchSize")
 _COLUMNS = {"userCol": USER_ID, "itemCol": MOVIE_ID, "predictionCol": PREDICTION, "coldStartStrategy": "nan"}
-_IDS = StructType([StructField(FACTOR_ID, IntegerType(), False)])
-_TRAIN_ROWS = StructType(
-    [StructField(USER_ID, IntegerType(), False), StructField(MOVIE_ID, IntegerType(), False), StructField(RATING, FloatType(), False)]
-)
 
 
-# --------------------------------------------------------------------------- Params
+# --- Params
 
 
 class _NeuralModelParams(_RecommenderModelParams):
@@ -164,7 +154,7 @@ def _converter(name: str, default: Any) -> Any:
     raise TypeError(f"recipe default {name}={default!r}: use an int, float, bool, str or a list of them")
 
 
-# --------------------------------------------------------------------------- the estimator
+# --- the estimator
 
 
 class NeuralRecommender(Estimator, _NeuralParams, EstimatorPersistence):
@@ -245,7 +235,7 @@ class NeuralRecommender(Estimator, _NeuralParams, EstimatorPersistence):
             F.col(self.getRatingCol()).cast("float").alias(data.RATING),
             flag.alias(data.VALIDATION),
         ).where(F.col(data.USER).isNotNull() & F.col(data.ITEM).isNotNull() & F.col(data.RATING).isNotNull() & ~F.isnan(data.RATING))
-        folder, cleanup = _scratch_folder(spark)
+        folder, cleanup = scratch_folder(spark)
         try:
             rows.write.mode("overwrite").parquet(folder)
             written = spark.read.parquet(folder)
@@ -257,8 +247,8 @@ class NeuralRecommender(Estimator, _NeuralParams, EstimatorPersistence):
             ).first()
             if stats is None or not stats["n"]:
                 raise ValueError(f"{type(self).__name__}: no training rows (every row is null or a validation row)")
-            user_ids = _sorted_ids(fit_rows, data.USER)
-            item_ids = _sorted_ids(fit_rows, data.ITEM)
+            user_ids = sorted_ids(fit_rows, data.USER)
+            item_ids = sorted_ids(fit_rows, data.ITEM)
             hp["ratingMean"] = float(stats["mean"])
             n = self.getNumProcesses()
             job = TrainJob(recipe, hp, folder, user_ids, item_ids, rank_threads(spark, n), validate=bool(stats["n_val"]))
@@ -286,37 +276,7 @@ def recipe_is_dot(recipe: Recipe) -> bool:
     return bool(getattr(recipe, "dot_product", False))
 
 
-def _sorted_ids(rows: DataFrame, column: str) -> np.ndarray:
-    """Sorted unique ids of one column, computed by Spark: O(users) or O(items) on the driver."""
-    pdf = rows.select(column).distinct().toPandas()
-    return np.sort(pdf[column].to_numpy(np.int32))
-
-
-def _scratch_folder(spark: SparkSession) -> tuple[str, Any]:
-    """(a fresh folder URI every rank can read, its cleanup): under the checkpoint dir; under a
-    local master without one, a local temporary folder."""
-    sc = spark.sparkContext
-    root = sc.getCheckpointDir()
-    if root:
-        folder = join_path(root, f"neural-fit-rows-{uuid.uuid4().hex[:12]}")
-        return folder, lambda: _remove(spark, folder)
-    if not local_master(spark):
-        raise ValueError(
-            "neural models need a checkpoint directory on storage every executor can read (SparkContext.setCheckpointDir; "
-            "the pipeline sets runtime.checkpoint_dir): the ranks read the fit rows from there"
-        )
-    tmp = tempfile.mkdtemp(prefix="recospark-neural-")
-    return join_path(tmp, "rows"), lambda: shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _remove(spark: SparkSession, uri: str) -> None:
-    try:
-        fs.remove_tree(spark, uri)
-    except Exception as err:  # never mask the fit's own outcome
-        log.warning("could not remove %s: %s", uri, err)
-
-
-# --------------------------------------------------------------------------- the model
+# --- the model
 
 
 class NeuralRecommenderModel(Model, _NeuralModelParams, _RecommenderModelSetters, MLWritable, MLReadable):
@@ -377,12 +337,12 @@ class NeuralRecommenderModel(Model, _NeuralModelParams, _RecommenderModelSetters
 
     def write(self) -> MLWriter:
         """A writer for Spark ML JSON metadata, the weights as safetensors and the id (and factor) tables as Parquet: no pickle."""
-        return _NeuralWriter(self)
+        return NeuralWriter(self)
 
     @classmethod
     def read(cls) -> MLReader:
         """A reader that refuses another class's folder or another format version."""
-        return _NeuralReader(cls)
+        return NeuralReader(cls)
 
     def _metadata(self) -> dict[str, Any]:
         return {
@@ -398,8 +358,8 @@ class NeuralRecommenderModel(Model, _NeuralModelParams, _RecommenderModelSetters
 
     def _saved_tables(self, spark: SparkSession) -> dict[str, DataFrame]:
         ids = {
-            "userIds": spark.createDataFrame(pd.DataFrame({FACTOR_ID: self.userIds}), _IDS),
-            "itemIds": spark.createDataFrame(pd.DataFrame({FACTOR_ID: self.itemIds}), _IDS),
+            "userIds": spark.createDataFrame(pd.DataFrame({FACTOR_ID: self.userIds}), IDS),
+            "itemIds": spark.createDataFrame(pd.DataFrame({FACTOR_ID: self.itemIds}), IDS),
         }
         return {**ids, **self._tables}
 
@@ -427,7 +387,7 @@ class NeuralFactorModel(NeuralRecommenderModel):
     @classmethod
     def _fitted(cls, spark, hp, user_ids, item_ids, result, train_rows):
         users_mat, items_mat = result["factors"]
-        tables = {"userFactors": _factor_frame(spark, user_ids, users_mat), "itemFactors": _factor_frame(spark, item_ids, items_mat)}
+        tables = {"userFactors": factor_frame(spark, user_ids, users_mat), "itemFactors": factor_frame(spark, item_ids, items_mat)}
         return cls(hp, user_ids, item_ids, result["weights"], result["history"], result["best_epoch"], tables, result["ranks"])
 
     @property
@@ -500,77 +460,6 @@ class NeuralScorerModel(NeuralRecommenderModel):
         if self.getColdStartStrategy() == "drop":
             out = out.where(~F.isnan(pred))
         return out
-
-
-def _factor_frame(spark: SparkSession, ids: np.ndarray, matrix: np.ndarray) -> DataFrame:
-    """`id, features` rows from ids and their matrix rows (built on the driver: O(ids x dim))."""
-    rows = [(int(i), [float(x) for x in row]) for i, row in zip(ids.tolist(), np.asarray(matrix, np.float32), strict=True)]
-    return spark.createDataFrame(rows, FACTORS)
-
-
-class _NeuralWriter(MLWriter):
-    def __init__(self, instance: NeuralRecommenderModel) -> None:
-        super().__init__()
-        self.instance = instance
-
-    def saveImpl(self, path: str) -> None:
-        model = self.instance
-        DefaultParamsWriter.saveMetadata(model, path, self.sparkSession, extraMetadata=model._metadata())
-        _write_bytes(self.sparkSession, join_path(path, weights.FILE_NAME), model.weightsBytes)
-        for name, table in model._saved_tables(self.sparkSession).items():
-            table.write.mode("overwrite").parquet(join_path(path, name))
-
-
-class _NeuralReader(MLReader):
-    def __init__(self, cls: type[NeuralRecommenderModel]) -> None:
-        super().__init__()
-        self.cls = cls
-
-    def load(self, path: str) -> NeuralRecommenderModel:
-        spark = self.sparkSession
-        metadata = DefaultParamsReader.loadMetadata(path, spark)
-        expected = f"{self.cls.__module__}.{self.cls.__name__}"
-        if metadata["class"] != expected:
-            raise ValueError(f"{path} holds a {metadata['class']}, not a {expected}")
-        if metadata.get("formatVersion") != FORMAT_VERSION:
-            raise ValueError(f"{path}: model format {metadata.get('formatVersion')!r}, this code reads {FORMAT_VERSION}")
-        where = join_path(path, weights.FILE_NAME)
-        data = _read_bytes(spark, where)
-        weights.check_safetensors(data, where)
-        ids = {name: _sorted_ids(spark.read.schema(_IDS).parquet(join_path(path, name)), FACTOR_ID) for name in ("userIds", "itemIds")}
-        schemas = {"userFactors": FACTORS, "itemFactors": FACTORS, "trainRows": _TRAIN_ROWS}
-        tables = {name: spark.read.schema(schemas[name]).parquet(join_path(path, name)) for name in self.cls._TABLES}
-        model = self.cls(
-            metadata["hyperParameters"],
-            ids["userIds"],
-            ids["itemIds"],
-            data,
-            metadata.get("history"),
-            metadata.get("bestEpoch", 0),
-            tables,
-            metadata.get("trainingRanks"),
-        )
-        model._resetUid(metadata["uid"])
-        DefaultParamsReader.getAndSetParams(model, metadata)
-        return model
-
-
-def _write_bytes(spark: SparkSession, uri: str, data: bytes) -> None:
-    if is_local(uri):
-        target = local_path(uri)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
-        return
-    jvm.hadoop_write(spark, uri, data)
-
-
-def _read_bytes(spark: SparkSession, uri: str) -> bytes:
-    if is_local(uri):
-        return local_path(uri).read_bytes()
-    data = jvm.hadoop_read(spark, uri)
-    if data is None:
-        raise FileNotFoundError(uri)
-    return data
 
 
 # --------------------------------------------------------------------------- class generation
