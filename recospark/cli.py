@@ -3,7 +3,7 @@
 It parses arguments, validates config, runs every check that needs no Spark (config, paths,
 the data source and its layout, output root writability, stage prerequisites), and only then
 builds the session (never choosing a master) and calls the stage's `run(spark, cfg)`. Errors
-a user can fix (`recospark.config.UserError`) print one line and exit 2, before Spark starts
+a user can fix (`recospark.errors.UserError`) print one line and exit 2, before Spark starts
 wherever possible.
 """
 

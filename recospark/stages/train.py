@@ -4,7 +4,7 @@ Models are built from the model table. With `train.validation` (the default), ea
 fitted on train minus the validation carve (`split.validation_fraction`, a hash of seed, user
 and movie) and its top-k lists are scored on the carve; those validation metrics go into the
 model's manifest, and `recommend` ships the lists of the model that scores best there, so the
-choice never sees the test split. A model that early-stops (the DSGD models) uses that same carve
+choice never sees the test split. A model that early-stops (the DSGD and neural models) uses that same carve
 fit to choose its epoch count. Then every model is fitted on all of train and published, so no
 train user or item is left without factors. Models whose fitted object keeps no history (ALS)
 get their learning curve from the table's `curve` hook. Every model's coverage of the train
