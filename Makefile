@@ -31,7 +31,7 @@ export SPARK_LOCAL_IP := 127.0.0.1
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 export PYSPARK_DRIVER_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: setup java demo test lint pipeline bench clean dist dist-full dist-neural cluster-artifacts cluster-test airflow-setup airflow-test \
+.PHONY: setup java demo test check lint pipeline bench clean dist dist-full dist-neural cluster-artifacts cluster-test airflow-setup airflow-test \
 	docker-check docker-up docker-submit docker-down runbook
 
 setup: java $(VENV)/.installed
@@ -56,6 +56,11 @@ pipeline: demo
 # environment archive). The airflow tests skip here: they run in their own venv (airflow-test).
 test: setup cluster-artifacts
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The fast loop while editing: lint and types, then every test not marked slow, e2e, cluster,
+# airflow or browser (pyproject.toml lists the marks). No spark-submit artifacts, no cluster.
+check: lint
+	$(BIN)/python -m pytest -q -m "not slow and not e2e and not cluster and not airflow and not browser" $(PYTEST_ARGS)
 
 # ruff (lint + format check) and mypy over the package; CI runs this next to the tests.
 lint: setup

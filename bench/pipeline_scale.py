@@ -144,6 +144,8 @@ def run_size(size: str, work: Path, driver_memory: str, models: str | None, beta
     for model, info in res["stages"]["evaluate"]["models"].items():
         row[f"{model}_rmse"] = info.get("rmse")
         row[f"{model}_ndcg"] = info.get(f"ndcg@{k}")
+    recommended = res["stages"]["recommend"].get("recommended") or {}
+    row["recommended"] = recommended.get("model") if isinstance(recommended, dict) else recommended
     row["load"] = Path("/proc/loadavg").read_text().split()[0]
     quality_file = folder / "quality.json"
     t0 = time.monotonic()
@@ -239,7 +241,8 @@ def models_table(rows: list[dict]) -> str:
                 fmt(r.get(f"{model}_x_popularity"), ".2f"),
                 fmt(r.get(f"{model}_of_oracle"), ".2f"),
             ]
-            lines.append(f"| {r['size']} | {model} | " + " | ".join(cells) + " |")
+            name = f"**{model}** (recommended)" if model == r.get("recommended") else model
+            lines.append(f"| {r['size']} | {name} | " + " | ".join(cells) + " |")
         if r.get("oracle_ndcg") is not None:
             pop = r.get("global_mean_ndcg")
             x_pop = f"{r['oracle_ndcg'] / pop:.2f}" if pop else "-"

@@ -42,12 +42,13 @@ from pathlib import Path
 import numpy as np
 from pyspark.sql import functions as F
 
-from recospark import io, recommend
+from recospark import io
 from recospark.config import load_config
 from recospark.models.table import MODELS
 from recospark.schema import FACTOR_ID, FEATURES, MOVIE_ID, MOVIES, RATINGS, USER_ID
 from recospark.scoring import TILE_CELLS, TILE_ROWS, UserHistory, candidate_items, recommend_for, scoring_factors
 from recospark.session import build_session
+from recospark.stages import recommend
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

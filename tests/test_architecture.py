@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib
+import importlib.util
 import inspect
 import re
 import subprocess
@@ -329,6 +331,29 @@ def test_no_bench_file_defines_its_own_split_metric_top_n_or_model():
         if found:
             offences[path.name] = found
     assert offences == {}
+
+
+def missing_recospark_names(source: str) -> list[str]:
+    """`from recospark... import name` lines of `source` whose module or name does not exist (nothing is run)."""
+    missing = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "recospark":
+            try:
+                module = importlib.import_module(node.module)
+            except ImportError:
+                missing.append(node.module)
+                continue
+            for alias in node.names:
+                if not hasattr(module, alias.name) and importlib.util.find_spec(f"{node.module}.{alias.name}") is None:
+                    missing.append(f"{node.module}.{alias.name}")
+    return missing
+
+
+def test_bench_scripts_import_only_what_recospark_has():
+    """A bench script is run by hand, not by the suite: a module that moved must not leave it broken."""
+    broken = {p.name: m for p in sorted(BENCH.glob("*.py")) if (m := missing_recospark_names(p.read_text(encoding="utf-8")))}
+    assert broken == {}
+    assert missing_recospark_names("from recospark import recommend\nfrom recospark.stages import train\n") == ["recospark.recommend"]
 
 
 def test_bench_exceptions_name_code_that_exists():
