@@ -134,10 +134,10 @@ class TrainConf(_Section):
         "its lists on the carve: the validation metrics `recommend` picks the recommended lists by (never the test split)",
     )
     concurrent_fits: int = Field(
-        2,
+        1,
         ge=1,
-        description="models fitted at once, on driver threads (a small fit is mostly driver latency, so two overlap); "
-        "1 fits one model at a time, for the lowest driver memory",
+        description="models fitted at once, on driver threads (as CrossValidator's parallelism): small fits are mostly "
+        "driver latency and overlap, big ones compete for the same cores and add their memory",
     )
 
     @field_validator("models", mode="before")

@@ -9,6 +9,7 @@ from pyspark.sql import functions as F
 from recospark import io
 from recospark.errors import ConfigError, PrerequisiteError
 from recospark.models.baselines import BiasBaseline
+from recospark.models.neural import torch_available
 from recospark.models.table import MODELS
 from recospark.schema import MOVIE_ID, RATINGS, USER_ID
 from recospark.stages import train, tune
@@ -106,3 +107,23 @@ def test_tune_without_published_train_names_the_stage(cfg_factory, spark):
     with pytest.raises(PrerequisiteError, match=r"tune needs splits/random/train.*run `recospark split` first"):
         tune.run(spark, cfg)
 
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch_available(), reason="the neural extra (torch, safetensors) is not installed")
+def test_neural_models_tune_like_any_other(spark, published_train):
+    """A neural rating model is judged on RMSE and a neural ranking model on NDCG@k, through the same table entries."""
+    cfg = published_train(
+        "train.models=[neural_mf,gmf]",
+        "tune.grids={neural_mf: {embedding_dim: [2, 4], max_iter: [1]}, gmf: {embedding_dim: [2, 4], max_iter: [1]}}",
+        "split.validation_fraction=0.3",
+    )
+    tune.run(spark, cfg)
+    doc = json.loads(open(io.output_path(cfg, "tuning", "tuning.json")).read())
+    for name, metric in (("neural_mf", "rmse"), ("gmf", f"ndcg@{cfg.evaluate.k}")):
+        entry = doc["models"][name]
+        assert entry["metric"] == metric
+        scores = [g[metric] for g in entry["grid"]]
+        assert len(scores) == 2 and all(s == s for s in scores)  # two points, no NaN
+        pick = min if metric == "rmse" else max
+        assert entry["best_params"] == entry["grid"][scores.index(pick(scores))]["params"]
