@@ -65,7 +65,7 @@ check: lint
 # ruff (lint + format check) and mypy over the package; CI runs this next to the tests.
 lint: setup
 	$(BIN)/ruff check recospark tests bench jobs scripts dags conftest.py
-	$(BIN)/ruff format --check recospark
+	$(BIN)/ruff format --check recospark tests bench jobs scripts dags conftest.py
 	$(BIN)/mypy
 
 bench: setup

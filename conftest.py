@@ -59,7 +59,9 @@ def cfg_factory(tmp_path):
     return make
 
 
-def write_movielens(folder: Path, ratings: list[tuple[int, int, float, int]], titles: dict[int, str], extra_lines: tuple[str, ...] = ()) -> Path:
+def write_movielens(
+    folder: Path, ratings: list[tuple[int, int, float, int]], titles: dict[int, str], extra_lines: tuple[str, ...] = ()
+) -> Path:
     """An ml-100k layout folder: u.data (tab separated) and u.item (Latin-1, 19 genre flags)."""
     folder.mkdir(parents=True, exist_ok=True)
     lines = [f"{u}\t{i}\t{r:g}\t{t}" for u, i, r, t in ratings] + list(extra_lines)
@@ -117,12 +119,34 @@ def published(spark, tmp_path_factory):
             f"data.source={source}",
             f"output.root={base / 'out'}",
             "train.models=[als,als_implicit,sgd,global_mean,bias]",
-            "als.rank=2", "als.max_iter=3", "als.num_user_blocks=1", "als.num_item_blocks=1", "als.curve_iters=[1]",
-            "als_implicit.rank=2", "als_implicit.max_iter=3", "als_implicit.num_user_blocks=1", "als_implicit.num_item_blocks=1",
-            "sgd.rank=4", "sgd.max_iter=4", "sgd.num_blocks=2", "sgd.early_stopping_rounds=2",
-            "report.factor_sample=4", "report.sample_users=2",
-            "recommend.n=5", "evaluate.k=5",
+            "als.rank=2",
+            "als.max_iter=3",
+            "als.num_user_blocks=1",
+            "als.num_item_blocks=1",
+            "als.curve_iters=[1]",
+            "als_implicit.rank=2",
+            "als_implicit.max_iter=3",
+            "als_implicit.num_user_blocks=1",
+            "als_implicit.num_item_blocks=1",
+            "sgd.rank=4",
+            "sgd.max_iter=4",
+            "sgd.num_blocks=2",
+            "sgd.early_stopping_rounds=2",
+            "report.factor_sample=4",
+            "report.sample_users=2",
+            "recommend.n=5",
+            "evaluate.k=5",
         ],
     )
     result = pipeline.run(spark, cfg)
     return cfg, result
+
+
+# Doctests that fit models or run whole stages (each a few seconds): `make check` leaves them to `make test`.
+_SLOW_DOCTESTS = ("recospark/stages/", "recospark/models/neural/")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if isinstance(item, pytest.DoctestItem) and any(part in item.nodeid for part in _SLOW_DOCTESTS):
+            item.add_marker(pytest.mark.slow)

@@ -20,11 +20,27 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 STAGES = ("ingest_s", "split_s", "als_fit_s", "sgd_fit_s", "evaluate_s", "topn_ours_s", "topn_mllib_s")
 COLUMNS = (
-    ("size", "{}"), ("ratings", "{:,}"), ("ingest_s", "{:.1f}"), ("split_s", "{:.1f}"), ("als_fit_s", "{:.1f}"),
-    ("sgd_fit_s", "{:.1f}"), ("sgd_reach_als_s", "{:.1f}"), ("evaluate_s", "{:.1f}"), ("topn_ours_s", "{:.1f}"),
-    ("topn_mllib_s", "{:.1f}"), ("als_rmse", "{:.4f}"), ("sgd_rmse", "{:.4f}"), ("sgd_epochs", "{}"),
-    ("sgd_updates_per_s", "{:,}"), ("sgd_kernel_s", "{:.1f}"), ("sgd_outside_s", "{:.1f}"), ("sgd_ratings_mb", "{:.1f}"),
-    ("driver_python_mb", "{}"), ("jvm_mb", "{}"), ("python_workers_mb", "{}"), ("load", "{}"),
+    ("size", "{}"),
+    ("ratings", "{:,}"),
+    ("ingest_s", "{:.1f}"),
+    ("split_s", "{:.1f}"),
+    ("als_fit_s", "{:.1f}"),
+    ("sgd_fit_s", "{:.1f}"),
+    ("sgd_reach_als_s", "{:.1f}"),
+    ("evaluate_s", "{:.1f}"),
+    ("topn_ours_s", "{:.1f}"),
+    ("topn_mllib_s", "{:.1f}"),
+    ("als_rmse", "{:.4f}"),
+    ("sgd_rmse", "{:.4f}"),
+    ("sgd_epochs", "{}"),
+    ("sgd_updates_per_s", "{:,}"),
+    ("sgd_kernel_s", "{:.1f}"),
+    ("sgd_outside_s", "{:.1f}"),
+    ("sgd_ratings_mb", "{:.1f}"),
+    ("driver_python_mb", "{}"),
+    ("jvm_mb", "{}"),
+    ("python_workers_mb", "{}"),
+    ("load", "{}"),
 )
 
 
@@ -57,14 +73,20 @@ def targets(rows: list[dict]) -> list[str]:
         if big.get("sgd_reach_als_s") is not None:
             out.append(f"SGD reaches ALS's RMSE in {big['sgd_reach_als_s'] / big['als_fit_s']:.2f}x ALS's fit time at 10M (target <= 0.5)")
         else:
-            out.append(f"SGD did not reach ALS's RMSE ({big['als_rmse']:.4f}) at 10M; its best epoch RMSE is in results.json (target: <= 0.5x ALS fit time)")
+            out.append(
+                f"SGD did not reach ALS's RMSE ({big['als_rmse']:.4f}) at 10M; its best epoch RMSE is in results.json (target: <= 0.5x ALS fit time)"
+            )
         if big.get("topn_mllib_s"):
-            out.append(f"top-N ours vs recommendForAllUsers+exclusion at 10M: {big['topn_mllib_s'] / big['topn_ours_s']:.2f}x faster (target >= 2)")
+            out.append(
+                f"top-N ours vs recommendForAllUsers+exclusion at 10M: {big['topn_mllib_s'] / big['topn_ours_s']:.2f}x faster (target >= 2)"
+            )
     if big and by.get("1m"):
         small = by["1m"]
         for s in STAGES:
             if small.get(s) and big.get(s):
-                out.append(f"time(10M)/time(1M) {s[:-2]}: {big[s] / small[s]:.1f} (target <= 12; ratings x{big['ratings'] / small['ratings']:.1f})")
+                out.append(
+                    f"time(10M)/time(1M) {s[:-2]}: {big[s] / small[s]:.1f} (target <= 12; ratings x{big['ratings'] / small['ratings']:.1f})"
+                )
         out.append(f"driver Python peak 10M/1M: {big['driver_python_mb'] / max(small['driver_python_mb'], 1):.2f} (target <= 1.5)")
     return out
 
@@ -99,7 +121,9 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default="100k,1m,10m")
     ap.add_argument("--work", default="/tmp/recospark-bench")
     ap.add_argument("--out", default=str(HERE / "results"))
-    ap.add_argument("--skip-mllib-topn", action="store_true", help="leave out MLlib's recommendForAllUsers comparison (about 10 min at 10M)")
+    ap.add_argument(
+        "--skip-mllib-topn", action="store_true", help="leave out MLlib's recommendForAllUsers comparison (about 10 min at 10M)"
+    )
     ap.add_argument("--driver-memory", default="12g", help="each size's Spark driver memory")
     args = ap.parse_args(argv)
     out = Path(args.out)

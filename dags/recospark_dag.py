@@ -113,7 +113,9 @@ def _task_graph(conf: str) -> dict:
         [_recospark_python(), "-m", "recospark", "tasks", "--conf", conf], capture_output=True, text=True, timeout=300, cwd=str(HOME)
     )
     if proc.returncode != 0:
-        raise ValueError(f"recospark tasks --conf {conf} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
+        raise ValueError(
+            f"recospark tasks --conf {conf} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}"
+        )
     graph = json.loads(proc.stdout)
     if "ingest" not in graph["stages"] or "train" not in graph["stages"]:
         raise ValueError(f"pipeline.stages must include ingest and train (got {graph['stages']})")
@@ -143,20 +145,15 @@ def _cores_max() -> tuple[int | None, int | None]:
 
 CORES_MAX, TRAIN_CORES_MAX = _cores_max()
 
+
 # Jinja, rendered when a task runs: Variables are read then, not at parse time.
 def _q(value: str) -> str:
     return str(value).replace("\\", "\\\\").replace("'", "\\'")
 
 
-OUTPUT_BASE = (
-    "{{ var.value.get('recospark_output_base', '"
-    + _q(os.environ.get("RECOSPARK_OUTPUT_BASE", "hdfs:///recospark/out")) + "') }}"
-)
+OUTPUT_BASE = "{{ var.value.get('recospark_output_base', '" + _q(os.environ.get("RECOSPARK_OUTPUT_BASE", "hdfs:///recospark/out")) + "') }}"
 OUTPUT_ROOT = OUTPUT_BASE + "/{{ ds }}"
-DATA_SOURCE = (
-    "{{ var.value.get('recospark_data_source', '"
-    + _q(os.environ.get("RECOSPARK_DATA_SOURCE") or GRAPH["data_source"]) + "') }}"
-)
+DATA_SOURCE = "{{ var.value.get('recospark_data_source', '" + _q(os.environ.get("RECOSPARK_DATA_SOURCE") or GRAPH["data_source"]) + "') }}"
 RETENTION_DAYS = "{{ var.value.get('recospark_retention_days', '" + _q(os.environ.get("RECOSPARK_RETENTION_DAYS", "30")) + "') }}"
 
 
@@ -209,8 +206,7 @@ def _shipping() -> dict:
     zip_path, env_path = Path(DIST) / "recospark.zip", Path(DIST) / "recospark-env.tar.gz"
     if not (zip_path.is_file() and env_path.is_file()):
         return {}
-    return {"py_files": str(zip_path), "archives": f"{env_path}#environment",
-            "conf": {"spark.pyspark.python": "./environment/bin/python"}}
+    return {"py_files": str(zip_path), "archives": f"{env_path}#environment", "conf": {"spark.pyspark.python": "./environment/bin/python"}}
 
 
 def _submit(task_id: str, stage: str, *sets: str, cores_max: int | None = CORES_MAX) -> RecosparkSubmitOperator:

@@ -73,12 +73,19 @@ def main() -> int:
                 check(build["target"] in stages, f"{name}: target {build['target']!r} is a stage of the Dockerfile {sorted(stages)}")
             for sources in copies:
                 for src in sources:
-                    check(bool(glob.glob(str(context / src))) or any(glob.glob(str(context / s)) for s in sources if s != src and "[" in src),
-                          f"{name}: COPY source {src} exists in the context")
+                    check(
+                        bool(glob.glob(str(context / src))) or any(glob.glob(str(context / s)) for s in sources if s != src and "[" in src),
+                        f"{name}: COPY source {src} exists in the context",
+                    )
             spark_version = (build.get("args") or {}).get("SPARK_VERSION", args.get("SPARK_VERSION"))
-            check(spark_version == args.get("SPARK_VERSION"), f"{name}: SPARK_VERSION {spark_version} matches the Dockerfile's default {args.get('SPARK_VERSION')}")
+            check(
+                spark_version == args.get("SPARK_VERSION"),
+                f"{name}: SPARK_VERSION {spark_version} matches the Dockerfile's default {args.get('SPARK_VERSION')}",
+            )
             if pyspark_version:
-                check(spark_version == pyspark_version, f"{name}: Spark image {spark_version} == pyspark {pyspark_version} of the tested venv")
+                check(
+                    spark_version == pyspark_version, f"{name}: Spark image {spark_version} == pyspark {pyspark_version} of the tested venv"
+                )
             airflow_version = (build.get("args") or {}).get("AIRFLOW_VERSION")
             if airflow_version:
                 major = int(airflow_version.split(".")[0])
@@ -92,8 +99,10 @@ def main() -> int:
         env = svc.get("environment") or {}
         if "deploy.worker.Worker" in " ".join(map(str, svc.get("command") or [])):
             opts = str(env.get("SPARK_WORKER_OPTS", "")) if isinstance(env, dict) else ""
-            check("spark.worker.cleanup.enabled=true" in opts and "appDataTtl" in opts,
-                  f"{name}: cleans up finished applications' work dirs (SPARK_WORKER_OPTS spark.worker.cleanup.*)")
+            check(
+                "spark.worker.cleanup.enabled=true" in opts and "appDataTtl" in opts,
+                f"{name}: cleans up finished applications' work dirs (SPARK_WORKER_OPTS spark.worker.cleanup.*)",
+            )
         conf = env.get("RECOSPARK_CONF") if isinstance(env, dict) else None
         if conf:
             local = ROOT / Path(conf).relative_to("/opt/recospark")
@@ -104,15 +113,19 @@ def main() -> int:
 
         try:
             cfg = load_config(conf)
-            check(all(not p or p.startswith("/data") for p in (cfg.output.root, cfg.checkpoint_dir, cfg.data.cache_dir)),
-                  f"{conf.relative_to(ROOT)} validates; paths on the shared /data volume")
+            check(
+                all(not p or p.startswith("/data") for p in (cfg.output.root, cfg.checkpoint_dir, cfg.data.cache_dir)),
+                f"{conf.relative_to(ROOT)} validates; paths on the shared /data volume",
+            )
         except Exception as err:
             check(False, f"{conf.relative_to(ROOT)} validates: {err}")
     makefile = (ROOT / "Makefile").read_text()
     m = re.search(r"^DOCKER_CONF \?= (\S+)", makefile, re.M)
     check(bool(m) and (ROOT / Path(m.group(1)).relative_to("/opt/recospark")).is_file(), "Makefile DOCKER_CONF exists in the image")
-    print(f"\n{'all checks passed' if not failures else f'{len(failures)} check(s) failed'} "
-          "(static only: images not built, containers not started)")
+    print(
+        f"\n{'all checks passed' if not failures else f'{len(failures)} check(s) failed'} "
+        "(static only: images not built, containers not started)"
+    )
     return 1 if failures else 0
 
 

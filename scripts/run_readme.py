@@ -40,14 +40,29 @@ README = ROOT / "README.md"
 # First command line of the block (a regex, searched) -> why it is not run here.
 NOT_RUN: list[tuple[str, str]] = [
     (r"^make bench\b", "about 20 minutes (ML-1M and ML-10M shapes); its measured results are in README"),
-    (r"^\.venv/bin/python bench/pipeline_scale\.py --sizes 10m,25m", "about 20 minutes (ML-10M and ML-25M shapes); its measured results are in README"),
-    (r"^\.venv/bin/python bench/bench_dsgd\.py --size 10m", "about 4 minutes (ML-10M shape, plus generating and ingesting it once); its measured results are in README"),
+    (
+        r"^\.venv/bin/python bench/pipeline_scale\.py --sizes 10m,25m",
+        "about 20 minutes (ML-10M and ML-25M shapes); its measured results are in README",
+    ),
+    (
+        r"^\.venv/bin/python bench/bench_dsgd\.py --size 10m",
+        "about 4 minutes (ML-10M shape, plus generating and ingesting it once); its measured results are in README",
+    ),
     (r"^hdfs dfs ", "needs HDFS"),
-    (r"--master spark://master-host", "needs a real standalone master (master-host); the 'Try it on one machine' block runs the same submission against 127.0.0.1"),
+    (
+        r"--master spark://master-host",
+        "needs a real standalone master (master-host); the 'Try it on one machine' block runs the same submission against 127.0.0.1",
+    ),
     (r"--master yarn", "needs a YARN cluster"),
     (r"--master k8s://", "needs a Kubernetes cluster and an image registry"),
-    (r"^airflow connections add spark_default --conn-type spark \\$", "a template for a real master (master-host, YARN); the 'Try it on one machine' block below runs the DAG against 127.0.0.1"),
-    (r"^airflow dags test recospark 2024-05-01$", "the commands for a deployed Airflow; the 'Try it on one machine' block runs the same `airflow dags test`"),
+    (
+        r"^airflow connections add spark_default --conn-type spark \\$",
+        "a template for a real master (master-host, YARN); the 'Try it on one machine' block below runs the DAG against 127.0.0.1",
+    ),
+    (
+        r"^airflow dags test recospark 2024-05-01$",
+        "the commands for a deployed Airflow; the 'Try it on one machine' block runs the same `airflow dags test`",
+    ),
     (r"^make docker-up", "no Docker engine on this machine (`make docker-check` runs instead)"),
 ]
 TIMEOUT_SECONDS = 60 * 60  # per block
@@ -172,9 +187,16 @@ def run(items: list[Block], where: Path, logs: Path, keep_going: bool = False, q
         print(f"--- block {b.number} (README.md:{b.line}, {b.section}):\n{b.code.rstrip()}", flush=True)
         started = time.monotonic()
         with open(log, "w", buffering=1) as out:  # line-buffered: follow it with tail -f
-            proc = subprocess.Popen(["bash", "-c", WRAPPER.format(state=shlex.quote(str(state)), code=b.code)],
-                                    cwd=where, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, text=True, errors="replace")
+            proc = subprocess.Popen(
+                ["bash", "-c", WRAPPER.format(state=shlex.quote(str(state)), code=b.code)],
+                cwd=where,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                errors="replace",
+            )
             deadline = started + TIMEOUT_SECONDS
             for line in proc.stdout:  # to the console (CI's log) and to the block's log file
                 out.write(line)
@@ -206,8 +228,13 @@ def stop_leftover_cluster(where: Path) -> None:
     if not any((where / "out" / "standalone" / "pids").glob("*.pid")):
         return
     python = where / ".venv" / "bin" / "python"
-    subprocess.run([str(where / "scripts" / "cluster.sh"), "stop"], cwd=where, capture_output=True, timeout=180,
-                   env={**os.environ, "PYTHON": str(python)})
+    subprocess.run(
+        [str(where / "scripts" / "cluster.sh"), "stop"],
+        cwd=where,
+        capture_output=True,
+        timeout=180,
+        env={**os.environ, "PYTHON": str(python)},
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

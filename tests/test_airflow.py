@@ -329,8 +329,9 @@ def test_python_tasks_run(airflow_db, small_source, tmp_path, monkeypatch):
     dag = _dagbag().dags["recospark"]
     from datetime import datetime, timezone
 
-    run = dag.test(logical_date=datetime(2024, 5, 3, tzinfo=timezone.utc),
-                   mark_success_pattern=r"ingest|split|train_.*|evaluate|recommend|report")
+    run = dag.test(
+        logical_date=datetime(2024, 5, 3, tzinfo=timezone.utc), mark_success_pattern=r"ingest|split|train_.*|evaluate|recommend|report"
+    )
     assert _states(run) == dict.fromkeys(expected_graph(["als"])[0], "success"), _states(run)
     assert not old.exists() and recent.exists()
 
@@ -363,8 +364,17 @@ def test_dag_test_runs_end_to_end(airflow_db, small_source, tmp_path, monkeypatc
         print(f"\n[airflow] db migrate {airflow_db:.0f} s; dag.test() {seconds:.0f} s; run {run.run_id}: {states}", flush=True)
     assert states == dict.fromkeys(expected_graph(models)[0], "success"), states
     day = out_base / "2024-05-01"
-    for output in ("ratings", "splits/random/train", "models/als", "models/sgd", "metrics/als.json",
-                   "metrics/sgd.json", "recommendations/als", "recommendations/sgd", "report/index.html"):
+    for output in (
+        "ratings",
+        "splits/random/train",
+        "models/als",
+        "models/sgd",
+        "metrics/als.json",
+        "metrics/sgd.json",
+        "recommendations/als",
+        "recommendations/sgd",
+        "report/index.html",
+    ):
         assert (day / output).exists(), f"missing {day / output}"
     manifest = json.loads((day / "ratings" / "_manifest.json").read_text())
     assert str(small_source) in json.dumps(manifest), "ingest did not read the Variable's data source"
@@ -375,7 +385,9 @@ def test_blend_trains_after_its_components(tmp_path, monkeypatch):
     """train_blend loads the models its components' tasks publish, so it runs after them; a
     component that is not trained in this DAG is fitted by the blend task itself (no edge)."""
     conf = tmp_path / "blend.yaml"
-    conf.write_text("train:\n  models: [als_implicit, puresvd, blend, global_mean]\nblend:\n  components: [als_implicit, sgd_rank, puresvd]\n  weights: [0.3, 0.6, 0.1]\n")
+    conf.write_text(
+        "train:\n  models: [als_implicit, puresvd, blend, global_mean]\nblend:\n  components: [als_implicit, sgd_rank, puresvd]\n  weights: [0.3, 0.6, 0.1]\n"
+    )
     monkeypatch.setenv("RECOSPARK_CONF", str(conf))
     dag = _dagbag().dags["recospark"]
     assert set(dag.get_task("train_blend").upstream_task_ids) == {"split", "train_als_implicit", "train_puresvd"}

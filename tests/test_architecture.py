@@ -129,6 +129,7 @@ def test_imports_sit_at_module_top():
     assert nested == []
 
 
+@pytest.mark.slow
 def test_every_module_imports_first_in_a_fresh_interpreter():
     """Each module imported as the first recospark module (the others evicted from sys.modules before
     each import), in a fresh interpreter: a cycle fails for some start module with an ImportError."""

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from chispa import assert_df_equality
 
 from recospark import fs, io
@@ -28,6 +29,7 @@ def failed_tasks(spark, group: str) -> int:
     return sum(info.numFailedTasks for info in map(tracker.getStageInfo, stages) if info)
 
 
+@pytest.mark.slow
 def test_killed_stage_leaves_previous_output_intact(spark, cfg_factory, tmp_path):
     small, big = tmp_path / "small", tmp_path / "big"
     write_ml100k(small, 20)
@@ -41,8 +43,20 @@ def test_killed_stage_leaves_previous_output_intact(spark, cfg_factory, tmp_path
     existing = set(versions.iterdir())
 
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable}
-    cmd = [sys.executable, "-m", "recospark.cli", "ingest", "--set", f"data.source={big}", "--set", f"output.root={root}",
-           "--set", "spark.spark.master=local[1]", "--set", "spark.spark.ui.enabled=false"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "recospark.cli",
+        "ingest",
+        "--set",
+        f"data.source={big}",
+        "--set",
+        f"output.root={root}",
+        "--set",
+        "spark.spark.master=local[1]",
+        "--set",
+        "spark.spark.ui.enabled=false",
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 240
@@ -68,6 +82,7 @@ def test_killed_stage_leaves_previous_output_intact(spark, cfg_factory, tmp_path
     before.unpersist()
 
 
+@pytest.mark.slow
 def test_rerun_is_idempotent_and_injected_fault_is_retried(spark, cfg_factory, tmp_path):
     source = tmp_path / "src"
     write_ml100k(source, 50)

@@ -8,9 +8,7 @@ from recospark.models.table import MODELS
 from recospark.schema import BIAS, FACTOR_ID, MOVIE_ID, PREDICTION, RATING, TOP_N, USER_ID
 from recospark.scoring import scoring_factors, top_n
 
-TRAIN = StructType(
-    [StructField(USER_ID, IntegerType()), StructField(MOVIE_ID, IntegerType()), StructField(RATING, DoubleType())]
-)
+TRAIN = StructType([StructField(USER_ID, IntegerType()), StructField(MOVIE_ID, IntegerType()), StructField(RATING, DoubleType())])
 PAIRS = StructType([StructField(USER_ID, IntegerType()), StructField(MOVIE_ID, IntegerType())])
 PREDICTED = StructType([*PAIRS.fields, StructField(PREDICTION, FloatType())])
 BIASES = StructType([StructField(FACTOR_ID, IntegerType()), StructField(BIAS, FloatType())])
@@ -39,8 +37,12 @@ def bias_model(train):
 
 def test_bias_baseline_matches_closed_form_biases(spark, bias_model):
     assert bias_model.mean == pytest.approx(MU)
-    assert_approx_df_equality(bias_model.itemBiases, spark.createDataFrame(list(B_ITEM.items()), BIASES), 1e-6, ignore_row_order=True, ignore_nullable=True)
-    assert_approx_df_equality(bias_model.userBiases, spark.createDataFrame(list(B_USER.items()), BIASES), 1e-6, ignore_row_order=True, ignore_nullable=True)
+    assert_approx_df_equality(
+        bias_model.itemBiases, spark.createDataFrame(list(B_ITEM.items()), BIASES), 1e-6, ignore_row_order=True, ignore_nullable=True
+    )
+    assert_approx_df_equality(
+        bias_model.userBiases, spark.createDataFrame(list(B_USER.items()), BIASES), 1e-6, ignore_row_order=True, ignore_nullable=True
+    )
 
 
 def test_bias_baseline_predicts_every_row_including_cold_ones(spark, bias_model):
@@ -79,13 +81,11 @@ def test_global_mean_predicts_mean_and_ranks_by_popularity(spark, train):
     rated = train.select(USER_ID, MOVIE_ID)
     recs = top_n(users, items, rated, n=2)
     # train counts: 10 -> 2 (the null-rating row is not counted), 11 -> 1, 12 -> 1; ties to the smaller id
-    expected_recs = spark.createDataFrame(
-        [(1, 1, 12, 1.0), (2, 1, 11, 1.0), (2, 2, 12, 1.0), (3, 1, 10, 2.0), (3, 2, 11, 1.0)], TOP_N
-    )
+    expected_recs = spark.createDataFrame([(1, 1, 12, 1.0), (2, 1, 11, 1.0), (2, 2, 12, 1.0), (3, 1, 10, 2.0), (3, 2, 11, 1.0)], TOP_N)
     assert_df_equality(recs, expected_recs, ignore_row_order=True)
 
 
-@pytest.mark.parametrize("name", ["bias", "global_mean"])
+@pytest.mark.parametrize("name", ["bias", pytest.param("global_mean", marks=pytest.mark.slow)])
 def test_save_load_roundtrip_through_the_model_table(spark, cfg_factory, tmp_path, train, name):
     cfg = cfg_factory("bias.reg_user=1.0", "bias.reg_item=2.0")
     model = MODELS[name].build(cfg).fit(train)

@@ -188,6 +188,7 @@ def test_blend_of_a_scorer_and_a_factor_model_equals_numpy(spark, blend_case):
         np.testing.assert_allclose([s for _, s in got[int(u)]], [s for _, s in expected], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_blend_saves_components_and_loads_them_back(spark, tmp_path):
     df = spark.createDataFrame(
         [(u, i, float(1 + (u * i) % 5)) for u in range(1, 9) for i in range(1, 8) if (u + i) % 3],

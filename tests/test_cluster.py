@@ -107,9 +107,18 @@ def cluster(tmp_path_factory):
         pytest.skip("no java on PATH: a Spark standalone cluster needs a JRE 17+ (make java)")
     home = tmp_path_factory.mktemp("spark-cluster")
     port = _free_port()  # never 7077: other clusters may run on this machine
-    env = {**os.environ, "CLUSTER_DIR": str(home), "SPARK_MASTER_PORT": str(port), "PYTHON": sys.executable,
-           "SPARK_HOME": str(_spark_home()), "WORKERS": "2", "WORKER_CORES": "1", "WORKER_MEMORY": "1g",
-           "CLEANUP_INTERVAL": str(CLEANUP_INTERVAL), "CLEANUP_TTL": str(CLEANUP_TTL)}
+    env = {
+        **os.environ,
+        "CLUSTER_DIR": str(home),
+        "SPARK_MASTER_PORT": str(port),
+        "PYTHON": sys.executable,
+        "SPARK_HOME": str(_spark_home()),
+        "WORKERS": "2",
+        "WORKER_CORES": "1",
+        "WORKER_MEMORY": "1g",
+        "CLEANUP_INTERVAL": str(CLEANUP_INTERVAL),
+        "CLEANUP_TTL": str(CLEANUP_TTL),
+    }
     pid_dir = home / "pids"
     started = time.monotonic()
     recorded: dict[str, int] = {}
@@ -118,8 +127,14 @@ def cluster(tmp_path_factory):
         recorded = {p.stem: int(p.read_text()) for p in pid_dir.glob("*.pid")}
         if proc.returncode != 0:
             pytest.fail(f"cluster did not start:\n{proc.stdout}\n{proc.stderr}")
-        yield {"home": home, "env": env, "url": f"spark://127.0.0.1:{port}", "pids": recorded,
-               "startup_seconds": time.monotonic() - started, "start_output": proc.stdout.strip()}
+        yield {
+            "home": home,
+            "env": env,
+            "url": f"spark://127.0.0.1:{port}",
+            "pids": recorded,
+            "startup_seconds": time.monotonic() - started,
+            "start_output": proc.stdout.strip(),
+        }
     finally:
         recorded = recorded or {p.stem: int(p.read_text()) for p in pid_dir.glob("*.pid")}
         subprocess.run([str(CLUSTER_SH), "stop"], env=env, cwd=ROOT, capture_output=True, timeout=120)
@@ -178,8 +193,7 @@ def _snapshot_executors(home: Path, dest: Path) -> dict:
             target.mkdir(parents=True, exist_ok=True)
             if (executor / "stderr").is_file():
                 shutil.copy(executor / "stderr", target / "stderr")
-            facts[key] = {"environment_python": (executor / "environment" / "bin" / "python").exists(),
-                          "bytes": _du(executor)}
+            facts[key] = {"environment_python": (executor / "environment" / "bin" / "python").exists(), "bytes": _du(executor)}
     return facts
 
 
@@ -200,9 +214,20 @@ def runs(cluster, artifacts, subset, tmp_path_factory, request):
             cmd = [str(CLUSTER_SH), "submit", *app]
         else:
             env["PYSPARK_PYTHON"] = env["PYSPARK_DRIVER_PYTHON"] = sys.executable
-            cmd = [spark_submit, "--master", "local[2]", "--driver-memory", "1g",
-                   "--conf", "spark.driver.host=127.0.0.1", "--conf", "spark.driver.bindAddress=127.0.0.1",
-                   "--conf", f"spark.pyspark.python={sys.executable}", *app]
+            cmd = [
+                spark_submit,
+                "--master",
+                "local[2]",
+                "--driver-memory",
+                "1g",
+                "--conf",
+                "spark.driver.host=127.0.0.1",
+                "--conf",
+                "spark.driver.bindAddress=127.0.0.1",
+                "--conf",
+                f"spark.pyspark.python={sys.executable}",
+                *app,
+            ]
         log = open(work / f"{mode}.log", "w")
         procs[mode] = (subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True), log, time.monotonic())
         result[mode] = {"out": out, "events": events, "cmd": cmd}
@@ -216,7 +241,7 @@ def runs(cluster, artifacts, subset, tmp_path_factory, request):
             if proc.returncode != 0:
                 tail = "\n".join((work / f"{mode}.log").read_text(errors="replace").splitlines()[-60:])
                 pytest.fail(f"{mode} run failed (exit {proc.returncode}):\n{' '.join(result[mode]['cmd'])}\n{tail}")
-            result[mode]["json"] = json.JSONDecoder().raw_decode(stdout[stdout.index("{"):])[0]
+            result[mode]["json"] = json.JSONDecoder().raw_decode(stdout[stdout.index("{") :])[0]
     finally:
         for proc, log, _ in procs.values():
             if proc.poll() is None:
@@ -239,8 +264,11 @@ def test_split_rows_identical(runs, spark, capsys):
         remote = _read(spark, runs["cluster"]["out"] / "splits" / split / side)
         assert_df_equality(remote, local, ignore_row_order=True, ignore_nullable=True)
     n_train = _read(spark, runs["cluster"]["out"] / "splits" / split / "train").count()
-    _say(capsys, f"\n[cluster] models={','.join(runs['models'])}; cluster run {runs['cluster']['seconds']:.0f} s, "
-         f"local run {runs['local']['seconds']:.0f} s (concurrent); split rows identical ({n_train} train)")
+    _say(
+        capsys,
+        f"\n[cluster] models={','.join(runs['models'])}; cluster run {runs['cluster']['seconds']:.0f} s, "
+        f"local run {runs['local']['seconds']:.0f} s (concurrent); split rows identical ({n_train} train)",
+    )
 
 
 def _metrics(run: dict, model: str) -> dict:
@@ -279,8 +307,10 @@ def test_topn_equal(runs, spark, capsys):
         a_sets, b_sets = _per_user(a), _per_user(b)
         overlap = sum(len(a_sets[u] & b_sets[u]) for u in b_sets) / sum(len(s) for s in b_sets.values())
         max_score_diff = max(abs(a[k][1] - b[k][1]) for k in a)
-        lines.append(f"  {model:<12} {len(a)} rows: same item at same rank {same_rank:.2%}, set overlap {overlap:.2%}, "
-                     f"max |score diff| {max_score_diff:.2e}")
+        lines.append(
+            f"  {model:<12} {len(a)} rows: same item at same rank {same_rank:.2%}, set overlap {overlap:.2%}, "
+            f"max |score diff| {max_score_diff:.2e}"
+        )
         if model in ("bias", "global_mean"):
             assert same_rank == 1.0 and max_score_diff <= 1e-9, lines[-1]
         else:
@@ -322,20 +352,24 @@ def test_python_tasks_ran_on_executors(runs, cluster, capsys):
     # one of its kind in the pipeline (ALS is JVM-only). PySpark names Python RDDs after the
     # action's call site, so a job description mentioning dsgd counts too, when the model sets one.
     sgd_stages = {
-        s for s, rdds in stage_rdds.items()
-        if {"PythonRDD", "PartitionerAwareUnionRDD"} <= rdds or "dsgd" in job_text.get(s, "").lower()
+        s
+        for s, rdds in stage_rdds.items()
+        if {"PythonRDD", "PartitionerAwareUnionRDD"} <= rdds
+        or "dsgd" in job_text.get(s, "").lower()
         or any("dsgd.py" in c for c in stage_sites[s])
     }
     python_stages = {s for s, sites in stage_sites.items() if any("recospark/" in c for c in sites)}
     by_executor = Counter(ex for s, ex in tasks)
     sgd_by_executor = Counter(ex for s, ex in tasks if s in sgd_stages)
 
-    lines = [f"[cluster] application {app_id} on {cluster['url']} (cluster started in {cluster['startup_seconds']:.1f} s; "
-             f"pids {cluster['pids']})",
-             f"  executors: {executors}",
-             f"  all tasks by executor: {dict(by_executor)}",
-             f"  tasks of stages built in recospark/ code by executor: {dict(Counter(ex for s, ex in tasks if s in python_stages))}",
-             f"  SGD mapPartitionsWithIndex stages (PythonRDD over PartitionerAwareUnionRDD): {len(sgd_stages)}, tasks by executor: {dict(sgd_by_executor)}"]
+    lines = [
+        f"[cluster] application {app_id} on {cluster['url']} (cluster started in {cluster['startup_seconds']:.1f} s; "
+        f"pids {cluster['pids']})",
+        f"  executors: {executors}",
+        f"  all tasks by executor: {dict(by_executor)}",
+        f"  tasks of stages built in recospark/ code by executor: {dict(Counter(ex for s, ex in tasks if s in python_stages))}",
+        f"  SGD mapPartitionsWithIndex stages (PythonRDD over PartitionerAwareUnionRDD): {len(sgd_stages)}, tasks by executor: {dict(sgd_by_executor)}",
+    ]
     # The executors' own logs on the workers (copied when the run ended): stderr per executor,
     # and the unpacked environment.
     snapshot = runs["work"] / "executors"
@@ -343,8 +377,10 @@ def test_python_tasks_ran_on_executors(runs, cluster, capsys):
     for key, facts in sorted(app_executors.items()):
         text = (snapshot / key / "stderr").read_text(errors="replace")
         marks = [ln for ln in text.splitlines() if "recospark" in ln.lower() and "dsgd" in ln.lower()][:3]
-        lines.append(f"  {key}: {text.count('Running task')} 'Running task' lines, environment/bin/python "
-                     f"{'present' if facts['environment_python'] else 'MISSING'}, work dir {facts['bytes'] / 2**20:.0f} MB")
+        lines.append(
+            f"  {key}: {text.count('Running task')} 'Running task' lines, environment/bin/python "
+            f"{'present' if facts['environment_python'] else 'MISSING'}, work dir {facts['bytes'] / 2**20:.0f} MB"
+        )
         lines += [f"    {m.strip()[:200]}" for m in marks]
     _say(capsys, "\n".join(lines))
 
@@ -370,7 +406,7 @@ def test_cluster_listens_on_loopback_only(cluster, runs):
         assert local.startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:")), line
 
 
-PROBE = '''
+PROBE = """
 import json, os, socket, sys
 from pyspark.sql import SparkSession
 
@@ -386,21 +422,25 @@ def where(_):
 rows = spark.sparkContext.parallelize(range(4), 4).mapPartitions(where).collect()
 print("PROBE " + json.dumps({"driver_python": sys.executable, "executors": rows}))
 spark.stop()
-'''
+"""
 
 
 def test_executors_use_the_shipped_environment(cluster, artifacts, runs, tmp_path, capsys):
     """Python workers on the executors run ./environment/bin/python and import recospark from the zip."""
     probe = tmp_path / "probe.py"
     probe.write_text(PROBE)
-    proc = subprocess.run([str(CLUSTER_SH), "submit", str(probe)], cwd=ROOT, env=cluster["env"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(CLUSTER_SH), "submit", str(probe)], cwd=ROOT, env=cluster["env"], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("PROBE "))
-    result = json.loads(line[len("PROBE "):])
+    result = json.loads(line[len("PROBE ") :])
     rows = result["executors"]
-    _say(capsys, "[cluster] Python workers on the executors:\n" + "\n".join(
-        f"  partition {r['partition']}: pid {r['pid']} python {r['python']} recospark {r['recospark']}" for r in rows))
+    _say(
+        capsys,
+        "[cluster] Python workers on the executors:\n"
+        + "\n".join(f"  partition {r['partition']}: pid {r['pid']} python {r['python']} recospark {r['recospark']}" for r in rows),
+    )
     assert len(rows) == 4
     for r in rows:
         assert "/environment/bin/python" in r["python"] and "/work/worker-" in r["python"], r
@@ -414,8 +454,15 @@ def test_executors_that_fit_no_worker_fail_in_bounded_time(cluster, artifacts, s
     RECOSPARK_EXECUTOR_WAIT_SECONDS, not Spark's endless "Initial job has not accepted any resources"."""
     wait = 15
     env = {**cluster["env"], "RECOSPARK_EXECUTOR_WAIT_SECONDS": str(wait), "SUBMIT_OPTS": "--executor-memory 4g"}
-    app = [str(ROOT / "jobs" / "ingest.py"), "--conf", str(ROOT / "conf" / "cluster.yaml"),
-           "--set", f"data.source={subset}", "--set", f"output.root={tmp_path / 'out'}"]
+    app = [
+        str(ROOT / "jobs" / "ingest.py"),
+        "--conf",
+        str(ROOT / "conf" / "cluster.yaml"),
+        "--set",
+        f"data.source={subset}",
+        "--set",
+        f"output.root={tmp_path / 'out'}",
+    ]
     started = time.monotonic()
     proc = subprocess.run([str(CLUSTER_SH), "submit", *app], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     seconds = time.monotonic() - started
@@ -437,13 +484,16 @@ def test_worker_dirs_cleaned_after_applications_finish(cluster, runs, capsys):
         time.sleep(2)
         left = _app_dirs(cluster["home"])
     work = cluster["home"] / "work"
-    _say(capsys, "[cluster] executor work dirs when the pipeline ended: "
-         + ", ".join(f"{k} {v / 2**20:.0f} MB" for k, v in sorted(sizes.items()))
-         + f"; after cleanup: {len(left)} application dirs, {_du(work) / 2**20:.1f} MB under {work}")
+    _say(
+        capsys,
+        "[cluster] executor work dirs when the pipeline ended: "
+        + ", ".join(f"{k} {v / 2**20:.0f} MB" for k, v in sorted(sizes.items()))
+        + f"; after cleanup: {len(left)} application dirs, {_du(work) / 2**20:.1f} MB under {work}",
+    )
     assert left == [], f"work dirs of finished applications still there: {left}"
 
 
-NEURAL_APP = '''
+NEURAL_APP = """
 import hashlib, json, sys
 from pyspark.sql import SparkSession, functions as F
 from recospark.models.neural.estimator import NeuralMF
@@ -463,7 +513,7 @@ ndcg = ranking_metrics(recommend_for(model, train, 10), test, 10, None)["ndcg@10
 print("NEURAL " + json.dumps({"master": spark.sparkContext.master, "rmse": rmse, "ndcg@10": ndcg, "history": model.history,
                               "weights_sha256": hashlib.sha256(model.weightsBytes).hexdigest(), "ranks": model.trainingRanks}))
 spark.stop()
-'''
+"""
 
 
 def test_neural_mf_trains_across_both_workers_and_equals_a_local_run(cluster, artifacts, subset, tmp_path, capsys):
@@ -488,22 +538,43 @@ def test_neural_mf_trains_across_both_workers_and_equals_a_local_run(cluster, ar
             env = {**cluster["env"], "SUBMIT_OPTS": f"--conf spark.pyspark.python={sys.executable}"}
             cmd = [str(CLUSTER_SH), "submit", str(app), source, str(checkpoints)]
         else:
-            env = {**cluster["env"], "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
-            cmd = [str(_spark_home() / "bin" / "spark-submit"), "--master", "local[2]", "--driver-memory", "1g",
-                   "--conf", "spark.driver.host=127.0.0.1", "--conf", "spark.driver.bindAddress=127.0.0.1",
-                   "--conf", f"spark.pyspark.python={sys.executable}", str(app), source, str(checkpoints)]
+            env = {
+                **cluster["env"],
+                "SPARK_LOCAL_IP": "127.0.0.1",
+                "PYSPARK_PYTHON": sys.executable,
+                "PYSPARK_DRIVER_PYTHON": sys.executable,
+            }
+            cmd = [
+                str(_spark_home() / "bin" / "spark-submit"),
+                "--master",
+                "local[2]",
+                "--driver-memory",
+                "1g",
+                "--conf",
+                "spark.driver.host=127.0.0.1",
+                "--conf",
+                "spark.driver.bindAddress=127.0.0.1",
+                "--conf",
+                f"spark.pyspark.python={sys.executable}",
+                str(app),
+                source,
+                str(checkpoints),
+            ]
         started = time.monotonic()
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=SUBMIT_TIMEOUT)
         assert proc.returncode == 0, f"{mode} run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
         line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("NEURAL "))
-        results[mode] = {**json.loads(line[len("NEURAL "):]), "seconds": time.monotonic() - started}
+        results[mode] = {**json.loads(line[len("NEURAL ") :]), "seconds": time.monotonic() - started}
     remote, local = results["cluster"], results["local"]
     workers = sorted({m.group(1) for r in remote["ranks"] if (m := re.search(r"/work/(worker-\d+)/", r["cwd"]))})
-    _say(capsys, "[cluster] neural_mf, 2 processes: "
-         f"cluster ({remote['master']}, {remote['seconds']:.0f} s) rmse={remote['rmse']:.6f} ndcg@10={remote['ndcg@10']:.6f}; "
-         f"local ({local['master']}, {local['seconds']:.0f} s) rmse={local['rmse']:.6f} ndcg@10={local['ndcg@10']:.6f}; "
-         f"weights bitwise equal: {remote['weights_sha256'] == local['weights_sha256']}\n"
-         + "\n".join(f"  cluster rank {r['rank']}: pid {r['pid']} rows {r['rows']} in {r['cwd']}" for r in remote["ranks"]))
+    _say(
+        capsys,
+        "[cluster] neural_mf, 2 processes: "
+        f"cluster ({remote['master']}, {remote['seconds']:.0f} s) rmse={remote['rmse']:.6f} ndcg@10={remote['ndcg@10']:.6f}; "
+        f"local ({local['master']}, {local['seconds']:.0f} s) rmse={local['rmse']:.6f} ndcg@10={local['ndcg@10']:.6f}; "
+        f"weights bitwise equal: {remote['weights_sha256'] == local['weights_sha256']}\n"
+        + "\n".join(f"  cluster rank {r['rank']}: pid {r['pid']} rows {r['rows']} in {r['cwd']}" for r in remote["ranks"]),
+    )
     assert remote["master"].startswith("spark://") and local["master"] == "local[2]"
     assert len(remote["ranks"]) == 2 and workers == ["worker-1", "worker-2"], remote["ranks"]
     assert [r["rows"] for r in remote["ranks"]] == [r["rows"] for r in local["ranks"]]  # the same shards

@@ -239,6 +239,7 @@ def test_a_pinned_reader_reads_its_version_to_the_end_while_two_writers_publish_
     assert check_root(out)["ratings"]["version"] == last
 
 
+@pytest.mark.slow
 def test_two_pipelines_on_one_root_one_runs_the_other_fails_with_one_retryable_line(tmp_path):
     source = write_movielens(tmp_path / "ml", small_movielens_ratings(), {i: f"Movie {i} (1995)" for i in range(1, 25)})
     root = tmp_path / "out"

@@ -13,7 +13,6 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "recospark"
 
 
-
 def _is_public(name: str) -> bool:
     return not name.startswith("_")
 

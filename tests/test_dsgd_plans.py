@@ -56,6 +56,7 @@ def test_local_cores_parses_masters():
     assert local_cores("spark://127.0.0.1:7077") is None and local_cores("local-cluster[2,1,1024]") is None
 
 
+@pytest.mark.slow
 def test_single_and_multi_task_plans_give_identical_factors(spark, ratings):
     """One fat task with 2 threads, and 2 tasks x 1 thread with item groups moving between
     them: the schedule is the same, so are the factors (bit for bit) and the losses."""
@@ -78,6 +79,7 @@ def test_single_and_multi_task_plans_give_identical_factors(spark, ratings):
 
 
 @pytest.mark.parametrize("loss", ["bpr", "warp"])
+@pytest.mark.slow
 def test_ranking_losses_give_identical_factors_across_plans_and_runs(spark, ratings, loss):
     """The ranking kernels keep the promise: negatives are seeded by (seed, epoch, sub-block) and
     |N_u| is the same whether the single task counts it from its blocks or the driver from

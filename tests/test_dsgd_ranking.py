@@ -114,7 +114,9 @@ def _task_setup(loss: str, B: int = 2, K: int = 2, seed: int = 1):
     for out in pack_partition(iter([batch]), kind="R", seed=seed, B=B, K=K, run_id=None, part=0):
         rows.extend(out.to_pylist())
     blobs = {blob_name(r["blob"]): r["blob"] for r in rows}
-    params = SGDMatrixFactorization(loss=loss, rank=4, regParam=0.01, biasRegParam=0.01, initStd=0.1, seed=seed, numNegatives=3, maxNorm=1.5)
+    params = SGDMatrixFactorization(
+        loss=loss, rank=4, regParam=0.01, biasRegParam=0.01, initStd=0.1, seed=seed, numNegatives=3, maxNorm=1.5
+    )
     cfg = TaskConfig(
         params=engine_params(params),
         run_id="t",

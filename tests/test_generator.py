@@ -46,6 +46,7 @@ def test_shape_long_tail_and_scale():
     assert rows[3].min() >= 946_684_800
 
 
+@pytest.mark.slow
 def test_generated_folder_ingests_identically_twice(spark, cfg_factory, tmp_path):
     overrides = ["generate.users=60", "generate.items=80", "generate.ratings=1500", "generate.layout=csv"]
     cfg = cfg_factory(*overrides)
@@ -149,12 +150,14 @@ def planted(spark, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_planted_tastes_are_recoverable(planted):
     ndcg = planted[4.0]
     assert ndcg["puresvd"] > 1.5 * ndcg["popularity"]  # 2.0x when written
     assert ndcg["oracle"] > ndcg["puresvd"]
 
 
+@pytest.mark.slow
 def test_without_tastes_popularity_is_the_best_list(planted):
     ndcg = planted[0.0]
     assert 0.9 < ndcg["oracle"] / ndcg["popularity"] < 1.1

@@ -67,7 +67,11 @@ def test_ml100k_layout(spark, cfg_factory, tmp_path):
     )
     assert_df_equality(ratings, expected, ignore_row_order=True, ignore_nullable=True)
     expected_movies = spark.createDataFrame(
-        [(10, "Toy Story (1995)", 1995, ["Animation", "Comedy"]), (20, "Misérables, Les (1995)", 1995, ["Drama"]), (30, "unknown", None, ["unknown"])],
+        [
+            (10, "Toy Story (1995)", 1995, ["Animation", "Comedy"]),
+            (20, "Misérables, Les (1995)", 1995, ["Drama"]),
+            (30, "unknown", None, ["unknown"]),
+        ],
         MOVIES,
     )
     assert_df_equality(movies, expected_movies, ignore_row_order=True, ignore_nullable=True)
@@ -90,6 +94,7 @@ def test_ml100k_layout(spark, cfg_factory, tmp_path):
     assert manifest["ratings_unknown_movie"] == 1 and manifest["config_hash"]
 
 
+@pytest.mark.slow
 def test_ml1m_layout_integer_scale_and_latin1(spark, cfg_factory, tmp_path):
     folder = tmp_path / "ml-1m"
     write(folder, "ratings.dat", "1::1::5::978300760\n1::2::3.5::978300761\n2::1::1::978300762\n2::2::4::978300763::\n")
@@ -103,25 +108,34 @@ def test_ml1m_layout_integer_scale_and_latin1(spark, cfg_factory, tmp_path):
         [(1, "Toy Story (1995)", 1995, ["Animation", "Children's", "Comedy"]), (2, "Café au lait (1993)", 1993, ["Comedy"])], MOVIES
     )
     assert_df_equality(movies, expected_movies, ignore_row_order=True, ignore_nullable=True)
-    expected_rejected = spark.createDataFrame([("ratings.dat", 2, "1::2::3.5::978300761", "rating 3.5 not on the scale 1..5 in steps of 1")], REJECTED)
+    expected_rejected = spark.createDataFrame(
+        [("ratings.dat", 2, "1::2::3.5::978300761", "rating 3.5 not on the scale 1..5 in steps of 1")], REJECTED
+    )
     assert_df_equality(rejected, expected_rejected, ignore_nullable=True)
 
 
+@pytest.mark.slow
 def test_ml10m_layout_half_stars_and_utf8(spark, cfg_factory, tmp_path):
     folder = tmp_path / "ml-10M100K"
     write(folder, "ratings.dat", "1::122::3.5::838985046\n1::185::0::838983525\n1::231::0.5::838983392\n")
-    write(folder, "movies.dat", "122::Boomerang (1992)::Comedy|Romance\n231::Amélie (Fabuleux destin d'Amélie Poulain, Le) (2001)::(no genres listed)\n")
+    write(
+        folder,
+        "movies.dat",
+        "122::Boomerang (1992)::Comedy|Romance\n231::Amélie (Fabuleux destin d'Amélie Poulain, Le) (2001)::(no genres listed)\n",
+    )
     result, ratings, movies, rejected, _ = run_ingest(spark, cfg_factory, folder)
     assert result["layout"] == "ml-10m"
     expected = spark.createDataFrame([(1, 122, 3.5, ts(838985046)), (1, 231, 0.5, ts(838983392))], RATINGS)
     assert_df_equality(ratings, expected, ignore_row_order=True, ignore_nullable=True)
     expected_movies = spark.createDataFrame(
-        [(122, "Boomerang (1992)", 1992, ["Comedy", "Romance"]), (231, "Amélie (Fabuleux destin d'Amélie Poulain, Le) (2001)", 2001, [])], MOVIES
+        [(122, "Boomerang (1992)", 1992, ["Comedy", "Romance"]), (231, "Amélie (Fabuleux destin d'Amélie Poulain, Le) (2001)", 2001, [])],
+        MOVIES,
     )
     assert_df_equality(movies, expected_movies, ignore_row_order=True, ignore_nullable=True)
     assert rejected.collect()[0]["reason"] == "rating 0 outside 0.5..5 in steps of 0.5"
 
 
+@pytest.mark.slow
 def test_csv_layout_header_quotes_and_bom(spark, cfg_factory, tmp_path):
     folder = tmp_path / "ml-latest-small"
     write(
@@ -151,7 +165,14 @@ def test_csv_layout_header_quotes_and_bom(spark, cfg_factory, tmp_path):
         REJECTED,
     )
     assert_df_equality(rejected, expected_rejected, ignore_row_order=True, ignore_nullable=True)
-    assert result["files"]["ratings.csv"] == {"read": 5, "accepted": 2, "rejected": 2, "duplicates_resolved": 1, "blank_lines": 0, "header_lines": 1}
+    assert result["files"]["ratings.csv"] == {
+        "read": 5,
+        "accepted": 2,
+        "rejected": 2,
+        "duplicates_resolved": 1,
+        "blank_lines": 0,
+        "header_lines": 1,
+    }
     assert result["files"]["movies.csv"]["duplicates_resolved"] == 1
 
 
@@ -171,6 +192,7 @@ def test_line_numbers_survive_many_splits(spark, tmp_path):
         spark.conf.unset("spark.sql.files.maxPartitionBytes")
 
 
+@pytest.mark.slow
 def test_canonical_split_files_are_ingested_with_labels_and_split_reads_them(spark, cfg_factory, tmp_path):
     write(tmp_path, "u.data", "1\t1\t5\t874965758\n1\t2\t3\t876893171\n1\t3\t4\t878542960\n")
     write(tmp_path, "u1.base", "1\t1\t5\t874965758\n1\t2\t3\t876893171\nbad line\n")
@@ -178,7 +200,14 @@ def test_canonical_split_files_are_ingested_with_labels_and_split_reads_them(spa
     cfg = cfg_factory(f"data.source={tmp_path}", "split.strategy=canonical", "split.canonical=u1", "data.max_rejected_fraction=0.5")
     assert "canonical" not in ingest.run(spark, cfg.with_overrides({"data.canonical_splits": "never"}))
     result = ingest.run(spark, cfg)
-    assert result["files"]["u1.base"] == {"read": 3, "accepted": 2, "rejected": 1, "duplicates_resolved": 0, "blank_lines": 0, "header_lines": 0}
+    assert result["files"]["u1.base"] == {
+        "read": 3,
+        "accepted": 2,
+        "rejected": 1,
+        "duplicates_resolved": 0,
+        "blank_lines": 0,
+        "header_lines": 0,
+    }
     assert result["canonical"]["rows"] == 3
     rejected = io.read_output(spark, cfg, "rejected", REJECTED).filter("source_file = 'u1.base'").collect()
     assert [(r.line_number, r.raw) for r in rejected] == [(3, "bad line")]

@@ -30,7 +30,7 @@ from recospark.models.neural.recipes.mf import NEURAL_MF, NeuralMFRecipe
 from recospark.models.neural.scorer import NeuralBlockScorer, predict_pairs
 from recospark.scoring import top_n_scored
 
-pytestmark = pytest.mark.skipif(not torch_available(), reason="the neural extra (torch, safetensors) is not installed")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not torch_available(), reason="the neural extra (torch, safetensors) is not installed")]
 
 if torch_available():
     import torch

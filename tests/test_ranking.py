@@ -9,9 +9,7 @@ from pyspark.sql.types import ArrayType, DoubleType, IntegerType, StructField, S
 from recospark.ranking import catalog_coverage, mean_popularity, predicted_lists, ranking_metrics, relevant_items
 from recospark.schema import MOVIE_ID, RATING, TOP_N, USER_ID
 
-TEST = StructType(
-    [StructField(USER_ID, IntegerType()), StructField(MOVIE_ID, IntegerType()), StructField(RATING, DoubleType())]
-)
+TEST = StructType([StructField(USER_ID, IntegerType()), StructField(MOVIE_ID, IntegerType()), StructField(RATING, DoubleType())])
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +109,7 @@ def test_map_recommenders_divides_by_every_relevant_item_and_spark_by_min_k(spar
     Spark's MAP@3 divides by min(3, 5) = 3 -> 5/9; Recommenders' benchmark MAP by 5 -> 1/3.
     A second user with no hit counts 0 in both."""
     recs = spark.createDataFrame([(9, 1, 1, 0.9), (9, 2, 2, 0.8), (9, 3, 3, 0.7), (8, 1, 1, 0.5)], TOP_N)
-    test = spark.createDataFrame(
-        [(9, m, 1.0) for m in (1, 3, 4, 5, 6)] + [(8, 7, 2.0)], f"{USER_ID} int, {MOVIE_ID} int, {RATING} double"
-    )
+    test = spark.createDataFrame([(9, m, 1.0) for m in (1, 3, 4, 5, 6)] + [(8, 7, 2.0)], f"{USER_ID} int, {MOVIE_ID} int, {RATING} double")
     got = ranking_metrics(recs, test, 3, None)
     assert got["n_ranking_users"] == 2
     assert got["map@3"] == pytest.approx((5 / 9 + 0) / 2, abs=1e-12)
@@ -128,9 +124,7 @@ def test_catalog_coverage_counts_distinct_recommended_items(recs):
 
 
 def test_mean_popularity_averages_train_counts_over_recommended_rows(spark, recs):
-    train = spark.createDataFrame(
-        [(1, 10, 4.0), (2, 10, 3.0), (3, 10, 5.0), (1, 11, 2.0), (2, 12, 1.0), (5, 20, 4.0), (5, 20, 4.0)], TEST
-    )
+    train = spark.createDataFrame([(1, 10, 4.0), (2, 10, 3.0), (3, 10, 5.0), (1, 11, 2.0), (2, 12, 1.0), (5, 20, 4.0), (5, 20, 4.0)], TEST)
     # counts: 10 -> 3, 11 -> 1, 12 -> 1, 20 -> 2 (duplicate row counts), 13 and 21 unseen -> 0
     # rows: user 1: 11, 10, 13, 12 -> 1 + 3 + 0 + 1; user 2: 20, 21 -> 2 + 0; user 4: 10 -> 3
     assert mean_popularity(recs, train) == pytest.approx((1 + 3 + 0 + 1 + 2 + 0 + 3) / 7)

@@ -11,6 +11,8 @@ import pytest
 from recospark import io
 from recospark.stages import report
 
+pytestmark = pytest.mark.slow  # fits or whole stages per test: `make test` runs them, `make check` does not
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SECTION_IDS = ["data", "split", "comparison", "curves", "factors", "samples"]
 
@@ -105,11 +107,20 @@ def test_report_sample_lists_show_titles_escaped(published_report):
     text = Path(result["path"]).read_text(encoding="utf-8")
     assert "Movie &lt;" in text and "Movie <" not in text  # titles are escaped
     page = parse(result["path"])
-    user_tables = [rows for tid, rows in page.tables.items() if tid not in ("comparison", "tuning") and rows and rows[0][:2] == ["#", "highest rated in train"]]
+    user_tables = [
+        rows
+        for tid, rows in page.tables.items()
+        if tid not in ("comparison", "tuning") and rows and rows[0][:2] == ["#", "highest rated in train"]
+    ]
     assert len(user_tables) == 2  # report.sample_users
     assert user_tables[0][0] == [
-        "#", "highest rated in train", "als top-5", "als_implicit top-5", "sgd top-5",
-        "global_mean (ranking: popularity) top-5", "bias top-5",
+        "#",
+        "highest rated in train",
+        "als top-5",
+        "als_implicit top-5",
+        "sgd top-5",
+        "global_mean (ranking: popularity) top-5",
+        "bias top-5",
     ]
     assert any("★" in cell for row in user_tables[0][1:] for cell in row)
     # every recommended film shows its train popularity in brackets
@@ -165,9 +176,7 @@ def test_report_renders_in_headless_chromium(published_report, tmp_path):
     _, result = published_report
     url = Path(result["path"]).resolve().as_uri()
     n_images = len(parse(result["path"]).images)
-    dom = subprocess.run(
-        _chromium_cmd(binary, tmp_path / "profile", "--dump-dom", url), capture_output=True, text=True, timeout=120
-    )
+    dom = subprocess.run(_chromium_cmd(binary, tmp_path / "profile", "--dump-dom", url), capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
     body = re.search(r"<body([^>]*)>", dom.stdout)
     assert body, dom.stdout[:500]

@@ -54,7 +54,9 @@ def test_runnable_blocks_name_existing_targets_and_files():
 
 def test_no_reference_to_missing_files():
     """README.md and the conf files name only files that exist in the repository."""
-    pattern = re.compile(r"(?<![\w/.$-])((?:docs|conf|scripts|jobs|dags|docker|recospark|bench|tests)/[\w./-]+\.(?:md|yaml|yml|py|sh|properties|json|png))")
+    pattern = re.compile(
+        r"(?<![\w/.$-])((?:docs|conf|scripts|jobs|dags|docker|recospark|bench|tests)/[\w./-]+\.(?:md|yaml|yml|py|sh|properties|json|png))"
+    )
     for source in [README, *sorted((ROOT / "conf").glob("*.yaml")), *sorted((ROOT / "docker").glob("*.yaml"))]:
         for ref in pattern.findall(source.read_text(encoding="utf-8")):
             if not ref.startswith("bench/results/"):  # written by `make bench`

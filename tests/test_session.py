@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from recospark import jvm
 from recospark import session as S
 
@@ -42,8 +44,9 @@ def test_jvm_start_settings_warn_with_the_flag_under_spark_submit():
 
 
 def test_bare_run_applies_driver_settings_and_the_log4j2_file():
-    options, warnings = S.resolve_settings({"spark.driver.memory": "3g", "spark.driver.extraJavaOptions": "-Dx=1"}, {},
-                                           jvm_running=False, log_level="ERROR")
+    options, warnings = S.resolve_settings(
+        {"spark.driver.memory": "3g", "spark.driver.extraJavaOptions": "-Dx=1"}, {}, jvm_running=False, log_level="ERROR"
+    )
     assert warnings == [] and options["spark.driver.memory"] == "3g"
     java = options["spark.driver.extraJavaOptions"]
     assert java.startswith("-Dx=1 ") and f"-Dlog4j2.configurationFile={S.LOG4J2_FILE.as_uri()}" in java
@@ -69,11 +72,16 @@ def test_spark_defaults_and_submit_args_are_read(tmp_path, monkeypatch):
     monkeypatch.setenv("PYSPARK_SUBMIT_ARGS", "--conf spark.ui.enabled=true --conf=spark.a=b pyspark-shell")
     monkeypatch.setattr(jvm, "jvm_running", lambda: False)
     settings, _ = S.launched_settings()
-    assert settings == {"spark.sql.shuffle.partitions": "300", "spark.executor.memory": "3g",
-                        "spark.eventLog.dir": "file:///x", "spark.ui.enabled": "true", "spark.a": "b"}
+    assert settings == {
+        "spark.sql.shuffle.partitions": "300",
+        "spark.executor.memory": "3g",
+        "spark.eventLog.dir": "file:///x",
+        "spark.ui.enabled": "true",
+        "spark.a": "b",
+    }
 
 
-PROBE = r'''
+PROBE = r"""
 import json, sys
 from recospark.config import load_config
 from recospark.session import build_session
@@ -99,33 +107,40 @@ print("PROBE " + json.dumps({
     "groups": len(rows),
 }))
 spark.stop()
-'''
+"""
 
 
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYSPARK_GATEWAY", "PYSPARK_SUBMIT_ARGS"))}
-    env.update(SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable,
-               PYTHONPATH=str(ROOT))
+    env.update(SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable, PYTHONPATH=str(ROOT))
     return env
 
 
 def _probe(proc: subprocess.CompletedProcess) -> dict:
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("PROBE "))
-    return json.loads(line[len("PROBE "):])
+    return json.loads(line[len("PROBE ") :])
 
 
+@pytest.mark.slow
 def test_spark_submit_conf_wins_over_the_conf_file(tmp_path):
     import pyspark
 
     spark_home = Path(pyspark.__file__).resolve().parent
     probe = tmp_path / "probe.py"
     probe.write_text(PROBE)
-    cmd = [str(spark_home / "bin" / "spark-submit"), "--master", "local[1]",
-           "--conf", "spark.sql.shuffle.partitions=400", "--name", "from-spark-submit",
-           str(probe), str(tmp_path / "out")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                          env={**_env(), "SPARK_HOME": str(spark_home)})
+    cmd = [
+        str(spark_home / "bin" / "spark-submit"),
+        "--master",
+        "local[1]",
+        "--conf",
+        "spark.sql.shuffle.partitions=400",
+        "--name",
+        "from-spark-submit",
+        str(probe),
+        str(tmp_path / "out"),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env={**_env(), "SPARK_HOME": str(spark_home)})
     result = _probe(proc)
     assert result["shuffle_partitions"] == "400", result  # not the conf file's 8
     assert result["app_name"] == "from-spark-submit", result  # --name kept
@@ -137,11 +152,13 @@ def test_spark_submit_conf_wins_over_the_conf_file(tmp_path):
     assert "[Stage " not in output
 
 
+@pytest.mark.slow
 def test_bare_run_starts_the_jvm_with_the_conf_and_quietly(tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text(PROBE)
-    proc = subprocess.run([sys.executable, str(probe), str(tmp_path / "out")], capture_output=True, text=True,
-                          timeout=300, cwd=tmp_path, env=_env())
+    proc = subprocess.run(
+        [sys.executable, str(probe), str(tmp_path / "out")], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=_env()
+    )
     result = _probe(proc)
     assert result["shuffle_partitions"] == "8" and result["app_name"] == "recospark-probe", result
     assert result["driver_memory"] == "1536m" and result["max_heap_mb"] > 1200, result  # the conf's driver memory applied

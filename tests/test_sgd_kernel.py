@@ -182,8 +182,9 @@ def _pack(users, items, r, v, seed, B, Kb, parts=3):
     for kind, mask in (("R", ~v), ("V", v)):
         idx = np.flatnonzero(mask)
         for part, chunk in enumerate(np.array_split(idx, parts)):
-            batch = pa.RecordBatch.from_pydict({"user": users[chunk].astype(np.int32), "item": items[chunk].astype(np.int32),
-                                                "r": r[chunk].astype(np.float32)})
+            batch = pa.RecordBatch.from_pydict(
+                {"user": users[chunk].astype(np.int32), "item": items[chunk].astype(np.int32), "r": r[chunk].astype(np.float32)}
+            )
             for res in setup_pass.pack_partition(iter([batch]), kind=kind, seed=seed, B=B, K=Kb, run_id=None, part=part):
                 out.append(res.to_pandas())
     return pd.concat(out, ignore_index=True)
@@ -210,11 +211,23 @@ def _blocked(tmp_path, B=2, Kb=2, n=2500, nu=70, ni=50, rank=6, val_share=0.1, s
     part_counts = {k: int(x) for k, x in meta.parts.items()}
     r_rows = meta.loc["R"]
     n_train = int(r_rows.n.sum())
-    params = engine_params(SGDMatrixFactorization(rank=rank, regParam=0.02, biasRegParam=0.01, initStd=0.1, seed=seed, numBlocks=B,
-                                                  innerBlocks=Kb))
-    cfg = TaskConfig(params=params, run_id=run_id, B=B, K=Kb,
-                       mu=float(r_rows.rsum.sum() / n_train), threads=threads, tasks=tasks, users=uidx, items=iidx,
-                       sub_counts=sub_counts, part_counts=part_counts, root=str(tmp_path))
+    params = engine_params(
+        SGDMatrixFactorization(rank=rank, regParam=0.02, biasRegParam=0.01, initStd=0.1, seed=seed, numBlocks=B, innerBlocks=Kb)
+    )
+    cfg = TaskConfig(
+        params=params,
+        run_id=run_id,
+        B=B,
+        K=Kb,
+        mu=float(r_rows.rsum.sum() / n_train),
+        threads=threads,
+        tasks=tasks,
+        users=uidx,
+        items=iidx,
+        sub_counts=sub_counts,
+        part_counts=part_counts,
+        root=str(tmp_path),
+    )
     df = pd.DataFrame({"user": users, "item": items, "r": r, "v": v})
     return cfg, packed, df, n_train
 
@@ -324,8 +337,9 @@ def test_threaded_inner_strata_visit_every_rating_once_on_disjoint_rows(tmp_path
 def _plan(cfg, progress=None, max_iter=3, max_epochs=3, early_rounds=0, schedule="decay", step_decay=0.9, validation=True):
     """The single task's plan; the epoch loop's knobs are the settings' (it keeps the best epoch when early_rounds > 0)."""
     params = dataclasses.replace(cfg.params, maxIter=max_iter, earlyStoppingRounds=early_rounds, schedule=schedule, stepDecay=step_decay)
-    return plan_single.SinglePlan(cfg=dataclasses.replace(cfg, params=params), progress=progress or Progress(lr=0.03),
-                                  max_epochs=max_epochs, validation=validation)
+    return plan_single.SinglePlan(
+        cfg=dataclasses.replace(cfg, params=params), progress=progress or Progress(lr=0.03), max_epochs=max_epochs, validation=validation
+    )
 
 
 def _run_single(cfg, records=(), **kw):
@@ -376,8 +390,7 @@ def test_single_task_reports_missing_blocks_and_accepts_them_streamed(tmp_path):
 
 def test_single_task_early_stopping_keeps_the_best_epoch(tmp_path):
     cfg, *_ = _blocked(tmp_path, val_share=0.3)
-    stats, factors = _run_single(cfg, max_iter=30, max_epochs=30, early_rounds=2,
-                                 progress=Progress(lr=0.1), step_decay=1.0)
+    stats, factors = _run_single(cfg, max_iter=30, max_epochs=30, early_rounds=2, progress=Progress(lr=0.1), step_decay=1.0)
     h = stats["history"]
     best = min(h, key=lambda x: x["val_rmse"])
     assert stats["progress"]["stopped"] and len(h) == best["epoch"] + 2
@@ -405,8 +418,7 @@ def test_multi_task_stages_equal_the_single_task(tmp_path):
         stats = [s for t in range(E) for s in plan_multi.extract_stats(state[t])]
         sse, n = total({k: v for s in stats for k, v in s.sums.items()})
         assert n == n_train and all(s.missing == 0 for s in stats)
-        pr, _ = advance(pr, float(np.sqrt(sse / n)), None, early_rounds=0, schedule="decay", step_decay=0.9,
-                           last_shift=order[-1])
+        pr, _ = advance(pr, float(np.sqrt(sse / n)), None, early_rounds=0, schedule="decay", step_decay=0.9, last_shift=order[-1])
     blobs = [row for t in range(E) for row in plan_multi.state_blobs(state[t])]
     multi = {(k, g): codec.decode_factors(b) for k, g, b in blobs}
     assert multi.keys() == single.keys()

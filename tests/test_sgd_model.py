@@ -94,6 +94,7 @@ def test_factors_schema_and_coverage(spark, tiny):
     assert m.globalMean == pytest.approx(tiny.agg(F.avg(RATING)).first()[0], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_ratings_cross_jvm_python_at_most_once_per_epoch(spark, tiny):
     """Single task (local mode): the setup pass writes the blocks to the executor-local store and
     no epoch streams a rating again. Multi task: each stratum stage unions only its own shift's
@@ -118,8 +119,11 @@ def test_ratings_cross_jvm_python_at_most_once_per_epoch(spark, tiny):
     plan = epoch.toDebugString().decode()
     assert all(f"dsgd-ratings-shift-{s}" in plan for s in range(3)) and "PartitionerAwareUnionRDD" in plan
     for shift in range(3):  # each task receives exactly its own sub-blocks of that stratum
-        got = stages.ratings_shift(shift).mapPartitionsWithIndex(
-            lambda t, it: [(t, bk.header(blob).G, bk.header(blob).J) for _, (_, blob) in it]).collect()
+        got = (
+            stages.ratings_shift(shift)
+            .mapPartitionsWithIndex(lambda t, it: [(t, bk.header(blob).G, bk.header(blob).J) for _, (_, blob) in it])
+            .collect()
+        )
         assert got and all(t == G % 3 and (G + shift) % 3 == J for t, G, J in got)
     result = multi.fit()
     streamed = [h["streamed_bytes"] for h in result.history]
@@ -132,19 +136,36 @@ def test_recovers_noisy_low_rank_data(spark):
     df = spark.createDataFrame(pdf)
     train, test = df.randomSplit([0.9, 0.1], seed=5)
     model = SGDMatrixFactorization(
-        rank=3, maxIter=10, stepSize=0.08, stepDecay=0.85, regParam=0.005, biasRegParam=0.0, initStd=0.3,
-        numBlocks=2, seed=1, coldStartStrategy="drop", **COLS
+        rank=3,
+        maxIter=10,
+        stepSize=0.08,
+        stepDecay=0.85,
+        regParam=0.005,
+        biasRegParam=0.0,
+        initStd=0.3,
+        numBlocks=2,
+        seed=1,
+        coldStartStrategy="drop",
+        **COLS,
     ).fit(train)
-    rmse = RegressionEvaluator(metricName="rmse", labelCol=RATING, predictionCol=PREDICTION).evaluate(
-        model.transform(test)
-    )
+    rmse = RegressionEvaluator(metricName="rmse", labelCol=RATING, predictionCol=PREDICTION).evaluate(model.transform(test))
     assert rmse <= 1.1 * sigma, model.history[-3:]
 
 
 def test_validation_rows_early_stopping_and_best_epoch(spark, tiny):
     flagged = tiny.withColumn("is_validation", F.xxhash64(USER_ID, MOVIE_ID) % 10 == 0)
     n_train = flagged.filter(~F.col("is_validation")).count()
-    m = _fit(flagged, numBlocks=1, maxIter=30, stepSize=0.2, stepDecay=1.0, regParam=0.0, rank=8, validationIndicatorCol="is_validation", earlyStoppingRounds=2)
+    m = _fit(
+        flagged,
+        numBlocks=1,
+        maxIter=30,
+        stepSize=0.2,
+        stepDecay=1.0,
+        regParam=0.0,
+        rank=8,
+        validationIndicatorCol="is_validation",
+        earlyStoppingRounds=2,
+    )
     h = m.history
     assert all(x["updates"] == n_train for x in h)
     assert all(x["val_rmse"] is not None for x in h)
@@ -169,12 +190,15 @@ def test_bold_driver_schedule(spark, tiny):
         assert steps[epoch] == pytest.approx(steps[epoch - 1] * (1.05 if fell else 0.5)), epoch
 
 
+@pytest.mark.slow
 def test_transform_matches_als_schema_and_cold_start(spark, tiny):
     m = _fit(tiny, maxIter=1, numBlocks=1)
     als = ALS(rank=2, maxIter=2, seed=1, **COLS).fit(tiny)
-    probe = spark.createDataFrame(
-        [(1, 1, 4.0), (1, 999, 3.0), (999, 1, 2.0)], [USER_ID, MOVIE_ID, RATING]
-    ).withColumn(USER_ID, F.col(USER_ID).cast("int")).withColumn(MOVIE_ID, F.col(MOVIE_ID).cast("int"))
+    probe = (
+        spark.createDataFrame([(1, 1, 4.0), (1, 999, 3.0), (999, 1, 2.0)], [USER_ID, MOVIE_ID, RATING])
+        .withColumn(USER_ID, F.col(USER_ID).cast("int"))
+        .withColumn(MOVIE_ID, F.col(MOVIE_ID).cast("int"))
+    )
     ours, theirs = m.transform(probe), als.transform(probe)
     assert ours.schema == theirs.schema
     rows = {(r[USER_ID], r[MOVIE_ID]): r[PREDICTION] for r in ours.collect()}
@@ -320,7 +344,9 @@ def test_engine_settings_are_the_params_by_name_and_drop_nothing(spark, tiny, mo
             if f.name not in ("extra", "resident", "epochs_per_job"):
                 assert getattr(params, f.name) == est.getOrDefault(f.name), f.name
         assert {k: v for k, v in params.extra.items() if k != "fooBar"} == {
-            p.name: v for p, v in est.extractParamMap().items() if p.name not in {f.name for f in dataclasses.fields(DSGDParams)} | {"fooBar"}
+            p.name: v
+            for p, v in est.extractParamMap().items()
+            if p.name not in {f.name for f in dataclasses.fields(DSGDParams)} | {"fooBar"}
         }
     assert seen[-1][0].regParam == 0.25 and seen[0][0].regParam == SGDMatrixFactorization().getRegParam()
     full = SGDMatrixFactorization().extractParamMap()

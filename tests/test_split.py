@@ -39,12 +39,11 @@ def _assert_partition(full, train, test):
 @pytest.mark.parametrize(
     "split",
     [
-        lambda df: random_split(df, 0.3, seed=7),
-        lambda df: stratified_split(df, 0.3, seed=7, min_user_ratings=5),
-        lambda df: leave_last_k_split(df, k=2, min_user_ratings=5),
-        lambda df: chronological_split(df, quantile=0.5),
+        pytest.param(lambda df: random_split(df, 0.3, seed=7), id="random"),
+        pytest.param(lambda df: stratified_split(df, 0.3, seed=7, min_user_ratings=5), id="stratified", marks=pytest.mark.slow),
+        pytest.param(lambda df: leave_last_k_split(df, k=2, min_user_ratings=5), id="leave_last_k", marks=pytest.mark.slow),
+        pytest.param(lambda df: chronological_split(df, quantile=0.5), id="chronological", marks=pytest.mark.slow),
     ],
-    ids=["random", "stratified", "leave_last_k", "chronological"],
 )
 def test_split_is_a_partition_and_ignores_partitioning(ratings, split):
     train, test = split(ratings)

@@ -17,7 +17,11 @@ from recospark.errors import PrerequisiteError
 from recospark.schema import MOVIE_ID, MOVIES, RANK, RATINGS, RECOMMENDATIONS, TITLE, USER_ID
 from recospark.stages import evaluate, pipeline, report
 
+# every test reads the session-wide `published` pipeline run (about 30 s to build): `make test` runs them, `make check` does not
+pytestmark = pytest.mark.slow
 
+
+@pytest.mark.slow
 def test_report_and_evaluate_read_only_published_outputs(spark, published, monkeypatch):
     """With fitting and ranking code made unavailable, evaluate and report still run on the
     published outputs and give the same metrics."""

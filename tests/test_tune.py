@@ -17,12 +17,7 @@ from recospark.stages import train, tune
 
 def _ratings(spark):
     at = datetime(1998, 1, 1)
-    rows = [
-        (u, i, float(1 + (u * i + u) % 5), at)
-        for u in range(1, 13)
-        for i in range(1, 11)
-        if (u + i) % 3 != 0
-    ]
+    rows = [(u, i, float(1 + (u * i + u) % 5), at) for u in range(1, 13) for i in range(1, 11) if (u + i) % 3 != 0]
     return spark.createDataFrame(rows, RATINGS)
 
 
@@ -42,7 +37,12 @@ def test_param_grid_maps_config_names_in_order(spark, cfg_factory):
     cfg = cfg_factory()
     est = MODELS["als"].build(cfg, cold_start_strategy="drop")
     maps, points = tune.param_grid(est, MODELS["als"], {"reg_param": [0.1, 0.2], "rank": [2, 3]})
-    assert points == [{"rank": 2, "reg_param": 0.1}, {"rank": 2, "reg_param": 0.2}, {"rank": 3, "reg_param": 0.1}, {"rank": 3, "reg_param": 0.2}]
+    assert points == [
+        {"rank": 2, "reg_param": 0.1},
+        {"rank": 2, "reg_param": 0.2},
+        {"rank": 3, "reg_param": 0.1},
+        {"rank": 3, "reg_param": 0.2},
+    ]
     assert [{p.name: v for p, v in m.items()} for m in maps] == [{"rank": p["rank"], "regParam": p["reg_param"]} for p in points]
 
 
@@ -85,8 +85,11 @@ def test_tune_stage_train_validation_split_als_and_bias(spark, published_train):
     assert tuned == {n: doc["models"][n]["best_params"] for n in ("als", "bias")}
 
 
+@pytest.mark.slow
 def test_cross_validator_rmse_is_the_mean_over_hash_folds(spark, published_train):
-    cfg = published_train("train.models=[bias]", "tune.method=cross_validator", "tune.num_folds=2", "tune.grids={bias: {reg_item: [0.0, 5.0]}}")
+    cfg = published_train(
+        "train.models=[bias]", "tune.method=cross_validator", "tune.num_folds=2", "tune.grids={bias: {reg_item: [0.0, 5.0]}}"
+    )
     tune.run(spark, cfg)
     doc = json.loads(open(io.output_path(cfg, "tuning", "tuning.json")).read())
     assert doc["method"] == "cross_validator" and doc["num_folds"] == 2
@@ -106,7 +109,6 @@ def test_tune_without_published_train_names_the_stage(cfg_factory, spark):
     cfg = cfg_factory("train.models=[bias]", "tune.grids={bias: {reg_user: [1.0]}}")
     with pytest.raises(PrerequisiteError, match=r"tune needs splits/random/train.*run `recospark split` first"):
         tune.run(spark, cfg)
-
 
 
 @pytest.mark.slow
