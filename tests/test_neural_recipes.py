@@ -15,6 +15,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from recospark.models.neural import weights  # noqa: E402
 from recospark.models.neural.recipe import TrainShard  # noqa: E402
 from recospark.models.neural.recipes.autoencoders import AUTOREC, MULT_DAE, MULT_VAE, user_batches  # noqa: E402
 from recospark.models.neural.recipes.deep import DNN, RESIDUAL_MF  # noqa: E402
@@ -454,3 +455,15 @@ def test_bounds_refuse_out_of_range_values():
     assert DNN.bounds["embeddingDropout"].problem(1.0) == "< 1"
     assert MULT_VAE.bounds["hiddenLayers"].problem([600, 0]) == ">= 1"
     assert NEUMF.bounds["alpha"].problem(1.5) == "<= 1"
+
+
+def test_safetensors_whose_header_length_starts_like_a_pickle_load():
+    """A header length whose first byte is 0x80 (pickle's first byte) is still safetensors: accepted."""
+    from safetensors.numpy import save
+
+    tensors = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    data = next(d for n in range(200) if (d := save(tensors, metadata={"pad": "x" * n}))[0] == 0x80)
+    weights.check_safetensors(data)
+    np.testing.assert_array_equal(weights.from_bytes(data)["w"], tensors["w"])
+    with pytest.raises(weights.WeightsFormatError, match="it looks like a Python pickle"):
+        weights.check_safetensors(b"\x80\x04\x95" + b"\x00" * 20)

@@ -42,27 +42,38 @@ def check_safetensors(data: bytes, where: str = "weights") -> None:
     def refuse(why: str) -> WeightsFormatError:
         return WeightsFormatError(f"{where}: not a safetensors file ({why}); weights are only loaded from safetensors, never unpickled")
 
+    why = _malformed(data)
+    if why is None:
+        return
+    # Only a file that is not safetensors is named by its first bytes: a safetensors header length
+    # may itself start with 0x80, pickle's first byte.
     for magic, what in _MAGIC.items():
         if data[: len(magic)] == magic:
             raise refuse(f"it looks like {what}")
+    raise refuse(why)
+
+
+def _malformed(data: bytes) -> str | None:
+    """Why `data` is not a well-formed safetensors file, or None when it is one."""
     if len(data) < 8:
-        raise refuse(f"{len(data)} bytes")
+        return f"{len(data)} bytes"
     (size,) = struct.unpack("<Q", data[:8])
     if size > min(_MAX_HEADER, len(data) - 8):
-        raise refuse(f"header length {size} does not fit in {len(data)} bytes")
+        return f"header length {size} does not fit in {len(data)} bytes"
     try:
         header = json.loads(data[8 : 8 + size].decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
-        raise refuse("its header is not JSON") from None
+        return "its header is not JSON"
     if not isinstance(header, dict):
-        raise refuse("its header is not a JSON object")
+        return "its header is not a JSON object"
     body = len(data) - 8 - size
     for name, entry in header.items():
         if name == "__metadata__":
             continue
         offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
         if not (isinstance(offsets, list) and len(offsets) == 2 and 0 <= offsets[0] <= offsets[1] <= body):
-            raise refuse(f"tensor {name!r} has no valid data_offsets")
+            return f"tensor {name!r} has no valid data_offsets"
+    return None
 
 
 def to_bytes(tensors: Mapping[str, np.ndarray]) -> bytes:
