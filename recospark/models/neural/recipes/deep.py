@@ -20,15 +20,13 @@ it, and the networks live in `deep_nets.py`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
-from recospark.models.neural.metrics import squared_error
-from recospark.models.neural.recipe import TrainShard
-from recospark.models.neural.recipes.mf import shuffled_slices
+from recospark.models.neural.recipes.mf import PairRatingMethods
 from recospark.models.params import Bounds
 
 if TYPE_CHECKING:
@@ -56,7 +54,7 @@ def hidden_layers(hp: Mapping[str, Any]) -> list[int]:
     return widths
 
 
-class _PairRecipe:
+class _PairRecipe(PairRatingMethods):
     """What dnn and residual_mf share: rows in, MSE out, every item scored through the network."""
 
     name: str
@@ -78,43 +76,6 @@ class _PairRecipe:
     def check(self, hp: Mapping[str, Any]) -> list[str]:
         """Rules the bounds cannot say: at least one dense layer."""
         return [] if len(hp["hiddenLayers"]) else ["hiddenLayers must list at least one width"]
-
-    def batches(
-        self, shard: TrainShard, hp: Mapping[str, Any], epoch: int, rng: np.random.Generator
-    ) -> Iterator[Mapping[str, torch.Tensor]]:
-        """The shard's rows in one random order, `batchSize` at a time: every row once per epoch."""
-        import torch
-
-        for idx in shuffled_slices(len(shard.users), int(hp["batchSize"]), rng):
-            yield {
-                "users": torch.from_numpy(shard.users[idx]),
-                "items": torch.from_numpy(shard.items[idx]),
-                "ratings": torch.from_numpy(shard.ratings[idx]),
-            }
-
-    def loss(self, net: torch.nn.Module, batch: Mapping[str, torch.Tensor], hp: Mapping[str, Any], epoch: int) -> torch.Tensor:
-        """Mean squared error plus regParam times the mean squared norm of the batch's rows."""
-        prediction, penalty = net(batch["users"], batch["items"])
-        return ((prediction - batch["ratings"]) ** 2).mean() + float(hp["regParam"]) * penalty.mean()
-
-    def predict(
-        self,
-        net: torch.nn.Module,
-        users: np.ndarray,
-        items: np.ndarray,
-        hist_items: Sequence[np.ndarray],
-        hist_ratings: Sequence[np.ndarray],
-    ) -> np.ndarray:
-        """float32 predicted ratings of (user row, item row) pairs; the histories are not used."""
-        import torch
-
-        with torch.no_grad():
-            prediction, _ = net(torch.from_numpy(np.asarray(users, np.int64)), torch.from_numpy(np.asarray(items, np.int64)))
-        return prediction.numpy().astype(np.float32)
-
-    def validation(self, net: torch.nn.Module, train: TrainShard, val: TrainShard, hp: Mapping[str, Any]) -> tuple[float, float]:
-        """(squared error sum, count) on the validation rows: the engine reports the RMSE."""
-        return squared_error(self.predict(net, val.users, val.items, [], []), val.ratings)
 
     def factors(self, net: torch.nn.Module) -> tuple[np.ndarray, np.ndarray] | None:
         """None: the dense tower sees the (user, item) pair, so no dot product reproduces the score."""

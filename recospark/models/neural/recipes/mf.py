@@ -70,35 +70,10 @@ def _factors_numpy(net: Any) -> tuple[np.ndarray, np.ndarray]:
     return users.numpy().astype(np.float32), items.numpy().astype(np.float32)
 
 
-class NeuralMFRecipe:
-    """Keras MF: user and item embeddings, biases and the global mean, dot product, MSE, Adam."""
-
-    # Defaults chosen on the validation carve of ML-100K's u1.base (never u1.test) among embeddingDim
-    # 16-128, regParam 0.02-0.3, stepSize 0.001-0.005 and batchSize 256-1024; the validation RMSE
-    # bottoms out a few epochs before maxIter (earlyStoppingRounds keeps the best epoch).
-
-    name = "neural_mf"
-    objective: Literal["rating", "ranking"] = "rating"
-    shard_by: Literal["rows", "users"] = "rows"
-    dot_product = True
-    defaults: Mapping[str, Any] = MappingProxyType(
-        {"embeddingDim": 64, "regParam": 0.1, "initStd": 0.01, "maxIter": 15, "stepSize": 0.002, "batchSize": 512}
-    )
-    docs: Mapping[str, str] = MappingProxyType(
-        {
-            "embeddingDim": "length of the user and item embeddings (>= 1)",
-            "regParam": "L2 penalty on the embeddings and biases of each batch's rows, per row (>= 0)",
-            "initStd": "standard deviation of the initial embeddings (> 0; biases start at 0, mu at the mean rating)",
-        }
-    )
-
-    bounds: Mapping[str, Bounds] = MappingProxyType({"embeddingDim": Bounds(ge=1), "regParam": Bounds(ge=0), "initStd": Bounds(gt=0)})
-
-    def build(self, hp: Mapping[str, Any], n_users: int, n_items: int) -> torch.nn.Module:
-        """`BiasedDot` with mu starting at the mean training rating."""
-        from recospark.models.neural.recipes.mf_nets import BiasedDot
-
-        return BiasedDot(n_users, n_items, int(hp["embeddingDim"]), float(hp["initStd"]), float(hp["ratingMean"]))
+class PairRatingMethods:
+    """Training and prediction of a network over (user row, item row) pairs that outputs a rating:
+    row batches, MSE plus `regParam` times the batch's penalty, RMSE on validation. The net's
+    forward returns (prediction, per-row penalty). Shared by neural MF and the deep rating recipes."""
 
     def batches(
         self, shard: TrainShard, hp: Mapping[str, Any], epoch: int, rng: np.random.Generator
@@ -136,6 +111,37 @@ class NeuralMFRecipe:
     def validation(self, net: torch.nn.Module, train: TrainShard, val: TrainShard, hp: Mapping[str, Any]) -> tuple[float, float]:
         """(sum of squared errors, row count) on the validation rows: the engine reports RMSE."""
         return squared_error(self.predict(net, val.users, val.items, [], []), val.ratings)
+
+
+class NeuralMFRecipe(PairRatingMethods):
+    """Keras MF: user and item embeddings, biases and the global mean, dot product, MSE, Adam."""
+
+    # Defaults chosen on the validation carve of ML-100K's u1.base (never u1.test) among embeddingDim
+    # 16-128, regParam 0.02-0.3, stepSize 0.001-0.005 and batchSize 256-1024; the validation RMSE
+    # bottoms out a few epochs before maxIter (earlyStoppingRounds keeps the best epoch).
+
+    name = "neural_mf"
+    objective: Literal["rating", "ranking"] = "rating"
+    shard_by: Literal["rows", "users"] = "rows"
+    dot_product = True
+    defaults: Mapping[str, Any] = MappingProxyType(
+        {"embeddingDim": 64, "regParam": 0.1, "initStd": 0.01, "maxIter": 15, "stepSize": 0.002, "batchSize": 512}
+    )
+    docs: Mapping[str, str] = MappingProxyType(
+        {
+            "embeddingDim": "length of the user and item embeddings (>= 1)",
+            "regParam": "L2 penalty on the embeddings and biases of each batch's rows, per row (>= 0)",
+            "initStd": "standard deviation of the initial embeddings (> 0; biases start at 0, mu at the mean rating)",
+        }
+    )
+
+    bounds: Mapping[str, Bounds] = MappingProxyType({"embeddingDim": Bounds(ge=1), "regParam": Bounds(ge=0), "initStd": Bounds(gt=0)})
+
+    def build(self, hp: Mapping[str, Any], n_users: int, n_items: int) -> torch.nn.Module:
+        """`BiasedDot` with mu starting at the mean training rating."""
+        from recospark.models.neural.recipes.mf_nets import BiasedDot
+
+        return BiasedDot(n_users, n_items, int(hp["embeddingDim"]), float(hp["initStd"]), float(hp["ratingMean"]))
 
     def factors(self, net: torch.nn.Module) -> tuple[np.ndarray, np.ndarray] | None:
         """user [p_u, 1, b_u + mu] and item [q_i, b_i, 1]: their dot product is the predicted rating."""
