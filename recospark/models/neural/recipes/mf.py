@@ -70,6 +70,19 @@ def _factors_numpy(net: Any) -> tuple[np.ndarray, np.ndarray]:
     return users.numpy().astype(np.float32), items.numpy().astype(np.float32)
 
 
+def labelled_batches(shard: TrainShard, hp: Mapping[str, Any], rng: np.random.Generator) -> Iterator[Mapping[str, torch.Tensor]]:
+    """Every rated item (label 1) and `numNegatives` fresh unrated items per rated item (label 0),
+    shuffled, `batchSize` at a time: the batches of the sampled-negative recipes (GMF, NeuMF)."""
+    import torch
+
+    neg_users, neg_items = sample_negatives(shard, int(hp["numNegatives"]), rng)
+    users = np.concatenate([shard.users, neg_users])
+    items = np.concatenate([shard.items, neg_items])
+    labels = np.concatenate([np.ones(len(shard.users), np.float32), np.zeros(len(neg_users), np.float32)])
+    for idx in shuffled_slices(len(users), int(hp["batchSize"]), rng):
+        yield {"users": torch.from_numpy(users[idx]), "items": torch.from_numpy(items[idx]), "labels": torch.from_numpy(labels[idx])}
+
+
 class PairRatingMethods:
     """Training and prediction of a network over (user row, item row) pairs that outputs a rating:
     row batches, MSE plus `regParam` times the batch's penalty, RMSE on validation. The net's
@@ -205,14 +218,7 @@ class GMFRecipe:
         self, shard: TrainShard, hp: Mapping[str, Any], epoch: int, rng: np.random.Generator
     ) -> Iterator[Mapping[str, torch.Tensor]]:
         """The epoch's positives plus `numNegatives` fresh negatives per positive (drawn from `rng`), shuffled together."""
-        import torch
-
-        neg_users, neg_items = sample_negatives(shard, int(hp["numNegatives"]), rng)
-        users = np.concatenate([shard.users, neg_users])
-        items = np.concatenate([shard.items, neg_items])
-        labels = np.concatenate([np.ones(len(shard.users), np.float32), np.zeros(len(neg_users), np.float32)])
-        for idx in shuffled_slices(len(users), int(hp["batchSize"]), rng):
-            yield {"users": torch.from_numpy(users[idx]), "items": torch.from_numpy(items[idx]), "labels": torch.from_numpy(labels[idx])}
+        return labelled_batches(shard, hp, rng)
 
     def loss(self, net: torch.nn.Module, batch: Mapping[str, torch.Tensor], hp: Mapping[str, Any], epoch: int) -> torch.Tensor:
         """Log loss on the logits plus `regParam` times the mean L2 penalty of the batch's rows."""

@@ -26,7 +26,7 @@ import numpy as np
 
 from recospark.models.neural.metrics import ranking_validation
 from recospark.models.neural.recipe import TrainShard
-from recospark.models.neural.recipes.mf import sample_negatives, shuffled_slices
+from recospark.models.neural.recipes.mf import labelled_batches
 from recospark.models.params import Bounds
 
 if TYPE_CHECKING:
@@ -111,14 +111,7 @@ class NeuMFRecipe:
         self, shard: TrainShard, hp: Mapping[str, Any], epoch: int, rng: np.random.Generator
     ) -> Iterator[Mapping[str, torch.Tensor]]:
         """Every rated item (label 1) and numNegatives fresh unrated items per rated item (label 0), shuffled."""
-        import torch
-
-        neg_users, neg_items = sample_negatives(shard, int(hp["numNegatives"]), rng)
-        users = np.concatenate([shard.users, neg_users])
-        items = np.concatenate([shard.items, neg_items])
-        labels = np.concatenate([np.ones(len(shard.users), np.float32), np.zeros(len(neg_users), np.float32)])
-        for idx in shuffled_slices(len(users), int(hp["batchSize"]), rng):
-            yield {"users": torch.from_numpy(users[idx]), "items": torch.from_numpy(items[idx]), "labels": torch.from_numpy(labels[idx])}
+        return labelled_batches(shard, hp, rng)
 
     def loss(self, net: torch.nn.Module, batch: Mapping[str, torch.Tensor], hp: Mapping[str, Any], epoch: int) -> torch.Tensor:
         """Log loss of the fused logit (or, while pretraining, the sum of each tower's own log loss) plus the L2 term."""
