@@ -296,6 +296,41 @@ def test_block_scorer_lists_equal_a_plain_per_user_reference_ties_included(spark
     assert [m for m, _ in got[4]] == [102, 104, 105]  # unknown user: mu + b_i, ties by movie_id
 
 
+class _Held:
+    """A broadcast as a Python worker holds it: an object with `.value`."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+def _mf_tensors(n_users: int, n_items: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "user.weight": rng.normal(size=(n_users, 2)).astype(np.float32),
+        "item.weight": rng.normal(size=(n_items, 2)).astype(np.float32),
+        "user_bias.weight": np.zeros((n_users, 1), np.float32),
+        "item_bias.weight": np.zeros((n_items, 1), np.float32),
+        "mean": np.array(3.0, np.float32),
+    }
+
+
+def test_a_worker_never_scores_with_the_network_of_other_weights_of_the_same_recipe():
+    """Two fits of one recipe in one application (the validation fit, then the final fit on more items).
+    A worker frees a broadcast when the driver unpersists it, and the next one may sit at the same
+    address: one holder whose value changes is that case made certain. Each fit's scores must come
+    from its own weights (a CI run once scored the final fit with the validation fit's network)."""
+    hp = {**NEURAL_MF.defaults, "embeddingDim": 2, "ratingMean": 3.0}
+    users = np.array([1, 2], np.int32)
+    history = ([np.array([], np.int32)] * 2, [np.array([], np.float32)] * 2)
+    held, user_ids = _Held(b""), _Held(users)
+    for n_items, seed in ((4, 1), (6, 2), (6, 3)):
+        tensors = _mf_tensors(2, n_items, seed)
+        held.value = weights.to_bytes(tensors)
+        got = NeuralBlockScorer(NEURAL_MF, hp, held, user_ids, np.arange(1, n_items + 1, dtype=np.int32)).score(users, *history)
+        assert got.shape == (2, n_items)
+        np.testing.assert_allclose(got, 3.0 + tensors["user.weight"] @ tensors["item.weight"].T, rtol=1e-5)
+
+
 class _ScoredMF(NeuralMFRecipe):
     """neural_mf's network as if it were not a dot product: its model ranks through blockScorer()."""
 

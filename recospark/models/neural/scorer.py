@@ -16,6 +16,7 @@ torch is imported inside the worker functions only: the driver builds scorers wi
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -32,8 +33,8 @@ from recospark.schema import MOVIE_ID, PREDICTION, RATING, USER_ID
 
 __all__ = ["NeuralBlockScorer", "predict_pairs"]
 
-# (recipe name, weights broadcast id) -> network, per Python worker
-_NETWORKS: dict[tuple[str, int], Any] = {}
+# (recipe name, weights digest) -> network, per Python worker
+_NETWORKS: dict[tuple[str, str], Any] = {}
 _ITEMS, _HIST_ITEMS, _HIST_RATINGS = "_items", "_hist_items", "_hist_ratings"
 
 
@@ -43,13 +44,24 @@ def task_cores() -> int:
     return max(1, int(ctx.cpus())) if ctx is not None else 1
 
 
-def network(recipe: Recipe, hp: dict[str, Any], weights_bc: Any, n_users: int, n_items: int) -> Any:
-    """The recipe's network with the broadcast weights, in eval mode; built once per worker and broadcast."""
+def weights_key(weights_bytes: bytes, n_users: int, n_items: int) -> str:
+    """Names one set of weights by content: a worker's cached network is reused only for the same weights.
+
+    Content, not the broadcast object: a worker's broadcast objects are freed when the driver
+    unpersists them, and a later broadcast may sit at the same address (two fits of one recipe in
+    one application, the validation fit then the final one, would share a stale network).
+    """
+    digest = hashlib.blake2b(weights_bytes, digest_size=16).hexdigest()
+    return f"{digest}:{n_users}:{n_items}"
+
+
+def network(recipe: Recipe, hp: dict[str, Any], weights_bc: Any, key: str, n_users: int, n_items: int) -> Any:
+    """The recipe's network with the broadcast weights, in eval mode; built once per worker and weights `key`."""
     passive_openmp()
     import torch
 
-    key = (recipe.name, int(getattr(weights_bc, "id", id(weights_bc))))
-    net = _NETWORKS.get(key)
+    slot = (recipe.name, key)
+    net = _NETWORKS.get(slot)
     if net is None:
         torch.manual_seed(0)  # the initial values are overwritten by the weights; seeded anyway
         net = recipe.build(hp, n_users, n_items)
@@ -57,7 +69,7 @@ def network(recipe: Recipe, hp: dict[str, Any], weights_bc: Any, n_users: int, n
         net.load_state_dict(state, strict=True)
         net.eval()
         _NETWORKS.clear()  # one model's network per worker at a time
-        _NETWORKS[key] = net
+        _NETWORKS[slot] = net
     return net
 
 
@@ -70,6 +82,7 @@ class NeuralBlockScorer:
         self.weights_bc = weights_bc
         self.user_ids_bc = user_ids_bc
         self._item_ids = np.asarray(item_ids, np.int32)
+        self._key = weights_key(weights_bc.value, len(user_ids_bc.value), len(self._item_ids))  # on the driver, once
 
     def item_ids(self) -> np.ndarray:
         """The items seen in fitting, int32 ascending: the network's item rows, one score column each."""
@@ -87,7 +100,7 @@ class NeuralBlockScorer:
         return users, items, ratings
 
     def _net(self) -> Any:
-        return network(self.recipe, self.hp, self.weights_bc, len(self.user_ids_bc.value), len(self._item_ids))
+        return network(self.recipe, self.hp, self.weights_bc, self._key, len(self.user_ids_bc.value), len(self._item_ids))
 
     def score(self, user_ids: np.ndarray, hist_items: Sequence[np.ndarray], hist_ratings: Sequence[np.ndarray]) -> np.ndarray:
         """float32 [len(user_ids), len(item_ids())]: the recipe's scores (rated items are excluded by the caller)."""
