@@ -12,7 +12,8 @@ are measured and the larger rate is the limit: the L2-sized tile the scorer mult
 
 Then, per size, in a fresh process (so JIT and peaks are its own): data made by `recospark
 generate` at that shape (bench/suite_size.SIZES; skipped when already there), ingest, split and
-train of `--models` by `recospark pipeline` (skipped when published), then the `recommend`
+train of `--models` by `recospark pipeline` (skipped when published; `--root-name pipeline`
+uses the models bench/pipeline_scale.py published at that size), then the `recommend`
 stage itself (`recospark.session.build_session` and `recommend.run`, one model at a time) timed
 `--repeat` times. Pairs are the model's users x its candidate items (catalogued items it ranks);
 pairs/s divides them by the stage's seconds (grouping the history, scoring, titles, ordering and
@@ -142,7 +143,7 @@ def measure(root: Path, data: Path, models: list[str], repeat: int, sets: list[s
 # --------------------------------------------------------------------------- driver
 
 
-def prepare(size: str, work: Path, models: list[str], common: list[str]) -> tuple[Path, Path] | str:
+def prepare(size: str, work: Path, models: list[str], common: list[str], root_name: str) -> tuple[Path, Path] | str:
     """(data folder, output root with the models published); generates and trains what is missing."""
     users, items, n, layout = SIZES[size]
     folder = work / size
@@ -153,7 +154,7 @@ def prepare(size: str, work: Path, models: list[str], common: list[str]) -> tupl
         if code:
             return f"generate exit {code}"
         print(f"  generated {size} in {secs:.0f} s", file=sys.stderr, flush=True)
-    root = folder / "recommend_limit"
+    root = folder / root_name
     cfg = load_config(ROOT / "conf" / "local.yaml", [f"output.root={root}"])
     missing = [m for m in models if not io.published(cfg, f"models/{m}")]
     if missing:
@@ -190,6 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default=None, help="comma separated; default: conf/local.yaml's train.models")
     ap.add_argument("--work", default="/tmp/recospark-bench")
     ap.add_argument("--driver-memory", default="16g")
+    ap.add_argument(
+        "--root-name",
+        default="recommend_limit",
+        help="output root under each size's work folder; 'pipeline' reuses the models bench/pipeline_scale.py published",
+    )
     ap.add_argument("--repeat", type=int, default=1, help="stage runs per model; the table reports the last")
     ap.add_argument("--limit-seconds", type=float, default=3.0)
     ap.add_argument("--out", default=str(HERE / "results"))
@@ -215,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         if SIZES.get(size) is None:
             ap.error(f"--sizes: {size} is not a generated size ({', '.join(k for k, v in SIZES.items() if v)})")
         print(f"== {size}", file=sys.stderr, flush=True)
-        prepared = prepare(size, Path(args.work), models, common)
+        prepared = prepare(size, Path(args.work), models, common, args.root_name)
         if isinstance(prepared, str):
             rows.append({"size": size, "failed": prepared})
             continue
