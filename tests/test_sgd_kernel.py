@@ -16,7 +16,7 @@ import sgd_reference as ref
 from recospark.models.sgd import codec, layout, plan_multi, plan_single, pool, setup_pass, stratum
 from recospark.models.sgd import kernel_squared as K
 from recospark.models.sgd import store as store_module
-from recospark.models.sgd.epochs import Progress, advance, total
+from recospark.models.sgd.epochs import EpochCosts, EpochMetrics, EpochRecord, Progress, TaskProgress, advance, total
 from recospark.models.sgd.estimator import SGDMatrixFactorization
 from recospark.models.sgd.export import blobs_to_factor_rows
 from recospark.models.sgd.run import cleanup_task
@@ -169,6 +169,22 @@ def test_progress_matches_the_schedules():
     assert b.lr == pytest.approx(0.105)
     b, _ = advance(b, 1.2, None, early_rounds=0, schedule="bold_driver", step_decay=1.0, last_shift=0)
     assert b.lr == pytest.approx(0.0525) and b.best_epoch == 2
+
+
+def test_a_task_prints_its_first_and_last_epoch_and_one_line_per_interval_between():
+    import io
+
+    now = [0.0]
+    out = io.StringIO()
+    progress = TaskProgress(max_iter=6, every_s=30.0, clock=lambda: now[0], out=out)
+    for epoch, at in zip(range(1, 7), (10.0, 20.0, 35.0, 50.0, 66.0, 70.0), strict=True):
+        now[0] = at
+        metrics = EpochMetrics("bpr", 0.5 / epoch, None, 100 * epoch, 10)
+        progress(EpochRecord(epoch, metrics, 0.01, 0, EpochCosts()))
+    lines = out.getvalue().splitlines()
+    # epoch 1 (first), epoch 4 at 50 s (>= 30 s after 10 s), epoch 6 (last); not 2, 3 or 5
+    assert [line.split()[4] for line in lines] == ["1/6", "4/6", "6/6"]
+    assert "bpr train_loss=0.1250 updates=400" in lines[1] and lines[2].endswith("(70 s in this task)")
 
 
 # --- the worker functions on a tiny blocked problem -------------------------------------------

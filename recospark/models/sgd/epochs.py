@@ -16,9 +16,11 @@ and a retried job starts from the same place.
 from __future__ import annotations
 
 import math
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TextIO
 
 import numpy as np
 
@@ -234,6 +236,32 @@ def run_epochs(
     return history, progress, True
 
 
+class TaskProgress:
+    """Progress of epochs that run inside one Spark task, as lines on the task's stderr.
+
+    The single-task plan runs every epoch of a job in one task, so the driver logs them only when
+    the job ends (at 10M ratings, a ranking fit's 110 epochs are one job of many minutes). The
+    task prints its first and last epoch and at most one line per `every_s` seconds between: on
+    the console under a local master, in the executor's stderr log on a cluster.
+    """
+
+    def __init__(self, max_iter: int, every_s: float = 30.0, clock: Callable[[], float] = time.monotonic, out: TextIO | None = None):
+        self.max_iter, self.every_s, self.clock, self.out = max_iter, every_s, clock, out
+        self.started = self.last = clock()
+
+    def __call__(self, record: EpochRecord) -> None:
+        """Print `record` when it is the first or last epoch or `every_s` passed since the last line."""
+        now = self.clock()
+        if record.epoch == 1 or record.epoch >= self.max_iter or now - self.last >= self.every_s:
+            self.last = now
+            out = self.out if self.out is not None else sys.stderr
+            print(
+                f"recospark DSGD task: epoch {record.epoch}/{self.max_iter} {record.metrics.text()} ({now - self.started:.0f} s in this task)",
+                file=out,
+                flush=True,
+            )
+
+
 __all__ = [
     "EpochCosts",
     "EpochMetrics",
@@ -241,6 +269,7 @@ __all__ = [
     "EpochRecord",
     "Progress",
     "Sums",
+    "TaskProgress",
     "advance",
     "early_stopping",
     "epoch_metrics",

@@ -31,7 +31,7 @@ from pyspark.sql.types import BinaryType, StringType, StructField, StructType
 from recospark.faults import fail_first_attempt
 from recospark.frames import first_row
 from recospark.models.sgd import codec
-from recospark.models.sgd.epochs import EpochCosts, EpochOutcome, EpochRecord, Progress, Sums, early_stopping, run_epochs
+from recospark.models.sgd.epochs import EpochCosts, EpochOutcome, EpochRecord, Progress, Sums, TaskProgress, early_stopping, run_epochs
 from recospark.models.sgd.export import blobs_to_factor_rows, split_kinds
 from recospark.models.sgd.layout import FactorBlock, strata_order
 from recospark.models.sgd.pool import Timer, ensure_warm
@@ -143,7 +143,13 @@ def train_in_task(plan: SinglePlan, users: Groups, items: Groups, source: Source
         return EpochOutcome(sums, val_sums, order[-1], costs)
 
     history, pr, _ = run_epochs(
-        cfg.params, plan.progress, step, validation=plan.validation, keep_best=keep_best, max_epochs=plan.max_epochs
+        cfg.params,
+        plan.progress,
+        step,
+        validation=plan.validation,
+        keep_best=keep_best,
+        max_epochs=plan.max_epochs,
+        on_epoch=TaskProgress(cfg.params.maxIter),
     )
     if best is not None and (best[2] != pr.best_epoch or pr.best_epoch == pr.epoch):
         best = None
