@@ -45,6 +45,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[dev,neural]"
+	$(BIN)/recospark compile
 	touch $@
 
 demo: setup

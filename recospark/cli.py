@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from recospark import __version__, leases
+from recospark.compiled import compile_kernels
 from recospark.config import Config, load_config
 from recospark.errors import EXIT_RETRYABLE, EXIT_USER_ERROR, ConfigError, Retryable, UserError
 from recospark.models.table import MODELS, spec
@@ -54,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("knobs", help="every model's configuration keys: type, default, accepted values, doc; starts no Spark")
     p.add_argument("models", nargs="*", metavar="MODEL", help="models to list (default: all)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    sub.add_parser("compile", help="compile every numba kernel into numba's on-disk cache (once per install); starts no Spark")
     return parser
 
 
@@ -163,6 +165,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "compile":
+        _parser().parse_args(argv)
+        seconds = compile_kernels()
+        print(
+            "compiled " + ", ".join(f"{name} {s:.1f} s" for name, s in seconds.items()) + f" (numba cache; {sum(seconds.values()):.1f} s)"
+        )
+        return 0
     if argv and argv[0] in ("tasks", "knobs"):
         try:
             print(_no_spark_command(argv))

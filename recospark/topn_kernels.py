@@ -233,16 +233,29 @@ def ranked(
 
 
 def warm_up() -> float:
-    """Compile (or load from numba's cache) the signatures `scoring` calls; returns the seconds it took."""
+    """Compile (or load from numba's cache) the signatures `scoring` calls; returns the seconds it took.
+
+    Arrays that come from Arrow batches (user ids, history offsets and items, user factors) are
+    read-only, a type of their own to numba, so both kinds are compiled."""
     started = time.perf_counter()
     state = heaps(1, 1)
     ids = np.zeros(1, np.int32)
     ptr = np.zeros(2, np.int64)
     scan_tile(np.zeros((1, 1), np.float32), 0, ids, ptr, np.zeros(0, np.int64), *state)
-    ranked(ids, state[0], state[1], state[2])
     scan = np.zeros(1, np.int64)
-    excluded_positions(np.zeros(2, np.int32), ids, ids, scan)
-    excluded_positions(np.zeros(2, np.int64), ids, ids, scan)
     q = np.zeros(1, np.float64)
-    tile_below(np.zeros((1, 1), np.float32), q, q, q, 0.0, state[3], state[2], 1)
+    for user_ids, offsets, items, factors in (
+        (ids, np.zeros(2, np.int32), ids, np.zeros((1, 1), np.float32)),
+        (_readonly(ids), _readonly(np.zeros(2, np.int32)), _readonly(ids), _readonly(np.zeros((1, 1), np.float32))),
+    ):
+        ranked(user_ids, state[0], state[1], state[2])
+        excluded_positions(offsets, items, ids, scan)
+        tile_below(factors, q, q, q, 0.0, state[3], state[2], 1)
+    excluded_positions(np.zeros(2, np.int64), ids, ids, scan)
     return time.perf_counter() - started
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a = a.copy()
+    a.setflags(write=False)
+    return a

@@ -7,13 +7,24 @@ fresh worker imports for EASE; keeping pyspark.ml and pandas out of it keeps tha
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 from numba import njit
 
-__all__ = ["TILE", "EASEBlockScorer", "assemble_gram", "ease_scores", "ease_weights", "gram_tiles", "keep_most_rated", "sum_tiles"]
+__all__ = [
+    "TILE",
+    "EASEBlockScorer",
+    "assemble_gram",
+    "ease_scores",
+    "ease_weights",
+    "gram_tiles",
+    "keep_most_rated",
+    "sum_tiles",
+    "warm_up",
+]
 
 # Gram tiles are TILE x TILE float64 (32 MB): the unit of the shuffle and of the driver's assembly.
 TILE = 2048
@@ -197,3 +208,12 @@ class EASEBlockScorer:
         """Drop the broadcast copies on the executors (the model rebroadcasts on its next blockScorer())."""
         self._item_ids.unpersist()
         self._weights.unpersist()
+
+
+def warm_up() -> float:
+    """Compile (or load from numba's on-disk cache) both kernels through the calls EASE's tasks make
+    (`gram_tiles`, `ease_scores`), so the argument types match; returns the seconds it took."""
+    started = time.perf_counter()
+    list(gram_tiles([(np.array([0, 1], np.int32), np.array([1.0, 1.0]))], n=2))
+    ease_scores(np.array([0, 1], np.int32), np.zeros((2, 2), np.float32), [np.array([0], np.int32)], [np.array([1.0], np.float32)], False)
+    return time.perf_counter() - started
