@@ -9,6 +9,7 @@ recipe and fits only four times in all.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import subprocess
@@ -65,9 +66,33 @@ def mf_model(ratings):
     return _mf_estimator().fit(ratings)
 
 
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
 @pytest.fixture(scope="module")
-def gmf_model(ratings):
-    return GMF(embeddingDim=4, maxIter=2, batchSize=32, seed=3, validationIndicatorCol="is_val").fit(ratings)
+def gmf_fit(ratings):
+    """A fitted GMF and the lines the launcher logged at INFO while it trained."""
+    logger, handler = logging.getLogger("recospark.models.neural.launch"), _Lines()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        model = GMF(embeddingDim=4, maxIter=2, batchSize=32, seed=3, validationIndicatorCol="is_val").fit(ratings)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    return model, handler.lines
+
+
+@pytest.fixture(scope="module")
+def gmf_model(gmf_fit):
+    return gmf_fit[0]
 
 
 def _network(model):
@@ -203,6 +228,14 @@ def test_fit_records_history_with_the_validation_metric(mf_model, gmf_model):
     assert all(h["metric"] == "rmse" and h["val_rmse"] > 0 and h["loss"] > 0 for h in mf_model.history)
     assert all(h["metric"] == "ndcg" and 0 <= h["val_ndcg"] <= 1 for h in gmf_model.history)
     assert len(mf_model.userIds) == 30 and len(mf_model.itemIds) == 20
+
+
+def test_a_fit_logs_its_first_and_last_epoch_as_they_come(gmf_fit):
+    """Rank 0's epoch lines reach the driver's log at INFO, with the validation metric of the history."""
+    model, lines = gmf_fit
+    epochs = [line for line in lines if ": epoch " in line]
+    assert [line.split(" loss=")[0] for line in epochs] == ["gmf: epoch 1/2", "gmf: epoch 2/2"]
+    assert f"val_ndcg={model.history[-1]['val_ndcg']:.4f}" in epochs[-1]
 
 
 @pytest.mark.parametrize("which", ["mf", "gmf"])

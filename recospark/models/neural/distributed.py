@@ -35,7 +35,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from recospark.models.neural import data, weights
-from recospark.models.neural.job import ERROR_MARK, TrainJob
+from recospark.models.neural.job import ERROR_MARK, PROGRESS_EVERY_S, PROGRESS_MARK, TrainJob, epoch_line
 from recospark.models.neural.recipe import Recipe, TrainShard
 
 __all__ = ["metric_of", "train_rank"]
@@ -92,6 +92,7 @@ def _loop(job: TrainJob, rank: int, world: int) -> dict[str, Any]:
     best_value: float | None = None
     best_state: dict[str, torch.Tensor] | None = None
     best_epoch, stale = 0, 0
+    fit_started = last_line = time.monotonic()
     for epoch in range(epochs):
         started = time.monotonic()
         rng = np.random.default_rng([seed, epoch, rank])
@@ -121,6 +122,10 @@ def _loop(job: TrainJob, rank: int, world: int) -> dict[str, Any]:
         if job.validate:
             entry.update({"metric": metric, f"val_{metric}": value})
         history.append(entry)
+        now = time.monotonic()
+        if rank == 0 and (epoch == 0 or epoch + 1 == epochs or now - last_line >= PROGRESS_EVERY_S):
+            print(f"{PROGRESS_MARK} {epoch_line(recipe.name, entry, epochs, now - fit_started)}", flush=True)
+            last_line = now
         if value is None or patience <= 0:
             best_epoch = epoch + 1
             continue
@@ -130,6 +135,8 @@ def _loop(job: TrainJob, rank: int, world: int) -> dict[str, Any]:
         else:
             stale += 1
             if stale >= patience:
+                if rank == 0:
+                    print(f"{PROGRESS_MARK} {recipe.name}: early stopping after epoch {epoch + 1}, best epoch {best_epoch}", flush=True)
                 break
     if best_state is not None:
         net.load_state_dict(best_state)

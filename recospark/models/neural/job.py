@@ -18,9 +18,24 @@ import numpy as np
 
 from recospark.models.neural.recipe import Recipe
 
-__all__ = ["ERROR_MARK", "TrainJob", "export_sys_path"]
+__all__ = ["ERROR_MARK", "PROGRESS_EVERY_S", "PROGRESS_MARK", "TrainJob", "epoch_line", "export_sys_path"]
 
 ERROR_MARK = "recospark-neural-rank-failed"
+# Rank 0 prints this marker before an epoch line; the launcher relays such lines to the driver's log.
+PROGRESS_MARK = "recospark-neural-epoch"
+PROGRESS_EVERY_S = 30.0  # at most one epoch line per this many seconds, besides the first and the last
+
+
+def epoch_line(name: str, entry: dict[str, Any], epochs: int, elapsed: float) -> str:
+    """One progress line for a finished epoch (`entry` as in the fit's history).
+
+    >>> epoch_line("gmf", {"epoch": 3, "loss": 0.41234, "metric": "ndcg", "val_ndcg": 0.21}, 20, 61.5)
+    'gmf: epoch 3/20 loss=0.4123 val_ndcg=0.2100 (62 s)'
+    """
+    metric = entry.get("metric")
+    value = entry.get(f"val_{metric}") if metric else None
+    shown = f" val_{metric}={value:.4f}" if value is not None else ""
+    return f"{name}: epoch {entry['epoch']}/{epochs} loss={entry['loss']:.4f}{shown} ({elapsed:.0f} s)"
 
 
 @dataclass(frozen=True)

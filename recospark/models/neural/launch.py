@@ -22,7 +22,7 @@ from pyspark.ml.torch.distributor import TorchDistributor
 from pyspark.sql import SparkSession
 
 from recospark.models.neural import passive_openmp
-from recospark.models.neural.job import ERROR_MARK, TrainJob
+from recospark.models.neural.job import ERROR_MARK, PROGRESS_MARK, TrainJob
 
 __all__ = ["launch", "local_master", "rank_error", "rank_threads", "run_rank"]
 
@@ -85,14 +85,17 @@ def rank_error(text: str) -> tuple[int, str] | None:
 class _Capture:
     """Where the ranks' output goes while they train: the debug log, not the console (a doctest and
     the CLI's one-line errors stay clean). TorchDistributor prints a local torchrun's output to
-    stdout and the executors' streamed output to stderr; the marker lines of failed ranks are kept."""
+    stdout and the executors' streamed output to stderr; the marker lines of failed ranks are kept,
+    and rank 0's epoch lines (`PROGRESS_MARK`) go to the log at INFO, as they come."""
 
     def __init__(self) -> None:
         self.failures: list[str] = []
 
     def write(self, text: str) -> int:
         for line in text.splitlines():
-            if line.strip():
+            if PROGRESS_MARK in line:  # rank 0's epoch lines: the fit's progress, at INFO
+                log.info("%s", line.split(PROGRESS_MARK, 1)[1].strip())
+            elif line.strip():
                 log.debug("rank output: %s", line)
                 if ERROR_MARK in line:
                     self.failures.append(line)
