@@ -29,8 +29,9 @@ PROGRESS_EVERY_S = 30.0  # at most one epoch line per this many seconds, besides
 def epoch_line(name: str, entry: dict[str, Any], epochs: int, elapsed: float) -> str:
     """One progress line for a finished epoch (`entry` as in the fit's history).
 
-    >>> epoch_line("gmf", {"epoch": 3, "loss": 0.41234, "metric": "ndcg", "val_ndcg": 0.21}, 20, 61.5)
-    'gmf: epoch 3/20 loss=0.4123 val_ndcg=0.2100 (62 s)'
+    >>> line = epoch_line("gmf", {"epoch": 3, "loss": 1 / 4, "metric": "ndcg", "val_ndcg": 1 / 8}, 20, elapsed=3.6)
+    >>> line.startswith("gmf: epoch 3/20 loss=0.2500 val_ndcg=0.1250 ("), line.endswith(" s)")
+    (True, True)
     """
     metric = entry.get("metric")
     value = entry.get(f"val_{metric}") if metric else None
