@@ -185,6 +185,9 @@ def test_a_task_prints_its_first_and_last_epoch_and_one_line_per_interval_betwee
     # epoch 1 (first), epoch 4 at 50 s (>= 30 s after 10 s), epoch 6 (last); not 2, 3 or 5
     assert [line.split()[4] for line in lines] == ["1/6", "4/6", "6/6"]
     assert "bpr train_loss=0.1250 updates=400" in lines[1] and lines[2].endswith("(70 s in this task)")
+    progress.finish(Progress(epoch=6))  # ran to maxIter: nothing more to say
+    progress.finish(Progress(epoch=9, best_epoch=6, stopped=True))
+    assert out.getvalue().splitlines()[3:] == ["recospark DSGD task: early stopping after epoch 9, best epoch 6"]
 
 
 # --- the worker functions on a tiny blocked problem -------------------------------------------

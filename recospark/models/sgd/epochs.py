@@ -261,6 +261,16 @@ class TaskProgress:
                 flush=True,
             )
 
+    def finish(self, progress: Progress) -> None:
+        """Say so when early stopping ended the epochs before maxIter (no epoch line says it)."""
+        if progress.stopped:
+            out = self.out if self.out is not None else sys.stderr
+            print(
+                f"recospark DSGD task: early stopping after epoch {progress.epoch}, best epoch {progress.best_epoch}",
+                file=out,
+                flush=True,
+            )
+
 
 __all__ = [
     "EpochCosts",

@@ -142,6 +142,7 @@ def train_in_task(plan: SinglePlan, users: Groups, items: Groups, source: Source
         )
         return EpochOutcome(sums, val_sums, order[-1], costs)
 
+    progress = TaskProgress(cfg.params.maxIter)
     history, pr, _ = run_epochs(
         cfg.params,
         plan.progress,
@@ -149,8 +150,9 @@ def train_in_task(plan: SinglePlan, users: Groups, items: Groups, source: Source
         validation=plan.validation,
         keep_best=keep_best,
         max_epochs=plan.max_epochs,
-        on_epoch=TaskProgress(cfg.params.maxIter),
+        on_epoch=progress,
     )
+    progress.finish(pr)
     if best is not None and (best[2] != pr.best_epoch or pr.best_epoch == pr.epoch):
         best = None
     return Trained(history, pr, best)
