@@ -2,8 +2,8 @@
 
 A kernel with `cache=True` is compiled by the first process that calls it and loaded from
 `__pycache__` by every later one. Without this step that first process is a Spark task of the
-first run (the demo's first validation scoring spent about 8 s compiling); `make setup` runs it
-once per install, as pip compiles bytecode, so runs start with machine code. Each module's
+first run, which waits for the compiler; `make setup` runs it once per install, as pip compiles
+bytecode, so runs start with machine code. Each module's
 `warm_up` calls its kernels with the argument types its tasks use, so the cached signatures are
 the ones loaded later.
 """
