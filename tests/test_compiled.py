@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from recospark.cli import main
 
 # Runs in a fresh interpreter: in this one, other tests may already have compiled any signature.
@@ -44,6 +46,7 @@ _PROBE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a fresh interpreter that loads every kernel: make test runs it, make check does not
 def test_a_scoring_task_compiles_nothing_after_compile() -> None:
     """The factor path and a BlockScorer path, fed Arrow batches as Spark sends them (read-only
     arrays), and EASE's Gram worker: none of their kernel calls needs a signature compile left out."""
