@@ -92,7 +92,12 @@ def fit_model(
                 carve_model = _estimator(spec, cfg, overrides, validation=True, **context).fit(carved)
                 history = list(getattr(carve_model, "history", []))
                 best = max(1, int(getattr(carve_model, "bestEpoch", 0) or len(history)))
-                log.info("train %s: early stopping chose %d epochs on the validation carve; refitting on all of train", spec.name, best)
+                log.info(
+                    "train %s: early stopping chose %d epoch%s on the validation carve; refitting on all of train",
+                    spec.name,
+                    best,
+                    "" if best == 1 else "s",
+                )
                 overrides = {**overrides, "max_iter": best, "early_stopping_rounds": 0}
                 info.update(history=history, refit_epochs=best)
             elif validate:
