@@ -43,6 +43,11 @@ Read when a task runs (Airflow Variables, each defaulting to an environment vari
                               worker (needs the project's dependencies)
                               [$RECOSPARK_HOME/.venv/bin/python when it exists, else the worker's Python]
 
+Each Spark task's driver runs with RECOSPARK_RUN_ID=airflow:<dag_id>:<run_id>:<task_id>:try<n>, the
+run id recospark writes in its output claims, so a run that finds an output busy names the Airflow
+task attempt holding it (not in standalone cluster mode: the provider cannot set that driver's
+environment there, and recospark falls back to a time-and-random id).
+
 Exit codes: a stage that exits 2 (bad config, missing input: a permanent user error) fails its
 task at once, without retries; any other failure is retried (2 retries, exponential back-off).
 
@@ -154,6 +159,7 @@ def _q(value: str) -> str:
 OUTPUT_BASE = "{{ var.value.get('recospark_output_base', '" + _q(os.environ.get("RECOSPARK_OUTPUT_BASE", "hdfs:///recospark/out")) + "') }}"
 OUTPUT_ROOT = OUTPUT_BASE + "/{{ ds }}"
 DATA_SOURCE = "{{ var.value.get('recospark_data_source', '" + _q(os.environ.get("RECOSPARK_DATA_SOURCE") or GRAPH["data_source"]) + "') }}"
+RUN_ID = "airflow:{{ dag.dag_id }}:{{ run_id }}:{{ ti.task_id }}:try{{ ti.try_number }}"  # see the docstring
 RETENTION_DAYS = "{{ var.value.get('recospark_retention_days', '" + _q(os.environ.get("RECOSPARK_RETENTION_DAYS", "30")) + "') }}"
 
 
@@ -175,7 +181,11 @@ class RecosparkSubmitOperator(SparkSubmitOperator):
     def execute(self, context):
         self.conf = dict(self.conf or {})
         shipped = self.conf.get("spark.pyspark.python") == "./environment/bin/python"
-        deploy_mode = (self._get_hook()._connection or {}).get("deploy_mode") or "client"
+        connection = self._get_hook()._connection or {}
+        deploy_mode = connection.get("deploy_mode") or "client"
+        if deploy_mode == "cluster" and str(connection.get("master") or "").startswith("spark://"):
+            # The provider refuses env_vars in standalone cluster mode (it cannot reach that driver).
+            self.env_vars = {k: v for k, v in (self.env_vars or {}).items() if k != "RECOSPARK_RUN_ID"} or None
         self._hook = None  # rebuilt by super().execute with the final conf
         if shipped and deploy_mode != "cluster" and "spark.pyspark.driver.python" not in self.conf:
             self.conf["spark.pyspark.driver.python"] = driver_python()
@@ -226,6 +236,7 @@ def _submit(task_id: str, stage: str, *sets: str, cores_max: int | None = CORES_
         application_args=args,
         name=f"recospark-{task_id}-{{{{ ds_nodash }}}}",
         conf=conf,
+        env_vars={"RECOSPARK_RUN_ID": RUN_ID},
         **shipping,
     )
 

@@ -273,14 +273,15 @@ def _run_env(monkeypatch, tmp_path, source: Path, models: list[str]) -> Path:
 
 
 FAKE_SPARK_SUBMIT = """#!/bin/sh
-echo "$*" >> "$FAKE_SUBMIT_LOG"
+echo "$RECOSPARK_RUN_ID $*" >> "$FAKE_SUBMIT_LOG"
 exit "$FAKE_SUBMIT_EXIT"
 """
 
 
 @pytest.mark.parametrize("exit_code, expected_attempts", [(2, 1), (1, 3)])
 def test_exit_2_fails_without_retries(exit_code, expected_attempts, airflow_db, small_source, tmp_path, monkeypatch):
-    """A job exiting 2 (bad config, missing input) fails its task on the first attempt; exit 1 is retried."""
+    """A job exiting 2 (bad config, missing input) fails its task on the first attempt; exit 1 is
+    retried, each attempt with its own RECOSPARK_RUN_ID."""
     _run_env(monkeypatch, tmp_path, small_source, ["als"])
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
@@ -316,6 +317,9 @@ def test_exit_2_fails_without_retries(exit_code, expected_attempts, airflow_db, 
     assert states["split"] == "upstream_failed", states
     assert len(attempts) == expected_attempts, attempts
     assert all("jobs/ingest.py" in a for a in attempts)
+    # Each attempt's driver is named after its Airflow task attempt (the run id in output claims).
+    run_ids = [a.split(" ", 1)[0] for a in attempts]
+    assert run_ids == [f"airflow:recospark:{run.run_id}:ingest:try{n}" for n in range(1, expected_attempts + 1)], run_ids
     failures = (tmp_path / "failures.log").read_text().split()
     assert failures == ["ingest"], failures  # the failure hook ran once, after the last attempt
 
