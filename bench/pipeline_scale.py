@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,9 @@ def recospark(*args: str, json_out: Path | None = None) -> tuple[int, float, flo
     return code, round(time.monotonic() - t0, 1), round(mem.peak_mb)
 
 
-def settings(size: str, work: Path, driver_memory: str, models: str | None, beta: float | None) -> tuple[list[str], Path]:
+def settings(
+    size: str, work: Path, driver_memory: str, models: str | None, beta: float | None, extra: Sequence[str] = ()
+) -> tuple[list[str], Path]:
     """The --set overrides every command of one size shares, and the generated data's folder."""
     shape = SIZES[size]
     assert shape is not None
@@ -94,7 +97,7 @@ def settings(size: str, work: Path, driver_memory: str, models: str | None, beta
     sets += [f"data.source={data}", f"data.layout={layout}", f"output.root={folder / 'pipeline'}"]
     if models:
         sets.append(f"train.models=[{models}]")
-    return sets, data
+    return sets + list(extra), data
 
 
 def _as_args(sets: list[str]) -> list[str]:
@@ -110,17 +113,19 @@ def _generated_with(data: Path, want: dict[str, Any]) -> bool:
     return all(have.get(k) == v for k, v in want.items())
 
 
-def run_size(size: str, work: Path, driver_memory: str, models: str | None, beta: float | None) -> dict:
+def run_size(size: str, work: Path, driver_memory: str, models: str | None, beta: float | None, extra: list[str]) -> dict:
     from recospark.config import load_config
 
     shape = SIZES[size]
     assert shape is not None
     users, items, n, layout = shape
     folder = work / size
-    sets, data = settings(size, work, driver_memory, models, beta)
+    sets, data = settings(size, work, driver_memory, models, beta, extra)
     conf_file = ["--conf", str(LOCAL_CONF)]
     gen = load_config(LOCAL_CONF, sets).generate
     row: dict = {"size": size, "beta": gen.beta}
+    if extra:
+        row["sets"] = list(extra)
     want = {"users": users, "items": items, "ratings": n, "layout": layout, "beta": gen.beta, "seed": gen.seed, "rank": gen.rank}
     if not _generated_with(data, want):
         gen_sets = [kv for kv in sets if not kv.startswith("output.root=")] + [f"output.root={folder}"]
@@ -275,6 +280,14 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default=None, help="comma list for train.models (default: the conf's)")
     ap.add_argument("--beta", type=float, default=None, help="generate.beta (default: the conf's)")
     ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument(
+        "--set",
+        dest="extra",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="another conf override for every command, as `recospark --set` (repeatable; kept in the json)",
+    )
     ap.add_argument("--quality-of", default=None, help=argparse.SUPPRESS)  # internal: one size's oracle step
     ap.add_argument("--quality-out", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -290,7 +303,7 @@ def main(argv=None) -> int:
         if SIZES.get(size) is None:
             ap.error(f"--sizes: {size} is not a generated size ({', '.join(k for k, v in SIZES.items() if v)})")
         print(f"== {size}", file=sys.stderr, flush=True)
-        rows.append(run_size(size, Path(args.work), args.driver_memory, args.models, args.beta))
+        rows.append(run_size(size, Path(args.work), args.driver_memory, args.models, args.beta, args.extra))
         (out / "pipeline_scale.json").write_text(json.dumps({"rows": rows}, indent=2) + "\n")
     print(table(rows))
     print()
