@@ -47,11 +47,19 @@ from recospark.paths import join_path
 CLAIM = "_output.claim.lease"
 LEASE_RE = re.compile(r"^(?P<subject>[^/]+?)\.(?P<kind>claim|write|delete|read-[0-9a-f]+)\.lease$")
 
+
+def run_id(environ: Mapping[str, str]) -> str:
+    """RECOSPARK_RUN_ID on one line (a scheduler's name for the run), or a fresh UTC-stamped id
+    when it is unset or blank: it goes into one-line error messages of other runs."""
+    given = " ".join(environ.get("RECOSPARK_RUN_ID", "").split())
+    return given or f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+
+
 # This process's run: named in every lease it writes and in the other run's error message.
-RUN_ID = os.environ.get("RECOSPARK_RUN_ID") or f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+RUN_ID = run_id(os.environ)
 _HOST = socket.gethostname()
 
-__all__ = ["CLAIM", "RUN_ID", "Lease", "check_claim", "claim", "pin", "prune", "publishing", "writing"]
+__all__ = ["CLAIM", "RUN_ID", "Lease", "check_claim", "claim", "pin", "prune", "publishing", "run_id", "writing"]
 
 log = logging.getLogger(__name__)
 

@@ -86,6 +86,13 @@ def _publish_rows(cfg, relpath: str, value: int, n: int = 50) -> io.Published:
     return io.publish(_spark(), cfg, relpath, write)
 
 
+def test_the_run_id_is_the_schedulers_on_one_line_or_else_a_fresh_one():
+    assert leases.run_id({"RECOSPARK_RUN_ID": " airflow:d:manual\n:train:try1 "}) == "airflow:d:manual :train:try1"
+    blank, unset = leases.run_id({"RECOSPARK_RUN_ID": " \t"}), leases.run_id({})
+    assert re.fullmatch(r"\d{8}T\d{6}-[0-9a-f]{8}", blank) and re.fullmatch(r"\d{8}T\d{6}-[0-9a-f]{8}", unset)
+    assert blank != unset
+
+
 def test_a_second_publisher_of_one_output_fails_while_the_first_publishes(root):
     cfg = load_config(None, [f"output.root={root}"])
     out = local_path(root)

@@ -38,6 +38,8 @@ def test_model_shorthands():
         ("nope.x=1", "unknown config section 'nope'"),
         ("split.test_fraction=1.5", "split.test_fraction"),
         ("split.strategy=weekly", "split.strategy"),
+        # refused by the estimator only once fitted on the carve, after ingest and split: here before Spark
+        ("sgd_rank.early_stopping_rounds=3", "sgd_rank.early_stopping_rounds must be 0 with loss='bpr', got 3"),
     ],
 )
 def test_bad_values_name_the_key(override, message):

@@ -250,6 +250,18 @@ def _blend_rules(values: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def _ranking_sgd_rules(values: Mapping[str, Any]) -> list[str]:
+    # the estimator refuses this too, but only when it is fitted with a validation column: that is
+    # after ingest and split, so the configuration refuses it before Spark starts
+    rounds = values.get("early_stopping_rounds") or 0
+    if rounds > 0:
+        return [
+            f"early_stopping_rounds must be 0 with loss={values.get('loss')!r}, got {rounds} (ranking losses have no "
+            "validation metric: choose max_iter on a ranking metric, as conf/ml100k-benchmark.yaml's tune stage does)"
+        ]
+    return []
+
+
 def _build_blend(
     values: ModelValues, mine: Mapping[str, Any], tuned: Mapping[str, Mapping[str, Any]], fitted: Mapping[str, Model]
 ) -> Blend:
@@ -327,6 +339,7 @@ MODELS: dict[str, ModelSpec] = {
                 "earlyStoppingRounds": 0,
             },
             early_stopping=True,
+            rules=_ranking_sgd_rules,
         ),
         ModelSpec(
             "puresvd",
