@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from recospark import __version__, leases
-from recospark.compiled import compile_kernels
+from recospark.compiled import cache_counts, compile_kernels
 from recospark.config import Config, load_config
 from recospark.errors import EXIT_RETRYABLE, EXIT_USER_ERROR, ConfigError, Retryable, UserError
 from recospark.models.table import MODELS, spec
@@ -168,8 +168,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "compile":
         _parser().parse_args(argv)
         seconds = compile_kernels()
+        loaded, compiled = cache_counts()
         print(
-            "compiled " + ", ".join(f"{name} {s:.1f} s" for name, s in seconds.items()) + f" (numba cache; {sum(seconds.values()):.1f} s)"
+            "kernels ready: "
+            + ", ".join(f"{name} {s:.1f} s" for name, s in seconds.items())
+            + f" ({sum(seconds.values()):.1f} s: {compiled} signature{'' if compiled == 1 else 's'} compiled into numba's cache,"
+            + f" {loaded} loaded from it)"
         )
         return 0
     if argv and argv[0] in ("tasks", "knobs"):

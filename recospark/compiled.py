@@ -11,12 +11,15 @@ the ones loaded later.
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import ModuleType
 
 from recospark import topn_kernels
 from recospark.models import ease_kernels
 from recospark.models.sgd import kernel_ranking, kernel_squared
 
-__all__ = ["compile_kernels"]
+__all__ = ["cache_counts", "compile_kernels"]
+
+_MODULES: tuple[ModuleType, ...] = (topn_kernels, kernel_squared, kernel_ranking, ease_kernels)
 
 _WARMERS: dict[str, Callable[[], float]] = {
     "top-n selection": topn_kernels.warm_up,
@@ -36,3 +39,24 @@ def compile_kernels() -> dict[str, float]:
     ['DSGD ranking losses', 'DSGD squared loss', 'EASE', 'top-n selection']
     """
     return {name: warm() for name, warm in _WARMERS.items()}
+
+
+def cache_counts() -> tuple[int, int]:
+    """(signatures loaded from numba's on-disk cache, signatures compiled) by this process so far,
+    over every kernel of `_MODULES`: after `compile_kernels`, what it found and what it had to build.
+
+    Examples
+    --------
+    >>> _ = compile_kernels()
+    >>> loaded, compiled = cache_counts()
+    >>> loaded + compiled > 0
+    True
+    """
+    loaded = compiled = 0
+    for module in _MODULES:
+        for value in vars(module).values():
+            stats = getattr(value, "stats", None)
+            if hasattr(value, "signatures") and stats is not None and hasattr(stats, "cache_hits"):
+                loaded += sum(stats.cache_hits.values())
+                compiled += sum(stats.cache_misses.values())
+    return loaded, compiled

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -57,4 +58,6 @@ def test_a_scoring_task_compiles_nothing_after_compile() -> None:
 def test_the_command_reports_each_group(capsys) -> None:
     assert main(["compile"]) == 0
     line = capsys.readouterr().out
-    assert line.startswith("compiled top-n selection ") and "EASE" in line and "DSGD ranking losses" in line
+    assert line.startswith("kernels ready: top-n selection ") and "EASE" in line and "DSGD ranking losses" in line
+    counts = re.search(r"(\d+) signatures? compiled into numba's cache, (\d+) loaded from it\)$", line.strip())
+    assert counts and int(counts[1]) + int(counts[2]) >= 4, line  # at least one signature per kernel group
