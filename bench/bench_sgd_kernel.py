@@ -8,7 +8,9 @@ Per rank: rating updates per second, best of --epochs passes, of
   order the DSGD worker uses, on one core;
 * `random 1 core`: the same kernel visiting a random permutation (the old worker's order);
 * `blocked N threads`: the DSGD worker's inner steps (B=2 x K=2 layout) on N threads, so the
-  threads' speed-up is visible (on a shared machine it is bounded by the load).
+  threads' speed-up is visible (on a shared machine it is bounded by the load);
+* `bpr 1 core`: the BPR kernel (`sgd_rank`'s loss: 5 negatives per positive, every rating a
+  positive, a random visiting order as the worker uses) in pair updates per second.
 Compile cost is measured in fresh subprocesses: once with numba's on-disk cache removed (cold
 compile) and once with the cache in place (a cache hit: what each new Spark Python worker pays).
 Prints the machine's load (`uptime`) next to the numbers. Target: >= 3 M updates/s per core at rank 32.
@@ -95,6 +97,32 @@ def best_rate(fn, args, P, Q, bu, bi, mu, epochs: int) -> float:
     return len(args[2]) / best / 1e6
 
 
+def pair_update_rate(u, i, rank: int, epochs: int, n_items: int) -> float:
+    """Pair updates per second of the BPR kernel over the whole matrix as one sub-block, one thread."""
+    from recospark.models.sgd.kernel_ranking import NO_TRACE, bpr_block, csr_indptr
+
+    order = np.lexsort((i, u))
+    us, is_ = u[order].copy(), i[order].copy()
+    n_users = int(u.max()) + 1
+    indptr = csr_indptr(us, n_users)
+    neg_total = (n_items - np.diff(indptr)).astype(np.int64)
+    visit = np.random.default_rng(1).permutation(len(us)).astype(np.int64)
+    rng = np.random.default_rng(rank)
+    P = (rng.standard_normal((n_users, rank)) * 0.1).astype(np.float32)
+    Q = (rng.standard_normal((n_items, rank)) * 0.1).astype(np.float32)
+    bi = np.zeros(n_items, np.float32)
+    ones = np.ones(len(us), np.float32)
+    best = 0.0
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        _, pairs, _ = bpr_block(
+            us, is_, ones, indptr, visit, P, Q, bi, 0, n_items,
+            5, 0.01, 0.02, 0.02, 0.01, -np.inf, neg_total, 1.0, epoch, 32, NO_TRACE,
+        )  # fmt: skip
+        best = max(best, pairs / (time.perf_counter() - t0) / 1e6)
+    return best
+
+
 def blocked_rate(u, i, r, rank: int, threads: int, epochs: int) -> float:
     """The DSGD worker's inner steps over a B=2 x K=2 layout on `threads` threads."""
     sys.path.insert(0, str(ROOT / "bench"))
@@ -132,9 +160,11 @@ def main(argv=None) -> int:
         return 0
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     cold, hit = compile_seconds()
+    from recospark.models.sgd import kernel_ranking
     from recospark.models.sgd.kernel_squared import NO_ORDER, sgd_block, warm_up
 
     warm_up()
+    kernel_ranking.warm_up()
     u, i, r = load(path)
     order = np.lexsort((i, u))
     us, is_, rs = u[order].copy(), i[order].copy(), r[order].copy()
@@ -146,7 +176,8 @@ def main(argv=None) -> int:
     )
     print(f"compile: cold {cold:.2f} s, cache hit {hit:.2f} s (fresh process, warm_up())")
     print(
-        f"{'rank':>5} {'float64 ref':>12} {'sorted 1 core':>14} {'random 1 core':>14} {'blocked ' + str(args.threads) + ' thr':>13}   M updates/s"
+        f"{'rank':>5} {'float64 ref':>12} {'sorted 1 core':>14} {'random 1 core':>14} {'blocked ' + str(args.threads) + ' thr':>13}"
+        f" {'bpr 1 core':>11}   M updates/s (bpr: M pair updates/s)"
     )
     ok = None  # rank 32 not in --ranks: not measured
     for rank in [int(x) for x in args.ranks.split(",")]:
@@ -164,7 +195,8 @@ def main(argv=None) -> int:
         srt = best_rate(sgd_block, (us, is_, rs, NO_ORDER), *fresh(), mu, args.epochs)
         rnd = best_rate(sgd_block, (u, i, r, perm), *fresh(), mu, args.epochs)
         blk = blocked_rate(u, i, r, rank, args.threads, args.epochs)
-        print(f"{rank:>5} {ref:>12.2f} {srt:>14.2f} {rnd:>14.2f} {blk:>13.2f}")
+        bpr = pair_update_rate(u, i, rank, args.epochs, n_items)
+        print(f"{rank:>5} {ref:>12.2f} {srt:>14.2f} {rnd:>14.2f} {blk:>13.2f} {bpr:>11.2f}")
         if rank == 32:
             ok = srt >= TARGET
     verdict = "not measured (add 32 to --ranks)" if ok is None else "met" if ok else "NOT met"
