@@ -496,3 +496,13 @@ def test_warm_up_compiles_both_kernels():
     seconds = ranking.warm_up()
     assert seconds > 0
     assert ranking.bpr_block.signatures and ranking.warp_block.signatures
+
+
+def test_the_paired_dot_products_equal_two_single_ones_bit_for_bit():
+    """BPR takes x_up and x_un from one pass (`_dot2`): the same sums in the same order as `_dot`,
+    so the kernel's floats did not change with it."""
+    rng = np.random.default_rng(5)
+    P = rng.normal(0, 1, (4, 128)).astype(np.float32)
+    Q = rng.normal(0, 1, (9, 128)).astype(np.float32)
+    for u, i, j in [(0, 1, 2), (3, 8, 8), (2, 0, 5)]:
+        assert R._dot2(P, u, Q, i, j) == (R._dot(P, u, Q, i), R._dot(P, u, Q, j))
