@@ -2,11 +2,13 @@
 
     .venv/bin/python bench/pipeline_scale.py --sizes 10m,25m
     .venv/bin/python bench/pipeline_scale.py --sizes 1m --models als_implicit,puresvd,global_mean --driver-memory 2g
+    .venv/bin/python bench/pipeline_scale.py --sizes 25m --models global_mean,sgd_rank --set train.validation=false
 
 For each size: `recospark generate` (its seconds are reported, not part of the pipeline's;
 skipped when data generated with the same shape and `generate.beta` is already there), then
 `recospark pipeline --conf conf/local.yaml` on it (ingest, split, train the conf's models or
-`--models`, recommend, evaluate, report, on local[2]). Prints each stage's seconds, each stage's
+`--models`, recommend, evaluate, report, on local[2]); `--set KEY=VALUE` adds an override to
+every command (kept in the json row). Prints each stage's seconds, each stage's
 t(size)/t(previous size) next to the ratings ratio, the models' fit seconds and test RMSE, and
 the peak RSS of the whole process tree (driver, JVM, Python workers).
 
