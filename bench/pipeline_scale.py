@@ -298,12 +298,20 @@ def main(argv=None) -> int:
     if args.quality_of:
         quality(json.loads(args.quality_of), Path(args.quality_out))
         return 0
+    for size in args.sizes.split(","):
+        if SIZES.get(size) is None:
+            ap.error(f"--sizes: {size} is not a generated size ({', '.join(k for k, v in SIZES.items() if v)})")
+        from recospark.config import load_config
+        from recospark.errors import ConfigError
+
+        try:  # every override checked before any size runs, so a typo costs seconds, not a run
+            load_config(LOCAL_CONF, settings(size, Path(args.work), args.driver_memory, args.models, args.beta, args.extra)[0])
+        except ConfigError as err:
+            ap.error(" ".join(str(err).split()))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for size in args.sizes.split(","):
-        if SIZES.get(size) is None:
-            ap.error(f"--sizes: {size} is not a generated size ({', '.join(k for k, v in SIZES.items() if v)})")
         print(f"== {size}", file=sys.stderr, flush=True)
         rows.append(run_size(size, Path(args.work), args.driver_memory, args.models, args.beta, args.extra))
         (out / "pipeline_scale.json").write_text(json.dumps({"rows": rows}, indent=2) + "\n")
