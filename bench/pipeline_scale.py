@@ -81,7 +81,7 @@ def recospark(*args: str, json_out: Path | None = None) -> tuple[int, float, flo
 
 
 def settings(
-    size: str, work: Path, driver_memory: str, models: str | None, beta: float | None, extra: Sequence[str] = ()
+    size: str, work: Path, driver_memory: str, models: str | None, beta: float | None, extra: Sequence[str]
 ) -> tuple[list[str], Path]:
     """The --set overrides every command of one size shares, and the generated data's folder."""
     shape = SIZES[size]
@@ -115,7 +115,7 @@ def _generated_with(data: Path, want: dict[str, Any]) -> bool:
     return all(have.get(k) == v for k, v in want.items())
 
 
-def run_size(size: str, work: Path, driver_memory: str, models: str | None, beta: float | None, extra: list[str]) -> dict:
+def run_size(size: str, work: Path, driver_memory: str, models: str | None, beta: float | None, extra: Sequence[str]) -> dict:
     from recospark.config import load_config
 
     shape = SIZES[size]
@@ -298,12 +298,12 @@ def main(argv=None) -> int:
     if args.quality_of:
         quality(json.loads(args.quality_of), Path(args.quality_out))
         return 0
+    from recospark.config import load_config
+    from recospark.errors import ConfigError
+
     for size in args.sizes.split(","):
         if SIZES.get(size) is None:
             ap.error(f"--sizes: {size} is not a generated size ({', '.join(k for k, v in SIZES.items() if v)})")
-        from recospark.config import load_config
-        from recospark.errors import ConfigError
-
         try:  # every override checked before any size runs, so a typo costs seconds, not a run
             load_config(LOCAL_CONF, settings(size, Path(args.work), args.driver_memory, args.models, args.beta, args.extra)[0])
         except ConfigError as err:

@@ -10,6 +10,7 @@ the ones loaded later.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from types import ModuleType
 
@@ -19,14 +20,13 @@ from recospark.models.sgd import kernel_ranking, kernel_squared
 
 __all__ = ["cache_counts", "compile_kernels"]
 
-_MODULES: tuple[ModuleType, ...] = (topn_kernels, kernel_squared, kernel_ranking, ease_kernels)
-
 _WARMERS: dict[str, Callable[[], float]] = {
     "top-n selection": topn_kernels.warm_up,
     "DSGD squared loss": kernel_squared.warm_up,
     "DSGD ranking losses": kernel_ranking.warm_up,
     "EASE": ease_kernels.warm_up,
 }
+_MODULES: tuple[ModuleType, ...] = tuple(sys.modules[warm.__module__] for warm in _WARMERS.values())
 
 
 def compile_kernels() -> dict[str, float]:
@@ -43,7 +43,7 @@ def compile_kernels() -> dict[str, float]:
 
 def cache_counts() -> tuple[int, int]:
     """(signatures loaded from numba's on-disk cache, signatures compiled) by this process so far,
-    over every kernel of `_MODULES`: after `compile_kernels`, what it found and what it had to build.
+    over every kernel of the modules `_WARMERS` warms: after `compile_kernels`, what it found and what it had to build.
 
     Examples
     --------

@@ -33,6 +33,7 @@ from recospark.models.neural import require_torch
 from recospark.models.params import Bounds, check_params, conf_key
 from recospark.models.puresvd import PureSVD, PureSVDModel
 from recospark.models.sgd.estimator import SGDMatrixFactorization, SGDMatrixFactorizationModel
+from recospark.models.sgd.params import ranking_stopping_problems
 from recospark.schema import IS_VALIDATION, MOVIE_ID, PREDICTION, RATING, USER_ID
 
 __all__ = ["MODELS", "Knob", "ModelSpec", "ModelValues", "Objective", "Setting", "spec"]
@@ -195,7 +196,7 @@ class ModelSpec:
         instance = self._schema_instance()
         for name, value in self.param_values(values).items():
             instance.set(instance.getParam(name), value)
-        problems = [f"{conf_key(p.split(' ', 1)[0])} {p.split(' ', 1)[1]}" for p in check_params(instance, self.checks)]
+        problems = [_in_conf_keys(p) for p in check_params(instance, self.checks)]
         for setting in self.settings:
             need = setting.bounds.problem(values.get(setting.key, setting.default))
             if need is not None:
@@ -250,16 +251,16 @@ def _blend_rules(values: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def _in_conf_keys(problem: str) -> str:
+    """A problem message that starts with a Param name, starting with its configuration key instead."""
+    name, rest = problem.split(" ", 1)
+    return f"{conf_key(name)} {rest}"
+
+
 def _ranking_sgd_rules(values: Mapping[str, Any]) -> list[str]:
-    # the estimator refuses this too, but only when it is fitted with a validation column: that is
-    # after ingest and split, so the configuration refuses it before Spark starts
-    rounds = values.get("early_stopping_rounds") or 0
-    if rounds > 0:
-        return [
-            f"early_stopping_rounds must be 0 with loss={values.get('loss')!r}, got {rounds} (ranking losses have no "
-            "validation metric: choose max_iter on a ranking metric, as conf/ml100k-benchmark.yaml's tune stage does)"
-        ]
-    return []
+    # the estimator refuses this only when fitted with a validation column, after ingest and split
+    problems = ranking_stopping_problems(values.get("loss", ""), values.get("early_stopping_rounds") or 0)
+    return [_in_conf_keys(p) for p in problems]
 
 
 def _build_blend(

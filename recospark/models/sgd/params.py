@@ -17,6 +17,19 @@ from recospark.schema import MOVIE_ID, PREDICTION, RATING, USER_ID
 
 LOSSES = ("squared", "bpr", "warp")
 RANKING_LOSSES = ("bpr", "warp")
+
+
+def ranking_stopping_problems(loss: str, rounds: int) -> list[str]:
+    """The refusal of early stopping with a ranking loss, in Param names: the estimator's check
+    (when fitted with a validation column) and the configuration's (before Spark) both say it."""
+    if loss in RANKING_LOSSES and rounds > 0:
+        return [
+            f"earlyStoppingRounds must be 0 with loss={loss!r}, got {rounds} (ranking losses have no validation "
+            "metric: choose the epochs on a ranking metric, as conf/ml100k-benchmark.yaml's tune stage does)"
+        ]
+    return []
+
+
 SCHEDULES = ("decay", "bold_driver")
 
 # Param name -> default. Chosen in development runs on a validation carve of ML-100K's u1.base;
@@ -202,10 +215,7 @@ class _SGDParams(
         """Every invalid value in one message, before any Spark job."""
         problems = check_params(self)
         validating = self.isDefined(self.validationIndicatorCol) and bool(self.getOrDefault(self.validationIndicatorCol))
-        if self.getLoss() in RANKING_LOSSES and validating and self.getEarlyStoppingRounds() > 0:
-            problems.append(
-                f"earlyStoppingRounds must be 0 with loss={self.getLoss()!r} (no validation metric for ranking losses; "
-                f"choose maxIter on a ranking metric instead), got {self.getEarlyStoppingRounds()}"
-            )
+        if validating:
+            problems += ranking_stopping_problems(self.getLoss(), self.getEarlyStoppingRounds())
         if problems:
             raise ValueError("SGDMatrixFactorization: " + "; ".join(problems))
