@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -77,26 +78,31 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    small = [f"--{k} {v}" for k, v in (("steps", args.steps), ("repeats", args.repeats), ("threads", args.threads)) if v < 1]
+    if small:
+        ap.error(f"{', '.join(small)}: must be >= 1")
     sizes = args.sizes.split(",")
     unknown = [s for s in sizes if SIZES.get(s) is None]
     if unknown:
-        sys.exit(f"bench_neural_step: --sizes {','.join(unknown)}: choose among {', '.join(s for s, v in SIZES.items() if v)}")
+        ap.error(f"--sizes {','.join(unknown)}: choose among {', '.join(s for s, v in SIZES.items() if v)}")
     try:
         import torch
         import torch.distributed as dist
 
         from recospark.models.neural.recipes import RECIPES
     except ImportError as err:
-        sys.exit(f"bench_neural_step: needs recospark[neural] ({err})")
+        ap.error(f"needs recospark[neural] ({err})")
     models = args.models.split(",")
     missing = [m for m in models if m not in RECIPES or "numNegatives" not in RECIPES[m].defaults]
     if missing:
-        sys.exit(f"bench_neural_step: --models {','.join(missing)}: only the sampled-negative recipes (gmf, neumf)")
+        ap.error(f"--models {','.join(missing)}: only the sampled-negative recipes (gmf, neumf)")
 
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29561")
+    with socket.socket() as probe:  # a free loopback port for the one-rank gloo group
+        probe.bind(("127.0.0.1", 0))
+        os.environ.setdefault("MASTER_PORT", str(probe.getsockname()[1]))
     dist.init_process_group("gloo", rank=0, world_size=1)
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"torch {torch.__version__}, {args.threads} threads, {args.steps} steps x {args.repeats} runs; {load}")
