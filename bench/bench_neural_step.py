@@ -1,19 +1,23 @@
-"""Micro-benchmark of one training step of the sampled-negative neural models (no Spark).
+"""Micro-benchmark of one training step of the neural ranking models (no Spark).
 
-    .venv/bin/python bench/bench_neural_step.py [--sizes 1m,10m,25m] [--models gmf,neumf] [--steps 300]
+    .venv/bin/python bench/bench_neural_step.py [--sizes 1m,10m,25m] [--models gmf,neumf,mult_vae,mult_dae] [--steps 300]
 
 A step is what `recospark.models.neural.distributed` runs per mini-batch: zero the gradients,
-the recipe's loss on a batch of random (user, item, label) rows, backward, the optimizer step.
-The network is the recipe's own (`recipe.build` with its defaults) with as many users and items
-as the MovieLens shape. Per size and model, milliseconds per step (median of --repeats timed
-runs of --steps steps, after a warm-up run) for
+the recipe's loss on a batch, backward, the optimizer step. The network is the recipe's own
+(`recipe.build` with its defaults) with as many users and items as the MovieLens shape; gmf and
+neumf get random (user, item, label) rows, mult_vae and mult_dae `batchSize` users with the
+shape's mean history length of random items each (through the recipe's own `batches`). Per size
+and model, milliseconds per step (median of --repeats timed runs of --steps steps, after a
+warm-up run) for
 * `ddp + adam`: the loop before 2026-12-06: the DDP wrapper (one rank) and PyTorch's default Adam;
 * `ddp + fused`: the DDP wrapper and fused Adam (what more than one process runs);
-* `fused`: fused Adam, no wrapper (what one process, the default, runs now),
-and the seconds of an epoch's steps at that rate, before and now: ratings x (1 + numNegatives) /
-batchSize steps. A real epoch also draws its negatives and batches and scores the validation
-carve, so this column bounds the training steps' share only. Threads: --threads (the driver's
-two cores by default).
+* `fused`: fused Adam, no wrapper;
+* `fused + heap`: the same inside `heap_for_large_tensors` (what one process, the default, runs
+  now; "-" with a recospark that has no such function, e.g. on PYTHONPATH to compare commits),
+and the seconds of an epoch's steps at the first and last rate: ratings x (1 + numNegatives) /
+batchSize steps (gmf, neumf) or users / batchSize (mult_*). A real epoch also draws its batches
+and scores the validation carve, so this column bounds the training steps' share only. Threads:
+--threads (the driver's two cores by default).
 Prints the machine's load (`uptime`) next to the numbers.
 """
 
@@ -34,46 +38,82 @@ sys.path.insert(0, str(HERE))
 import numpy as np  # noqa: E402
 from harness import SIZES  # noqa: E402
 
-VARIANTS = {"ddp + adam": (True, False), "ddp + fused": (True, True), "fused": (False, True)}
+# variant: (DDP wrapper, fused Adam, heap_for_large_tensors)
+VARIANTS = {
+    "ddp + adam": (True, False, False),
+    "ddp + fused": (True, True, False),
+    "fused": (False, True, False),
+    "fused + heap": (False, True, True),
+}
+PAIR_MODELS, USER_MODELS = ("gmf", "neumf"), ("mult_vae", "mult_dae")
 
 
-def time_steps(recipe: Any, shape: tuple[int, int, int, str], ddp: bool, fused: bool, steps: int, repeats: int) -> float:
-    """Median milliseconds per step over `repeats` runs of `steps` steps, after one warm-up run."""
+def batches_for(recipe: Any, shape: tuple[int, int, int, str], rng: np.random.Generator) -> list[dict[str, Any]]:
+    """16 batches of the recipe's kind at the shape."""
+    import torch
+
+    from recospark.models.neural.recipe import TrainShard
+
+    users, items, ratings, _ = shape
+    hp = recipe.defaults
+    size = int(hp["batchSize"])
+    if recipe.name in PAIR_MODELS:
+        positive = 1 / (1 + int(hp["numNegatives"]))
+        return [
+            {
+                "users": torch.from_numpy(rng.integers(0, users, size)),
+                "items": torch.from_numpy(rng.integers(0, items, size)),
+                "labels": torch.from_numpy((rng.random(size) < positive).astype(np.float32)),
+            }
+            for _ in range(16)
+        ]
+    per, n = ratings // users, 16 * size  # each user rates the mean number of distinct random items
+    rated = np.concatenate([rng.choice(items, per, replace=False) for _ in range(n)]).astype(np.int64)
+    shard = TrainShard(np.repeat(np.arange(n, dtype=np.int64), per), rated, np.ones(n * per, np.float32), n, items)
+    return list(recipe.batches(shard, hp, 0, rng))
+
+
+def time_steps(recipe: Any, shape: tuple[int, int, int, str], variant: tuple[bool, bool, bool], steps: int, repeats: int) -> float | None:
+    """Median milliseconds per step over `repeats` runs of `steps` steps, after one warm-up run (None: no heap here)."""
+    import contextlib
+
     import torch
     from torch.nn.parallel import DistributedDataParallel
 
+    from recospark.models.neural import distributed
+
+    ddp, fused, heap = variant
+    heap_context = getattr(distributed, "heap_for_large_tensors", None)
+    if heap and heap_context is None:
+        return None
     users, items, _, _ = shape
     hp = dict(recipe.defaults)
     torch.manual_seed(0)
     net = recipe.build(hp, users, items)
     model = DistributedDataParallel(net) if ddp else net
     optimizer = torch.optim.Adam(model.parameters(), lr=float(hp["stepSize"]), fused=fused)
-    rng = np.random.default_rng(0)
-    size = int(hp["batchSize"])
-    batches = [
-        {
-            "users": torch.from_numpy(rng.integers(0, users, size)),
-            "items": torch.from_numpy(rng.integers(0, items, size)),
-            "labels": torch.from_numpy((rng.random(size) < 1 / (1 + int(hp["numNegatives"]))).astype(np.float32)),
-        }
-        for _ in range(16)
-    ]
+    batches = batches_for(recipe, shape, np.random.default_rng(0))
     runs = []
-    for run in range(repeats + 1):
-        started = time.perf_counter()
-        for step in range(steps):
-            optimizer.zero_grad()
-            recipe.loss(model, batches[step % len(batches)], hp, 0).backward()
-            optimizer.step()
-        if run:  # the first run warms up
-            runs.append((time.perf_counter() - started) / steps * 1e3)
+    with heap_context() if heap and heap_context is not None else contextlib.nullcontext():
+        for run in range(repeats + 1):
+            started = time.perf_counter()
+            for step in range(steps):
+                optimizer.zero_grad()
+                recipe.loss(model, batches[step % len(batches)], hp, 0).backward()
+                optimizer.step()
+            if run:  # the first run warms up
+                runs.append((time.perf_counter() - started) / steps * 1e3)
     return statistics.median(runs)
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1m,10m,25m")
-    ap.add_argument("--models", default="gmf,neumf")
+    ap.add_argument("--models", default=",".join(PAIR_MODELS + USER_MODELS))
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
@@ -93,9 +133,9 @@ def main() -> None:
     except ImportError as err:
         ap.error(f"needs recospark[neural] ({err})")
     models = args.models.split(",")
-    missing = [m for m in models if m not in RECIPES or "numNegatives" not in RECIPES[m].defaults]
+    missing = [m for m in models if m not in PAIR_MODELS + USER_MODELS or m not in RECIPES]
     if missing:
-        ap.error(f"--models {','.join(missing)}: only the sampled-negative recipes (gmf, neumf)")
+        ap.error(f"--models {','.join(missing)}: choose among {', '.join(PAIR_MODELS + USER_MODELS)}")
 
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
@@ -107,7 +147,7 @@ def main() -> None:
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"torch {torch.__version__}, {args.threads} threads, {args.steps} steps x {args.repeats} runs; {load}")
     header = (
-        f"{'size':>4} {'model':>6} | " + " | ".join(f"{v:>14}" for v in VARIANTS) + " | speed-up | steps of an epoch, s (before -> now)"
+        f"{'size':>4} {'model':>8} | " + " | ".join(f"{v:>12}" for v in VARIANTS) + " | speed-up | steps of an epoch, s (first -> last)"
     )
     print(header)
     print("-" * len(header))
@@ -117,12 +157,16 @@ def main() -> None:
             assert shape is not None
             for name in models:
                 recipe = RECIPES[name]
-                ms = {v: time_steps(recipe, shape, ddp, fused, args.steps, args.repeats) for v, (ddp, fused) in VARIANTS.items()}
+                ms = {v: time_steps(recipe, shape, variant, args.steps, args.repeats) for v, variant in VARIANTS.items()}
                 hp = recipe.defaults
-                steps = shape[2] * (1 + int(hp["numNegatives"])) / int(hp["batchSize"])
-                before, now = ms["ddp + adam"], ms["fused"]
-                cells = " | ".join(f"{ms[v]:>11.2f} ms" for v in VARIANTS)
-                print(f"{size:>4} {name:>6} | {cells} | {before / now:>7.2f}x | {steps * before / 1e3:.0f} -> {steps * now / 1e3:.0f}")
+                rows = shape[2] * (1 + int(hp["numNegatives"])) if name in PAIR_MODELS else shape[0]
+                steps = rows / int(hp["batchSize"])
+                timed = [t for t in ms.values() if t is not None]
+                before, now = timed[0], timed[-1]
+                cells = " | ".join(f"{t:>9.2f} ms" if t is not None else f"{'-':>12}" for t in ms.values())
+                print(
+                    f"{size:>4} {name:>8} | {cells} | {before / now:>7.2f}x | {_seconds(steps * before / 1e3)} -> {_seconds(steps * now / 1e3)}"
+                )
     finally:
         dist.destroy_process_group()
     print(f"finished; {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")

@@ -112,7 +112,7 @@ def test_residual_mf_forward_and_loss_by_hand():
 def _tiny_autorec(centering: bool):
     hp = _hp(AUTOREC, hiddenUnits=1, regParam=0.2, userCentering=centering)
     net = AUTOREC.build(hp, 2, 2)
-    _set(net.encoder.weight, [1.0, -1.0])
+    _set(net.encoder.item_weight, [1.0, -1.0])
     _set(net.encoder.bias, [0.0])
     _set(net.decoder.weight, [2.0, 1.0])
     _set(net.decoder.bias, [0.5, 0.0])
@@ -157,7 +157,7 @@ def _tiny_vae_like(recipe, **overrides):
 def test_mult_vae_forward_and_loss_by_hand():
     hp, net = _tiny_vae_like(MULT_VAE, betaMax=0.4, annealEpochs=4)
     encoder, decoder = net.encoder[0], net.decoder[0]
-    _set(encoder.weight, [[2.0, 0.0], [0.0, 0.0]])  # mu = 2 x0 / ||x||, logvar = 0
+    _set(encoder.item_weight, [[2.0, 0.0], [0.0, 0.0]])  # mu = 2 x0 / ||x||, logvar = 0
     _set(encoder.bias, [0.0, 0.0])
     _set(decoder.weight, [[1.0], [-1.0]])  # logits [z, -z]
     _set(decoder.bias, [0.0, 0.0])
@@ -175,12 +175,12 @@ def test_mult_vae_forward_and_loss_by_hand():
 
 def test_mult_vae_samples_z_while_training():
     _, net = _tiny_vae_like(MULT_VAE)
-    x = torch.tensor([[1.0, 0.0]])
+    x = (_t([0]), _t([0]), _t([1.0], torch.float32), 1)  # one user who clicked item 0
     net.eval()
-    _, mu, logvar = net(x)
+    _, mu, logvar = net(*x)
     net.train()
     torch.manual_seed(0)
-    logits, _, _ = net(x)
+    logits, _, _ = net(*x)
     torch.manual_seed(0)
     eps = torch.randn(1, 1)
     z = mu + eps * torch.exp(0.5 * logvar)  # the reparameterisation, with the same noise
@@ -190,7 +190,7 @@ def test_mult_vae_samples_z_while_training():
 def test_mult_dae_forward_and_loss_by_hand():
     hp, net = _tiny_vae_like(MULT_DAE, regParam=0.01)
     encoder, decoder = net.encoder[0], net.decoder[0]
-    _set(encoder.weight, [1.0, 0.0])  # code tanh(x0 / ||x||)
+    _set(encoder.item_weight, [1.0, 0.0])  # code tanh(x0 / ||x||)
     _set(encoder.bias, [0.0])
     _set(decoder.weight, [[1.0], [-1.0]])
     _set(decoder.bias, [0.0, 0.0])
@@ -302,8 +302,21 @@ def test_pair_models_score_every_item_as_the_forward_pass(recipe, shard):
         np.testing.assert_allclose(recipe.predict(net, pairs_u, pairs_i, [], []), forward.numpy(), rtol=1e-5, atol=1e-5)
 
 
+def _dense_forward(recipe, net, x: torch.Tensor) -> torch.Tensor:
+    """The plain reference: each network's eval-mode output from the dense [users, items] input, as the papers write it."""
+    from torch.nn import functional as F
+
+    if recipe is RBM:
+        return net(x)[0] @ torch.arange(1.0, 6.0)  # the expected rating over levels 1..5
+    if recipe is AUTOREC:
+        return net.decoder(torch.sigmoid(x @ net.encoder.item_weight + net.encoder.bias))
+    first = net.encoder[0]
+    code = net.encoder[1:](F.normalize(x, dim=1) @ first.item_weight + first.bias)
+    return net.decoder(code[:, : net.latent] if recipe is MULT_VAE else code)  # mult_vae scores at z = mu
+
+
 @pytest.mark.parametrize("recipe", BY_USER, ids=lambda r: r.name)
-def test_user_models_score_from_the_history_as_the_forward_pass(recipe, shard):
+def test_user_models_score_from_the_history_as_the_dense_forward_pass(recipe, shard):
     torch.manual_seed(0)
     net = recipe.build(_hp(recipe, hiddenLayers=[8], latentDim=4, hiddenUnits=6), shard.n_users, shard.n_items).eval()
     users = np.array([3, 10])
@@ -316,13 +329,50 @@ def test_user_models_score_from_the_history_as_the_forward_pass(recipe, shard):
         else:
             x[row, items] = torch.from_numpy(ratings - ratings.mean()) if recipe is AUTOREC else 1.0  # autorec: centred
     with torch.no_grad():
-        out = net(x)[0]
-    expected = out @ torch.arange(1.0, 6.0) if recipe is RBM else out
+        expected = _dense_forward(recipe, net, x)
     if recipe is AUTOREC:  # the user's mean added back
         expected = expected + torch.tensor([float(r.mean()) for r in hist_ratings])[:, None]
     np.testing.assert_allclose(scores, expected.numpy(), rtol=1e-5, atol=1e-5)
     # the user rows are not used: an unknown user (-1) with the same history scores the same
     np.testing.assert_array_equal(recipe.score(net, np.array([-1, -1]), hist_items, hist_ratings), scores)
+
+
+def test_item_input_is_the_dense_layer_forward_and_backward():
+    from recospark.models.neural.recipes.autoencoders_nets import ItemInput
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(7, 3)
+    layer = ItemInput.from_linear(linear)
+    rows, items = _t([0, 0, 2, 2, 2]), _t([6, 1, 0, 1, 5])  # row 1 is empty
+    values = torch.tensor([0.5, -2.0, 1.0, 3.0, 0.25])
+    x = torch.zeros(3, 7)
+    x[rows, items] = values
+    weight = torch.randn(3, 3)  # a fixed linear function of the output, for the gradients
+    (linear(x) * weight).sum().backward()
+    out = layer(rows, items, values, 3)
+    (out * weight).sum().backward()
+    np.testing.assert_allclose(out.detach().numpy(), linear(x).detach().numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(layer.item_weight.grad.numpy(), linear.weight.grad.t().numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(layer.bias.grad.numpy(), linear.bias.grad.numpy(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("recipe", [AUTOREC, MULT_VAE, MULT_DAE], ids=lambda r: r.name)
+def test_autoencoder_weights_saved_with_the_dense_input_layer_still_load(recipe, shard):
+    torch.manual_seed(0)
+    hp = _hp(recipe, hiddenLayers=[8], latentDim=4, hiddenUnits=6)
+    net = recipe.build(hp, shard.n_users, shard.n_items).eval()
+    # the layout before the item-major input: "<prefix>weight", [width, n_items]
+    old = {k.replace("item_weight", "weight"): v.t() if k.endswith("item_weight") else v for k, v in net.state_dict().items()}
+    first = "encoder.weight" if recipe is AUTOREC else "encoder.0.weight"
+    assert tuple(old[first].shape) == (6 if recipe is AUTOREC else 8, shard.n_items)
+    torch.manual_seed(1)
+    fresh = recipe.build(hp, shard.n_users, shard.n_items).eval()
+    saved = weights.from_bytes(weights.to_bytes({k: v.contiguous().numpy() for k, v in old.items()}))
+    fresh.load_state_dict({k: torch.from_numpy(v) for k, v in saved.items()}, strict=True)
+    users = np.array([3, 10])
+    np.testing.assert_array_equal(
+        recipe.score(fresh, users, *_histories(shard, users)), recipe.score(net, users, *_histories(shard, users))
+    )
 
 
 @pytest.mark.parametrize("recipe", ALL, ids=lambda r: r.name)
@@ -468,3 +518,20 @@ def test_safetensors_whose_header_length_starts_like_a_pickle_load():
     np.testing.assert_array_equal(weights.from_bytes(data)["w"], tensors["w"])
     with pytest.raises(weights.WeightsFormatError, match="it looks like a Python pickle"):
         weights.check_safetensors(b"\x80\x04\x95" + b"\x00" * 20)
+
+
+def test_training_heap_applies_on_glibc_and_restores():
+    import platform
+
+    from recospark.models.neural.distributed import heap_for_large_tensors
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    with heap_for_large_tensors() as applied:
+        x = torch.ones(4096, 4096)  # 64 MB: above glibc's largest mmap threshold, from the heap here
+        assert float(x.sum()) == 4096 * 4096
+        del x
+    assert applied
+    with heap_for_large_tensors() as again:  # the defaults were restored, so it applies again
+        pass
+    assert again

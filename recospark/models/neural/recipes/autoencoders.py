@@ -98,19 +98,6 @@ def _flat(hist_items: Sequence[np.ndarray], hist_ratings: Sequence[np.ndarray]) 
     return torch.from_numpy(rows), torch.from_numpy(items), torch.from_numpy(ratings)
 
 
-def _history_matrix(n_items: int, hist_items: Sequence[np.ndarray], hist_ratings: Sequence[np.ndarray], binary: bool) -> torch.Tensor:
-    """[len(hist_items), n_items]: each history as a dense row (1 per rated item when `binary`)."""
-    from recospark.models.neural.recipes.autoencoders_nets import dense_rows
-
-    rows, items, ratings = _flat(hist_items, hist_ratings)
-    return dense_rows(rows, items, ratings.new_ones(ratings.shape) if binary else ratings, len(hist_items), n_items)
-
-
-def _n_items(net: torch.nn.Module) -> int:
-    """The catalogue size of an autoencoder network (or of the DDP wrapper's network)."""
-    return int(cast(Any, getattr(net, "module", net)).n_items)
-
-
 def _hidden(hp: Mapping[str, Any]) -> list[int]:
     widths = [int(w) for w in hp["hiddenLayers"]]
     if min(widths, default=1) < 1:
@@ -119,7 +106,7 @@ def _hidden(hp: Mapping[str, Any]) -> list[int]:
 
 
 class _UserRecipe:
-    """What the autoencoders share: user batches, scoring from the history matrix."""
+    """What the autoencoders share: user batches, scoring from the users' histories (sparse rows)."""
 
     name: str
     objective: Literal["rating", "ranking"]
@@ -134,14 +121,10 @@ class _UserRecipe:
         """`batchSize` users at a time in one random order, each with all of its rows: every row once per epoch."""
         return _user_batches(shard, hp, epoch, rng)
 
-    def _input(self, net: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        from recospark.models.neural.recipes.autoencoders_nets import dense_rows
-
+    def _input(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """The batch's users as the networks read them: (row, item, value, number of rows), a value per rated item."""
         values = batch["ratings"] if not self.binary_input else batch["ratings"].new_ones(batch["ratings"].shape)
-        return dense_rows(batch["rows"], batch["items"], values, int(batch["n_rows"]), _n_items(net))
-
-    def _outputs(self, net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return net(x)[0]
+        return batch["rows"], batch["items"], values, int(batch["n_rows"])
 
     def score(
         self, net: torch.nn.Module, users: np.ndarray, hist_items: Sequence[np.ndarray], hist_ratings: Sequence[np.ndarray]
@@ -149,9 +132,10 @@ class _UserRecipe:
         """float32 [len(users), n_items] from each user's history alone (`users` is not used)."""
         import torch
 
-        x = _history_matrix(_n_items(net), hist_items, hist_ratings, self.binary_input)
+        rows, items, ratings = _flat(hist_items, hist_ratings)
+        values = ratings.new_ones(ratings.shape) if self.binary_input else ratings
         with torch.no_grad():
-            return self._outputs(net, x).numpy().astype(np.float32)
+            return cast("torch.Tensor", net(rows, items, values, len(hist_items))[0]).numpy().astype(np.float32, copy=False)
 
     def factors(self, net: torch.nn.Module) -> tuple[np.ndarray, np.ndarray] | None:
         """None: the score is a non-linear function of the whole history."""
@@ -202,11 +186,9 @@ class AutoRecRecipe(_UserRecipe):
 
     def loss(self, net: torch.nn.Module, batch: Mapping[str, torch.Tensor], hp: Mapping[str, Any], epoch: int) -> torch.Tensor:
         """Mean squared error over the batch's observed ratings plus the L2 term shared out per rating."""
-        from recospark.models.neural.recipes.autoencoders_nets import dense_rows
-
         rows, items, n_rows = batch["rows"], batch["items"], int(batch["n_rows"])
         targets, _ = self._targets(net, rows, batch["ratings"], n_rows)
-        out, norm = net(dense_rows(rows, items, targets, n_rows, _n_items(net)))
+        out, norm = net(rows, items, targets, n_rows)
         err = out[rows, items] - targets
         return (err * err).mean() + 0.5 * float(hp["regParam"]) * norm / len(err)
 
@@ -216,14 +198,12 @@ class AutoRecRecipe(_UserRecipe):
         """float32 [len(users), n_items]: every item's reconstructed rating from the user's history alone."""
         import torch
 
-        from recospark.models.neural.recipes.autoencoders_nets import dense_rows
-
         rows, items, ratings = _flat(hist_items, hist_ratings)
         n_rows = len(hist_items)
         targets, offsets = self._targets(net, rows, ratings, n_rows)
         with torch.no_grad():
-            out, _ = net(dense_rows(rows, items, targets, n_rows, _n_items(net)))
-        return (out + offsets[:, None]).numpy().astype(np.float32)
+            out, _ = net(rows, items, targets, n_rows)
+        return (out + offsets[:, None]).numpy().astype(np.float32, copy=False)
 
     def validation(self, net: torch.nn.Module, train: TrainShard, val: TrainShard, hp: Mapping[str, Any]) -> tuple[float, float]:
         """(squared error sum, count) on the validation rows, each user reconstructed from its train rows."""
@@ -241,11 +221,12 @@ class _MultRecipe(_UserRecipe):
         return ranking_validation(lambda users, items, ratings: self.score(net, users, items, ratings), train, val, k=10)
 
     @staticmethod
-    def log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Mean over users of sum_i x_ui log softmax(logits_u)_i (the multinomial log-likelihood)."""
+    def log_likelihood(logits: torch.Tensor, rows: torch.Tensor, items: torch.Tensor, values: torch.Tensor, n_rows: int) -> torch.Tensor:
+        """Mean over the `n_rows` users of sum_i x_ui log softmax(logits_u)_i (the multinomial log-likelihood),
+        x holding `values` at (rows, items)."""
         import torch
 
-        return (torch.log_softmax(logits, dim=1) * x).sum(1).mean()
+        return (torch.log_softmax(logits, dim=1)[rows, items] * values).sum() / n_rows
 
 
 class MultVAERecipe(_MultRecipe):
@@ -311,10 +292,10 @@ class MultVAERecipe(_MultRecipe):
         """-E[log p(x|z)] + beta KL(q(z|x) || N(0, I)), each averaged over the batch's users."""
         import torch
 
-        x = self._input(net, batch)
-        logits, mu, logvar = net(x)
+        x = self._input(batch)
+        logits, mu, logvar = net(*x)
         kl = 0.5 * (torch.exp(logvar) + mu * mu - 1.0 - logvar).sum(1).mean()
-        return -self.log_likelihood(logits, x) + self.beta(hp, float(batch["progress"])) * kl
+        return -self.log_likelihood(logits, *x) + self.beta(hp, float(batch["progress"])) * kl
 
 
 class MultDAERecipe(_MultRecipe):
@@ -350,9 +331,9 @@ class MultDAERecipe(_MultRecipe):
 
     def loss(self, net: torch.nn.Module, batch: Mapping[str, torch.Tensor], hp: Mapping[str, Any], epoch: int) -> torch.Tensor:
         """-log p(x | corrupted x) averaged over the batch's users, plus regParam * sum of squared weights."""
-        x = self._input(net, batch)
-        logits, norm = net(x)
-        return -self.log_likelihood(logits, x) + float(hp["regParam"]) * norm
+        x = self._input(batch)
+        logits, norm = net(*x)
+        return -self.log_likelihood(logits, *x) + float(hp["regParam"]) * norm
 
 
 AUTOREC = AutoRecRecipe()

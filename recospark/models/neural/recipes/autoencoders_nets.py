@@ -1,22 +1,65 @@
-"""The torch modules of the autoencoder recipes (imported by `autoencoders.py`'s methods only: this imports torch)."""
+"""The torch modules of the autoencoder recipes (imported by `autoencoders.py`'s methods only: this imports torch).
+
+Every network reads a batch of users' histories as sparse rows (row, item, value), and its first
+layer is an `ItemInput`: it adds up the weight rows of the rated items, nnz x width multiply-adds,
+where the dense product of an n_users x n_items matrix costs n_users x n_items x width. At ML-25M's
+shape (59,047 items, about 150 rated per user) that dense product was over half of a Mult-VAE step.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import pairwise
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["AutoRecNet", "MultDAENet", "MultVAENet", "dense_rows", "row_means"]
+__all__ = ["AutoRecNet", "ItemInput", "MultDAENet", "MultVAENet", "row_means"]
 
 
-def dense_rows(rows: torch.Tensor, items: torch.Tensor, values: torch.Tensor, n_rows: int, n_items: int) -> torch.Tensor:
-    """[n_rows, n_items] float32 with values at (rows, items) and 0 elsewhere."""
-    x = torch.zeros(n_rows, n_items)
-    x[rows, items] = values.to(torch.float32)
-    return x
+class ItemInput(nn.Module):
+    """``nn.Linear(n_items, width)`` over sparse input rows, its weight stored item-major ([n_items, width]).
+
+    ``forward(rows, items, values, n_rows)`` is ``linear(x)`` for the [n_rows, n_items] matrix x
+    holding `values` at (rows, items) and 0 elsewhere (the pairs are unique: ingest keeps one rating
+    per pair), without building x: the rated items' weight rows (contiguous, as an embedding
+    table's) are summed per row, weighted by the values (``embedding_bag``). ``from_linear`` takes a Linear's weights, so a network
+    starts from the same draws as with its dense layer; weights saved with the dense layer's
+    [width, n_items] ``weight`` still load (transposed on load).
+
+    >>> layer = ItemInput(torch.tensor([[1.0], [10.0], [100.0]]), torch.tensor([0.5]))
+    >>> layer(torch.tensor([0, 0, 1]), torch.tensor([0, 2, 1]), torch.tensor([1.0, 2.0, 3.0]), 2).tolist()
+    [[201.5], [30.5]]
+    """
+
+    def __init__(self, item_weight: torch.Tensor, bias: torch.Tensor) -> None:
+        super().__init__()
+        self.item_weight = nn.Parameter(item_weight.detach().clone().contiguous())
+        self.bias = nn.Parameter(bias.detach().clone())
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> ItemInput:
+        """The same layer as `linear` (its weight transposed once)."""
+        return cls(linear.weight.detach().t(), linear.bias.detach())
+
+    def forward(self, rows: torch.Tensor, items: torch.Tensor, values: torch.Tensor, n_rows: int) -> torch.Tensor:
+        """[n_rows, width]; `rows` ascending (a row's entries side by side)."""
+        offsets = torch.searchsorted(rows, torch.arange(n_rows, dtype=rows.dtype))
+        summed = F.embedding_bag(items, self.item_weight, offsets, mode="sum", per_sample_weights=values.to(self.item_weight.dtype))
+        return summed + self.bias
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        old = prefix + "weight"  # the dense layer's name and layout, [width, n_items]
+        if old in state_dict and prefix + "item_weight" not in state_dict:
+            state_dict[prefix + "item_weight"] = state_dict.pop(old).t()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def _squared_norm(weight: torch.Tensor) -> torch.Tensor:
+    """||weight||^2 without a weight-sized temporary in the forward pass (a catalogue-wide layer is 10-100 MB)."""
+    return torch.linalg.vector_norm(weight) ** 2
 
 
 def row_means(rows: torch.Tensor, values: torch.Tensor, n_rows: int, empty: float) -> torch.Tensor:
@@ -52,16 +95,18 @@ class AutoRecNet(nn.Module):
         self.register_buffer("mean", torch.tensor(float(mean)))
         self.register_buffer("centred", torch.tensor(1.0 if centred else 0.0))
         self.dropout = nn.Dropout(dropout)
-        self.encoder = nn.Linear(n_items, hidden)
+        self.encoder = ItemInput.from_linear(nn.Linear(n_items, hidden))  # PyTorch's default Linear initialisation
         self.decoder = nn.Linear(hidden, n_items)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(every item's reconstructed rating, the L2 term's ||V||^2 + ||W||^2)."""
-        return self.decoder(torch.sigmoid(self.encoder(self.dropout(x)))), self.weight_norm()
+    def forward(self, rows: torch.Tensor, items: torch.Tensor, values: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(every item's reconstructed rating for each of the `n_rows` users, the L2 term's ||V||^2 + ||W||^2);
+        user `rows[j]` rated `items[j]` with `values[j]` (the input r_u, sparse)."""
+        code = torch.sigmoid(self.encoder(rows, items, self.dropout(values), n_rows))
+        return self.decoder(code), self.weight_norm()
 
     def weight_norm(self) -> torch.Tensor:
         """||V||^2 + ||W||^2 (the paper's L2 term, biases excluded)."""
-        return (self.encoder.weight**2).sum() + (self.decoder.weight**2).sum()
+        return _squared_norm(self.encoder.item_weight) + _squared_norm(self.decoder.weight)
 
 
 class _Multinomial(nn.Module):
@@ -72,20 +117,28 @@ class _Multinomial(nn.Module):
         self.n_items = n_items
         self.dropout = nn.Dropout(dropout)
 
-    def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """x / ||x|| per user (an empty history stays 0), then input dropout while training."""
-        return self.dropout(F.normalize(x, dim=1))
+    def encode(self, encoder: nn.Sequential, rows: torch.Tensor, items: torch.Tensor, values: torch.Tensor, n_rows: int) -> torch.Tensor:
+        """`encoder` on x / ||x|| per user (an empty history stays 0), after input dropout while training;
+        x holds `values` at (rows, items)."""
+        norms = torch.zeros(n_rows).index_add_(0, rows, values * values).sqrt().clamp(min=1e-12)  # as F.normalize
+        first = encoder[0](rows, items, self.dropout(values / norms[rows]), n_rows)
+        return encoder[1:](first)
 
     def weight_norm(self) -> torch.Tensor:
         """Sum of squared weights of every layer (biases excluded)."""
-        return sum(((m.weight**2).sum() for m in self.modules() if isinstance(m, nn.Linear)), torch.zeros(()))
+        weights = [m.weight for m in self.modules() if isinstance(m, nn.Linear)] + [
+            m.item_weight for m in self.modules() if isinstance(m, ItemInput)
+        ]
+        return sum((_squared_norm(w) for w in weights), torch.zeros(()))
 
 
-def _tanh_stack(widths: Sequence[int], tanh_last: bool) -> nn.Sequential:
-    """Linear layers through `widths` with tanh between them (and after the last when `tanh_last`)."""
+def _tanh_stack(widths: Sequence[int], tanh_last: bool, items_in: bool = False) -> nn.Sequential:
+    """Linear layers through `widths` with tanh between them (and after the last when `tanh_last`);
+    with `items_in`, the first is an `ItemInput` (an encoder reading sparse item rows)."""
     layers: list[nn.Module] = []
     for index, (n_in, n_out) in enumerate(pairwise(widths)):
-        layers.append(_init_paper(nn.Linear(n_in, n_out)))
+        linear = _init_paper(nn.Linear(n_in, n_out))
+        layers.append(ItemInput.from_linear(linear) if items_in and index == 0 else linear)
         if tanh_last or index < len(widths) - 2:
             layers.append(nn.Tanh())
     return nn.Sequential(*layers)
@@ -97,12 +150,15 @@ class MultVAENet(_Multinomial):
     def __init__(self, n_items: int, hidden: Sequence[int], latent: int, dropout: float) -> None:
         super().__init__(n_items, dropout)
         self.latent = latent
-        self.encoder = _tanh_stack([n_items, *hidden, 2 * latent], tanh_last=False)
+        self.encoder = _tanh_stack([n_items, *hidden, 2 * latent], tanh_last=False, items_in=True)
         self.decoder = _tanh_stack([latent, *reversed(hidden), n_items], tanh_last=False)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(item logits, mu, logvar); z is sampled while training and is mu in eval mode."""
-        code = self.encoder(self.prepare(x))
+    def forward(
+        self, rows: torch.Tensor, items: torch.Tensor, values: torch.Tensor, n_rows: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(item logits, mu, logvar) of `n_rows` users, user `rows[j]` having clicked `items[j]` (`values[j]`,
+        1 for a click); z is sampled while training and is mu in eval mode."""
+        code = self.encode(self.encoder, rows, items, values, n_rows)
         mu, logvar = code[:, : self.latent], code[:, self.latent :]
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
         return self.decoder(z), mu, logvar
@@ -113,9 +169,9 @@ class MultDAENet(_Multinomial):
 
     def __init__(self, n_items: int, hidden: Sequence[int], latent: int, dropout: float) -> None:
         super().__init__(n_items, dropout)
-        self.encoder = _tanh_stack([n_items, *hidden, latent], tanh_last=True)
+        self.encoder = _tanh_stack([n_items, *hidden, latent], tanh_last=True, items_in=True)
         self.decoder = _tanh_stack([latent, *reversed(hidden), n_items], tanh_last=False)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(item logits, the sum of squared weights for the L2 term)."""
-        return self.decoder(self.encoder(self.prepare(x))), self.weight_norm()
+    def forward(self, rows: torch.Tensor, items: torch.Tensor, values: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(item logits of `n_rows` users, as `MultVAENet.forward` reads them; the sum of squared weights for the L2 term)."""
+        return self.decoder(self.encode(self.encoder, rows, items, values, n_rows)), self.weight_norm()

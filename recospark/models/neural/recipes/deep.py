@@ -89,7 +89,7 @@ class _PairRecipe(PairRatingMethods):
 
         with torch.no_grad():
             scores = cast("ConcatMLP | ResidualMF", getattr(net, "module", net)).score_all(torch.from_numpy(np.asarray(users, np.int64)))
-        return scores.numpy().astype(np.float32)
+        return scores.numpy().astype(np.float32, copy=False)
 
 
 class DNNRecipe(_PairRecipe):

@@ -119,7 +119,7 @@ class PairRatingMethods:
 
         with torch.no_grad():
             prediction, _ = net(torch.from_numpy(np.asarray(users, np.int64)), torch.from_numpy(np.asarray(items, np.int64)))
-        return prediction.numpy().astype(np.float32)
+        return prediction.numpy().astype(np.float32, copy=False)
 
     def validation(self, net: torch.nn.Module, train: TrainShard, val: TrainShard, hp: Mapping[str, Any]) -> tuple[float, float]:
         """(sum of squared errors, row count) on the validation rows: the engine reports RMSE."""

@@ -141,7 +141,7 @@ class NeuMFRecipe:
 
         with torch.no_grad():
             scores = cast("NeuMFNet", getattr(net, "module", net)).score_all(torch.from_numpy(np.asarray(users, np.int64)))
-        return scores.numpy().astype(np.float32)
+        return scores.numpy().astype(np.float32, copy=False)
 
 
 NEUMF = NeuMFRecipe()

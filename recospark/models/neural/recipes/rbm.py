@@ -159,7 +159,7 @@ class RBMRecipe:
         v, _ = self.visible(len(lengths), inner.n_items, inner.levels, rows, items, levels)
         with torch.no_grad():
             probs, _ = net(v)
-        return (probs @ inner.rating_values).numpy().astype(np.float32)
+        return (probs @ inner.rating_values).numpy().astype(np.float32, copy=False)
 
     def validation(self, net: torch.nn.Module, train: TrainShard, val: TrainShard, hp: Mapping[str, Any]) -> tuple[float, float]:
         """(squared error sum, count) on the validation rows, each user's expected ratings from its train rows."""
