@@ -94,7 +94,7 @@ dist_venv() { make_venv "$TOOLS_VENV" tools; }
 build_wheel() {
   dist_venv
   local tmp; tmp="$(mktemp -d)"
-  # --no-isolation would need setuptools>=68 in the dist venv; isolation fetches it from the index.
+  # --no-isolation would need setuptools>=77 in the dist venv; isolation fetches it from the index.
   "$TOOLS_VENV/bin/python" -m build --wheel --outdir "$tmp" . >"$tmp/build.log" 2>&1 \
     || { cat "$tmp/build.log" >&2; exit 1; }
   rm -f "$OUT"/recospark-*.whl
