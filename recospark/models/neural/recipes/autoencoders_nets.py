@@ -117,12 +117,14 @@ class _Multinomial(nn.Module):
         self.n_items = n_items
         self.dropout = nn.Dropout(dropout)
 
-    def encode(self, encoder: nn.Sequential, rows: torch.Tensor, items: torch.Tensor, values: torch.Tensor, n_rows: int) -> torch.Tensor:
-        """`encoder` on x / ||x|| per user (an empty history stays 0), after input dropout while training;
+    encoder: nn.Sequential  # the subclass's; its first layer an ItemInput
+
+    def encode(self, rows: torch.Tensor, items: torch.Tensor, values: torch.Tensor, n_rows: int) -> torch.Tensor:
+        """The encoder on x / ||x|| per user (an empty history stays 0), after input dropout while training;
         x holds `values` at (rows, items)."""
         norms = torch.zeros(n_rows).index_add_(0, rows, values * values).sqrt().clamp(min=1e-12)  # as F.normalize
-        first = encoder[0](rows, items, self.dropout(values / norms[rows]), n_rows)
-        return encoder[1:](first)
+        first = self.encoder[0](rows, items, self.dropout(values / norms[rows]), n_rows)
+        return self.encoder[1:](first)
 
     def weight_norm(self) -> torch.Tensor:
         """Sum of squared weights of every layer (biases excluded)."""
@@ -158,7 +160,7 @@ class MultVAENet(_Multinomial):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(item logits, mu, logvar) of `n_rows` users, user `rows[j]` having clicked `items[j]` (`values[j]`,
         1 for a click); z is sampled while training and is mu in eval mode."""
-        code = self.encode(self.encoder, rows, items, values, n_rows)
+        code = self.encode(rows, items, values, n_rows)
         mu, logvar = code[:, : self.latent], code[:, self.latent :]
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
         return self.decoder(z), mu, logvar
@@ -174,4 +176,4 @@ class MultDAENet(_Multinomial):
 
     def forward(self, rows: torch.Tensor, items: torch.Tensor, values: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(item logits of `n_rows` users, as `MultVAENet.forward` reads them; the sum of squared weights for the L2 term)."""
-        return self.decoder(self.encode(self.encoder, rows, items, values, n_rows)), self.weight_norm()
+        return self.decoder(self.encode(rows, items, values, n_rows)), self.weight_norm()
