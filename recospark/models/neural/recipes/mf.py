@@ -46,13 +46,14 @@ def sample_negatives(shard: TrainShard, per_row: int, rng: np.random.Generator, 
     keys = shard.users * shard.n_items + shard.items  # ascending: the shard is sorted by (user, item)
     users = np.repeat(shard.users, per_row)
     items = rng.integers(0, shard.n_items, size=len(users))
+    check = np.arange(len(users))  # the draws not yet known to miss the user's rated items
     for _ in range(rounds):
-        cand = users * shard.n_items + items
+        cand = users[check] * shard.n_items + items[check]
         pos = np.minimum(np.searchsorted(keys, cand), max(len(keys) - 1, 0))
-        clash = keys[pos] == cand if len(keys) else np.zeros(len(cand), bool)
-        if not clash.any():
+        check = check[keys[pos] == cand] if len(keys) else check[:0]
+        if not len(check):
             break
-        items[clash] = rng.integers(0, shard.n_items, size=int(clash.sum()))
+        items[check] = rng.integers(0, shard.n_items, size=len(check))
     return users, items
 
 
@@ -79,8 +80,11 @@ def labelled_batches(shard: TrainShard, hp: Mapping[str, Any], rng: np.random.Ge
     users = np.concatenate([shard.users, neg_users])
     items = np.concatenate([shard.items, neg_items])
     labels = np.concatenate([np.ones(len(shard.users), np.float32), np.zeros(len(neg_users), np.float32)])
-    for idx in shuffled_slices(len(users), int(hp["batchSize"]), rng):
-        yield {"users": torch.from_numpy(users[idx]), "items": torch.from_numpy(items[idx]), "labels": torch.from_numpy(labels[idx])}
+    order = rng.permutation(len(users))  # shuffled once, then cut: the batches of `shuffled_slices`
+    columns = {"users": torch.from_numpy(users[order]), "items": torch.from_numpy(items[order]), "labels": torch.from_numpy(labels[order])}
+    size = int(hp["batchSize"])
+    for start in range(0, len(order), size):
+        yield {name: column[start : start + size] for name, column in columns.items()}
 
 
 class PairRatingMethods:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import pairwise
+from typing import cast
 
 import torch
 from torch import nn
 
 __all__ = ["NeuMFNet"]
+
+# users x items pairs pushed through the MLP tower at once when scoring every item
+_PAIRS_PER_CHUNK = 1 << 18
 
 
 class NeuMFNet(nn.Module):
@@ -55,13 +59,25 @@ class NeuMFNet(nn.Module):
         return gmf, mlp, penalty
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
-        """[len(users), n_items] NeuMF logits of every item; -1 (unknown user) takes the mean user embeddings."""
+        """[len(users), n_items] NeuMF logits of every item; -1 (unknown user) takes the mean user embeddings.
+
+        The MLP's first layer acts on [p'_u, q'_i], so it is W_u p'_u + W_i q'_i + b: the item half is
+        computed once for the catalogue and each user's half is broadcast onto it, a chunk of pairs at
+        a time (no users x items x width concatenation)."""
         known = (users >= 0)[:, None]
         safe = users.clamp(min=0)
         pg = torch.where(known, self.gmf_user(safe), self.gmf_user.weight.mean(0, keepdim=True))
         pm = torch.where(known, self.mlp_user(safe), self.mlp_user.weight.mean(0, keepdim=True))
         gmf = (pg * self.gmf_out.weight[0]) @ self.gmf_item.weight.T + self.gmf_out.bias
+        first, rest = cast(nn.Linear, self.mlp[0]), self.mlp[1:]
+        half = pm.shape[1]
+        item_half = self.mlp_item.weight @ first.weight[:, half:].T + first.bias  # [n_items, layers[1]]
+        user_half = pm @ first.weight[:, :half].T  # [B, layers[1]]
         n_items = self.gmf_item.num_embeddings
-        pairs = torch.cat([pm[:, None, :].expand(-1, n_items, -1), self.mlp_item.weight[None, :, :].expand(len(pm), -1, -1)], dim=-1)
-        mlp = self.mlp_out(self.mlp(pairs)).squeeze(-1)
+        chunk = max(1, _PAIRS_PER_CHUNK // max(1, n_items))
+        parts = [
+            self.mlp_out(rest(user_half[start : start + chunk, None, :] + item_half[None, :, :])).squeeze(-1)
+            for start in range(0, len(pm), chunk)
+        ]
+        mlp = torch.cat(parts) if parts else gmf.new_zeros(0, n_items)
         return self.alpha * gmf + (1.0 - self.alpha) * mlp
