@@ -1,6 +1,6 @@
 """Micro-benchmark of one training step of the neural ranking models (no Spark).
 
-    .venv/bin/python bench/bench_neural_step.py [--sizes 1m,10m,25m] [--models gmf,neumf,mult_vae,mult_dae] [--steps 300]
+    .venv/bin/python bench/bench_neural_step.py [--sizes 1m,10m,25m] [--models gmf,neumf,mult_vae,mult_dae] [--steps 300] [--wait spin]
 
 A step is what `recospark.models.neural.distributed` runs per mini-batch: zero the gradients,
 the recipe's loss on a batch, backward, the optimizer step. The network is the recipe's own
@@ -17,7 +17,8 @@ warm-up run) for
 and the seconds of an epoch's steps at the first and last rate: ratings x (1 + numNegatives) /
 batchSize steps (gmf, neumf) or users / batchSize (mult_*). A real epoch also draws its batches
 and scores the validation carve, so this column bounds the training steps' share only. Threads:
---threads (the driver's two cores by default).
+--threads (the driver's two cores by default); --wait: how they wait between operations, as a
+rank does (`openmp_wait`: spin for the one local rank, passive otherwise).
 Prints the machine's load (`uptime`) next to the numbers.
 """
 
@@ -117,6 +118,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--wait",
+        choices=("spin", "passive"),
+        default="spin",
+        help="how OpenMP threads wait (recospark.models.neural.openmp_wait): spin, as the one local rank; passive, as a busy one",
+    )
     args = ap.parse_args()
     small = [f"--{k} {v}" for k, v in (("steps", args.steps), ("repeats", args.repeats), ("threads", args.threads)) if v < 1]
     if small:
@@ -125,6 +132,9 @@ def main() -> None:
     unknown = [s for s in sizes if SIZES.get(s) is None]
     if unknown:
         ap.error(f"--sizes {','.join(unknown)}: choose among {', '.join(s for s, v in SIZES.items() if v)}")
+    from recospark.models.neural import openmp_wait
+
+    openmp_wait(spin=args.wait == "spin")  # before torch loads: OpenMP reads it once
     try:
         import torch
         import torch.distributed as dist
@@ -145,7 +155,8 @@ def main() -> None:
         os.environ.setdefault("MASTER_PORT", str(probe.getsockname()[1]))
     dist.init_process_group("gloo", rank=0, world_size=1)
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    print(f"torch {torch.__version__}, {args.threads} threads, {args.steps} steps x {args.repeats} runs; {load}")
+    wait = ", ".join(f"{k}={os.environ[k]}" for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ) or "OpenMP's default"
+    print(f"torch {torch.__version__}, {args.threads} threads, OpenMP wait: {wait}, {args.steps} steps x {args.repeats} runs; {load}")
     header = (
         f"{'size':>4} {'model':>8} | " + " | ".join(f"{v:>12}" for v in VARIANTS) + " | speed-up | steps of an epoch, s (first -> last)"
     )

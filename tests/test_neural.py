@@ -230,6 +230,13 @@ def test_fit_records_history_with_the_validation_metric(mf_model, gmf_model):
     assert len(mf_model.userIds) == 30 and len(mf_model.itemIds) == 20
 
 
+@pytest.mark.skipif(bool({"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & set(os.environ)), reason="the user's OpenMP wait setting is kept")
+def test_only_a_lone_local_rank_spins_its_openmp_threads(mf_model, gmf_model):
+    """One local rank has the cores to itself (OpenMP's default wait); two ranks may share them (PASSIVE)."""
+    assert [r["omp_wait_policy"] for r in gmf_model.trainingRanks] == [None]
+    assert [r["omp_wait_policy"] for r in mf_model.trainingRanks] == ["PASSIVE", "PASSIVE"]
+
+
 def test_a_fit_logs_its_first_and_last_epoch_as_they_come(gmf_fit):
     """Rank 0's epoch lines reach the driver's log at INFO, with the validation metric of the history."""
     model, lines = gmf_fit

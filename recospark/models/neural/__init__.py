@@ -25,7 +25,7 @@ from importlib.util import find_spec
 
 from recospark.errors import UserError
 
-__all__ = ["EXTRA", "TorchMissingError", "passive_openmp", "require_torch", "torch_available"]
+__all__ = ["EXTRA", "TorchMissingError", "openmp_wait", "require_torch", "torch_available"]
 
 EXTRA = "recospark[neural]"
 # what the extra installs and the neural models import
@@ -57,11 +57,32 @@ def require_torch(model_name: str, key: str | None = "train.models") -> None:
         raise TorchMissingError(f"{who} PyTorch ({', '.join(missing)} not installed): pip install '{EXTRA}'")
 
 
-def passive_openmp() -> None:
-    """Let torch's OpenMP threads sleep instead of spin while they wait (unless the user chose otherwise).
+# set when recospark chose OMP_WAIT_POLICY in this process, so a rank started from it may choose again
+_OURS = "RECOSPARK_OMP_WAIT_POLICY"
 
-    Call before torch is first imported in a process (OpenMP reads it once). Spinning threads on
-    a busy machine (other ranks, Spark tasks, other jobs) made small networks' epochs many times
-    slower than with one thread; passive waiting removes that cliff.
+
+def openmp_wait(spin: bool = False) -> None:
+    """How torch's OpenMP threads wait between parallel regions, unless the user chose
+    (OMP_WAIT_POLICY or GOMP_SPINCOUNT in the environment).
+
+    Call before torch is first imported in a process (OpenMP reads it once).
+    spin=False, PASSIVE: idle threads sleep at once. On a busy machine (other ranks, Spark tasks,
+    other jobs) spinning threads made small networks' epochs many times slower than one thread.
+    spin=True, OpenMP's default (a short spin, then sleep): for a process that has its cores to
+    itself, such as the one local training rank; waking sleeping threads at every operation
+    multiplied the step time of the small-batch networks (GMF, NeuMF; README, neural models).
+
+    >>> import os
+    >>> mine = {k: os.environ.pop(k) for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", _OURS) if k in os.environ}
+    >>> openmp_wait(); os.environ["OMP_WAIT_POLICY"]
+    'PASSIVE'
+    >>> openmp_wait(spin=True); "OMP_WAIT_POLICY" in os.environ
+    False
+    >>> os.environ.update(mine)
     """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if os.environ.get(_OURS) == os.environ.get("OMP_WAIT_POLICY"):  # ours (or nobody's): choose again
+        os.environ.pop("OMP_WAIT_POLICY", None)
+        os.environ.pop(_OURS, None)
+    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ or spin:
+        return
+    os.environ["OMP_WAIT_POLICY"] = os.environ[_OURS] = "PASSIVE"

@@ -124,7 +124,14 @@ def _loop(job: TrainJob, rank: int, world: int) -> dict[str, Any]:
     seed, epochs, patience = int(hp["seed"]), int(hp["maxIter"]), int(hp["earlyStoppingRounds"])
     train, val = data.load_shards(job.rows_path, job.user_ids, job.item_ids, recipe.shard_by, rank, world)
     ranks: list[Any] = [None] * world  # where each rank ran: the model records it
-    here = {"rank": rank, "host": socket.gethostname(), "pid": os.getpid(), "cwd": os.getcwd(), "rows": len(train.users)}
+    here = {
+        "rank": rank,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "cwd": os.getcwd(),
+        "rows": len(train.users),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),  # None: OpenMP's default (see `openmp_wait`)
+    }
     dist.all_gather_object(ranks, here)
     torch.manual_seed(seed)
     net = recipe.build(hp, train.n_users, train.n_items)

@@ -50,6 +50,7 @@ class TrainJob:
     item_ids: np.ndarray
     threads: int  # torch threads per rank: the cores of one rank's task
     validate: bool  # validation rows exist
+    spin: bool = False  # OpenMP threads spin between operations (`openmp_wait`): the rank has its cores to itself
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         for key, value in state.items():

@@ -16,12 +16,15 @@ import contextlib
 import logging
 import os
 import re
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 from pyspark.ml.torch.distributor import TorchDistributor
 from pyspark.sql import SparkSession
 
-from recospark.models.neural import passive_openmp
+from recospark.models.neural import openmp_wait
 from recospark.models.neural.job import ERROR_MARK, PROGRESS_MARK, TrainJob
 
 __all__ = ["launch", "local_master", "rank_error", "rank_threads", "run_rank"]
@@ -34,7 +37,7 @@ _PEER_FAILURE = re.compile(r"gloo|Connection (reset|closed)|DistBackendError|Dis
 
 def run_rank(job: TrainJob) -> dict[str, Any]:
     """What TorchDistributor runs on every rank (a torch-free trampoline into `distributed`)."""
-    passive_openmp()
+    openmp_wait(spin=job.spin)
     from recospark.models.neural.distributed import train_rank
 
     return train_rank(job)
@@ -105,9 +108,36 @@ class _Capture:
         pass
 
 
+_in_flight = [0]  # launches running in this driver (the train stage may fit models on several threads)
+_in_flight_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _counted() -> Iterator[bool]:
+    """Count this launch while it runs; yields whether it started as the only one."""
+    with _in_flight_lock:
+        alone = _in_flight[0] == 0
+        _in_flight[0] += 1
+    try:
+        yield alone
+    finally:
+        with _in_flight_lock:
+            _in_flight[0] -= 1
+
+
 def launch(spark: SparkSession, job: TrainJob, num_processes: int) -> dict[str, Any]:
-    """Train `job` on `num_processes` ranks; the ranks' (identical) result, or one-line RuntimeError."""
-    local = local_master(spark)
+    """Train `job` on `num_processes` ranks; the ranks' (identical) result, or one-line RuntimeError.
+
+    A rank's OpenMP threads spin between operations (`openmp_wait`) only when it cannot share its
+    cores: one local rank, started while no other launch and no Spark job of this application ran.
+    """
+    with _counted() as alone:
+        local = local_master(spark)
+        busy = not alone or bool(spark.sparkContext.statusTracker().getActiveJobsIds())
+        return _launch(spark, replace(job, spin=local and num_processes == 1 and not busy), num_processes, local)
+
+
+def _launch(spark: SparkSession, job: TrainJob, num_processes: int, local: bool) -> dict[str, Any]:
     name = job.recipe.name
     log.info("%s: training on %d process(es) (%s)", name, num_processes, "torchrun on the driver" if local else "barrier tasks")
     distributor = TorchDistributor(num_processes=num_processes, local_mode=local, use_gpu=False)

@@ -26,7 +26,7 @@ from pyspark import TaskContext
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from recospark.models.neural import passive_openmp, weights
+from recospark.models.neural import openmp_wait, weights
 from recospark.models.neural.data import rows_of
 from recospark.models.neural.recipe import Recipe
 from recospark.schema import MOVIE_ID, PREDICTION, RATING, USER_ID
@@ -57,7 +57,7 @@ def weights_key(weights_bytes: bytes, n_users: int, n_items: int) -> str:
 
 def network(recipe: Recipe, hp: dict[str, Any], weights_bc: Any, key: str, n_users: int, n_items: int) -> Any:
     """The recipe's network with the broadcast weights, in eval mode; built once per worker and weights `key`."""
-    passive_openmp()
+    openmp_wait()
     import torch
 
     slot = (recipe.name, key)
@@ -104,7 +104,7 @@ class NeuralBlockScorer:
 
     def score(self, user_ids: np.ndarray, hist_items: Sequence[np.ndarray], hist_ratings: Sequence[np.ndarray]) -> np.ndarray:
         """float32 [len(user_ids), len(item_ids())]: the recipe's scores (rated items are excluded by the caller)."""
-        passive_openmp()
+        openmp_wait()
         import torch
 
         torch.set_num_threads(task_cores())
@@ -122,7 +122,7 @@ class NeuralBlockScorer:
 
         Uses the recipe's `predict` when it has one, else its `score` on each distinct user.
         """
-        passive_openmp()
+        openmp_wait()
         import torch
 
         torch.set_num_threads(task_cores())
