@@ -288,10 +288,10 @@ def _histories(shard: TrainShard, users: np.ndarray):
 
 @pytest.mark.parametrize("recipe", [DNN, RESIDUAL_MF, NEUMF], ids=lambda r: r.name)
 def test_pair_models_score_every_item_as_the_forward_pass(recipe, shard, monkeypatch):
-    from recospark.models.neural.recipes import deep_nets, ncf_nets
+    from recospark.models.neural.recipes import deep_nets
 
-    for module in (deep_nets, ncf_nets):  # one user per chunk of scored pairs: the chunks are stitched in order
-        monkeypatch.setattr(module, "_PAIRS_PER_CHUNK", shard.n_items)
+    # one user per chunk of scored pairs: the chunks are stitched in order
+    monkeypatch.setattr(deep_nets, "_PAIRS_PER_CHUNK", shard.n_items)
     torch.manual_seed(0)
     net = recipe.build(_hp(recipe), shard.n_users, shard.n_items).eval()
     users = np.array([0, 7, 59])

@@ -8,7 +8,7 @@ from itertools import pairwise
 import torch
 from torch import nn
 
-__all__ = ["ConcatMLP", "ResidualMF", "mlp"]
+__all__ = ["ConcatMLP", "ResidualMF", "mlp", "tower_all"]
 
 # users x items pairs pushed through the dense layers at once when scoring every item
 _PAIRS_PER_CHUNK = 1 << 18
@@ -27,9 +27,8 @@ def mlp(widths: Sequence[int], dropout: float) -> nn.Sequential:
 class _PairNet(nn.Module):
     """User and item embeddings and a dense tower over their concatenation, scored pair by pair.
 
-    The first dense layer acts on [p_u, q_i], so it is W_u p_u + W_i q_i + b: `score_all` computes
-    the item half once for the whole catalogue and adds each user's half, which makes scoring every
-    item for a block of users one broadcast instead of a concatenation per pair.
+    The first dense layer acts on [p_u, q_i], so `score_all` splits it (`tower_all`): scoring every
+    item for a block of users is one broadcast instead of a concatenation per pair.
     """
 
     def __init__(
@@ -59,16 +58,22 @@ class _PairNet(nn.Module):
 
     def _tower_all(self, p: torch.Tensor) -> torch.Tensor:
         """[len(p), n_items]: the tower for every (user vector, catalogue item) pair, in chunks."""
-        dim = p.shape[1]
-        w_user, w_item = self.first.weight[:, :dim], self.first.weight[:, dim:]
-        item_half = self.item.weight @ w_item.T + self.first.bias  # [n_items, h]
-        user_half = p @ w_user.T  # [B, h]
-        chunk = max(1, _PAIRS_PER_CHUNK // max(1, self.item.num_embeddings))
-        parts = []
-        for start in range(0, len(p), chunk):
-            hidden = user_half[start : start + chunk, None, :] + item_half[None, :, :]
-            parts.append(self.head(self.rest(hidden)).squeeze(-1))
-        return torch.cat(parts) if parts else p.new_zeros(0, self.item.num_embeddings)
+        return tower_all(p, self.item.weight, self.first, nn.Sequential(self.rest, self.head))
+
+
+def tower_all(users: torch.Tensor, items: torch.Tensor, first: nn.Linear, rest: nn.Module) -> torch.Tensor:
+    """[len(users), len(items)]: rest(first([u, i])) squeezed, for every (user row, item row) pair.
+
+    `first` acts on [u, i], so it is W_u u + W_i i + b: the item half is computed once and each
+    user's half is broadcast onto it, a chunk of pairs at a time (no users x items x width
+    concatenation).
+    """
+    dim = users.shape[1]
+    item_half = items @ first.weight[:, dim:].T + first.bias  # [n_items, h]
+    user_half = users @ first.weight[:, :dim].T  # [B, h]
+    chunk = max(1, _PAIRS_PER_CHUNK // max(1, len(items)))
+    parts = [rest(user_half[start : start + chunk, None, :] + item_half[None, :, :]).squeeze(-1) for start in range(0, len(users), chunk)]
+    return torch.cat(parts) if parts else users.new_zeros(0, len(items))
 
 
 class ConcatMLP(_PairNet):

@@ -9,10 +9,9 @@ from typing import cast
 import torch
 from torch import nn
 
-__all__ = ["NeuMFNet"]
+from recospark.models.neural.recipes.deep_nets import tower_all
 
-# users x items pairs pushed through the MLP tower at once when scoring every item
-_PAIRS_PER_CHUNK = 1 << 18
+__all__ = ["NeuMFNet"]
 
 
 class NeuMFNet(nn.Module):
@@ -61,23 +60,11 @@ class NeuMFNet(nn.Module):
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
         """[len(users), n_items] NeuMF logits of every item; -1 (unknown user) takes the mean user embeddings.
 
-        The MLP's first layer acts on [p'_u, q'_i], so it is W_u p'_u + W_i q'_i + b: the item half is
-        computed once for the catalogue and each user's half is broadcast onto it, a chunk of pairs at
-        a time (no users x items x width concatenation)."""
+        The MLP tower is scored through `tower_all`, which splits its first layer into a user and an item half."""
         known = (users >= 0)[:, None]
         safe = users.clamp(min=0)
         pg = torch.where(known, self.gmf_user(safe), self.gmf_user.weight.mean(0, keepdim=True))
         pm = torch.where(known, self.mlp_user(safe), self.mlp_user.weight.mean(0, keepdim=True))
         gmf = (pg * self.gmf_out.weight[0]) @ self.gmf_item.weight.T + self.gmf_out.bias
-        first, rest = cast(nn.Linear, self.mlp[0]), self.mlp[1:]
-        half = pm.shape[1]
-        item_half = self.mlp_item.weight @ first.weight[:, half:].T + first.bias  # [n_items, layers[1]]
-        user_half = pm @ first.weight[:, :half].T  # [B, layers[1]]
-        n_items = self.gmf_item.num_embeddings
-        chunk = max(1, _PAIRS_PER_CHUNK // max(1, n_items))
-        parts = [
-            self.mlp_out(rest(user_half[start : start + chunk, None, :] + item_half[None, :, :])).squeeze(-1)
-            for start in range(0, len(pm), chunk)
-        ]
-        mlp = torch.cat(parts) if parts else gmf.new_zeros(0, n_items)
+        mlp = tower_all(pm, self.mlp_item.weight, cast(nn.Linear, self.mlp[0]), nn.Sequential(self.mlp[1:], self.mlp_out))
         return self.alpha * gmf + (1.0 - self.alpha) * mlp
