@@ -14,13 +14,14 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from pyspark import inheritable_thread_target
 from pyspark.sql import SparkSession
 
 from recospark import fs, jvm
 from recospark.config import Config
+from recospark.models import OVERLAP_PROPERTY
 from recospark.paths import join_path
 
 log = logging.getLogger("recospark")
@@ -63,15 +64,27 @@ def for_each_model(spark: SparkSession | None, work: Callable[[T], R], models: I
     latency (planning, py4j, file commits). Spark schedules jobs from several threads at once, so
     one model's jobs run while another's are being planned. Models share only read-only cached
     inputs and write disjoint outputs. Every started model finishes before the first error is
-    raised, so no thread is left writing behind a failed stage.
+    raised, so no thread is left writing behind a failed stage. While models run side by side,
+    their threads see the Spark local property `OVERLAP_PROPERTY` set to "true".
     """
     items = list(models)
     if len(items) <= 1 or threads <= 1:
         return [work(x) for x in items]
+    if spark is None:
+        return _on_threads(work, items, threads)
+    sc = spark.sparkContext
+    before = sc.getLocalProperty(OVERLAP_PROPERTY)
+    sc.setLocalProperty(OVERLAP_PROPERTY, "true")
+    try:
+        # the caller's Spark local properties and tags (with OVERLAP_PROPERTY), in each thread
+        return _on_threads(inheritable_thread_target(spark)(work), items, threads)
+    finally:
+        sc.setLocalProperty(OVERLAP_PROPERTY, cast(str, before))  # None (unset before) removes it
+
+
+def _on_threads(work: Callable[[T], R], items: list[T], threads: int) -> list[R]:
     with ThreadPoolExecutor(max_workers=min(threads, len(items)), thread_name_prefix="recospark-model") as pool:
-        # the caller's Spark local properties and tags, in each thread
-        target = inheritable_thread_target(spark)(work) if spark is not None else work
-        futures = [pool.submit(target, x) for x in items]
+        futures = [pool.submit(work, x) for x in items]
         return [f.result() for f in futures]
 
 

@@ -7,6 +7,8 @@ import time
 
 import pytest
 
+from recospark.models import OVERLAP_PROPERTY
+from recospark.models.neural import launch
 from recospark.runtime import for_each_model
 
 
@@ -50,3 +52,13 @@ def test_threads_see_the_callers_spark_local_properties(spark):
         sc.setLocalProperty("recospark.test", None)
     assert seen == ["caller"] * 3
     assert counts == [3, 5]
+
+
+def test_models_side_by_side_tell_a_neural_fit_that_its_cores_are_shared(spark):
+    """A lone local rank spins its OpenMP threads; not when another model may fit beside it."""
+    free = lambda _: launch._cores_free(spark)  # noqa: E731
+    assert free(None)
+    assert for_each_model(spark, free, ["a", "b"]) == [False, False]
+    assert for_each_model(spark, free, ["a", "b"], threads=1) == [True, True]
+    assert for_each_model(spark, free, ["a"]) == [True]
+    assert spark.sparkContext.getLocalProperty(OVERLAP_PROPERTY) is None and free(None)

@@ -24,6 +24,7 @@ from typing import Any
 from pyspark.ml.torch.distributor import TorchDistributor
 from pyspark.sql import SparkSession
 
+from recospark.models import OVERLAP_PROPERTY
 from recospark.models.neural import openmp_wait
 from recospark.models.neural.job import ERROR_MARK, PROGRESS_MARK, TrainJob
 
@@ -129,12 +130,19 @@ def launch(spark: SparkSession, job: TrainJob, num_processes: int) -> dict[str, 
     """Train `job` on `num_processes` ranks; the ranks' (identical) result, or one-line RuntimeError.
 
     A rank's OpenMP threads spin between operations (`openmp_wait`) only when it cannot share its
-    cores: one local rank, started while no other launch and no Spark job of this application ran.
+    cores: one local rank, started while no other launch and no Spark job of this application ran,
+    and not from a `for_each_model` that fits models side by side (`train.concurrent_fits` > 1,
+    where another fit may start while this one trains).
     """
     with _counted() as alone:
         local = local_master(spark)
-        busy = not alone or bool(spark.sparkContext.statusTracker().getActiveJobsIds())
-        return _launch(spark, replace(job, spin=local and num_processes == 1 and not busy), num_processes, local)
+        return _launch(spark, replace(job, spin=local and num_processes == 1 and alone and _cores_free(spark)), num_processes, local)
+
+
+def _cores_free(spark: SparkSession) -> bool:
+    """No Spark job of this application runs, and no other model's work can start beside this one."""
+    sc = spark.sparkContext
+    return sc.getLocalProperty(OVERLAP_PROPERTY) != "true" and not sc.statusTracker().getActiveJobsIds()
 
 
 def _launch(spark: SparkSession, job: TrainJob, num_processes: int, local: bool) -> dict[str, Any]:
