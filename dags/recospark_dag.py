@@ -32,6 +32,8 @@ Settings read when the file is parsed (environment of the DAG processor; cheap, 
                               spark.executor.cores)                             [the conf's spark.cores.max]
     RECOSPARK_ON_FAILURE      "module:function" called with the task context when a task fails
                               for good (after its retries), e.g. to page someone  [unset: log only]
+    RECOSPARK_DAG_CACHE       folder for the cached task graph of each conf (one small JSON file
+                              per conf file and recospark version)       [the system's temp folder]
 
 Read when a task runs (Airflow Variables, each defaulting to an environment variable):
 
@@ -111,7 +113,9 @@ def _task_graph(conf: str) -> dict:
     recospark's one-line message."""
     stats = [Path(conf), HOME / "recospark" / "models" / "table.py", HOME / "recospark" / "config.py"]
     key = "|".join([conf, str(HOME)] + [f"{p.stat().st_mtime_ns}:{p.stat().st_size}" if p.exists() else "-" for p in stats])
-    cache = Path(tempfile.gettempdir()) / f"recospark-dag-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    folder = Path(os.environ.get("RECOSPARK_DAG_CACHE") or tempfile.gettempdir())
+    folder.mkdir(parents=True, exist_ok=True)
+    cache = folder / f"recospark-dag-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
     if cache.is_file():
         return json.loads(cache.read_text(encoding="utf-8"))
     proc = subprocess.run(

@@ -56,6 +56,7 @@ if importlib.util.find_spec("airflow") is not None and "RECOSPARK_TEST_AIRFLOW_H
     atexit.register(shutil.rmtree, _home, ignore_errors=True)
     os.environ["RECOSPARK_TEST_AIRFLOW_HOME"] = _home
     os.environ["AIRFLOW_HOME"] = _home
+    os.environ["RECOSPARK_DAG_CACHE"] = _home  # the temporary confs' task graphs go with the home
     os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
     os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
     os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_home}/airflow.db"
@@ -151,7 +152,9 @@ def test_training_tasks_follow_train_models(tmp_path, monkeypatch):
     conf = tmp_path / "two.yaml"
     conf.write_text("train:\n  models: bias,als\nspark:\n  spark.cores.max: 6\n")
     monkeypatch.setenv("RECOSPARK_CONF", str(conf))
+    monkeypatch.setenv("RECOSPARK_DAG_CACHE", str(tmp_path / "graphs"))
     dag = _dagbag().dags["recospark"]
+    assert len(list((tmp_path / "graphs").glob("recospark-dag-*.json"))) == 1  # the graph is cached where asked
     tasks, edges = expected_graph(["bias", "als"])
     assert set(dag.task_ids) == tasks
     assert {(t.task_id, d) for t in dag.tasks for d in t.downstream_task_ids} == edges

@@ -42,7 +42,9 @@ def test_killed_stage_leaves_previous_output_intact(spark, cfg_factory, tmp_path
     versions = root / "_versions" / "ratings"
     existing = set(versions.iterdir())
 
-    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable}
+    scratch = tmp_path / "killed-jvm-tmp"
+    scratch.mkdir()
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable, "TMPDIR": str(scratch)}
     cmd = [
         sys.executable,
         "-m",
@@ -56,6 +58,10 @@ def test_killed_stage_leaves_previous_output_intact(spark, cfg_factory, tmp_path
         "spark.spark.master=local[1]",
         "--set",
         "spark.spark.ui.enabled=false",
+        # SIGKILL runs no shutdown hook: the JVM's scratch (blockmgr-*, spark-*, artifacts-*) must
+        # land in tmp_path, not in the machine's temp folder, for the test to leave nothing behind.
+        "--set",
+        f"spark.spark.driver.extraJavaOptions=-Djava.io.tmpdir={scratch}",
     ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -70,6 +76,7 @@ def test_killed_stage_leaves_previous_output_intact(spark, cfg_factory, tmp_path
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    assert any(scratch.glob("blockmgr-*")), "the killed driver's scratch went elsewhere"
     partial = set(versions.iterdir()) - existing  # the version folder, its write lease and the run's claim
     assert any(p.is_dir() for p in partial) and not any((p / fs.MANIFEST).exists() for p in partial)
     after = io.read_output(spark, cfg, "ratings", RATINGS)
