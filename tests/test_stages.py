@@ -125,6 +125,17 @@ def test_every_train_user_gets_n_recommendations_from_every_model(spark, publish
         per_user = recs.groupBy(USER_ID).agg(F.count(F.lit(1)).alias("n"), F.max(RANK).alias("top"))
         assert per_user.count() == train_users, name
         assert per_user.filter((F.col("n") != cfg.recommend.n) | (F.col("top") != cfg.recommend.n)).count() == 0, name
+        assert io.read_manifest(cfg, f"recommendations/{name}")["users"] == train_users, name
+        # each file holds whole lists, ordered by (user_id, rank)
+        folder = Path(io.source(cfg, f"recommendations/{name}").uri[len("file://") :])
+        seen: set[int] = set()
+        for part in sorted(folder.glob("part-*.parquet")):
+            table = pq.read_table(part, columns=[USER_ID, RANK])
+            keys = list(zip(table.column(USER_ID).to_pylist(), table.column(RANK).to_pylist(), strict=True))
+            assert keys == sorted(keys), (name, part.name)
+            users = {u for u, _ in keys}
+            assert not users & seen, (name, part.name)
+            seen |= users
 
 
 def test_sgd_is_refit_on_all_of_train_and_covers_every_user_and_item(published):

@@ -42,7 +42,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DoubleType, IntegerType, StructField, StructType
 
-from recospark.frames import first_row
+from recospark.frames import driver_frame, first_row
 from recospark.models.ease_kernels import (
     TILE,
     EASEBlockScorer,
@@ -68,6 +68,7 @@ _WEIGHTS = StructType(
 )
 _IDX, _VALUE, _CELLS = "_item_index", "_value", "_cells"
 _IDXS, _VALS = "_idxs", "_vals"
+_INDEX = StructType([StructField(MOVIE_ID, IntegerType(), False), StructField(_IDX, IntegerType(), False)])
 # Rows of B per Arrow table when saving (keeps every JVM-side batch far below 2 GB).
 _SAVE_BYTES_PER_CHUNK = 64 << 20
 
@@ -263,7 +264,7 @@ class EASE(Estimator, _EASEParams, EstimatorPersistence):
             keep = keep_most_rated(ids, n_ratings, self.getMaxItems())
             item_ids = np.sort(ids[keep]).astype(np.int32)
             n = len(item_ids)
-            index = spark.createDataFrame([(int(i), j) for j, i in enumerate(item_ids.tolist())], f"{MOVIE_ID} int, {_IDX} int")
+            index = driver_frame(spark, [(int(i), j) for j, i in enumerate(item_ids.tolist())], _INDEX)
             # every user gets a row, with empty arrays when none of their items is kept (counted, scored 0)
             kept_cell = F.when(F.col(_IDX).isNotNull(), F.struct(F.col(_IDX), F.col(_VALUE)))
             rows = (
@@ -371,7 +372,7 @@ class EASEModel(Model, _EASEModelParams, _RecommenderModelSetters, TablesPersist
             table = pa.Table.from_arrays(
                 [pa.array(self.itemIds[start : start + step], type=pa.int32()), features], names=[FACTOR_ID, FEATURES]
             )
-            parts.append(spark.createDataFrame(table, _WEIGHTS))
+            parts.append(driver_frame(spark, table, _WEIGHTS))
         out = parts[0]
         for part in parts[1:]:
             out = out.unionAll(part)

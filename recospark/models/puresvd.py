@@ -37,8 +37,9 @@ from pyspark.mllib.linalg import Vectors
 from pyspark.mllib.linalg.distributed import RowMatrix
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.types import StructType
+from pyspark.sql.types import IntegerType, StructField, StructType
 
+from recospark.frames import driver_frame, factor_table
 from recospark.models.params import _RecommenderModelParams, _RecommenderModelSetters, _RecommenderParams, check_params, given, knob
 from recospark.models.persistence import EstimatorPersistence, TablesPersistence
 from recospark.schema import FACTOR_ID, FACTORS, FEATURES, MOVIE_ID, PREDICTION, RATING, USER_ID
@@ -48,6 +49,7 @@ __all__ = ["PureSVD", "PureSVDModel"]
 _USERS_TABLE = "userFactors"
 _ITEMS_TABLE = "itemFactors"
 _IDX = "_item_index"
+_INDEX = StructType([StructField(MOVIE_ID, IntegerType(), False), StructField(_IDX, IntegerType(), False)])
 _VALUE = "_value"
 _UF, _IF = "_user_features", "_item_features"
 
@@ -188,10 +190,7 @@ class PureSVD(Estimator, _PureSVDParams, EstimatorPersistence):
         if k > n_items:
             raise ValueError(f"rank {k} exceeds the number of items {n_items}")
         spark = dataset.sparkSession
-        index = spark.createDataFrame(
-            [(int(i), j) for j, i in enumerate(item_ids.tolist())],
-            f"{MOVIE_ID} int, {_IDX} int",
-        )
+        index = driver_frame(spark, [(int(i), j) for j, i in enumerate(item_ids.tolist())], _INDEX)
         rows = (
             cells.join(F.broadcast(index), MOVIE_ID)
             .groupBy(USER_ID)
@@ -216,10 +215,7 @@ class PureSVD(Estimator, _PureSVDParams, EstimatorPersistence):
             v_bc.unpersist()
         finally:
             rows.unpersist()
-        items_df = spark.createDataFrame(
-            [(int(i), [float(x) for x in row]) for i, row in zip(item_ids.tolist(), V.astype(np.float32), strict=True)],
-            FACTORS,
-        )
+        items_df = driver_frame(spark, factor_table(item_ids, V), FACTORS)
         model = PureSVDModel(users, items_df, singular)
         return self._copyValues(model)
 

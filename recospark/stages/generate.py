@@ -13,11 +13,13 @@ import logging
 from typing import Any
 
 from pyspark.sql import SparkSession
+from pyspark.sql.types import StringType, StructField, StructType
 
 from recospark import io
 from recospark.config import Config
 from recospark.datasets.movielens import LAYOUTS
 from recospark.datasets.synthetic import movie_lines, rating_lines, write_truth
+from recospark.frames import driver_frame
 from recospark.paths import join_path
 from recospark.runtime import stage_run
 
@@ -42,7 +44,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     conf = cfg.generate
     layout = LAYOUTS[conf.layout]
     lines = rating_lines(spark, conf)
-    movies = spark.createDataFrame([(line,) for line in movie_lines(conf)], "value string").coalesce(1)
+    movies = driver_frame(spark, [(line,) for line in movie_lines(conf)], StructType([StructField("value", StringType())])).coalesce(1)
 
     def write(path: str) -> int:
         lines.write.text(join_path(path, layout.ratings_file))

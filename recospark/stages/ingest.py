@@ -28,7 +28,7 @@ from recospark.datasets import movielens as ml
 from recospark.datasets.download import resolve_source
 from recospark.errors import DataQualityError
 from recospark.faults import with_fault_on_first_attempt
-from recospark.frames import with_write_order
+from recospark.frames import driver_frame, with_write_order
 from recospark.paths import is_local, join_path
 from recospark.runtime import stage_run
 from recospark.schema import CANONICAL, LINE_NUMBER, MOVIE_ID, MOVIES, REJECTED, SOURCE_FILE, USER_ID
@@ -71,7 +71,7 @@ def rating_counts(
 
 def movies_frame(spark: SparkSession, rows: list[tuple]) -> DataFrame:
     """The parsed catalogue rows as a `schema.MOVIES` frame (the movies file is parsed on the driver: it is small)."""
-    return spark.createDataFrame(rows, MOVIES)
+    return driver_frame(spark, rows, MOVIES)
 
 
 def rejected_frame(spark: SparkSession, parsed: DataFrame, movie_rejects: list[tuple]) -> DataFrame:
@@ -159,7 +159,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         log.warning("no %s in %s: movies/ will be empty and titles missing", layout.movies_file, folder)
         movies_parse = ml.MoviesParse([], [], 0, 0, 0)
     movies = movies_frame(spark, movies_parse.rows)
-    catalogue = spark.createDataFrame([(r[0],) for r in movies_parse.rows], f"{MOVIE_ID} int") if movies_parse.rows else None
+    catalogue = movies.select(MOVIE_ID) if movies_parse.rows else None
 
     parsed = (
         ml.read_lines(spark, ratings_path)

@@ -17,7 +17,6 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -85,20 +84,18 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
                 log.warning("recommend %s: %d items the model ranks are not in movies/ and are never recommended", name, excluded)
         candidates = movies.select(MOVIE_ID) if catalogued else None
         lists = recommend_for(model, history, cfg.recommend.n, cfg.recommend.user_block_size, items=candidates)
-        recs = lists.transform(with_titles(movies))
-        # orderBy samples its input in a job of its own: without the cache every user is scored twice
-        recs = recs.persist(StorageLevel.MEMORY_AND_DISK)
-        try:
-            published = io.publish_dataframe(
-                recs.orderBy(USER_ID, RANK),
-                cfg,
-                f"recommendations/{name}",
-                inputs=[src, train_src, movies_src],
-                extra={"n": cfg.recommend.n, "score": spec.score, "objective": spec.objective, "uncatalogued_items_excluded": excluded},
-            )
-        finally:
-            recs.unpersist()
-        n_users = spark.read.parquet(published.path).select(USER_ID).distinct().count()
+        # A task writes each of its users' whole list at once, so sorting inside the partitions
+        # gives files ordered by (user_id, rank), with no shuffle and no sampling job of a global sort.
+        recs = lists.transform(with_titles(movies)).sortWithinPartitions(USER_ID, RANK)
+        published = io.publish_dataframe(
+            recs,
+            cfg,
+            f"recommendations/{name}",
+            inputs=[src, train_src, movies_src],
+            extra={"n": cfg.recommend.n, "score": spec.score, "objective": spec.objective, "uncatalogued_items_excluded": excluded},
+            measure=_users,
+        )
+        n_users = published.manifest["users"]
         log.info("recommend %s: %d rows for %d users -> %s", name, published.rows, n_users, published.path)
         return {"path": published.path, "rows": published.rows, "users": n_users}
 
@@ -115,16 +112,21 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         return result
     winner = io.source(cfg, f"recommendations/{pick['model']}")
     published = io.publish_dataframe(
-        winner.read(spark, RECOMMENDATIONS),
+        winner.read(spark, RECOMMENDATIONS).sortWithinPartitions(USER_ID, RANK),
         cfg,
         "recommendations/recommended",
         inputs=[winner, model_srcs[pick["model"]]],
-        extra={**pick, "n": cfg.recommend.n, "score": MODELS[pick["model"]].score},
+        extra={**pick, "n": cfg.recommend.n, "score": MODELS[pick["model"]].score, "users": out[pick["model"]]["users"]},
         rows=out[pick["model"]]["rows"],
     )
     log.info("recommend: the recommended lists are %s's (%s) -> %s", pick["model"], pick["how"], published.path)
     result["recommended"] = {"model": pick["model"], "path": published.path, f"validation_ndcg@{cfg.evaluate.k}": pick["validation"]}
     return result
+
+
+def _users(written: DataFrame, rows: int) -> dict[str, int]:
+    """The manifest's `users`: how many users got a list, read back from the written files."""
+    return {"users": written.select(USER_ID).distinct().count() if rows else 0}
 
 
 def choose_recommended(manifests: Mapping[str, Mapping[str, Any]], k: int) -> dict[str, Any] | None:

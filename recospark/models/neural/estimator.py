@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar, cast
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
 from pyspark.ml import Estimator, Model
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasMaxIter, HasSeed, HasStepSize, HasValidationIndicatorCol
@@ -40,6 +40,7 @@ from pyspark.ml.util import MLReadable, MLReader, MLWritable, MLWriter
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from recospark.frames import driver_frame
 from recospark.models.neural import data, require_torch, weights
 from recospark.models.neural.job import TrainJob
 from recospark.models.neural.launch import launch, rank_threads
@@ -358,8 +359,8 @@ class NeuralRecommenderModel(Model, _NeuralModelParams, _RecommenderModelSetters
 
     def _saved_tables(self, spark: SparkSession) -> dict[str, DataFrame]:
         ids = {
-            "userIds": spark.createDataFrame(pd.DataFrame({FACTOR_ID: self.userIds}), IDS),
-            "itemIds": spark.createDataFrame(pd.DataFrame({FACTOR_ID: self.itemIds}), IDS),
+            "userIds": driver_frame(spark, pa.table({FACTOR_ID: np.asarray(self.userIds, np.int32)}), IDS),
+            "itemIds": driver_frame(spark, pa.table({FACTOR_ID: np.asarray(self.itemIds, np.int32)}), IDS),
         }
         return {**ids, **self._tables}
 

@@ -20,6 +20,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import FloatType, IntegerType, StructField, StructType
 
 from recospark import fs, jvm
+from recospark.frames import driver_frame, factor_table
 from recospark.models.neural import weights
 from recospark.models.neural.launch import local_master
 from recospark.paths import is_local, join_path, local_path
@@ -55,8 +56,7 @@ def sorted_ids(rows: DataFrame, column: str) -> np.ndarray:
 
 def factor_frame(spark: SparkSession, ids: np.ndarray, matrix: np.ndarray) -> DataFrame:
     """`id, features` rows from ids and their matrix rows (built on the driver: O(ids x dim))."""
-    rows = [(int(i), [float(x) for x in row]) for i, row in zip(ids.tolist(), np.asarray(matrix, np.float32), strict=True)]
-    return spark.createDataFrame(rows, FACTORS)
+    return driver_frame(spark, factor_table(ids, matrix), FACTORS)
 
 
 class NeuralWriter(MLWriter):
