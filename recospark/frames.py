@@ -47,7 +47,7 @@ def factor_table(ids: np.ndarray, matrix: np.ndarray) -> pa.Table:
 def _arrow(data: pa.Table | Sequence[tuple], schema: StructType) -> pa.Table:
     target = to_arrow_schema(schema)
     if isinstance(data, pa.Table):
-        return data.rename_columns(target.names).cast(target)
+        return data.select(target.names).cast(target)  # columns by name, types as the schema says
     columns = list(zip(*data, strict=True)) if len(data) else [() for _ in target]
     return pa.Table.from_arrays([pa.array(list(c), type=f.type) for c, f in zip(columns, target, strict=True)], schema=target)
 
