@@ -114,7 +114,6 @@ def _task_graph(conf: str) -> dict:
     stats = [Path(conf), HOME / "recospark" / "models" / "table.py", HOME / "recospark" / "config.py"]
     key = "|".join([conf, str(HOME)] + [f"{p.stat().st_mtime_ns}:{p.stat().st_size}" if p.exists() else "-" for p in stats])
     folder = Path(os.environ.get("RECOSPARK_DAG_CACHE") or tempfile.gettempdir())
-    folder.mkdir(parents=True, exist_ok=True)
     cache = folder / f"recospark-dag-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
     if cache.is_file():
         return json.loads(cache.read_text(encoding="utf-8"))
@@ -129,8 +128,12 @@ def _task_graph(conf: str) -> dict:
     if "ingest" not in graph["stages"] or "train" not in graph["stages"]:
         raise ValueError(f"pipeline.stages must include ingest and train (got {graph['stages']})")
     tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(graph), encoding="utf-8")
-    os.replace(tmp, cache)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(graph), encoding="utf-8")
+        os.replace(tmp, cache)
+    except OSError as e:  # only a cache: the DAG works without it, resolved again at every parse
+        log.warning("RECOSPARK_DAG_CACHE: cannot cache the task graph in %s (%s); it is resolved again at every parse", folder, e)
     return graph
 
 
