@@ -108,3 +108,10 @@ FACTORS = StructType(
 )
 
 BIASED_FACTORS = StructType([*FACTORS.fields, StructField(BIAS, FloatType(), nullable=False)])
+
+# id lists (a scorer's candidate items, a neural model's user and item ids)
+IDS = StructType([StructField(FACTOR_ID, IntegerType(), nullable=False)])
+
+# movie_id -> dense column index of the item (PureSVD's and EASE's sparse user rows)
+ITEM_INDEX_COL = "_item_index"
+ITEM_INDEX = StructType([StructField(MOVIE_ID, IntegerType(), nullable=False), StructField(ITEM_INDEX_COL, IntegerType(), nullable=False)])

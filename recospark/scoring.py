@@ -29,11 +29,11 @@ import pyarrow as pa
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import ArrayType, FloatType, IntegerType, StructField, StructType
+from pyspark.sql.types import ArrayType, FloatType, IntegerType
 
 from recospark import topn_kernels as kernels
 from recospark.frames import driver_frame
-from recospark.schema import FACTOR_ID, FEATURES, MOVIE_ID, RANK, RATING, SCORE, TOP_N, USER_ID
+from recospark.schema import FACTOR_ID, FEATURES, IDS, MOVIE_ID, RANK, RATING, SCORE, TOP_N, USER_ID
 
 __all__ = [
     "BlockScorer",
@@ -49,7 +49,6 @@ __all__ = [
 ]
 
 _EXCLUDED = "rated"
-_IDS = StructType([StructField(FACTOR_ID, IntegerType(), False)])
 _HIST_ITEMS = "_hist_items"
 _HIST_RATINGS = "_hist_ratings"
 _USER_VECTOR = "_user_vector"
@@ -535,7 +534,7 @@ def candidate_items(model: Any) -> DataFrame:
     if scorer is not None:
         # the active session is per thread (recommend ranks models on driver threads): fall back to the application's
         spark = SparkSession.getActiveSession() or SparkSession.builder.getOrCreate()
-        return driver_frame(spark, pa.table({FACTOR_ID: np.asarray(scorer.item_ids(), np.int32)}), _IDS)
+        return driver_frame(spark, pa.table({FACTOR_ID: np.asarray(scorer.item_ids(), np.int32)}), IDS)
     return scoring_factors(model)[1].select(F.col(FACTOR_ID).cast("int"))
 
 

@@ -55,7 +55,7 @@ from recospark.models.ease_kernels import (
 )
 from recospark.models.params import _RecommenderModelParams, _RecommenderModelSetters, _RecommenderParams, check_params, knob
 from recospark.models.persistence import EstimatorPersistence, TablesPersistence
-from recospark.schema import FACTOR_ID, FEATURES, MOVIE_ID, PREDICTION, RATING, USER_ID
+from recospark.schema import FACTOR_ID, FEATURES, ITEM_INDEX, ITEM_INDEX_COL, MOVIE_ID, PREDICTION, RATING, USER_ID
 
 __all__ = ["EASE", "EASEBlockScorer", "EASEModel", "ease_scores", "ease_weights", "gram_tiles", "gramian", "keep_most_rated"]
 
@@ -66,9 +66,8 @@ _WEIGHTS = StructType(
         StructField(FEATURES, ArrayType(DoubleType(), False), False),
     ]
 )
-_IDX, _VALUE, _CELLS = "_item_index", "_value", "_cells"
+_IDX, _VALUE, _CELLS = ITEM_INDEX_COL, "_value", "_cells"
 _IDXS, _VALS = "_idxs", "_vals"
-_INDEX = StructType([StructField(MOVIE_ID, IntegerType(), False), StructField(_IDX, IntegerType(), False)])
 # Rows of B per Arrow table when saving (keeps every JVM-side batch far below 2 GB).
 _SAVE_BYTES_PER_CHUNK = 64 << 20
 
@@ -264,7 +263,7 @@ class EASE(Estimator, _EASEParams, EstimatorPersistence):
             keep = keep_most_rated(ids, n_ratings, self.getMaxItems())
             item_ids = np.sort(ids[keep]).astype(np.int32)
             n = len(item_ids)
-            index = driver_frame(spark, [(int(i), j) for j, i in enumerate(item_ids.tolist())], _INDEX)
+            index = driver_frame(spark, [(int(i), j) for j, i in enumerate(item_ids.tolist())], ITEM_INDEX)
             # every user gets a row, with empty arrays when none of their items is kept (counted, scored 0)
             kept_cell = F.when(F.col(_IDX).isNotNull(), F.struct(F.col(_IDX), F.col(_VALUE)))
             rows = (

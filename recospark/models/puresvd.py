@@ -37,19 +37,18 @@ from pyspark.mllib.linalg import Vectors
 from pyspark.mllib.linalg.distributed import RowMatrix
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.types import IntegerType, StructField, StructType
+from pyspark.sql.types import StructType
 
 from recospark.frames import driver_frame, factor_table
 from recospark.models.params import _RecommenderModelParams, _RecommenderModelSetters, _RecommenderParams, check_params, given, knob
 from recospark.models.persistence import EstimatorPersistence, TablesPersistence
-from recospark.schema import FACTOR_ID, FACTORS, FEATURES, MOVIE_ID, PREDICTION, RATING, USER_ID
+from recospark.schema import FACTOR_ID, FACTORS, FEATURES, ITEM_INDEX, ITEM_INDEX_COL, MOVIE_ID, PREDICTION, RATING, USER_ID
 
 __all__ = ["PureSVD", "PureSVDModel"]
 
 _USERS_TABLE = "userFactors"
 _ITEMS_TABLE = "itemFactors"
-_IDX = "_item_index"
-_INDEX = StructType([StructField(MOVIE_ID, IntegerType(), False), StructField(_IDX, IntegerType(), False)])
+_IDX = ITEM_INDEX_COL
 _VALUE = "_value"
 _UF, _IF = "_user_features", "_item_features"
 
@@ -190,7 +189,7 @@ class PureSVD(Estimator, _PureSVDParams, EstimatorPersistence):
         if k > n_items:
             raise ValueError(f"rank {k} exceeds the number of items {n_items}")
         spark = dataset.sparkSession
-        index = driver_frame(spark, [(int(i), j) for j, i in enumerate(item_ids.tolist())], _INDEX)
+        index = driver_frame(spark, [(int(i), j) for j, i in enumerate(item_ids.tolist())], ITEM_INDEX)
         rows = (
             cells.join(F.broadcast(index), MOVIE_ID)
             .groupBy(USER_ID)

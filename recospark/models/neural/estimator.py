@@ -47,10 +47,10 @@ from recospark.models.neural.launch import launch, rank_threads
 from recospark.models.neural.recipe import Recipe
 from recospark.models.neural.recipes import RECIPES
 from recospark.models.neural.scorer import NeuralBlockScorer, predict_pairs
-from recospark.models.neural.storage import FORMAT_VERSION, IDS, NeuralReader, NeuralWriter, factor_frame, scratch_folder, sorted_ids
+from recospark.models.neural.storage import FORMAT_VERSION, NeuralReader, NeuralWriter, factor_frame, scratch_folder, sorted_ids
 from recospark.models.params import Knob, _RecommenderModelParams, _RecommenderModelSetters, _RecommenderParams, check_params, knob
 from recospark.models.persistence import EstimatorPersistence
-from recospark.schema import FACTOR_ID, FEATURES, MOVIE_ID, PREDICTION, RATING, USER_ID
+from recospark.schema import FACTOR_ID, FEATURES, IDS, MOVIE_ID, PREDICTION, RATING, USER_ID
 
 __all__ = [
     "ENGINE_DEFAULTS",

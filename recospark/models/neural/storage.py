@@ -24,11 +24,10 @@ from recospark.frames import driver_frame, factor_table
 from recospark.models.neural import weights
 from recospark.models.neural.launch import local_master
 from recospark.paths import is_local, join_path, local_path
-from recospark.schema import FACTOR_ID, FACTORS, MOVIE_ID, RATING, USER_ID
+from recospark.schema import FACTOR_ID, FACTORS, IDS, MOVIE_ID, RATING, USER_ID
 
 __all__ = [
     "FORMAT_VERSION",
-    "IDS",
     "TRAIN_ROWS",
     "NeuralReader",
     "NeuralWriter",
@@ -42,7 +41,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-IDS = StructType([StructField(FACTOR_ID, IntegerType(), False)])
 TRAIN_ROWS = StructType(
     [StructField(USER_ID, IntegerType(), False), StructField(MOVIE_ID, IntegerType(), False), StructField(RATING, FloatType(), False)]
 )
