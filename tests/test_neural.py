@@ -14,6 +14,7 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -270,7 +271,12 @@ def test_transform_predicts_with_the_network_and_nan_for_unknown_ids(spark, mf_m
 
 
 def test_two_process_fit_is_deterministic(ratings, mf_model):
+    tmp = Path(tempfile.gettempdir())
+    before, tmpdir = set(tmp.iterdir()), os.environ.get("TMPDIR")
     again = _mf_estimator().fit(ratings)
+    # torchrun's log folder went to the launch's own scratch folder, which is gone, and TMPDIR is back
+    assert not [p.name for p in set(tmp.iterdir()) - before if p.name.startswith(("torchelastic_", "recospark-torchrun-"))]
+    assert os.environ.get("TMPDIR") == tmpdir
     assert again.weightsBytes == mf_model.weightsBytes
     drop = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
     assert drop(again.history) == drop(mf_model.history)

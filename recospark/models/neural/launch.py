@@ -16,6 +16,8 @@ import contextlib
 import logging
 import os
 import re
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -111,19 +113,36 @@ class _Capture:
 
 _in_flight = [0]  # launches running in this driver (the train stage may fit models on several threads)
 _in_flight_lock = threading.Lock()
+_scratch: dict[str, str | None] = {}  # while launches run: our TMPDIR folder and the TMPDIR it replaced
 
 
 @contextlib.contextmanager
 def _counted() -> Iterator[bool]:
-    """Count this launch while it runs; yields whether it started as the only one."""
+    """Count this launch while it runs; yields whether it started as the only one.
+
+    While any launch runs, TMPDIR points at a private folder, removed when the last one ends:
+    torchrun makes a `torchelastic_*` log folder in the temp folder at every start and never
+    removes it (one per neural fit, piling up in the driver's /tmp).
+    """
     with _in_flight_lock:
         alone = _in_flight[0] == 0
+        if alone:
+            _scratch["previous"] = os.environ.get("TMPDIR")
+            folder = tempfile.mkdtemp(prefix="recospark-torchrun-")
+            _scratch["folder"] = os.environ["TMPDIR"] = folder
         _in_flight[0] += 1
     try:
         yield alone
     finally:
         with _in_flight_lock:
             _in_flight[0] -= 1
+            if _in_flight[0] == 0:
+                previous = _scratch.pop("previous", None)
+                if previous is None:
+                    os.environ.pop("TMPDIR", None)
+                else:
+                    os.environ["TMPDIR"] = previous
+                shutil.rmtree(_scratch.pop("folder", None) or "", ignore_errors=True)
 
 
 def launch(spark: SparkSession, job: TrainJob, num_processes: int) -> dict[str, Any]:
