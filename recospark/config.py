@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -275,6 +276,21 @@ class _Config(_Section):
             return {str(k): _spark_value(val) for k, val in v.items()}
         return v
 
+    @field_validator("spark", mode="after")
+    @classmethod
+    def _spark_values_spark_can_read(cls, v: dict[str, str]) -> dict[str, str]:
+        # A size or count Spark cannot parse would fail after the JVM starts (a bad driver memory
+        # kills it with no word on why), so the common ones are checked here.
+        for key, value in v.items():
+            if key.endswith(_SPARK_SIZE_SUFFIXES) and not _SPARK_SIZE.fullmatch(value):
+                raise ValueError(
+                    f"spark: {key}={value!r} is not a size Spark reads: a whole number with an optional unit "
+                    "(b, k, m, g, t, p; e.g. 4g or 512m)"
+                )
+            if key in _SPARK_POSITIVE_COUNTS and not (value.strip().isdigit() and int(value) >= 1):
+                raise ValueError(f"spark: {key}={value!r} must be a whole number >= 1")
+        return v
+
     @model_validator(mode="after")
     def _grids_name_model_keys(self) -> _Config:
         for name, grid in self.tune.grids.items():
@@ -335,6 +351,14 @@ def model_names() -> tuple[str, ...]:
     return tuple(MODELS)
 
 
+# Spark settings read as byte sizes (JavaUtils.byteStringAs: digits, optional unit) and as counts.
+_SPARK_SIZE = re.compile(r"\s*[0-9]+(?:b|k|kb|m|mb|g|gb|t|tb|p|pb)?\s*", re.IGNORECASE)
+_SPARK_SIZE_SUFFIXES = (".memory", ".memoryOverhead", ".maxResultSize", ".offHeap.size")
+_SPARK_POSITIVE_COUNTS = frozenset(
+    {"spark.sql.shuffle.partitions", "spark.default.parallelism", "spark.executor.cores", "spark.task.cpus", "spark.cores.max"}
+)
+
+
 def _spark_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -367,8 +391,11 @@ def _format_errors(err: ValidationError, source: str) -> str:
         key = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
             lines.append(f"{key}: unknown key (check the spelling; see conf/local.yaml for every key)")
-        elif e["type"] == "value_error" and len(e["loc"]) == 1 and e["loc"][0] in MODELS:
-            lines.append(str(e["ctx"]["error"]))  # a model's own check: names section.key already
+        elif e["type"] == "value_error" and (not e["loc"] or e["loc"] == ("spark",) or e["loc"][0] in MODELS):
+            # a model's own check or a whole-config rule: its message names section.key already
+            lines.append(str(e["ctx"]["error"]))
+        elif e["type"] == "value_error":
+            lines.append(f"{key}: {e['ctx']['error']} (got {e.get('input')!r})")
         else:
             lines.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
     return f"invalid configuration in {source}: " + "; ".join(lines)

@@ -37,7 +37,7 @@ from pyspark.sql import SparkSession
 
 from recospark import jvm
 from recospark.config import Config
-from recospark.errors import ExecutorsUnavailable
+from recospark.errors import ConfigError, ExecutorsUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -197,10 +197,34 @@ def build_session(cfg: Config, app_name: str = "recospark") -> SparkSession:
     for key, value in options.items():
         builder = builder.config(key, value)
     log.debug("session options (over %s): %s", source, options)
-    spark = builder.getOrCreate()
-    configure(spark, cfg)
+    try:
+        spark = builder.getOrCreate()
+        configure(spark, cfg)
+    except Exception as err:
+        refused = refused_setting(err)
+        if refused is None:
+            raise
+        raise ConfigError(refused) from err
     wait_for_executors(spark)
     return spark
+
+
+_REFUSED = re.compile(r"\[INVALID_CONF_VALUE[.\w]*\] (.*?) ?(?:SQLSTATE: \w+)?$", re.MULTILINE)
+_REFUSED_KEY = re.compile(r'in the config "([^"]+)"')
+
+
+def refused_setting(err: BaseException) -> str | None:
+    """One line naming the Spark setting Spark refused at session start (INVALID_CONF_VALUE), or None.
+
+    Spark checks a SQL setting's value only once the session applies it, after the JVM started:
+    the user fixes it in the conf's `spark:` section or spark-submit's --conf.
+    """
+    found = _REFUSED.search(str(err))
+    if found is None:
+        return None
+    key = _REFUSED_KEY.search(found.group(1))
+    where = f"spark: {key.group(1)}" if key else "spark: section"
+    return f"{where}: {found.group(1).strip()} (set in the conf's spark: section or spark-submit --conf)"
 
 
 def configure(spark: SparkSession, cfg: Config) -> None:

@@ -40,11 +40,28 @@ def test_model_shorthands():
         ("split.strategy=weekly", "split.strategy"),
         # refused by the estimator only once fitted on the carve, after ingest and split: here before Spark
         ("sgd_rank.early_stopping_rounds=3", "sgd_rank.early_stopping_rounds must be 0 with loss='bpr', got 3"),
+        # Spark would read these only after its JVM started (a bad driver memory kills it, unexplained)
+        ("spark.spark.driver.memory=4 GB", "spark: spark.driver.memory='4 GB' is not a size Spark reads"),
+        ("spark.spark.executor.memoryOverhead=1.5g", "spark: spark.executor.memoryOverhead='1.5g' is not a size"),
+        ("spark.spark.sql.shuffle.partitions=0", "spark: spark.sql.shuffle.partitions='0' must be a whole number >= 1"),
     ],
 )
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         load_config(None, [override])
+
+
+def test_spark_sizes_and_counts_spark_reads_pass():
+    sizes = ["spark.spark.driver.memory=4G", "spark.spark.executor.memory=512m", "spark.spark.driver.maxResultSize=0"]
+    cfg = load_config(None, [*sizes, "spark.spark.python.worker.memory=1024", "spark.spark.default.parallelism=4"])
+    assert cfg.spark["spark.driver.memory"] == "4G" and cfg.spark["spark.default.parallelism"] == "4"
+
+
+def test_whole_config_rules_print_their_message_alone():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["tune.grids.ease.nope=[1]"])
+    # one line naming the key, not the whole configuration it was checked on
+    assert str(err.value).endswith(": tune.grids.ease: unknown key(s) ['nope']; known: ['binary', 'max_items', 'reg_param']")
 
 
 def test_bad_files(tmp_path):

@@ -81,6 +81,35 @@ def test_spark_defaults_and_submit_args_are_read(tmp_path, monkeypatch):
     }
 
 
+# What Spark 4 raises when a session applies a SQL setting it cannot read (the JVM runs by then).
+REFUSED = (
+    "[INVALID_CONF_VALUE.TYPE_MISMATCH] The value 'maybe' in the config \"spark.sql.ansi.enabled\" is invalid. "
+    "It should be a/an 'boolean' value. SQLSTATE: 22022\n\nJVM stacktrace:\norg.apache.spark.SparkIllegalArgumentException: ..."
+)
+
+
+def test_a_setting_spark_refuses_is_one_line_naming_it():
+    line = S.refused_setting(RuntimeError(REFUSED))
+    assert line == (
+        "spark: spark.sql.ansi.enabled: The value 'maybe' in the config \"spark.sql.ansi.enabled\" is invalid. "
+        "It should be a/an 'boolean' value. (set in the conf's spark: section or spark-submit --conf)"
+    )
+    assert S.refused_setting(RuntimeError("Java gateway process exited")) is None
+
+
+@pytest.mark.slow
+def test_cli_exits_2_naming_a_setting_spark_refuses(tmp_path, tiny_movielens):
+    """The real refusal, end to end: Spark checks the value after its JVM started, and the console
+    still prints one line naming the key, exit 2."""
+    argv = ["ingest", "--set", f"data.source={tiny_movielens}", "--set", f"output.root={tmp_path / 'out'}"]
+    argv += ["--set", "spark.spark.sql.ansi.enabled=maybe", "--set", "spark.spark.ui.enabled=false"]
+    proc = subprocess.run([sys.executable, "-m", "recospark", *argv], env=_env(), capture_output=True, text=True, timeout=300)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert last.startswith("recospark: error: spark: spark.sql.ansi.enabled: The value 'maybe'"), last
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out" / "ratings").exists()
+
+
 PROBE = r"""
 import json, sys
 from recospark.config import load_config
