@@ -19,9 +19,9 @@ from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import StructType
 
-from recospark.schema import FACTOR_ID, FEATURES
+from recospark.schema import FACTOR_ID, FEATURES, ITEM_INDEX_COL, MOVIE_ID
 
-__all__ = ["driver_frame", "factor_table", "first_row", "with_write_order"]
+__all__ = ["driver_frame", "factor_table", "first_row", "index_table", "with_write_order"]
 
 # Arrow bytes under which the rows stay in the plan (Spark's rows take up to ~3x more, under its 1 MB warning)
 INLINE_BYTES = 256 * 1024
@@ -42,6 +42,19 @@ def factor_table(ids: np.ndarray, matrix: np.ndarray) -> pa.Table:
     offsets = pa.array(np.arange(len(ids) + 1, dtype=np.int32) * mat.shape[1])
     features = pa.ListArray.from_arrays(offsets, pa.array(mat.ravel(), type=pa.float32()))
     return pa.Table.from_arrays([pa.array(np.asarray(ids, np.int32)), features], names=[FACTOR_ID, FEATURES])
+
+
+def index_table(item_ids: np.ndarray) -> pa.Table:
+    """`movie_id int, _item_index int` (schema.ITEM_INDEX): each id's position in `item_ids`, a matrix column.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> index_table(np.array([4, 9])).to_pylist()
+    [{'movie_id': 4, '_item_index': 0}, {'movie_id': 9, '_item_index': 1}]
+    """
+    ids = np.asarray(item_ids, np.int32)
+    return pa.Table.from_arrays([pa.array(ids), pa.array(np.arange(len(ids), dtype=np.int32))], names=[MOVIE_ID, ITEM_INDEX_COL])
 
 
 def _arrow(data: pa.Table | Sequence[tuple], schema: StructType) -> pa.Table:

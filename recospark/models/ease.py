@@ -42,7 +42,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DoubleType, IntegerType, StructField, StructType
 
-from recospark.frames import driver_frame, first_row
+from recospark.frames import driver_frame, first_row, index_table
 from recospark.models.ease_kernels import (
     TILE,
     EASEBlockScorer,
@@ -263,7 +263,7 @@ class EASE(Estimator, _EASEParams, EstimatorPersistence):
             keep = keep_most_rated(ids, n_ratings, self.getMaxItems())
             item_ids = np.sort(ids[keep]).astype(np.int32)
             n = len(item_ids)
-            index = driver_frame(spark, [(int(i), j) for j, i in enumerate(item_ids.tolist())], ITEM_INDEX)
+            index = driver_frame(spark, index_table(item_ids), ITEM_INDEX)
             # every user gets a row, with empty arrays when none of their items is kept (counted, scored 0)
             kept_cell = F.when(F.col(_IDX).isNotNull(), F.struct(F.col(_IDX), F.col(_VALUE)))
             rows = (

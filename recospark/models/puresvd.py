@@ -39,7 +39,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
-from recospark.frames import driver_frame, factor_table
+from recospark.frames import driver_frame, factor_table, index_table
 from recospark.models.params import _RecommenderModelParams, _RecommenderModelSetters, _RecommenderParams, check_params, given, knob
 from recospark.models.persistence import EstimatorPersistence, TablesPersistence
 from recospark.schema import FACTOR_ID, FACTORS, FEATURES, ITEM_INDEX, ITEM_INDEX_COL, MOVIE_ID, PREDICTION, RATING, USER_ID
@@ -189,7 +189,7 @@ class PureSVD(Estimator, _PureSVDParams, EstimatorPersistence):
         if k > n_items:
             raise ValueError(f"rank {k} exceeds the number of items {n_items}")
         spark = dataset.sparkSession
-        index = driver_frame(spark, [(int(i), j) for j, i in enumerate(item_ids.tolist())], ITEM_INDEX)
+        index = driver_frame(spark, index_table(item_ids), ITEM_INDEX)
         rows = (
             cells.join(F.broadcast(index), MOVIE_ID)
             .groupBy(USER_ID)

@@ -40,17 +40,17 @@ from pyspark.ml.util import MLReadable, MLReader, MLWritable, MLWriter
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recospark.frames import driver_frame
+from recospark.frames import driver_frame, factor_table
 from recospark.models.neural import data, require_torch, weights
 from recospark.models.neural.job import TrainJob
 from recospark.models.neural.launch import launch, rank_threads
 from recospark.models.neural.recipe import Recipe
 from recospark.models.neural.recipes import RECIPES
 from recospark.models.neural.scorer import NeuralBlockScorer, predict_pairs
-from recospark.models.neural.storage import FORMAT_VERSION, NeuralReader, NeuralWriter, factor_frame, scratch_folder, sorted_ids
+from recospark.models.neural.storage import FORMAT_VERSION, NeuralReader, NeuralWriter, scratch_folder, sorted_ids
 from recospark.models.params import Knob, _RecommenderModelParams, _RecommenderModelSetters, _RecommenderParams, check_params, knob
 from recospark.models.persistence import EstimatorPersistence
-from recospark.schema import FACTOR_ID, FEATURES, IDS, MOVIE_ID, PREDICTION, RATING, USER_ID
+from recospark.schema import FACTOR_ID, FACTORS, FEATURES, IDS, MOVIE_ID, PREDICTION, RATING, USER_ID
 
 __all__ = [
     "ENGINE_DEFAULTS",
@@ -388,7 +388,10 @@ class NeuralFactorModel(NeuralRecommenderModel):
     @classmethod
     def _fitted(cls, spark, hp, user_ids, item_ids, result, train_rows):
         users_mat, items_mat = result["factors"]
-        tables = {"userFactors": factor_frame(spark, user_ids, users_mat), "itemFactors": factor_frame(spark, item_ids, items_mat)}
+        tables = {
+            "userFactors": driver_frame(spark, factor_table(user_ids, users_mat), FACTORS),
+            "itemFactors": driver_frame(spark, factor_table(item_ids, items_mat), FACTORS),
+        }
         return cls(hp, user_ids, item_ids, result["weights"], result["history"], result["best_epoch"], tables, result["ranks"])
 
     @property

@@ -20,7 +20,6 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import FloatType, IntegerType, StructField, StructType
 
 from recospark import fs, jvm
-from recospark.frames import driver_frame, factor_table
 from recospark.models.neural import weights
 from recospark.models.neural.launch import local_master
 from recospark.paths import is_local, join_path, local_path
@@ -31,7 +30,6 @@ __all__ = [
     "TRAIN_ROWS",
     "NeuralReader",
     "NeuralWriter",
-    "factor_frame",
     "read_bytes",
     "scratch_folder",
     "sorted_ids",
@@ -50,11 +48,6 @@ def sorted_ids(rows: DataFrame, column: str) -> np.ndarray:
     """Sorted unique ids of one column, computed by Spark: O(users) or O(items) on the driver."""
     pdf = rows.select(column).distinct().toPandas()
     return np.sort(pdf[column].to_numpy(np.int32))
-
-
-def factor_frame(spark: SparkSession, ids: np.ndarray, matrix: np.ndarray) -> DataFrame:
-    """`id, features` rows from ids and their matrix rows (built on the driver: O(ids x dim))."""
-    return driver_frame(spark, factor_table(ids, matrix), FACTORS)
 
 
 class NeuralWriter(MLWriter):
