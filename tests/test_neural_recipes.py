@@ -358,6 +358,9 @@ def test_item_input_is_the_dense_layer_forward_and_backward():
     np.testing.assert_allclose(out.detach().numpy(), linear(x).detach().numpy(), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(layer.item_weight.grad.numpy(), linear.weight.grad.t().numpy(), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(layer.bias.grad.numpy(), linear.bias.grad.numpy(), rtol=1e-6, atol=1e-6)
+    # rows out of order would sum other rows' entries (offsets come from a sorted search): refused
+    with pytest.raises(ValueError, match="rows must be ascending"):
+        layer(_t([2, 0, 0]), _t([0, 6, 1]), values[:3], 3)
 
 
 @pytest.mark.parametrize("recipe", [AUTOREC, MULT_VAE, MULT_DAE], ids=lambda r: r.name)

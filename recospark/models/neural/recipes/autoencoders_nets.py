@@ -46,6 +46,8 @@ class ItemInput(nn.Module):
 
     def forward(self, rows: torch.Tensor, items: torch.Tensor, values: torch.Tensor, n_rows: int) -> torch.Tensor:
         """[n_rows, width]; `rows` ascending (a row's entries side by side)."""
+        if len(rows) > 1 and bool((rows[1:] < rows[:-1]).any()):  # O(entries), against embedding_bag's O(entries x width)
+            raise ValueError("ItemInput: rows must be ascending (each row's entries side by side); sort the entries by row")
         offsets = torch.searchsorted(rows, torch.arange(n_rows, dtype=rows.dtype))
         summed = F.embedding_bag(items, self.item_weight, offsets, mode="sum", per_sample_weights=values.to(self.item_weight.dtype))
         return summed + self.bias
