@@ -1,4 +1,5 @@
 import base64
+import logging
 import re
 import shutil
 import struct
@@ -70,6 +71,16 @@ def png_size(src: str) -> tuple[int, int]:
     data = base64.b64decode(src.split(",", 1)[1], validate=True)
     assert data[:8] == PNG_MAGIC and data[12:16] == b"IHDR"
     return struct.unpack(">II", data[16:24])
+
+
+def test_rating_plot_is_a_png_and_logs_nothing(caplog):
+    from recospark.report.plots import rating_distribution
+
+    with caplog.at_level(logging.INFO, logger="matplotlib"):
+        png = rating_distribution({1.0: 3, 4.5: 2, 5.0: 1})
+    assert png[:8] == PNG_MAGIC
+    # ratings as category strings made matplotlib log two INFO lines per report ("parsable as floats")
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("matplotlib")] == []
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,11 @@ def rating_distribution(counts: Mapping[float, int]) -> bytes:
     fig = Figure(figsize=(6, 3.2))
     ax = fig.add_subplot()
     values = sorted(counts)
-    ax.bar([str(v).removesuffix(".0") for v in values], [counts[v] for v in values], color=_TRAIN)
+    # bars at positions with the ratings as tick labels: matplotlib logs two INFO lines per plot
+    # for category strings that parse as numbers
+    x = np.arange(len(values))
+    ax.bar(x, [counts[v] for v in values], color=_TRAIN)
+    ax.set_xticks(x, [str(v).removesuffix(".0") for v in values])
     ax.set_xlabel("rating")
     ax.set_ylabel("number of ratings")
     ax.set_title("Rating distribution")
