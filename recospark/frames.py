@@ -19,9 +19,9 @@ from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import StructType
 
-from recospark.schema import FACTOR_ID, FEATURES, ITEM_INDEX_COL, MOVIE_ID
+from recospark.schema import FACTOR_ID, FEATURES, IDS, ITEM_INDEX_COL, MOVIE_ID
 
-__all__ = ["driver_frame", "factor_table", "first_row", "index_table", "with_write_order"]
+__all__ = ["driver_frame", "factor_table", "first_row", "id_frame", "index_table", "with_write_order"]
 
 # Arrow bytes under which the rows stay in the plan (Spark's rows take up to ~3x more, under its 1 MB warning)
 INLINE_BYTES = 256 * 1024
@@ -55,6 +55,18 @@ def index_table(item_ids: np.ndarray) -> pa.Table:
     """
     ids = np.asarray(item_ids, np.int32)
     return pa.Table.from_arrays([pa.array(ids), pa.array(np.arange(len(ids), dtype=np.int32))], names=[MOVIE_ID, ITEM_INDEX_COL])
+
+
+def id_frame(spark: SparkSession, ids: np.ndarray) -> DataFrame:
+    """`id int` rows (schema.IDS), one per id in order: a scorer's candidate items, a model's id lists.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> [r.id for r in id_frame(spark, np.array([7, 3])).collect()]
+    [7, 3]
+    """
+    return driver_frame(spark, pa.table({FACTOR_ID: np.asarray(ids, np.int32)}), IDS)
 
 
 def _arrow(data: pa.Table | Sequence[tuple], schema: StructType) -> pa.Table:

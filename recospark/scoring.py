@@ -32,8 +32,8 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, FloatType, IntegerType
 
 from recospark import topn_kernels as kernels
-from recospark.frames import driver_frame
-from recospark.schema import FACTOR_ID, FEATURES, IDS, MOVIE_ID, RANK, RATING, SCORE, TOP_N, USER_ID
+from recospark.frames import id_frame
+from recospark.schema import FACTOR_ID, FEATURES, MOVIE_ID, RANK, RATING, SCORE, TOP_N, USER_ID
 
 __all__ = [
     "BlockScorer",
@@ -534,7 +534,7 @@ def candidate_items(model: Any) -> DataFrame:
     if scorer is not None:
         # the active session is per thread (recommend ranks models on driver threads): fall back to the application's
         spark = SparkSession.getActiveSession() or SparkSession.builder.getOrCreate()
-        return driver_frame(spark, pa.table({FACTOR_ID: np.asarray(scorer.item_ids(), np.int32)}), IDS)
+        return id_frame(spark, scorer.item_ids())
     return scoring_factors(model)[1].select(F.col(FACTOR_ID).cast("int"))
 
 

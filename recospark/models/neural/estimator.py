@@ -32,7 +32,6 @@ from collections.abc import Mapping
 from typing import Any, ClassVar, cast
 
 import numpy as np
-import pyarrow as pa
 from pyspark.ml import Estimator, Model
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasMaxIter, HasSeed, HasStepSize, HasValidationIndicatorCol
@@ -40,7 +39,7 @@ from pyspark.ml.util import MLReadable, MLReader, MLWritable, MLWriter
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recospark.frames import driver_frame, factor_table
+from recospark.frames import driver_frame, factor_table, id_frame
 from recospark.models.neural import data, require_torch, weights
 from recospark.models.neural.job import TrainJob
 from recospark.models.neural.launch import launch, rank_threads
@@ -50,7 +49,7 @@ from recospark.models.neural.scorer import NeuralBlockScorer, predict_pairs
 from recospark.models.neural.storage import FORMAT_VERSION, NeuralReader, NeuralWriter, scratch_folder, sorted_ids
 from recospark.models.params import Knob, _RecommenderModelParams, _RecommenderModelSetters, _RecommenderParams, check_params, knob
 from recospark.models.persistence import EstimatorPersistence
-from recospark.schema import FACTOR_ID, FACTORS, FEATURES, IDS, MOVIE_ID, PREDICTION, RATING, USER_ID
+from recospark.schema import FACTOR_ID, FACTORS, FEATURES, MOVIE_ID, PREDICTION, RATING, USER_ID
 
 __all__ = [
     "ENGINE_DEFAULTS",
@@ -359,8 +358,8 @@ class NeuralRecommenderModel(Model, _NeuralModelParams, _RecommenderModelSetters
 
     def _saved_tables(self, spark: SparkSession) -> dict[str, DataFrame]:
         ids = {
-            "userIds": driver_frame(spark, pa.table({FACTOR_ID: np.asarray(self.userIds, np.int32)}), IDS),
-            "itemIds": driver_frame(spark, pa.table({FACTOR_ID: np.asarray(self.itemIds, np.int32)}), IDS),
+            "userIds": id_frame(spark, self.userIds),
+            "itemIds": id_frame(spark, self.itemIds),
         }
         return {**ids, **self._tables}
 
